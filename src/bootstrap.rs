@@ -1,0 +1,339 @@
+//! First boot of a standalone server or primary: initdb, bootstrap SQL in single-user mode,
+//! `/docker-entrypoint-initdb.d` scripts, all in a staging directory that becomes PGDATA only
+//! when everything succeeded. Nothing listens on TCP until then: single-user mode has no
+//! listener at all, and the temporary server for init scripts listens on a private socket.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::converge;
+use crate::datadir::{self, DataDirError};
+use crate::render;
+use crate::server::{Bin, Endpoint};
+use crate::supervise::{Kind, Outcome, Supervisor};
+
+/// Variables that hold secrets: never passed to postgres or the PostgreSQL tools.
+pub const SECRET_VARS: [&str; 2] = ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD"];
+/// The temporary server's own pg_hba.conf: local trust, whatever the cluster's says.
+const BOOTSTRAP_HBA: &str = "pg-entrypoint-bootstrap-hba.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("stopped by {0} before the bootstrap finished; it will be redone at the next start")]
+    Stopped(Signal),
+    #[error("{what} failed with exit code {code}; see its messages above")]
+    Failed { what: String, code: i32 },
+    #[error("cannot run {what}: {source}")]
+    Spawn { what: String, source: io::Error },
+    #[error("init script {script:?} needs `{tool}` to decompress it, and it is not installed")]
+    NoDecompressor { script: PathBuf, tool: &'static str },
+    #[error("cannot list the init scripts in {dir:?}: {source}")]
+    Scripts { dir: PathBuf, source: io::Error },
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+}
+
+/// What every step needs: the configuration, the binaries, the supervisor.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub bin: &'a Bin,
+    pub endpoint: &'a Endpoint,
+    pub postgres_args: &'a [String],
+    pub settings: &'a render::Settings,
+}
+
+/// A PostgreSQL tool (or postgres itself) with the secrets removed from its environment.
+pub fn tool(bin: &Bin, name: &str) -> Command {
+    let mut c = Command::new(bin.tool(name));
+    for var in SECRET_VARS {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Runs a child under the supervisor and checks that it succeeded.
+pub fn run(sup: &mut Supervisor, what: &str, command: &mut Command, kind: Kind) -> Result<(), BootstrapError> {
+    let child = sup.spawn(command).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    finish(sup, what, Pid::from_raw(child.id() as i32), kind)
+}
+
+fn finish(sup: &mut Supervisor, what: &str, pid: Pid, kind: Kind) -> Result<(), BootstrapError> {
+    let code = sup.wait(pid, kind).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    if let Some(sig) = sup.stop_requested() {
+        return Err(BootstrapError::Stopped(sig));
+    }
+    if code != 0 {
+        return Err(BootstrapError::Failed { what: what.into(), code });
+    }
+    Ok(())
+}
+
+/// Builds a new cluster in the staging directory and moves it into PGDATA.
+pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapError> {
+    let config = ctx.config;
+    let started = std::time::Instant::now();
+    let staging = datadir::fresh_staging(&config.pgdata)?;
+    tracing::info!(pgdata = %config.pgdata.display(), "initialising a new cluster");
+    initdb(ctx, sup, &staging)?;
+    single_user(ctx, sup, &staging, &bootstrap_sql(config))?;
+    converge::write_config(config, ctx.settings, &staging).map_err(DataDirError::io(&config.pgdata, "cannot write the configuration"))?;
+    let scripts = init_scripts(&config.init_scripts_dir)?;
+    if !scripts.is_empty() {
+        run_init_scripts(ctx, sup, &staging, &scripts)?;
+    }
+    if let Some(sig) = sup.stop_requested() {
+        return Err(BootstrapError::Stopped(sig));
+    }
+    datadir::install_staging(&config.pgdata)?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "cluster initialised");
+    Ok(())
+}
+
+fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Path) -> Result<(), BootstrapError> {
+    let config = ctx.config;
+    let mut cmd = tool(ctx.bin, "initdb");
+    cmd.arg("-D").arg(staging).arg("--username").arg(&config.superuser);
+    // Local socket trust as in the official image; TCP never trusts by default. The user's
+    // POSTGRES_INITDB_ARGS come later and win.
+    cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
+    if ["LC_ALL", "LC_CTYPE", "LANG"].iter().all(|v| std::env::var_os(v).is_none()) {
+        cmd.arg("--encoding=UTF8"); // the C locale would otherwise give SQL_ASCII
+    }
+    if let Some(waldir) = &config.initdb_waldir {
+        cmd.arg("--waldir").arg(waldir);
+    }
+    cmd.args(&config.initdb_args).stdout(Stdio::null());
+    run(sup, "initdb", &mut cmd, Kind::Tool)
+}
+
+/// Statements of the first boot: passwords as SCRAM verifiers computed here, so no plaintext
+/// password reaches the server, its logs, or any command line.
+pub fn bootstrap_sql(config: &Config) -> Vec<String> {
+    let mut sql = Vec::new();
+    if let Some(password) = &config.superuser_password {
+        sql.push(render::superuser_password_sql(&config.superuser, &scram(password.expose())));
+    }
+    if config.database != "postgres" {
+        sql.push(render::create_database_sql(&config.database, &config.superuser));
+    }
+    if let crate::config::Role::Primary(r) = &config.role {
+        sql.extend(replication_role_sql(r));
+    }
+    sql
+}
+
+pub fn replication_role_sql(r: &crate::config::Replication) -> Vec<String> {
+    render::replication_role_sql(&r.user, &scram(r.password.expose()))
+}
+
+fn scram(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// Runs SQL in single-user mode: no listener, no temporary server, and an error stops it
+/// (`exit_on_error`) instead of being skipped.
+pub fn single_user(ctx: &Context, sup: &mut Supervisor, dir: &Path, statements: &[String]) -> Result<(), BootstrapError> {
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let what = "bootstrap SQL (postgres --single)";
+    let mut cmd = tool(ctx.bin, "postgres");
+    cmd.arg("--single").arg("-j").arg("-D").arg(dir);
+    // Statements carry password verifiers: keep them out of the log whatever the config says.
+    for setting in ["exit_on_error=on", "log_statement=none", "log_min_error_statement=panic"] {
+        cmd.arg("-c").arg(setting);
+    }
+    cmd.arg("postgres").stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut child = sup.spawn(&mut cmd).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    // With -j a statement ends with ";" and an empty line. Names cannot contain line breaks
+    // (config rejects control characters), so no statement ends early.
+    let input: String = statements.iter().map(|s| format!("{s};\n\n")).collect();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A write error means the backend died; its exit code says why.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    finish(sup, what, Pid::from_raw(child.id() as i32), Kind::Tool)
+}
+
+/// `*.sh`, `*.sql`, `*.sql.gz|xz|zst` in name order; other files are skipped with a note.
+fn init_scripts(dir: &Path) -> Result<Vec<PathBuf>, BootstrapError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(BootstrapError::Scripts { dir: dir.into(), source }),
+    };
+    let mut scripts = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|source| BootstrapError::Scripts { dir: dir.into(), source })?.path();
+        if script_kind(&path).is_some() {
+            scripts.push(path);
+        } else {
+            tracing::warn!(file = %path.display(), "ignoring: init scripts end in .sh, .sql, .sql.gz, .sql.xz or .sql.zst");
+        }
+    }
+    scripts.sort();
+    Ok(scripts)
+}
+
+enum ScriptKind {
+    Shell,
+    Sql,
+    Compressed(&'static str),
+}
+
+fn script_kind(path: &Path) -> Option<ScriptKind> {
+    let name = path.file_name()?.to_str()?;
+    [
+        (".sh", ScriptKind::Shell),
+        (".sql", ScriptKind::Sql),
+        (".sql.gz", ScriptKind::Compressed("gzip")),
+        (".sql.xz", ScriptKind::Compressed("xz")),
+        (".sql.zst", ScriptKind::Compressed("zstd")),
+    ]
+    .into_iter()
+    .find(|(ext, _)| name.ends_with(ext))
+    .map(|(_, kind)| kind)
+}
+
+/// Starts a temporary server on a private socket (no TCP), runs the scripts, stops it.
+fn run_init_scripts(ctx: &Context, sup: &mut Supervisor, staging: &Path, scripts: &[PathBuf]) -> Result<(), BootstrapError> {
+    let hba = staging.join(BOOTSTRAP_HBA);
+    fs::write(&hba, "local all all trust\n").map_err(DataDirError::io(&ctx.config.pgdata, "cannot write the bootstrap pg_hba"))?;
+    let mut cmd = tool(ctx.bin, "postgres");
+    cmd.arg("-D").arg(staging).args(ctx.postgres_args);
+    cmd.arg("-c").arg("listen_addresses=");
+    cmd.arg("-c").arg(format!("unix_socket_directories={}", staging.display()));
+    cmd.arg("-c").arg(format!("hba_file={}", hba.display()));
+    cmd.arg("-c").arg(format!("port={}", ctx.endpoint.port));
+    let what = "the temporary server for init scripts";
+    let server = sup.spawn(&mut cmd).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    let pid = Pid::from_raw(server.id() as i32);
+    let pidfile = staging.join("postmaster.pid");
+    let outcome = sup
+        .wait_until(pid, Kind::Postgres, || server_ready(&pidfile))
+        .map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    if let Outcome::Exited(code) = outcome {
+        return Err(match sup.stop_requested() {
+            Some(sig) => BootstrapError::Stopped(sig),
+            None => BootstrapError::Failed { what: what.into(), code },
+        });
+    }
+    let result = scripts.iter().try_for_each(|script| run_script(ctx, sup, staging, script));
+    // Stop the server whatever happened to the scripts (fast: nobody else is connected).
+    nix::sys::signal::kill(pid, Signal::SIGINT).ok();
+    let stopped = finish(sup, what, pid, Kind::Postgres);
+    fs::remove_file(&hba).ok();
+    result.and(stopped)
+}
+
+/// postgres writes "ready" on line 8 of postmaster.pid once it accepts connections.
+pub fn server_ready(pidfile: &Path) -> bool {
+    fs::read_to_string(pidfile).is_ok_and(|t| t.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+}
+
+fn run_script(ctx: &Context, sup: &mut Supervisor, staging: &Path, script: &Path) -> Result<(), BootstrapError> {
+    let config = ctx.config;
+    tracing::info!(script = %script.display(), "running init script");
+    let what = format!("init script {}", script.display());
+    let client_env = |c: &mut Command| {
+        c.env("PGHOST", staging)
+            .env("PGPORT", ctx.endpoint.port.to_string())
+            .env("PGUSER", &config.superuser)
+            .env("PGDATABASE", &config.database);
+    };
+    let psql = || {
+        let mut c = tool(ctx.bin, "psql");
+        client_env(&mut c);
+        c.args(["-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--no-password", "-q"]);
+        c
+    };
+    match script_kind(script) {
+        Some(ScriptKind::Shell) => {
+            use std::os::unix::fs::PermissionsExt;
+            let executable = fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+            // As in the official image, scripts see POSTGRES_PASSWORD etc. and PGDATA.
+            let mut c = if executable { Command::new(script) } else { Command::new("sh") };
+            if !executable {
+                c.arg(script);
+            }
+            client_env(&mut c);
+            c.env("PGDATA", staging).env("PATH", path_with(ctx.bin.dir()));
+            run(sup, &what, &mut c, Kind::Tool)
+        }
+        Some(ScriptKind::Sql) => run(sup, &what, psql().arg("-f").arg(script), Kind::Tool),
+        Some(ScriptKind::Compressed(tool_name)) => {
+            let mut unpack = Command::new(tool_name);
+            unpack.arg("-dc").arg(script).stdout(Stdio::piped());
+            let mut unpacker = sup.spawn(&mut unpack).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => BootstrapError::NoDecompressor { script: script.into(), tool: tool_name },
+                _ => BootstrapError::Spawn { what: what.clone(), source: e },
+            })?;
+            let unpack_pid = Pid::from_raw(unpacker.id() as i32);
+            let stdout = unpacker.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);
+            let loaded = run(sup, &what, psql().stdin(stdout), Kind::Tool);
+            let unpacked = finish(sup, &format!("{tool_name} -dc {}", script.display()), unpack_pid, Kind::Tool);
+            loaded.and(unpacked)
+        }
+        None => Ok(()),
+    }
+}
+
+/// PATH with the PostgreSQL binaries first, so scripts find the matching psql.
+fn path_with(dir: &Path) -> std::ffi::OsString {
+    let mut paths = vec![dir.to_path_buf()];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MapInputs;
+
+    #[test]
+    fn bootstrap_sql_uses_verifiers_never_plaintext() {
+        let inputs = MapInputs {
+            vars: [
+                ("POSTGRES_PASSWORD", "super'secret"),
+                ("POSTGRES_USER", "ad\"min"),
+                ("POSTGRES_DB", "app db"),
+                ("HA_MODE", "native"),
+                ("ROLE", "primary"),
+                ("REPLICATION_PASSWORD", "rep$ecret"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        };
+        let config = Config::from_inputs(&inputs).unwrap();
+        let sql = bootstrap_sql(&config);
+        assert_eq!(sql.len(), 4, "{sql:?}");
+        assert!(sql[0].starts_with("ALTER ROLE \"ad\"\"min\" WITH PASSWORD 'SCRAM-SHA-256$4096:"), "{}", sql[0]);
+        assert_eq!(sql[1], "CREATE DATABASE \"app db\" OWNER \"ad\"\"min\"");
+        assert!(sql[3].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));
+        let all = sql.join("\n");
+        assert!(!all.contains("super'secret") && !all.contains("rep$ecret"));
+    }
+
+    #[test]
+    fn script_kinds_by_name() {
+        let kind = |n: &str| script_kind(Path::new(n)).map(|k| match k {
+            ScriptKind::Shell => "sh",
+            ScriptKind::Sql => "sql",
+            ScriptKind::Compressed(t) => t,
+        });
+        assert_eq!(kind("/d/01-a.sh"), Some("sh"));
+        assert_eq!(kind("/d/02-b.sql"), Some("sql"));
+        assert_eq!(kind("/d/03-c.sql.gz"), Some("gzip"));
+        assert_eq!(kind("/d/04-d.sql.xz"), Some("xz"));
+        assert_eq!(kind("/d/05-e.sql.zst"), Some("zstd"));
+        assert_eq!(kind("/d/README.md"), None);
+    }
+}

@@ -1,0 +1,781 @@
+//! The environment becomes one typed, validated [`Config`]. Pure: the caller hands in the
+//! variables and a way to read `*_FILE` secrets, so every rule is unit-tested directly.
+//!
+//! All problems are collected and reported together; each names the variable, the bad value
+//! (never a secret's) and what is accepted.
+
+use std::fmt;
+#[cfg(test)]
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A password. Its `Debug`/`Display` never show the value, so it cannot leak through a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub pgdata: PathBuf,
+    pub superuser: String,
+    /// `None` only with `POSTGRES_HOST_AUTH_METHOD=trust`.
+    pub superuser_password: Option<Secret>,
+    pub database: String,
+    pub initdb_args: Vec<String>,
+    pub initdb_waldir: Option<PathBuf>,
+    pub host_auth_method: String,
+    pub role: Role,
+    /// `POSTGRESQL_CONFIG_<NAME>` as (lower-case setting name, value), sorted by name.
+    pub overrides: Vec<(String, String)>,
+    pub init_scripts_dir: PathBuf,
+    pub bindir: Option<PathBuf>,
+    /// After a stop signal, how long postgres gets for a fast shutdown before an immediate one.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Standalone,
+    Primary(Replication),
+    Replica(Replica),
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Primary(_) => "primary",
+            Role::Replica(_) => "replica",
+        }
+    }
+}
+
+/// The replication role and, on a primary, which standbys must confirm commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    pub user: String,
+    pub password: Secret,
+    pub sync: SyncSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub replication: Replication,
+    pub primary_host: String,
+    pub primary_port: u16,
+    /// `application_name` of this standby; its slot name is derived from it.
+    pub name: String,
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncMode {
+    Off,
+    /// `FIRST n (...)`: the first n listed, in order of priority.
+    First,
+    /// `ANY n (...)`: any n of those listed (quorum).
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncSettings {
+    pub mode: SyncMode,
+    pub count: u32,
+    /// Standby names; `["*"]` means any standby.
+    pub names: Vec<String>,
+}
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub variable: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+/// Every problem found in the environment, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n  {}", .0.len(), if .0.len() == 1 { "" } else { "s" },
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+pub struct ConfigError(pub Vec<Problem>);
+
+pub const DEFAULT_PGDATA: &str = "/var/lib/postgresql/data";
+pub const DEFAULT_INIT_SCRIPTS_DIR: &str = "/docker-entrypoint-initdb.d";
+const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust", "reject"];
+/// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+pub const OVERRIDE_PREFIX: &str = "POSTGRESQL_CONFIG_";
+
+/// Where the inputs come from: the process environment, the secret files, the hostname.
+pub trait Inputs {
+    fn var(&self, name: &str) -> Option<String>;
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+    fn read_file(&self, path: &Path) -> std::io::Result<String>;
+    fn hostname(&self) -> String;
+}
+
+/// The real process environment.
+pub struct ProcessInputs;
+
+impl Inputs for ProcessInputs {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn hostname(&self) -> String {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A fixed set of variables, for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct MapInputs {
+    pub vars: BTreeMap<String, String>,
+    pub files: BTreeMap<PathBuf, String>,
+    pub hostname: String,
+}
+
+#[cfg(test)]
+impl Inputs for MapInputs {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+    fn hostname(&self) -> String {
+        self.hostname.clone()
+    }
+}
+
+impl Config {
+    pub fn from_inputs(inputs: &dyn Inputs) -> Result<Config, ConfigError> {
+        let mut p = Parser { inputs, problems: Vec::new() };
+        let config = p.config();
+        match config {
+            Some(config) if p.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError(p.problems)),
+        }
+    }
+
+    pub fn replication(&self) -> Option<&Replication> {
+        match &self.role {
+            Role::Standalone => None,
+            Role::Primary(r) => Some(r),
+            Role::Replica(r) => Some(&r.replication),
+        }
+    }
+}
+
+struct Parser<'a> {
+    inputs: &'a dyn Inputs,
+    problems: Vec<Problem>,
+}
+
+impl Parser<'_> {
+    fn problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(Problem { variable: variable.to_string(), message: message.into() });
+    }
+
+    /// A variable; empty counts as unset, as in the official image.
+    fn var(&self, name: &str) -> Option<String> {
+        self.inputs.var(name).filter(|v| !v.is_empty())
+    }
+
+    /// `NAME` or `NAME_FILE`, never both. File contents lose trailing newlines.
+    fn secret(&mut self, name: &str) -> Option<Secret> {
+        let file_var = format!("{name}_FILE");
+        match (self.var(name), self.var(&file_var)) {
+            (Some(_), Some(_)) => {
+                self.problem(name, format!("both {name} and {file_var} are set; set only one"));
+                None
+            }
+            (Some(value), None) => Some(Secret(value)),
+            (None, Some(path)) => match self.inputs.read_file(Path::new(&path)) {
+                Ok(text) => {
+                    let value = text.trim_end_matches(['\n', '\r']).to_string();
+                    if value.is_empty() {
+                        self.problem(&file_var, format!("the file {path:?} is empty"));
+                        None
+                    } else {
+                        Some(Secret(value))
+                    }
+                }
+                Err(e) => {
+                    self.problem(&file_var, format!("cannot read {path:?}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn identifier(&mut self, name: &str, default: &str) -> String {
+        let value = self.var(name).unwrap_or_else(|| default.to_string());
+        if value.len() > MAX_IDENTIFIER_BYTES {
+            self.problem(
+                name,
+                format!("{value:?} is {} bytes long; at most {MAX_IDENTIFIER_BYTES} are accepted", value.len()),
+            );
+        } else if value.chars().any(char::is_control) {
+            self.problem(name, format!("{value:?} contains a control character; printable characters are accepted"));
+        }
+        value
+    }
+
+    fn boolean(&mut self, name: &str) -> Option<bool> {
+        let value = self.var(name)?;
+        let parsed = parse_bool(&value);
+        if parsed.is_none() {
+            self.problem(name, format!("{value:?} is not a boolean; accepted: true/false, on/off, yes/no, 1/0"));
+        }
+        parsed
+    }
+
+    fn duration(&mut self, name: &str, default: Duration) -> Duration {
+        match self.var(name) {
+            None => default,
+            Some(value) => parse_duration(&value).unwrap_or_else(|| {
+                self.problem(
+                    name,
+                    format!("{value:?} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\")"),
+                );
+                default
+            }),
+        }
+    }
+
+    fn port(&mut self, name: &str, default: u16) -> u16 {
+        match self.var(name) {
+            None => default,
+            Some(value) => match value.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    self.problem(name, format!("{value:?} is not a port; accepted: 1 to 65535"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn config(&mut self) -> Option<Config> {
+        let pgdata = PathBuf::from(self.var("PGDATA").unwrap_or_else(|| DEFAULT_PGDATA.to_string()));
+        if !pgdata.is_absolute() {
+            self.problem("PGDATA", format!("{:?} is not an absolute path", pgdata));
+        }
+        let superuser = self.identifier("POSTGRES_USER", "postgres");
+        let database = self.identifier("POSTGRES_DB", &superuser.clone());
+        let host_auth_method =
+            self.var("POSTGRES_HOST_AUTH_METHOD").unwrap_or_else(|| "scram-sha-256".to_string());
+        if !ACCEPTED_AUTH_METHODS.contains(&host_auth_method.as_str()) {
+            self.problem(
+                "POSTGRES_HOST_AUTH_METHOD",
+                format!("{host_auth_method:?} is not accepted; accepted: {}", ACCEPTED_AUTH_METHODS.join(", ")),
+            );
+        }
+        let superuser_password = self.secret("POSTGRES_PASSWORD");
+        if superuser_password.is_none()
+            && host_auth_method != "trust"
+            && self.var("POSTGRES_PASSWORD_FILE").is_none()
+        {
+            self.problem(
+                "POSTGRES_PASSWORD",
+                "is required (or POSTGRES_PASSWORD_FILE); only POSTGRES_HOST_AUTH_METHOD=trust allows none",
+            );
+        }
+        let initdb_args =
+            self.var("POSTGRES_INITDB_ARGS").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default();
+        let initdb_waldir = self.var("POSTGRES_INITDB_WALDIR").map(PathBuf::from);
+        if initdb_waldir.as_deref().is_some_and(|w| !w.is_absolute()) {
+            self.problem("POSTGRES_INITDB_WALDIR", "must be an absolute path");
+        }
+        let init_scripts_dir =
+            PathBuf::from(self.var("INIT_SCRIPTS_DIR").unwrap_or_else(|| DEFAULT_INIT_SCRIPTS_DIR.to_string()));
+        let bindir = self.var("PG_BINDIR").map(PathBuf::from);
+        let shutdown_timeout = self.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(8));
+        let overrides = self.overrides();
+        let role = self.role(&superuser)?;
+        if matches!(role, Role::Primary(_)) {
+            self.check_primary_overrides(&overrides);
+        }
+        Some(Config {
+            pgdata,
+            superuser,
+            superuser_password,
+            database,
+            initdb_args,
+            initdb_waldir,
+            host_auth_method,
+            role,
+            overrides,
+            init_scripts_dir,
+            bindir,
+            shutdown_timeout,
+        })
+    }
+
+    fn overrides(&mut self) -> Vec<(String, String)> {
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        for (var, value) in self.inputs.vars_with_prefix(OVERRIDE_PREFIX) {
+            let name = var[OVERRIDE_PREFIX.len()..].to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && !name.starts_with(['.', '_'])
+                && !name.ends_with('.');
+            if !valid {
+                self.problem(&var, "is not a setting name; accepted: POSTGRESQL_CONFIG_<NAME> with letters, digits, '_' and '.'");
+            } else if ["data_directory", "config_file", "hba_file", "ident_file"].contains(&name.as_str()) {
+                self.problem(&var, "cannot be overridden: pg-entrypoint manages where the data and configuration files are");
+            } else {
+                overrides.push((name, value));
+            }
+        }
+        overrides.sort();
+        overrides
+    }
+
+    /// Overrides that would make a primary unable to serve its replicas.
+    fn check_primary_overrides(&mut self, overrides: &[(String, String)]) {
+        for (name, value) in overrides {
+            let lower = value.to_ascii_lowercase();
+            if name == "wal_level" && !["replica", "logical"].contains(&lower.as_str()) {
+                self.problem(
+                    "POSTGRESQL_CONFIG_WAL_LEVEL",
+                    format!("{value:?} cannot stream to replicas; accepted on a primary: replica, logical"),
+                );
+            }
+            if name == "max_wal_senders" && lower.trim() == "0" {
+                self.problem("POSTGRESQL_CONFIG_MAX_WAL_SENDERS", "0 cannot serve replicas; accepted on a primary: 1 or more");
+            }
+        }
+    }
+
+    fn role(&mut self, superuser: &str) -> Option<Role> {
+        let ha_mode = self.var("HA_MODE");
+        let native = match ha_mode.as_deref() {
+            None => false,
+            Some("native") => true,
+            Some(other) => {
+                self.problem("HA_MODE", format!("{other:?} is not accepted; accepted: native, or unset for a standalone server"));
+                false
+            }
+        };
+        for (enable, alias) in [("USE_PATRONI", "PATRONI_ENABLE"), ("USE_CITUS", "CITUS_ENABLE")] {
+            for var in [enable, alias] {
+                if self.boolean(var) == Some(true) && native {
+                    let why = if var.contains("PATRONI") {
+                        "only one HA method at a time: unset HA_MODE to let Patroni manage replication, or disable Patroni"
+                    } else {
+                        "native HA is not compatible with Citus: unset HA_MODE or disable Citus"
+                    };
+                    self.problem(var, format!("is true while HA_MODE=native; {why}"));
+                }
+            }
+        }
+
+        let role_name = self.role_name();
+        if !native {
+            if let Some((var, value)) = role_name {
+                if ha_mode.is_none() {
+                    self.problem(var, format!("is {value:?} but HA_MODE is not set; set HA_MODE=native for replication"));
+                }
+            }
+            return Some(Role::Standalone);
+        }
+        let sync = self.sync_settings();
+        let user = self.identifier("REPLICATION_USER", "replicator");
+        if user == superuser {
+            self.problem("REPLICATION_USER", format!("{user:?} is also POSTGRES_USER; the replication role must be a separate role"));
+        }
+        let password = self.secret("REPLICATION_PASSWORD");
+        if password.is_none() && self.var("REPLICATION_PASSWORD_FILE").is_none() && self.var("REPLICATION_PASSWORD").is_none()
+        {
+            self.problem("REPLICATION_PASSWORD", "is required with HA_MODE=native (or REPLICATION_PASSWORD_FILE)");
+        }
+        let role = match role_name {
+            None => {
+                self.problem("REPLICATION_ROLE", "is required with HA_MODE=native; accepted: primary, replica (alias ROLE)");
+                return None;
+            }
+            Some((_, value)) if value == "primary" => "primary",
+            Some((_, value)) if value == "replica" => "replica",
+            Some((var, value)) => {
+                self.problem(var, format!("{value:?} is not accepted; accepted: primary, replica"));
+                return None;
+            }
+        };
+        let replica = if role == "replica" { self.replica_settings() } else { None };
+        let replication = Replication { user, password: password?, sync };
+        Some(match replica {
+            None => Role::Primary(replication),
+            Some((primary_host, primary_port, name, wait_timeout)) => {
+                Role::Replica(Replica { replication, primary_host, primary_port, name, wait_timeout })
+            }
+        })
+    }
+
+    /// `REPLICATION_ROLE` or its alias `ROLE`: (variable that gave it, lower-cased value).
+    fn role_name(&mut self) -> Option<(&'static str, String)> {
+        let long = self.var("REPLICATION_ROLE").map(|v| v.to_ascii_lowercase());
+        let short = self.var("ROLE").map(|v| v.to_ascii_lowercase());
+        match (long, short) {
+            (Some(a), Some(b)) if a != b => {
+                self.problem("REPLICATION_ROLE", format!("{a:?} disagrees with ROLE={b:?}; set one of them"));
+                Some(("REPLICATION_ROLE", a))
+            }
+            (Some(a), _) => Some(("REPLICATION_ROLE", a)),
+            (None, Some(b)) => Some(("ROLE", b)),
+            (None, None) => None,
+        }
+    }
+
+    fn replica_settings(&mut self) -> Option<(String, u16, String, Duration)> {
+        let host = self.var("PRIMARY_HOST");
+        if host.is_none() {
+            self.problem("PRIMARY_HOST", "is required for a replica: the host name or address of the primary");
+        }
+        let port = self.port("PRIMARY_PORT", 5432);
+        let name_var = if self.var("REPLICA_NAME").is_none() && self.var("REPLICATION_APPNAME").is_some() {
+            "REPLICATION_APPNAME"
+        } else {
+            "REPLICA_NAME"
+        };
+        let hostname = self.inputs.hostname();
+        let name = self.identifier(name_var, &hostname);
+        if name.is_empty() {
+            self.problem("REPLICA_NAME", "is empty and the hostname is unknown; set REPLICA_NAME");
+        }
+        let timeout = self.duration("PRIMARY_WAIT_TIMEOUT", Duration::from_secs(120));
+        Some((host?, port, name, timeout))
+    }
+
+    fn sync_settings(&mut self) -> SyncSettings {
+        let mode = match self.var("REPLICATION_SYNCHRONOUS_MODE").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("off") | Some("false") => SyncMode::Off,
+            Some("on") | Some("true") | Some("first") => SyncMode::First,
+            Some("any") => SyncMode::Any,
+            Some(other) => {
+                self.problem(
+                    "REPLICATION_SYNCHRONOUS_MODE",
+                    format!("{other:?} is not accepted; accepted: off/false, on/true, any (quorum), first (priority)"),
+                );
+                SyncMode::Off
+            }
+        };
+        let count = match self.var("REPLICATION_SYNCHRONOUS_COUNT") {
+            None => 1,
+            Some(value) => match value.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.problem("REPLICATION_SYNCHRONOUS_COUNT", format!("{value:?} is not accepted; accepted: a whole number, 1 or more"));
+                    1
+                }
+            },
+        };
+        let names_value = self.var("REPLICATION_SYNCHRONOUS_REPLICAS").unwrap_or_else(|| "*".to_string());
+        let names: Vec<String> = names_value.split(',').map(|n| n.trim().to_string()).collect();
+        if names.iter().any(|n| n.is_empty() || n.chars().any(char::is_control)) {
+            self.problem(
+                "REPLICATION_SYNCHRONOUS_REPLICAS",
+                format!("{names_value:?} has an empty or unprintable name; accepted: a comma-separated list of replica names, or *"),
+            );
+        }
+        let explicit = names.iter().all(|n| n != "*");
+        if explicit && count as usize > names.len() {
+            self.problem(
+                "REPLICATION_SYNCHRONOUS_COUNT",
+                format!("{count} is more than the {} name(s) in REPLICATION_SYNCHRONOUS_REPLICAS; accepted: 1 to {}", names.len(), names.len()),
+            );
+        }
+        SyncSettings { mode, count, names }
+    }
+}
+
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Some(true),
+        "false" | "off" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let (number, unit) = match value.strip_suffix('s') {
+        Some(n) => (n, 1),
+        None => match value.strip_suffix('m') {
+            Some(n) => (n, 60),
+            None => (value, 1),
+        },
+    };
+    number.parse::<u64>().ok().map(|n| Duration::from_secs(n * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn inputs(vars: &[(&str, &str)]) -> MapInputs {
+        MapInputs {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            files: BTreeMap::new(),
+            hostname: "host-a".into(),
+        }
+    }
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_inputs(&inputs(vars))
+    }
+
+    fn problems(vars: &[(&str, &str)]) -> Vec<String> {
+        parse(vars).expect_err("expected a configuration error").0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_official_image() {
+        let c = parse(&[("POSTGRES_PASSWORD", "pw")]).unwrap();
+        assert_eq!(c.pgdata, PathBuf::from("/var/lib/postgresql/data"));
+        assert_eq!(c.superuser, "postgres");
+        assert_eq!(c.database, "postgres");
+        assert_eq!(c.host_auth_method, "scram-sha-256");
+        assert_eq!(c.role, Role::Standalone);
+        assert_eq!(c.init_scripts_dir, PathBuf::from("/docker-entrypoint-initdb.d"));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn database_defaults_to_the_user() {
+        let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "alice")]).unwrap();
+        assert_eq!(c.database, "alice");
+    }
+
+    #[test]
+    fn password_is_required_unless_trust() {
+        assert_eq!(
+            problems(&[]),
+            ["POSTGRES_PASSWORD: is required (or POSTGRES_PASSWORD_FILE); only POSTGRES_HOST_AUTH_METHOD=trust allows none"]
+        );
+        assert!(parse(&[("POSTGRES_HOST_AUTH_METHOD", "trust")]).unwrap().superuser_password.is_none());
+    }
+
+    #[test]
+    fn secret_from_file_loses_trailing_newlines_only() {
+        let mut i = inputs(&[("POSTGRES_PASSWORD_FILE", "/run/secrets/pw")]);
+        i.files.insert("/run/secrets/pw".into(), " p a$s\n\n".into());
+        let c = Config::from_inputs(&i).unwrap();
+        assert_eq!(c.superuser_password.unwrap().expose(), " p a$s");
+    }
+
+    #[test]
+    fn both_secret_forms_is_an_error_that_does_not_echo_the_secret() {
+        let mut i = inputs(&[("POSTGRES_PASSWORD", "hunter2"), ("POSTGRES_PASSWORD_FILE", "/f")]);
+        i.files.insert("/f".into(), "x".into());
+        let err = Config::from_inputs(&i).unwrap_err().to_string();
+        assert!(err.contains("both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set"), "{err}");
+        assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
+    fn unreadable_secret_file_names_the_variable() {
+        let p = problems(&[("POSTGRES_PASSWORD_FILE", "/nope")]);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("POSTGRES_PASSWORD_FILE: cannot read \"/nope\""), "{p:?}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let p = problems(&[
+            ("HA_MODE", "patroni"),
+            ("POSTGRES_HOST_AUTH_METHOD", "ident"),
+            ("PGDATA", "relative/dir"),
+            ("SHUTDOWN_TIMEOUT", "soon"),
+        ]);
+        let vars: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(vars, ["PGDATA", "POSTGRES_HOST_AUTH_METHOD", "SHUTDOWN_TIMEOUT", "HA_MODE"], "{p:?}");
+    }
+
+    #[test]
+    fn native_primary() {
+        let c = parse(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "Primary"),
+            ("REPLICATION_PASSWORD", "rpw"),
+        ])
+        .unwrap();
+        let Role::Primary(r) = c.role else { panic!("not a primary: {:?}", c.role) };
+        assert_eq!(r.user, "replicator");
+        assert_eq!(r.password.expose(), "rpw");
+        assert_eq!(r.sync, SyncSettings { mode: SyncMode::Off, count: 1, names: vec!["*".into()] });
+    }
+
+    #[test]
+    fn native_needs_role_and_replication_password() {
+        let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native")]);
+        assert_eq!(
+            p,
+            [
+                "REPLICATION_PASSWORD: is required with HA_MODE=native (or REPLICATION_PASSWORD_FILE)",
+                "REPLICATION_ROLE: is required with HA_MODE=native; accepted: primary, replica (alias ROLE)",
+            ]
+        );
+    }
+
+    #[test]
+    fn role_and_alias_must_agree() {
+        let p = problems(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("REPLICATION_ROLE", "primary"),
+            ("ROLE", "replica"),
+        ]);
+        assert_eq!(p, ["REPLICATION_ROLE: \"primary\" disagrees with ROLE=\"replica\"; set one of them"]);
+    }
+
+    #[test]
+    fn role_without_ha_mode_is_an_error() {
+        let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("REPLICATION_ROLE", "replica")]);
+        assert_eq!(p, ["REPLICATION_ROLE: is \"replica\" but HA_MODE is not set; set HA_MODE=native for replication"]);
+    }
+
+    #[test]
+    fn replica_needs_primary_host_and_takes_hostname_as_name() {
+        let native = [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "replica"), ("REPLICATION_PASSWORD", "r")];
+        assert_eq!(problems(&native), ["PRIMARY_HOST: is required for a replica: the host name or address of the primary"]);
+        let mut vars = native.to_vec();
+        vars.push(("PRIMARY_HOST", "db-primary"));
+        let Role::Replica(r) = parse(&vars).unwrap().role else { panic!() };
+        assert_eq!((r.primary_host.as_str(), r.primary_port, r.name.as_str()), ("db-primary", 5432, "host-a"));
+        assert_eq!(r.wait_timeout, Duration::from_secs(120));
+        vars.push(("REPLICATION_APPNAME", "replica-2"));
+        vars.push(("PRIMARY_WAIT_TIMEOUT", "2m"));
+        let Role::Replica(r) = parse(&vars).unwrap().role else { panic!() };
+        assert_eq!(r.name, "replica-2");
+        assert_eq!(r.wait_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn patroni_or_citus_with_native_is_an_error() {
+        let p = problems(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "primary"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("PATRONI_ENABLE", "YES"),
+            ("USE_CITUS", "1"),
+        ]);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("PATRONI_ENABLE: is true while HA_MODE=native; only one HA method"));
+        assert!(p[1].starts_with("USE_CITUS: is true while HA_MODE=native; native HA is not compatible with Citus"));
+        assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("USE_PATRONI", "true")]).is_ok());
+        assert_eq!(
+            problems(&[("POSTGRES_PASSWORD", "pw"), ("USE_CITUS", "maybe")]),
+            ["USE_CITUS: \"maybe\" is not a boolean; accepted: true/false, on/off, yes/no, 1/0"]
+        );
+    }
+
+    #[test]
+    fn sync_count_cannot_exceed_names() {
+        let p = problems(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "primary"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("REPLICATION_SYNCHRONOUS_MODE", "any"),
+            ("REPLICATION_SYNCHRONOUS_COUNT", "3"),
+            ("REPLICATION_SYNCHRONOUS_REPLICAS", "replica-1, replica-2"),
+        ]);
+        assert_eq!(
+            p,
+            ["REPLICATION_SYNCHRONOUS_COUNT: 3 is more than the 2 name(s) in REPLICATION_SYNCHRONOUS_REPLICAS; accepted: 1 to 2"]
+        );
+    }
+
+    #[test]
+    fn overrides_are_lower_cased_sorted_and_checked() {
+        let c = parse(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("POSTGRESQL_CONFIG_WORK_MEM", "8MB"),
+            ("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "200"),
+        ])
+        .unwrap();
+        assert_eq!(c.overrides, [("max_connections".into(), "200".into()), ("work_mem".into(), "8MB".into())]);
+        let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_HBA_FILE", "/x"), ("POSTGRESQL_CONFIG_", "1")]);
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn a_primary_cannot_turn_off_wal_for_replicas() {
+        let p = problems(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "primary"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("POSTGRESQL_CONFIG_WAL_LEVEL", "minimal"),
+        ]);
+        assert_eq!(p, ["POSTGRESQL_CONFIG_WAL_LEVEL: \"minimal\" cannot stream to replicas; accepted on a primary: replica, logical"]);
+    }
+
+    #[test]
+    fn identifiers_are_bounded_and_printable() {
+        let long = "x".repeat(64);
+        let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", &long), ("POSTGRES_DB", "a\nb")]);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("POSTGRES_USER:") && p[0].contains("64 bytes long; at most 63"));
+        assert!(p[1].starts_with("POSTGRES_DB:") && p[1].contains("control character"));
+        // Quotes, spaces and unicode are fine: they are quoted wherever they are used.
+        assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "Al \"ice\" O'Neil ü")]).is_ok());
+    }
+
+    #[test]
+    fn booleans_and_durations() {
+        for (s, b) in [("TRUE", true), ("on", true), ("Yes", true), ("1", true), ("false", false), ("OFF", false), ("no", false), ("0", false)] {
+            assert_eq!(parse_bool(s), Some(b), "{s}");
+        }
+        assert_eq!(parse_bool("y"), None);
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("3m"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_duration("-1"), None);
+    }
+}

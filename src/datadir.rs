@@ -1,0 +1,267 @@
+//! What is in PGDATA, and the few safe moves we make on it.
+//!
+//! A bootstrap (initdb + bootstrap SQL + init scripts, or a clone) is built in a staging
+//! directory inside PGDATA and moved into place only when complete, `PG_VERSION` last. So
+//! PGDATA is either a complete cluster, or holds only our staging directory (an interrupted
+//! bootstrap, thrown away and redone), or a complete staged cluster whose move was
+//! interrupted (finished). Anything else we did not make is refused, never deleted.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A bootstrap in progress. Never started as a server outside of bootstrap.
+pub const STAGING: &str = ".pg-entrypoint-bootstrap";
+/// A finished bootstrap being moved into PGDATA.
+pub const STAGED: &str = ".pg-entrypoint-staged";
+/// Fresh ext4 volumes have it; it is not data.
+const LOST_AND_FOUND: &str = "lost+found";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Missing, empty, or only `lost+found`.
+    Empty,
+    /// A cluster; `standby` when it has `standby.signal`.
+    Cluster { standby: bool },
+    /// Our staging directory from a bootstrap that did not finish.
+    Interrupted,
+    /// A finished bootstrap whose move into place did not finish.
+    Staged,
+    /// Something we did not make: these entries.
+    Foreign(Vec<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error(
+        "PGDATA {pgdata:?} is not empty and is not a PostgreSQL cluster (it holds {entries}); \
+         refusing to touch it. Point PGDATA at an empty directory or an existing cluster \
+         (with a volume mounted at the data directory, use a subdirectory of the mount)"
+    )]
+    Foreign { pgdata: PathBuf, entries: String },
+    #[error("PGDATA {pgdata:?}: {action}: {source}")]
+    Io { pgdata: PathBuf, action: String, source: io::Error },
+}
+
+impl DataDirError {
+    pub fn io(pgdata: &Path, action: impl Into<String>) -> impl FnOnce(io::Error) -> DataDirError + '_ {
+        let action = action.into();
+        move |source| DataDirError::Io { pgdata: pgdata.to_path_buf(), action, source }
+    }
+}
+
+/// Reads PGDATA's top level and classifies it.
+pub fn inspect(pgdata: &Path) -> Result<State, DataDirError> {
+    let entries = match fs::read_dir(pgdata) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(DataDirError::io(pgdata, "cannot list"))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(DataDirError::io(pgdata, "cannot list")(e)),
+    };
+    Ok(classify(
+        &entries,
+        pgdata.join("global/pg_control").is_file(),
+        pgdata.join("standby.signal").exists(),
+    ))
+}
+
+/// The decision of [`inspect`], from the top-level names and two facts about them.
+pub fn classify(entries: &[String], has_pg_control: bool, has_standby_signal: bool) -> State {
+    let mut names: Vec<&str> = entries.iter().map(String::as_str).filter(|n| *n != LOST_AND_FOUND).collect();
+    names.sort_unstable();
+    if names.contains(&STAGED) {
+        State::Staged
+    } else if names.contains(&"PG_VERSION") && has_pg_control {
+        State::Cluster { standby: has_standby_signal }
+    } else if names.is_empty() {
+        State::Empty
+    } else if names == [STAGING] {
+        State::Interrupted
+    } else {
+        State::Foreign(names.iter().map(|n| n.to_string()).collect())
+    }
+}
+
+pub fn refuse(pgdata: &Path, entries: &[String]) -> DataDirError {
+    let mut shown: Vec<String> = entries.iter().take(5).map(|e| format!("{e:?}")).collect();
+    if entries.len() > 5 {
+        shown.push(format!("and {} more", entries.len() - 5));
+    }
+    DataDirError::Foreign { pgdata: pgdata.to_path_buf(), entries: shown.join(", ") }
+}
+
+/// Removes the leftovers of an interrupted bootstrap (only our own staging directory) and
+/// returns a fresh, empty one.
+pub fn fresh_staging(pgdata: &Path) -> Result<PathBuf, DataDirError> {
+    let staging = pgdata.join(STAGING);
+    if staging.exists() {
+        tracing::warn!(path = %staging.display(), "removing an interrupted bootstrap; it will be redone");
+        fs::remove_dir_all(&staging).map_err(DataDirError::io(pgdata, "cannot remove the interrupted bootstrap"))?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(DataDirError::io(pgdata, "cannot create the staging directory"))?;
+    Ok(staging)
+}
+
+/// Moves a finished bootstrap from the staging directory into PGDATA.
+pub fn install_staging(pgdata: &Path) -> Result<(), DataDirError> {
+    let err = |action: &str| DataDirError::io(pgdata, action.to_string());
+    fs::rename(pgdata.join(STAGING), pgdata.join(STAGED)).map_err(err("cannot mark the bootstrap finished"))?;
+    sync_dir(pgdata).map_err(err("cannot sync"))?;
+    finish_staged(pgdata)
+}
+
+/// Moves every entry of the staged cluster up into PGDATA, `PG_VERSION` last, so PGDATA only
+/// looks like a cluster once all of it is there. Safe to repeat after an interruption.
+pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
+    let err = |action: &str| DataDirError::io(pgdata, action.to_string());
+    let staged = pgdata.join(STAGED);
+    let mut names: Vec<_> = fs::read_dir(&staged)
+        .map_err(err("cannot list the staged cluster"))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .map_err(err("cannot list the staged cluster"))?;
+    names.sort_by_key(|n| n == "PG_VERSION");
+    for name in names {
+        fs::rename(staged.join(&name), pgdata.join(&name)).map_err(err("cannot move the staged cluster into place"))?;
+    }
+    sync_dir(pgdata).map_err(err("cannot sync"))?;
+    fs::remove_dir(&staged).map_err(err("cannot remove the empty staging directory"))?;
+    sync_dir(pgdata).map_err(err("cannot sync"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Removes `postmaster.pid` left by a postgres that no longer runs. postgres itself refuses
+/// to start when the recorded PID is alive, and in a new container that PID often belongs to
+/// an unrelated process. The file is kept when a postgres process works in this PGDATA.
+pub fn remove_stale_pidfile(pgdata: &Path) -> Result<(), DataDirError> {
+    let pidfile = pgdata.join("postmaster.pid");
+    let Ok(text) = fs::read_to_string(&pidfile) else { return Ok(()) };
+    let pid = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.filter(|p| *p > 0) {
+        if postgres_owns(pid, pgdata) {
+            return Ok(()); // let postgres report the conflict in its own words
+        }
+    }
+    tracing::info!(pid = ?pid, "removing a stale postmaster.pid");
+    fs::remove_file(&pidfile).or_else(ignore_not_found).map_err(DataDirError::io(pgdata, "cannot remove postmaster.pid"))
+}
+
+/// True when `pid` is a postgres process whose working directory is `pgdata`.
+fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let is_postgres = fs::read(proc.join("cmdline"))
+        .map(|c| c.split(|b| *b == 0).next().is_some_and(|a0| String::from_utf8_lossy(a0).contains("postgres")))
+        .unwrap_or(false);
+    let cwd = fs::read_link(proc.join("cwd")).ok();
+    let ours = pgdata.canonicalize().ok();
+    is_postgres && cwd.is_some() && cwd == ours
+}
+
+fn ignore_not_found(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Writes a file so that a reader (or a crash) sees the old or the new content, never half.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.pg-entrypoint-tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(&[], false, false), State::Empty);
+        assert_eq!(classify(&names(&["lost+found"]), false, false), State::Empty);
+        assert_eq!(classify(&names(&["PG_VERSION", "base", "global"]), true, false), State::Cluster { standby: false });
+        assert_eq!(classify(&names(&["PG_VERSION", "global"]), true, true), State::Cluster { standby: true });
+        assert_eq!(classify(&names(&[STAGING, "lost+found"]), false, false), State::Interrupted);
+        assert_eq!(classify(&names(&["base", STAGED]), false, false), State::Staged);
+        assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false), State::Staged);
+        // PG_VERSION without pg_control is not a cluster we can start: refuse, never delete.
+        assert_eq!(classify(&names(&["PG_VERSION"]), false, false), State::Foreign(names(&["PG_VERSION"])));
+        assert_eq!(classify(&names(&["notes.txt", STAGING]), false, false), State::Foreign(names(&[STAGING, "notes.txt"])));
+        assert_eq!(classify(&names(&[".hidden"]), false, false), State::Foreign(names(&[".hidden"])));
+    }
+
+    #[test]
+    fn refusal_lists_a_few_entries() {
+        let many: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+        let msg = refuse(Path::new("/d"), &many).to_string();
+        assert!(msg.contains("\"f0\", \"f1\", \"f2\", \"f3\", \"f4\", and 3 more"), "{msg}");
+    }
+
+    #[test]
+    fn staged_cluster_moves_into_place_and_can_resume() {
+        let dir = std::env::temp_dir().join(format!("pgep-unit-staged-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let staging = fresh_staging(&dir.join("data")).err().map(|_| ());
+        assert!(staging.is_some(), "PGDATA must exist first");
+        fs::create_dir_all(dir.join("data")).unwrap();
+        let pgdata = dir.join("data");
+        let staging = fresh_staging(&pgdata).unwrap();
+        for f in ["PG_VERSION", "postgresql.conf"] {
+            fs::write(staging.join(f), f).unwrap();
+        }
+        fs::create_dir(staging.join("global")).unwrap();
+        fs::write(staging.join("global/pg_control"), "x").unwrap();
+        assert_eq!(inspect(&pgdata).unwrap(), State::Interrupted);
+        // Interrupted after the rename and one move: the next start finishes the move.
+        fs::rename(&staging, pgdata.join(STAGED)).unwrap();
+        fs::rename(pgdata.join(STAGED).join("postgresql.conf"), pgdata.join("postgresql.conf")).unwrap();
+        assert_eq!(inspect(&pgdata).unwrap(), State::Staged);
+        finish_staged(&pgdata).unwrap();
+        assert_eq!(inspect(&pgdata).unwrap(), State::Cluster { standby: false });
+        assert_eq!(fs::read_to_string(pgdata.join("PG_VERSION")).unwrap(), "PG_VERSION");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_pidfile_is_removed_unless_postgres_owns_it() {
+        let dir = std::env::temp_dir().join(format!("pgep-unit-pid-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // Our own PID is alive but not a postgres working in `dir`: stale.
+        fs::write(dir.join("postmaster.pid"), format!("{}\n{}\n", std::process::id(), dir.display())).unwrap();
+        remove_stale_pidfile(&dir).unwrap();
+        assert!(!dir.join("postmaster.pid").exists());
+        remove_stale_pidfile(&dir).unwrap(); // no file: nothing to do
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_sets_mode() {
+        let dir = std::env::temp_dir().join(format!("pgep-unit-write-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pass");
+        write_atomic(&f, b"secret", 0o600).unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&f).unwrap(), b"secret");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

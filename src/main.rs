@@ -1,0 +1,128 @@
+//! pg-entrypoint: the ENTRYPOINT and PID 1 of a PostgreSQL container.
+//!
+//! `pg-entrypoint [postgres] [ARGS]` sets up and runs the server; `check` validates and shows
+//! the plan; any other first word is executed as a command, as the official image does.
+
+mod bootstrap;
+mod config;
+mod converge;
+mod datadir;
+mod privileges;
+mod render;
+mod server;
+mod start;
+mod supervise;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pg-entrypoint",
+    version,
+    about = "Entrypoint and PID 1 for PostgreSQL containers: standalone, primary or replica",
+    after_help = "Without a subcommand, or with `postgres [ARGS]` or ARGS starting with `-`, it sets up \
+                  and runs postgres with those arguments. Any other command is executed as given."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Set up the data directory for the configured role and run postgres (the default).
+    Run {
+        /// Arguments for postgres, e.g. `-c shared_buffers=1GB`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        postgres_args: Vec<String>,
+    },
+    /// Validate the environment and print the plan and the configuration it would write.
+    Check {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        postgres_args: Vec<String>,
+    },
+}
+
+const SUBCOMMANDS: &[&str] = &["run", "check", "help"];
+/// postgres options that only print something: run postgres directly, without any set-up.
+const POSTGRES_INFO_OPTIONS: &[&str] = &["-C", "--describe-config", "-V", "--version", "--help", "-?"];
+
+fn main() {
+    std::process::exit(real_main());
+}
+
+fn real_main() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let first = args.first().map(String::as_str);
+    match first {
+        None => return run(&[]),
+        Some("postgres") => return run(&args[1..]),
+        Some(a) if a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version") => return run(&args),
+        Some(a) if !SUBCOMMANDS.contains(&a) && !a.starts_with('-') => return supervise::exec(&args),
+        _ => {}
+    }
+    match Cli::parse().command {
+        Cmd::Run { postgres_args } => run(&postgres_args),
+        Cmd::Check { postgres_args } => {
+            init_logging();
+            check(&postgres_args)
+        }
+    }
+}
+
+fn run(postgres_args: &[String]) -> i32 {
+    if postgres_args.iter().any(|a| POSTGRES_INFO_OPTIONS.contains(&a.as_str())) {
+        let mut argv = vec![String::from("postgres")];
+        if let Ok(plan) = start::plan(&[]) {
+            argv[0] = plan.bin.tool("postgres").display().to_string();
+        }
+        argv.extend(postgres_args.iter().cloned());
+        return supervise::exec(&argv);
+    }
+    init_logging();
+    start::run(postgres_args)
+}
+
+/// `LOG_FORMAT=json` for one JSON object per line; text otherwise. Logs go to stderr.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter(filter);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+/// Prints what `run` would do, without doing it. Exit 0 when valid, 78 otherwise.
+fn check(postgres_args: &[String]) -> i32 {
+    let plan = match start::plan(postgres_args) {
+        Ok(plan) => plan,
+        Err(message) => {
+            eprintln!("{message}");
+            return start::exit::CONFIG;
+        }
+    };
+    let c = &plan.config;
+    let state = match datadir::inspect(&c.pgdata) {
+        Ok(state) => format!("{state:?}"),
+        Err(e) => format!("unreadable ({e})"),
+    };
+    let password = |set: bool| if set { "set (hidden)" } else { "not set" };
+    println!("role:            {}", c.role.name());
+    println!("PGDATA:          {} ({state})", c.pgdata.display());
+    println!("binaries:        {}", plan.bin.dir().display());
+    println!("superuser:       {} (password {})", c.superuser, password(c.superuser_password.is_some()));
+    println!("database:        {}", c.database);
+    println!("port, socket:    {}, {}", plan.endpoint.port, plan.endpoint.socket_dir.display());
+    if let Some(r) = c.replication() {
+        println!("replication:     user {} (password {})", r.user, password(true));
+    }
+    if let config::Role::Replica(r) = &c.role {
+        println!("primary:         {}:{} as {} (wait up to {:?})", r.primary_host, r.primary_port, r.name, r.wait_timeout);
+    }
+    println!("\n--- {} ---\n{}", render::MANAGED_CONF, render::managed_conf(&plan.settings));
+    println!("--- pg_hba.conf (managed block) ---\n{}", render::hba_block(c));
+    0
+}

@@ -1,0 +1,185 @@
+//! Started as root: prepare the directories postgres needs, then become the `postgres` user
+//! with plain syscalls (no su, no gosu, no shell). A static binary has no NSS, so the account
+//! is read from `/etc/passwd` and `/etc/group` directly.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{chown, setgid, setgroups, setuid, Gid, Uid};
+
+pub const SERVICE_USER: &str = "postgres";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("no user {0:?} in /etc/passwd: the image must have the PostgreSQL service account")]
+    NoAccount(String),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path:?}: cannot {action}: {source}")]
+    Prepare { path: PathBuf, action: &'static str, source: io::Error },
+    #[error(
+        "PGDATA {pgdata:?} is not reachable by the user {user:?}: it cannot enter {blocking:?} \
+         (mode {mode:o}, owner uid {owner}). Make that directory traversable (chmod o+x) or \
+         choose a PGDATA under a reachable directory"
+    )]
+    Unreachable { pgdata: PathBuf, user: String, blocking: PathBuf, mode: u32, owner: u32 },
+    #[error("cannot switch to the user {user:?}: {source}")]
+    Switch { user: String, source: nix::Error },
+}
+
+/// Finds `name` in passwd-format and group-format text.
+pub fn lookup(name: &str, passwd: &str, group: &str) -> Option<Account> {
+    let fields: Vec<&str> = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.first() == Some(&name))?;
+    let [_, _, uid, gid, _, home, ..] = fields[..] else { return None };
+    let (uid, gid) = (uid.parse().ok()?, gid.parse().ok()?);
+    let mut groups: Vec<u32> = group
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let member = f.get(3)?.split(',').any(|m| m == name);
+            if member {
+                f.get(2)?.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect();
+    groups.retain(|g| *g != gid);
+    groups.insert(0, gid);
+    Some(Account { name: name.to_string(), uid, gid, groups, home: PathBuf::from(home) })
+}
+
+pub fn service_account() -> Result<Account, PrivilegeError> {
+    let read = |path: &str| fs::read_to_string(path).map_err(|source| PrivilegeError::Read { path: path.into(), source });
+    lookup(SERVICE_USER, &read("/etc/passwd")?, &read("/etc/group").unwrap_or_default())
+        .ok_or_else(|| PrivilegeError::NoAccount(SERVICE_USER.into()))
+}
+
+fn prepare_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> PrivilegeError + 'a {
+    move |source| PrivilegeError::Prepare { path: path.to_path_buf(), action, source }
+}
+
+/// As root: make PGDATA (0700), the socket directories and the WAL directory exist and belong
+/// to `account`. Ownership is fixed only where it is wrong: when PGDATA itself already belongs
+/// to the account, its contents are not walked (no recursive chown of a big cluster at boot).
+pub fn prepare_as_root(pgdata: &Path, extra_dirs: &[PathBuf], account: &Account) -> Result<(), PrivilegeError> {
+    make_owned_dir(pgdata, account, 0o700)?;
+    let meta = fs::metadata(pgdata).map_err(prepare_err(pgdata, "inspect"))?;
+    if meta.uid() != account.uid {
+        tracing::info!(path = %pgdata.display(), "PGDATA belongs to another user; fixing ownership where it is wrong");
+        fix_ownership(pgdata, account)?;
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode != 0o700 && mode != 0o750 {
+        fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700)).map_err(prepare_err(pgdata, "chmod 0700"))?;
+    }
+    for dir in extra_dirs {
+        make_owned_dir(dir, account, 0o2775)?;
+    }
+    check_reachable(pgdata, account)
+}
+
+/// Creates `dir` (and missing parents) if needed; chowns only a directory we created.
+fn make_owned_dir(dir: &Path, account: &Account, mode: u32) -> Result<(), PrivilegeError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(prepare_err(dir, "create"))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(prepare_err(dir, "chmod"))?;
+    chown(dir, Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid)))
+        .map_err(|e| prepare_err(dir, "chown")(e.into()))
+}
+
+fn fix_ownership(path: &Path, account: &Account) -> Result<(), PrivilegeError> {
+    let meta = fs::symlink_metadata(path).map_err(prepare_err(path, "inspect"))?;
+    if meta.uid() != account.uid || meta.gid() != account.gid {
+        nix::unistd::fchownat(
+            None,
+            path,
+            Some(Uid::from_raw(account.uid)),
+            Some(Gid::from_raw(account.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| prepare_err(path, "chown")(e.into()))?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(prepare_err(path, "list"))? {
+            fix_ownership(&entry.map_err(prepare_err(path, "list"))?.path(), account)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every ancestor of PGDATA must be enterable by the account, or initdb fails obscurely.
+pub fn check_reachable(pgdata: &Path, account: &Account) -> Result<(), PrivilegeError> {
+    for dir in pgdata.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(dir) else { continue };
+        let mode = meta.permissions().mode();
+        let bit = if meta.uid() == account.uid {
+            0o100
+        } else if account.groups.contains(&meta.gid()) {
+            0o010
+        } else {
+            0o001
+        };
+        if mode & bit == 0 {
+            return Err(PrivilegeError::Unreachable {
+                pgdata: pgdata.to_path_buf(),
+                user: account.name.clone(),
+                blocking: dir.to_path_buf(),
+                mode: mode & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// setgroups, setgid, setuid, in that order (each needs the privilege the next one drops).
+pub fn become_user(account: &Account) -> Result<(), PrivilegeError> {
+    let err = |source| PrivilegeError::Switch { user: account.name.clone(), source };
+    let groups: Vec<Gid> = account.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    setgroups(&groups).map_err(err)?;
+    setgid(Gid::from_raw(account.gid)).map_err(err)?;
+    setuid(Uid::from_raw(account.uid)).map_err(err)?;
+    std::env::set_var("HOME", &account.home);
+    std::env::set_var("USER", &account.name);
+    std::env::set_var("LOGNAME", &account.name);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_passwd_and_group_without_nss() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\npostgres:x:101:104:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n";
+        let group = "ssl-cert:x:103:postgres\npostgres:x:104:\nother:x:200:alice,postgres,bob\n";
+        let a = lookup("postgres", passwd, group).unwrap();
+        assert_eq!(
+            a,
+            Account {
+                name: "postgres".into(),
+                uid: 101,
+                gid: 104,
+                groups: vec![104, 103, 200],
+                home: "/var/lib/postgresql".into()
+            }
+        );
+        assert_eq!(lookup("nobody", passwd, group), None);
+        assert_eq!(lookup("postgres", "postgres:x:notanumber:1::/:/bin/sh\n", ""), None);
+    }
+}

@@ -1,0 +1,392 @@
+//! Text we write: the managed include file, the managed `pg_hba.conf` block, the include
+//! line in `postgresql.conf`, and bootstrap SQL. Pure functions of the configuration.
+//!
+//! One deterministic render per start: defaults, then the role's settings, then the user's
+//! `POSTGRESQL_CONFIG_*` overrides; the last word on a name wins and each name appears once.
+
+use std::collections::BTreeMap;
+
+use crate::config::{Config, Replica, Role, SyncMode, SyncSettings};
+
+/// The managed include file, inside PGDATA.
+pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
+/// The line that makes `postgresql.conf` include [`MANAGED_CONF`]; appended once.
+pub const INCLUDE_LINE: &str = "include_if_exists = 'pg-entrypoint.conf'\t# managed by pg-entrypoint";
+/// The replica's password file, inside PGDATA (0600); `primary_conninfo` points at it.
+pub const PASSFILE: &str = "pg-entrypoint.pgpass";
+const HBA_BEGIN: &str = "# BEGIN pg-entrypoint managed block: rewritten at every start, edit outside it";
+const HBA_END: &str = "# END pg-entrypoint managed block";
+/// Socket directory of the Debian and official images.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Where a setting's value came from, for the comments in the rendered file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Default,
+    Role,
+    Override,
+}
+
+/// The settings we manage: name -> (value, source). Sorted, so the render is deterministic.
+pub type Settings = BTreeMap<String, (String, Source)>;
+
+pub fn settings(config: &Config) -> Settings {
+    let mut s = Settings::new();
+    let mut set = |name: &str, value: String, source| {
+        s.insert(name.to_string(), (value, source));
+    };
+    set("listen_addresses", "*".into(), Source::Default);
+    set("unix_socket_directories", DEFAULT_SOCKET_DIR.into(), Source::Default);
+    match &config.role {
+        Role::Standalone => {}
+        Role::Primary(replication) => {
+            set("wal_level", "replica".into(), Source::Role);
+            set("max_wal_senders", "10".into(), Source::Role);
+            set("max_replication_slots", "10".into(), Source::Role);
+            // A restarting replica without a slot still finds recent WAL...
+            set("wal_keep_size", "512MB".into(), Source::Role);
+            // ...and a dead replica's slot cannot fill the primary's disk.
+            set("max_slot_wal_keep_size", "8GB".into(), Source::Role);
+            set("hot_standby", "on".into(), Source::Role);
+            // pg_rewind needs it to bring this primary back as a replica after a failover.
+            set("wal_log_hints", "on".into(), Source::Role);
+            set("synchronous_standby_names", synchronous_standby_names(&replication.sync), Source::Role);
+        }
+        Role::Replica(replica) => {
+            set("hot_standby", "on".into(), Source::Role);
+            set("hot_standby_feedback", "on".into(), Source::Role);
+            set("wal_log_hints", "on".into(), Source::Role);
+            set("primary_conninfo", primary_conninfo(replica), Source::Role);
+            set("primary_slot_name", slot_name(&replica.name), Source::Role);
+        }
+    }
+    for (name, value) in &config.overrides {
+        set(name, value.clone(), Source::Override);
+    }
+    s
+}
+
+/// `ANY 1 ("replica-1", "replica-2")`; empty when off, so a lone primary never blocks writes.
+pub fn synchronous_standby_names(sync: &SyncSettings) -> String {
+    let method = match sync.mode {
+        SyncMode::Off => return String::new(),
+        SyncMode::First => "FIRST",
+        SyncMode::Any => "ANY",
+    };
+    let names: Vec<String> =
+        sync.names.iter().map(|n| if n == "*" { n.clone() } else { quote_identifier(n) }).collect();
+    format!("{method} {} ({})", sync.count, names.join(", "))
+}
+
+/// Connection string of a replica; the password comes from [`PASSFILE`], never from here.
+pub fn primary_conninfo(replica: &Replica) -> String {
+    [
+        ("host", replica.primary_host.as_str()),
+        ("port", &replica.primary_port.to_string()),
+        ("user", &replica.replication.user),
+        ("application_name", &replica.name),
+        ("passfile", PASSFILE),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}", quote_conninfo(v)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// A physical slot name from a replica name: lower-case letters, digits and `_`, at most 63.
+pub fn slot_name(replica_name: &str) -> String {
+    let mut slot: String = replica_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    slot.truncate(63);
+    slot
+}
+
+/// The managed include file.
+pub fn managed_conf(settings: &Settings) -> String {
+    let mut out = String::from(
+        "# Managed by pg-entrypoint and rewritten at every start from the environment.\n\
+         # Change settings with POSTGRESQL_CONFIG_<NAME>, postgres -c arguments, or postgresql.conf.\n",
+    );
+    for (name, (value, source)) in settings {
+        let origin = match source {
+            Source::Default => "default",
+            Source::Role => "role",
+            Source::Override => "POSTGRESQL_CONFIG_*",
+        };
+        out.push_str(&format!("{name} = {}\t# {origin}\n", quote_conf(value)));
+    }
+    out
+}
+
+/// The managed `pg_hba.conf` lines.
+pub fn hba_block(config: &Config) -> String {
+    let method = &config.host_auth_method;
+    let mut out = format!("{HBA_BEGIN}\nhost all all 0.0.0.0/0 {method}\nhost all all ::/0 {method}\n");
+    // Only a primary serves replication; a replica keeps the lines so it can serve as the
+    // source of a rewind or a cascade after a promotion without a restart of its config.
+    if let Role::Primary(r) | Role::Replica(Replica { replication: r, .. }) = &config.role {
+        let user = quote_identifier(&r.user);
+        out.push_str(&format!("host replication {user} 0.0.0.0/0 scram-sha-256\n"));
+        out.push_str(&format!("host replication {user} ::/0 scram-sha-256\n"));
+    }
+    out.push_str(HBA_END);
+    out.push('\n');
+    out
+}
+
+/// `pg_hba.conf` with the managed block replaced where it stands, or appended.
+pub fn with_hba_block(existing: &str, block: &str) -> String {
+    let lines: Vec<&str> = existing.lines().collect();
+    let begin = lines.iter().position(|l| *l == HBA_BEGIN);
+    let end = begin.and_then(|b| lines[b..].iter().position(|l| *l == HBA_END).map(|e| b + e));
+    let mut out = String::new();
+    match (begin, end) {
+        (Some(b), Some(e)) => {
+            for l in &lines[..b] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out.push_str(block);
+            for l in &lines[e + 1..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        _ => {
+            out.push_str(existing);
+            if !existing.is_empty() && !existing.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push('\n');
+            out.push_str(block);
+        }
+    }
+    out
+}
+
+/// `postgresql.conf` with the include line, added once.
+pub fn with_include_line(existing: &str) -> Option<String> {
+    if existing.lines().any(|l| l == INCLUDE_LINE) {
+        return None;
+    }
+    let mut out = existing.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(INCLUDE_LINE);
+    out.push('\n');
+    Some(out)
+}
+
+/// A postgresql.conf string: quotes doubled, backslashes and line breaks escaped.
+pub fn quote_conf(value: &str) -> String {
+    let mut out = String::from("'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A quoted identifier for SQL, `pg_hba.conf` and `synchronous_standby_names`.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal (standard_conforming_strings is on in every supported version).
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A libpq connection-string value.
+pub fn quote_conninfo(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A `.pgpass` field: `:` and `\` escaped.
+pub fn pgpass_field(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// SQL that creates the replication role if missing and (re)sets its attributes and password.
+/// `verifier` is a SCRAM verifier computed here, so no plaintext password reaches the server.
+pub fn replication_role_sql(user: &str, verifier: &str) -> Vec<String> {
+    let ident = quote_identifier(user);
+    let create = format!(
+        "BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {}) THEN CREATE ROLE {ident}; END IF; END",
+        quote_literal(user)
+    );
+    vec![
+        format!("DO {}", quote_literal(&create)),
+        format!("ALTER ROLE {ident} WITH LOGIN REPLICATION PASSWORD {}", quote_literal(verifier)),
+    ]
+}
+
+/// SQL that sets the superuser's password from a SCRAM verifier.
+pub fn superuser_password_sql(user: &str, verifier: &str) -> String {
+    format!("ALTER ROLE {} WITH PASSWORD {}", quote_identifier(user), quote_literal(verifier))
+}
+
+pub fn create_database_sql(database: &str, owner: &str) -> String {
+    format!("CREATE DATABASE {} OWNER {}", quote_identifier(database), quote_identifier(owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MapInputs;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let inputs = MapInputs {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            hostname: "3f2a9c".into(),
+            ..Default::default()
+        };
+        Config::from_inputs(&inputs).unwrap()
+    }
+
+    const PRIMARY: &[(&str, &str)] =
+        &[("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "primary"), ("REPLICATION_PASSWORD", "r")];
+
+    #[test]
+    fn standalone_conf_snapshot() {
+        let c = config(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_CLUSTER_NAME", "it's a \\ test")]);
+        assert_eq!(
+            managed_conf(&settings(&c)),
+            "# Managed by pg-entrypoint and rewritten at every start from the environment.\n\
+             # Change settings with POSTGRESQL_CONFIG_<NAME>, postgres -c arguments, or postgresql.conf.\n\
+             cluster_name = 'it''s a \\\\ test'\t# POSTGRESQL_CONFIG_*\n\
+             listen_addresses = '*'\t# default\n\
+             unix_socket_directories = '/var/run/postgresql'\t# default\n"
+        );
+    }
+
+    #[test]
+    fn primary_conf_snapshot_with_override_winning() {
+        let mut vars = PRIMARY.to_vec();
+        vars.push(("POSTGRESQL_CONFIG_MAX_WAL_SENDERS", "20"));
+        let text = managed_conf(&settings(&config(&vars)));
+        assert_eq!(
+            text.lines().skip(2).collect::<Vec<_>>(),
+            [
+                "hot_standby = 'on'\t# role",
+                "listen_addresses = '*'\t# default",
+                "max_replication_slots = '10'\t# role",
+                "max_slot_wal_keep_size = '8GB'\t# role",
+                "max_wal_senders = '20'\t# POSTGRESQL_CONFIG_*",
+                "synchronous_standby_names = ''\t# role",
+                "unix_socket_directories = '/var/run/postgresql'\t# default",
+                "wal_keep_size = '512MB'\t# role",
+                "wal_level = 'replica'\t# role",
+                "wal_log_hints = 'on'\t# role",
+            ]
+        );
+    }
+
+    #[test]
+    fn replica_conf_snapshot() {
+        let c = config(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "replica"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("PRIMARY_HOST", "db'1"),
+            ("REPLICATION_USER", "rep user"),
+        ]);
+        let s = settings(&c);
+        assert_eq!(
+            s["primary_conninfo"].0,
+            "host='db\\'1' port='5432' user='rep user' application_name='3f2a9c' passfile='pg-entrypoint.pgpass'"
+        );
+        assert_eq!(s["primary_slot_name"].0, "3f2a9c");
+        assert_eq!(s["hot_standby_feedback"].0, "on");
+        assert!(!s.contains_key("synchronous_standby_names"));
+    }
+
+    #[test]
+    fn synchronous_names_are_quoted() {
+        let sync = |mode, count, names: &[&str]| SyncSettings {
+            mode,
+            count,
+            names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(synchronous_standby_names(&sync(SyncMode::Off, 1, &["*"])), "");
+        assert_eq!(synchronous_standby_names(&sync(SyncMode::First, 1, &["*"])), "FIRST 1 (*)");
+        assert_eq!(
+            synchronous_standby_names(&sync(SyncMode::Any, 1, &["replica-1", "3f2a9c"])),
+            "ANY 1 (\"replica-1\", \"3f2a9c\")"
+        );
+        let mut vars = PRIMARY.to_vec();
+        vars.extend([("REPLICATION_SYNCHRONOUS_MODE", "on"), ("REPLICATION_SYNCHRONOUS_REPLICAS", "a\"b,replica-2")]);
+        assert_eq!(
+            managed_conf(&settings(&config(&vars))).lines().find(|l| l.starts_with("synchronous")).unwrap(),
+            "synchronous_standby_names = 'FIRST 1 (\"a\"\"b\", \"replica-2\")'\t# role"
+        );
+    }
+
+    #[test]
+    fn hba_block_snapshot() {
+        let mut vars = PRIMARY.to_vec();
+        vars.push(("REPLICATION_USER", "rep\"l"));
+        assert_eq!(
+            hba_block(&config(&vars)),
+            "# BEGIN pg-entrypoint managed block: rewritten at every start, edit outside it\n\
+             host all all 0.0.0.0/0 scram-sha-256\n\
+             host all all ::/0 scram-sha-256\n\
+             host replication \"rep\"\"l\" 0.0.0.0/0 scram-sha-256\n\
+             host replication \"rep\"\"l\" ::/0 scram-sha-256\n\
+             # END pg-entrypoint managed block\n"
+        );
+        let standalone = hba_block(&config(&[("POSTGRES_HOST_AUTH_METHOD", "md5"), ("POSTGRES_PASSWORD", "x")]));
+        assert!(standalone.contains("host all all ::/0 md5\n") && !standalone.contains("replication"));
+    }
+
+    #[test]
+    fn hba_block_is_replaced_in_place_and_never_accumulates() {
+        let user = "local all all trust\n";
+        let block_a = hba_block(&config(PRIMARY));
+        let block_b = hba_block(&config(&[("POSTGRES_PASSWORD", "x")]));
+        let once = with_hba_block(user, &block_a);
+        let edited = format!("{once}host mydb me 10.0.0.0/8 md5\n");
+        let twice = with_hba_block(&edited, &block_b);
+        assert_eq!(twice, format!("{user}\n{block_b}host mydb me 10.0.0.0/8 md5\n"));
+        assert_eq!(with_hba_block(&twice, &block_b), twice);
+    }
+
+    #[test]
+    fn include_line_is_added_once() {
+        let once = with_include_line("max_connections = 100").unwrap();
+        assert_eq!(once, format!("max_connections = 100\n{INCLUDE_LINE}\n"));
+        assert_eq!(with_include_line(&once), None);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_conf("a'b\\c\nd"), "'a''b\\\\c\\nd'");
+        assert_eq!(quote_identifier("we\"ird name"), "\"we\"\"ird name\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_conninfo("a b'c\\"), "'a b\\'c\\\\'");
+        assert_eq!(pgpass_field("p:w\\"), "p\\:w\\\\");
+        assert_eq!(slot_name("Replica-2.example"), "replica_2_example");
+    }
+
+    #[test]
+    fn replication_role_sql_quotes_the_name_at_both_levels() {
+        let sql = replication_role_sql("o'brien\"x", "SCRAM-SHA-256$4096:abc$def:ghi");
+        assert_eq!(
+            sql,
+            [
+                "DO 'BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = ''o''''brien\"x'') THEN CREATE ROLE \"o''brien\"\"x\"; END IF; END'",
+                "ALTER ROLE \"o'brien\"\"x\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$4096:abc$def:ghi'",
+            ]
+        );
+    }
+}

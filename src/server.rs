@@ -1,0 +1,200 @@
+//! The postgres server we run: where its binaries are, the arguments the user passed to it,
+//! and what those mean for the entrypoint's own connections (one source of truth for the
+//! port and socket directory: rendered settings, overridden by postgres arguments).
+
+use std::path::{Path, PathBuf};
+
+use crate::render::{Settings, DEFAULT_SOCKET_DIR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BinError {
+    #[error("PG_BINDIR: {0:?} has no executable `postgres` and `initdb`; set it to a PostgreSQL bin directory")]
+    BadOverride(PathBuf),
+    #[error(
+        "cannot find the PostgreSQL server binaries: no `postgres` on PATH and none under \
+         /usr/lib/postgresql/<version>/bin; install PostgreSQL or set PG_BINDIR"
+    )]
+    NotFound,
+}
+
+/// The directory holding `postgres`, `initdb`, `pg_ctl`, `psql`, `pg_basebackup`...
+#[derive(Debug, Clone)]
+pub struct Bin(PathBuf);
+
+impl Bin {
+    /// `PG_BINDIR`, else the directory of the real `postgres` found on `PATH` (symlinks
+    /// resolved, so `/usr/local/bin/postgres -> /usr/lib/postgresql/15/bin/postgres` finds
+    /// its siblings), else the newest `/usr/lib/postgresql/<version>/bin`.
+    pub fn locate(bindir: Option<&Path>, path_env: Option<&str>) -> Result<Bin, BinError> {
+        if let Some(dir) = bindir {
+            return if is_server_dir(dir) { Ok(Bin(dir.to_path_buf())) } else { Err(BinError::BadOverride(dir.into())) };
+        }
+        for dir in std::env::split_paths(path_env.unwrap_or("")) {
+            if let Ok(real) = dir.join("postgres").canonicalize() {
+                if let Some(parent) = real.parent().filter(|p| is_server_dir(p)) {
+                    return Ok(Bin(parent.to_path_buf()));
+                }
+            }
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, dir)| is_server_dir(dir))
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, dir)| Bin(dir)).ok_or(BinError::NotFound)
+    }
+
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn is_server_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    ["postgres", "initdb"].iter().all(|tool| {
+        std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Where the running server can be reached locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub port: u16,
+    /// The first socket directory: the one the entrypoint itself uses.
+    pub socket_dir: PathBuf,
+    /// All socket directories, each created at start if missing.
+    pub socket_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {value:?} is not a port; accepted: 1 to 65535")]
+pub struct PortError {
+    source_name: String,
+    value: String,
+}
+
+impl Endpoint {
+    /// The port and sockets from the rendered settings, overridden by postgres arguments.
+    pub fn resolve(settings: &Settings, postgres_args: &[String]) -> Result<Endpoint, PortError> {
+        let mut port = ("POSTGRESQL_CONFIG_PORT", settings.get("port").map(|(v, _)| v.clone()));
+        let mut sockets = settings
+            .get("unix_socket_directories")
+            .map(|(v, _)| v.clone())
+            .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_string());
+        for (name, value) in setting_args(postgres_args) {
+            match name.as_str() {
+                "port" => port = ("postgres argument port", Some(value)),
+                "unix_socket_directories" => sockets = value,
+                _ => {}
+            }
+        }
+        let port = match port {
+            (_, None) => 5432,
+            (source_name, Some(value)) => match value.trim().parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(PortError { source_name: source_name.into(), value }),
+            },
+        };
+        let socket_dirs: Vec<PathBuf> =
+            sockets.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        let socket_dir = socket_dirs.first().cloned().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR));
+        Ok(Endpoint { port, socket_dir, socket_dirs })
+    }
+}
+
+/// The settings a postgres command line sets, in order: `-c name=value`, `-cname=value`,
+/// `--name=value`, and the short forms `-p port`, `-k sockets`, `-h addresses`.
+pub fn setting_args(args: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.strip_prefix("--") {
+            Some(long) => {
+                if let Some((name, value)) = long.split_once('=') {
+                    out.push((normalise(name), value.to_string()));
+                }
+                continue;
+            }
+            None if arg.len() >= 2 && arg.starts_with('-') => (&arg[..2], &arg[2..]),
+            None => continue,
+        };
+        let name = match flag {
+            "-c" => None,
+            "-p" => Some("port"),
+            "-k" => Some("unix_socket_directories"),
+            "-h" => Some("listen_addresses"),
+            _ => continue,
+        };
+        let value = if inline.is_empty() { it.next().cloned().unwrap_or_default() } else { inline.to_string() };
+        match name {
+            Some(name) => out.push((name.to_string(), value)),
+            None => {
+                if let Some((name, value)) = value.split_once('=') {
+                    out.push((normalise(name), value.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// postgres accepts `shared-buffers` for `shared_buffers`, in any case.
+fn normalise(name: &str) -> String {
+    name.trim().replace('-', "_").to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::Source;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_every_form_of_setting_argument() {
+        let parsed = setting_args(&args(&[
+            "-c", "port=6000", "-cshared_buffers=1GB", "--work-mem=8MB", "-p", "7000", "-k/tmp/s", "-h", "*", "-F",
+        ]));
+        let expected: Vec<(String, String)> = [
+            ("port", "6000"),
+            ("shared_buffers", "1GB"),
+            ("work_mem", "8MB"),
+            ("port", "7000"),
+            ("unix_socket_directories", "/tmp/s"),
+            ("listen_addresses", "*"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn arguments_override_rendered_settings() {
+        let mut s = Settings::new();
+        s.insert("port".into(), ("6543".into(), Source::Override));
+        s.insert("unix_socket_directories".into(), ("/run/a, /run/b".into(), Source::Override));
+        let e = Endpoint::resolve(&s, &[]).unwrap();
+        assert_eq!((e.port, e.socket_dir.clone()), (6543, PathBuf::from("/run/a")));
+        assert_eq!(e.socket_dirs, [PathBuf::from("/run/a"), PathBuf::from("/run/b")]);
+        let e = Endpoint::resolve(&s, &args(&["-c", "port=7000", "-k", "/x"])).unwrap();
+        assert_eq!((e.port, e.socket_dir), (7000, PathBuf::from("/x")));
+        let e = Endpoint::resolve(&Settings::new(), &[]).unwrap();
+        assert_eq!((e.port, e.socket_dir), (5432, PathBuf::from("/var/run/postgresql")));
+    }
+
+    #[test]
+    fn bad_port_names_where_it_came_from() {
+        let err = Endpoint::resolve(&Settings::new(), &args(&["-p", "70000"])).unwrap_err();
+        assert_eq!(err.to_string(), "postgres argument port: \"70000\" is not a port; accepted: 1 to 65535");
+    }
+}

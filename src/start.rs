@@ -1,0 +1,156 @@
+//! The start-up sequence, one function per step: validate, prepare and drop privileges,
+//! bootstrap or converge the data directory, then run and supervise postgres.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use nix::unistd::Pid;
+
+use crate::bootstrap::{self, BootstrapError, Context};
+use crate::config::{Config, ProcessInputs, Role};
+use crate::converge;
+use crate::datadir::{self, State};
+use crate::privileges;
+use crate::render;
+use crate::server::{Bin, Endpoint};
+use crate::supervise::{Kind, Supervisor};
+
+/// Documented exit codes (README "Exit codes"). postgres's own status passes through.
+pub mod exit {
+    /// Start-up failed after validation (bootstrap, permissions, a refused PGDATA...).
+    pub const STARTUP_FAILED: i32 = 1;
+    /// The environment is invalid; nothing was touched.
+    pub const CONFIG: i32 = 78;
+}
+
+/// Everything `check` and `run` decide before touching anything.
+pub struct Plan {
+    pub config: Config,
+    pub settings: render::Settings,
+    pub endpoint: Endpoint,
+    pub bin: Bin,
+}
+
+/// Step 1: the environment and the postgres arguments become a plan, or every problem is
+/// reported at once.
+pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
+    let config = Config::from_inputs(&ProcessInputs).map_err(|e| e.to_string())?;
+    let settings = render::settings(&config);
+    let endpoint = Endpoint::resolve(&settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
+    let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    Ok(Plan { config, settings, endpoint, bin })
+}
+
+/// `pg-entrypoint [postgres] [args]`: returns the process exit code.
+pub fn run(postgres_args: &[String]) -> i32 {
+    let plan = match plan(postgres_args) {
+        Ok(plan) => plan,
+        Err(message) => {
+            tracing::error!("{message}");
+            return exit::CONFIG;
+        }
+    };
+    let mut sup = match Supervisor::new(plan.config.shutdown_timeout) {
+        Ok(sup) => sup,
+        Err(e) => {
+            tracing::error!("cannot set up signal handling: {e}");
+            return exit::STARTUP_FAILED;
+        }
+    };
+    if let Err(e) = prepare(&plan) {
+        tracing::error!("{e}");
+        return exit::STARTUP_FAILED;
+    }
+    let ctx = Context {
+        config: &plan.config,
+        bin: &plan.bin,
+        endpoint: &plan.endpoint,
+        postgres_args,
+        settings: &plan.settings,
+    };
+    match bring_data_dir_to_role(&ctx, &mut sup) {
+        Ok(()) => {}
+        Err(BootstrapError::Stopped(sig)) => {
+            tracing::warn!("stopped by {sig} before the server started");
+            return 128 + sig as i32;
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::STARTUP_FAILED;
+        }
+    }
+    supervise_postgres(&ctx, &mut sup)
+}
+
+/// Step 2: as root, make the directories and become `postgres`; otherwise work as we are.
+fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
+    let pgdata = &plan.config.pgdata;
+    if nix::unistd::geteuid().is_root() {
+        let account = privileges::service_account()?;
+        let mut dirs: Vec<PathBuf> = plan.endpoint.socket_dirs.clone();
+        dirs.extend(plan.config.initdb_waldir.clone());
+        privileges::prepare_as_root(pgdata, &dirs, &account)?;
+        privileges::become_user(&account)?;
+        tracing::debug!(user = %account.name, uid = account.uid, "dropped privileges");
+    } else {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(pgdata)
+            .map_err(|e| format!("PGDATA {pgdata:?}: cannot create: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Steps 3 and 4: bootstrap an empty data directory, or converge an existing one.
+fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapError> {
+    let pgdata = &ctx.config.pgdata;
+    let mut state = datadir::inspect(pgdata)?;
+    if state == State::Staged {
+        tracing::info!("finishing the move of a completed bootstrap into PGDATA");
+        datadir::finish_staged(pgdata)?;
+        state = datadir::inspect(pgdata)?;
+    }
+    match (state, &ctx.config.role) {
+        (State::Foreign(entries), _) => Err(datadir::refuse(pgdata, &entries).into()),
+        (_, Role::Replica(_)) | (State::Cluster { standby: true }, _) => Err(BootstrapError::Failed {
+            what: "replication (REPLICATION_ROLE=replica, or a standby data directory)".into(),
+            code: exit::STARTUP_FAILED,
+        }),
+        (State::Empty | State::Interrupted, _) => {
+            bootstrap::initialise(ctx, sup)?;
+            // The cluster was just made for this configuration; only the stale-pid check is left.
+            datadir::remove_stale_pidfile(pgdata).map_err(Into::into)
+        }
+        (State::Cluster { standby: false }, _) => {
+            datadir::remove_stale_pidfile(pgdata)?;
+            converge::existing_cluster(ctx, sup)
+        }
+        (State::Staged, _) => unreachable!("finished above"),
+    }
+}
+
+/// Step 5: run postgres and pass its exit status through.
+fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
+    let mut cmd: Command = bootstrap::tool(ctx.bin, "postgres");
+    cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
+    let child = match sup.spawn(&mut cmd) {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::error!("cannot start postgres: {e}");
+            return exit::STARTUP_FAILED;
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
+    match sup.wait(pid, Kind::Postgres) {
+        Ok(code) => {
+            tracing::info!(code, "postgres exited");
+            code
+        }
+        Err(e) => {
+            tracing::error!("lost track of postgres: {e}");
+            exit::STARTUP_FAILED
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! PID 1 duties: run children, forward signals, reap orphans, pass exit statuses through.
+//!
+//! One mechanism for all of it: the signals we care about are blocked and read from a
+//! signalfd, and one `waitpid(-1)` loop reaps every child. The status of the child we are
+//! waiting for comes out of that same loop, so reaping orphans never steals it.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Signals we take over. Everything else keeps its default action.
+const HANDLED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCHLD,
+];
+
+/// How stop requests reach a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// postgres: SIGTERM would be a *smart* shutdown that waits for every client to leave, so
+    /// SIGTERM and SIGINT both become SIGINT (fast); SIGQUIT stays immediate. If it is still
+    /// running after the shutdown timeout, it gets SIGQUIT before the orchestrator's SIGKILL.
+    Postgres,
+    /// initdb, psql, init scripts: signals are forwarded as they are; after the shutdown
+    /// timeout the child is killed (its work is redone at the next start).
+    Tool,
+}
+
+impl Kind {
+    fn stop_signal(self, received: Signal) -> Signal {
+        match (self, received) {
+            (Kind::Postgres, Signal::SIGTERM) => Signal::SIGINT,
+            (_, s) => s,
+        }
+    }
+
+    fn escalation(self) -> Signal {
+        match self {
+            Kind::Postgres => Signal::SIGQUIT,
+            Kind::Tool => Signal::SIGKILL,
+        }
+    }
+}
+
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The child exited; the exit code as a shell reports it (128+N for death by signal N).
+    Exited(i32),
+    /// The readiness check passed while the child runs.
+    Ready,
+}
+
+pub struct Supervisor {
+    signals: SignalFd,
+    shutdown_timeout: Duration,
+    /// The first stop signal received; once set, we are on our way out.
+    stop: Option<Signal>,
+    stop_deadline: Option<Instant>,
+}
+
+impl Supervisor {
+    /// Blocks the handled signals (so they queue on the signalfd instead of killing us or being
+    /// lost) and makes us the reaper of orphans even when we are not PID 1.
+    pub fn new(shutdown_timeout: Duration) -> io::Result<Supervisor> {
+        let mut mask = SigSet::empty();
+        for s in HANDLED {
+            mask.add(s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        // Orphans of our children are re-parented to us instead of to a PID 1 that may not
+        // reap them (e.g. under `docker run --init` we are not PID 1 ourselves).
+        nix::sys::prctl::set_child_subreaper(true)?;
+        Ok(Supervisor { signals, shutdown_timeout, stop: None, stop_deadline: None })
+    }
+
+    /// The stop signal received so far, if any (reads pending signals without waiting).
+    pub fn stop_requested(&mut self) -> Option<Signal> {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                if is_stop(sig) {
+                    self.note_stop(sig);
+                }
+            }
+        }
+        self.stop
+    }
+
+    /// Starts a child with a clean signal state: the mask we block is inherited through
+    /// fork and exec, and a postgres started with SIGTERM blocked could never be stopped.
+    pub fn spawn(&self, command: &mut Command) -> io::Result<Child> {
+        // SAFETY: the closure runs between fork and exec; it only calls sigaction and
+        // sigprocmask, which are async-signal-safe, and allocates nothing.
+        unsafe { command.pre_exec(reset_signal_state) };
+        command.spawn()
+    }
+
+    /// Waits for `pid` to exit, forwarding signals to it and reaping any other child.
+    pub fn wait(&mut self, pid: Pid, kind: Kind) -> io::Result<i32> {
+        match self.wait_until(pid, kind, || false)? {
+            Outcome::Exited(code) => Ok(code),
+            Outcome::Ready => unreachable!("the readiness check never passes"),
+        }
+    }
+
+    /// Like [`Supervisor::wait`], but also returns `Ready` as soon as `ready()` is true
+    /// (checked every few milliseconds while the child runs).
+    pub fn wait_until(&mut self, pid: Pid, kind: Kind, mut ready: impl FnMut() -> bool) -> io::Result<Outcome> {
+        const READY_POLL: Duration = Duration::from_millis(5);
+        let mut escalated = false;
+        // A stop that arrived before this child existed still applies to it.
+        if let Some(sig) = self.stop {
+            send(pid, kind.stop_signal(sig));
+        }
+        loop {
+            if let Some(code) = self.reap(pid)? {
+                return Ok(Outcome::Exited(code));
+            }
+            if self.stop.is_none() && ready() {
+                return Ok(Outcome::Ready);
+            }
+            if let Some(deadline) = self.stop_deadline {
+                if !escalated && Instant::now() >= deadline {
+                    tracing::warn!(
+                        pid = pid.as_raw(),
+                        timeout_s = self.shutdown_timeout.as_secs(),
+                        "child still running after the shutdown timeout; sending {}",
+                        kind.escalation()
+                    );
+                    send(pid, kind.escalation());
+                    escalated = true;
+                }
+            }
+            let mut timeout = if self.stop.is_none() { Some(READY_POLL) } else { None };
+            if let (Some(deadline), false) = (self.stop_deadline, escalated) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            self.wait_for_signal(timeout)?;
+            while let Some(info) = self.signals.read_signal()? {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+                match sig {
+                    Signal::SIGCHLD => {}
+                    s if is_stop(s) => {
+                        self.note_stop(s);
+                        send(pid, kind.stop_signal(s));
+                    }
+                    // SIGHUP (reload), SIGUSR1, SIGUSR2: the child decides what they mean.
+                    s => send(pid, s),
+                }
+            }
+        }
+    }
+
+    fn note_stop(&mut self, sig: Signal) {
+        if self.stop.is_none() {
+            tracing::info!(signal = %sig, "stop requested");
+            self.stop = Some(sig);
+            self.stop_deadline = Some(Instant::now() + self.shutdown_timeout);
+        }
+    }
+
+    fn wait_for_signal(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            // Round up so a deadline a fraction of a millisecond away does not spin.
+            Some(t) => PollTimeout::try_from(t + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX),
+        };
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&self.signals), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reaps every exited child; returns the exit code of `pid` if it was among them.
+    fn reap(&self, pid: Pid) -> io::Result<Option<i32>> {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(Some(code)),
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return Ok(Some(128 + sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
+                Ok(_) | Err(Errno::EINTR) => continue, // an orphan, reaped
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn is_stop(sig: Signal) -> bool {
+    matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
+}
+
+fn send(pid: Pid, sig: Signal) {
+    // ESRCH: the child exited and awaits reaping; nothing to do.
+    if let Err(e) = kill(pid, sig) {
+        if e != Errno::ESRCH {
+            tracing::warn!(pid = pid.as_raw(), signal = %sig, error = %e, "cannot signal child");
+        }
+    }
+}
+
+/// Runs in the child between fork and exec: default dispositions, nothing blocked.
+fn reset_signal_state() -> io::Result<()> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL replaces no handler that could be running.
+            let _ = unsafe { sigaction(sig, &default) };
+        }
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    Ok(())
+}
+
+/// Replaces this process with `argv` (`docker run IMAGE bash`). Returns only on failure,
+/// with the shell's exit code: 127 when not found, 126 when it cannot be executed.
+pub fn exec(argv: &[String]) -> i32 {
+    let err = Command::new(&argv[0]).args(&argv[1..]).exec();
+    eprintln!("pg-entrypoint: cannot execute {:?}: {err}", argv[0]);
+    if err.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
