@@ -81,8 +81,13 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapEr
     let staging = datadir::fresh_staging(&config.pgdata)?;
     tracing::info!(pgdata = %config.pgdata.display(), "initialising a new cluster");
     initdb(ctx, sup, &staging)?;
+    let hba = staging.join("pg_hba.conf");
+    fs::read_to_string(&hba)
+        .and_then(|text| fs::write(&hba, render::without_host_lines(&text)))
+        .map_err(DataDirError::io(&config.pgdata, "cannot rewrite initdb's pg_hba.conf"))?;
     single_user(ctx, sup, &staging, &bootstrap_sql(config))?;
-    converge::write_config(config, ctx.settings, &staging).map_err(DataDirError::io(&config.pgdata, "cannot write the configuration"))?;
+    converge::write_config(config, ctx.settings, &staging)
+        .map_err(DataDirError::io(&config.pgdata, "cannot write the configuration"))?;
     let scripts = init_scripts(&config.init_scripts_dir)?;
     if !scripts.is_empty() {
         run_init_scripts(ctx, sup, &staging, &scripts)?;
@@ -99,8 +104,8 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Path) -> Result<(), Boo
     let config = ctx.config;
     let mut cmd = tool(ctx.bin, "initdb");
     cmd.arg("-D").arg(staging).arg("--username").arg(&config.superuser);
-    // Local socket trust as in the official image; TCP never trusts by default. The user's
-    // POSTGRES_INITDB_ARGS come later and win.
+    // Local socket trust as in the official image (the managed pg_hba block decides TCP).
+    // The user's POSTGRES_INITDB_ARGS come later and win.
     cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
     if ["LC_ALL", "LC_CTYPE", "LANG"].iter().all(|v| std::env::var_os(v).is_none()) {
         cmd.arg("--encoding=UTF8"); // the C locale would otherwise give SQL_ASCII
@@ -138,7 +143,12 @@ fn scram(password: &str) -> String {
 
 /// Runs SQL in single-user mode: no listener, no temporary server, and an error stops it
 /// (`exit_on_error`) instead of being skipped.
-pub fn single_user(ctx: &Context, sup: &mut Supervisor, dir: &Path, statements: &[String]) -> Result<(), BootstrapError> {
+pub fn single_user(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    dir: &Path,
+    statements: &[String],
+) -> Result<(), BootstrapError> {
     if statements.is_empty() {
         return Ok(());
     }
@@ -202,9 +212,15 @@ fn script_kind(path: &Path) -> Option<ScriptKind> {
 }
 
 /// Starts a temporary server on a private socket (no TCP), runs the scripts, stops it.
-fn run_init_scripts(ctx: &Context, sup: &mut Supervisor, staging: &Path, scripts: &[PathBuf]) -> Result<(), BootstrapError> {
+fn run_init_scripts(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    staging: &Path,
+    scripts: &[PathBuf],
+) -> Result<(), BootstrapError> {
     let hba = staging.join(BOOTSTRAP_HBA);
-    fs::write(&hba, "local all all trust\n").map_err(DataDirError::io(&ctx.config.pgdata, "cannot write the bootstrap pg_hba"))?;
+    fs::write(&hba, "local all all trust\n")
+        .map_err(DataDirError::io(&ctx.config.pgdata, "cannot write the bootstrap pg_hba"))?;
     let mut cmd = tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(staging).args(ctx.postgres_args);
     cmd.arg("-c").arg("listen_addresses=");
@@ -301,7 +317,7 @@ mod tests {
         let inputs = MapInputs {
             vars: [
                 ("POSTGRES_PASSWORD", "super'secret"),
-                ("POSTGRES_USER", "ad\"min"),
+                ("POSTGRES_USER", "ad min"),
                 ("POSTGRES_DB", "app db"),
                 ("HA_MODE", "native"),
                 ("ROLE", "primary"),
@@ -315,8 +331,8 @@ mod tests {
         let config = Config::from_inputs(&inputs).unwrap();
         let sql = bootstrap_sql(&config);
         assert_eq!(sql.len(), 4, "{sql:?}");
-        assert!(sql[0].starts_with("ALTER ROLE \"ad\"\"min\" WITH PASSWORD 'SCRAM-SHA-256$4096:"), "{}", sql[0]);
-        assert_eq!(sql[1], "CREATE DATABASE \"app db\" OWNER \"ad\"\"min\"");
+        assert!(sql[0].starts_with("ALTER ROLE \"ad min\" WITH PASSWORD 'SCRAM-SHA-256$4096:"), "{}", sql[0]);
+        assert_eq!(sql[1], "CREATE DATABASE \"app db\" OWNER \"ad min\"");
         assert!(sql[3].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));
         let all = sql.join("\n");
         assert!(!all.contains("super'secret") && !all.contains("rep$ecret"));
@@ -324,11 +340,13 @@ mod tests {
 
     #[test]
     fn script_kinds_by_name() {
-        let kind = |n: &str| script_kind(Path::new(n)).map(|k| match k {
-            ScriptKind::Shell => "sh",
-            ScriptKind::Sql => "sql",
-            ScriptKind::Compressed(t) => t,
-        });
+        let kind = |n: &str| {
+            script_kind(Path::new(n)).map(|k| match k {
+                ScriptKind::Shell => "sh",
+                ScriptKind::Sql => "sql",
+                ScriptKind::Compressed(t) => t,
+            })
+        };
         assert_eq!(kind("/d/01-a.sh"), Some("sh"));
         assert_eq!(kind("/d/02-b.sql"), Some("sql"));
         assert_eq!(kind("/d/03-c.sql.gz"), Some("gzip"));

@@ -4,9 +4,9 @@
 //! All problems are collected and reported together; each names the variable, the bad value
 //! (never a secret's) and what is accepted.
 
-use std::fmt;
 #[cfg(test)]
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -148,9 +148,7 @@ impl Inputs for ProcessInputs {
         std::fs::read_to_string(path)
     }
     fn hostname(&self) -> String {
-        nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
     }
 }
 
@@ -169,17 +167,10 @@ impl Inputs for MapInputs {
         self.vars.get(name).cloned()
     }
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        self.vars
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.vars.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
-        self.files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        self.files.get(path).cloned().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
     fn hostname(&self) -> String {
         self.hostname.clone()
@@ -276,7 +267,9 @@ impl Parser<'_> {
             Some(value) => parse_duration(&value).unwrap_or_else(|| {
                 self.problem(
                     name,
-                    format!("{value:?} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\")"),
+                    format!(
+                        "{value:?} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\")"
+                    ),
                 );
                 default
             }),
@@ -302,9 +295,16 @@ impl Parser<'_> {
             self.problem("PGDATA", format!("{:?} is not an absolute path", pgdata));
         }
         let superuser = self.identifier("POSTGRES_USER", "postgres");
+        if superuser.contains(['"', '$', '\'', '\\']) {
+            // initdb refuses them: the bootstrap superuser owns extensions, whose scripts
+            // substitute its name unquoted.
+            self.problem(
+                "POSTGRES_USER",
+                format!("{superuser:?} contains one of \" $ ' \\, which initdb does not accept for the superuser"),
+            );
+        }
         let database = self.identifier("POSTGRES_DB", &superuser.clone());
-        let host_auth_method =
-            self.var("POSTGRES_HOST_AUTH_METHOD").unwrap_or_else(|| "scram-sha-256".to_string());
+        let host_auth_method = self.var("POSTGRES_HOST_AUTH_METHOD").unwrap_or_else(|| "scram-sha-256".to_string());
         if !ACCEPTED_AUTH_METHODS.contains(&host_auth_method.as_str()) {
             self.problem(
                 "POSTGRES_HOST_AUTH_METHOD",
@@ -312,17 +312,16 @@ impl Parser<'_> {
             );
         }
         let superuser_password = self.secret("POSTGRES_PASSWORD");
-        if superuser_password.is_none()
-            && host_auth_method != "trust"
-            && self.var("POSTGRES_PASSWORD_FILE").is_none()
-        {
+        if superuser_password.is_none() && host_auth_method != "trust" && self.var("POSTGRES_PASSWORD_FILE").is_none() {
             self.problem(
                 "POSTGRES_PASSWORD",
                 "is required (or POSTGRES_PASSWORD_FILE); only POSTGRES_HOST_AUTH_METHOD=trust allows none",
             );
         }
-        let initdb_args =
-            self.var("POSTGRES_INITDB_ARGS").map(|a| a.split_whitespace().map(String::from).collect()).unwrap_or_default();
+        let initdb_args = self
+            .var("POSTGRES_INITDB_ARGS")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
         let initdb_waldir = self.var("POSTGRES_INITDB_WALDIR").map(PathBuf::from);
         if initdb_waldir.as_deref().is_some_and(|w| !w.is_absolute()) {
             self.problem("POSTGRES_INITDB_WALDIR", "must be an absolute path");
@@ -361,9 +360,15 @@ impl Parser<'_> {
                 && !name.starts_with(['.', '_'])
                 && !name.ends_with('.');
             if !valid {
-                self.problem(&var, "is not a setting name; accepted: POSTGRESQL_CONFIG_<NAME> with letters, digits, '_' and '.'");
+                self.problem(
+                    &var,
+                    "is not a setting name; accepted: POSTGRESQL_CONFIG_<NAME> with letters, digits, '_' and '.'",
+                );
             } else if ["data_directory", "config_file", "hba_file", "ident_file"].contains(&name.as_str()) {
-                self.problem(&var, "cannot be overridden: pg-entrypoint manages where the data and configuration files are");
+                self.problem(
+                    &var,
+                    "cannot be overridden: pg-entrypoint manages where the data and configuration files are",
+                );
             } else {
                 overrides.push((name, value));
             }
@@ -383,7 +388,10 @@ impl Parser<'_> {
                 );
             }
             if name == "max_wal_senders" && lower.trim() == "0" {
-                self.problem("POSTGRESQL_CONFIG_MAX_WAL_SENDERS", "0 cannot serve replicas; accepted on a primary: 1 or more");
+                self.problem(
+                    "POSTGRESQL_CONFIG_MAX_WAL_SENDERS",
+                    "0 cannot serve replicas; accepted on a primary: 1 or more",
+                );
             }
         }
     }
@@ -394,7 +402,10 @@ impl Parser<'_> {
             None => false,
             Some("native") => true,
             Some(other) => {
-                self.problem("HA_MODE", format!("{other:?} is not accepted; accepted: native, or unset for a standalone server"));
+                self.problem(
+                    "HA_MODE",
+                    format!("{other:?} is not accepted; accepted: native, or unset for a standalone server"),
+                );
                 false
             }
         };
@@ -415,7 +426,10 @@ impl Parser<'_> {
         if !native {
             if let Some((var, value)) = role_name {
                 if ha_mode.is_none() {
-                    self.problem(var, format!("is {value:?} but HA_MODE is not set; set HA_MODE=native for replication"));
+                    self.problem(
+                        var,
+                        format!("is {value:?} but HA_MODE is not set; set HA_MODE=native for replication"),
+                    );
                 }
             }
             return Some(Role::Standalone);
@@ -423,16 +437,24 @@ impl Parser<'_> {
         let sync = self.sync_settings();
         let user = self.identifier("REPLICATION_USER", "replicator");
         if user == superuser {
-            self.problem("REPLICATION_USER", format!("{user:?} is also POSTGRES_USER; the replication role must be a separate role"));
+            self.problem(
+                "REPLICATION_USER",
+                format!("{user:?} is also POSTGRES_USER; the replication role must be a separate role"),
+            );
         }
         let password = self.secret("REPLICATION_PASSWORD");
-        if password.is_none() && self.var("REPLICATION_PASSWORD_FILE").is_none() && self.var("REPLICATION_PASSWORD").is_none()
+        if password.is_none()
+            && self.var("REPLICATION_PASSWORD_FILE").is_none()
+            && self.var("REPLICATION_PASSWORD").is_none()
         {
             self.problem("REPLICATION_PASSWORD", "is required with HA_MODE=native (or REPLICATION_PASSWORD_FILE)");
         }
         let role = match role_name {
             None => {
-                self.problem("REPLICATION_ROLE", "is required with HA_MODE=native; accepted: primary, replica (alias ROLE)");
+                self.problem(
+                    "REPLICATION_ROLE",
+                    "is required with HA_MODE=native; accepted: primary, replica (alias ROLE)",
+                );
                 return None;
             }
             Some((_, value)) if value == "primary" => "primary",
@@ -505,7 +527,10 @@ impl Parser<'_> {
             Some(value) => match value.parse::<u32>() {
                 Ok(n) if n >= 1 => n,
                 _ => {
-                    self.problem("REPLICATION_SYNCHRONOUS_COUNT", format!("{value:?} is not accepted; accepted: a whole number, 1 or more"));
+                    self.problem(
+                        "REPLICATION_SYNCHRONOUS_COUNT",
+                        format!("{value:?} is not accepted; accepted: a whole number, 1 or more"),
+                    );
                     1
                 }
             },
@@ -522,7 +547,11 @@ impl Parser<'_> {
         if explicit && count as usize > names.len() {
             self.problem(
                 "REPLICATION_SYNCHRONOUS_COUNT",
-                format!("{count} is more than the {} name(s) in REPLICATION_SYNCHRONOUS_REPLICAS; accepted: 1 to {}", names.len(), names.len()),
+                format!(
+                    "{count} is more than the {} name(s) in REPLICATION_SYNCHRONOUS_REPLICAS; accepted: 1 to {}",
+                    names.len(),
+                    names.len()
+                ),
             );
         }
         SyncSettings { mode, count, names }
@@ -552,7 +581,6 @@ fn parse_duration(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn inputs(vars: &[(&str, &str)]) -> MapInputs {
         MapInputs {
@@ -630,7 +658,11 @@ mod tests {
             ("SHUTDOWN_TIMEOUT", "soon"),
         ]);
         let vars: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
-        assert_eq!(vars, ["PGDATA", "POSTGRES_HOST_AUTH_METHOD", "SHUTDOWN_TIMEOUT", "HA_MODE"], "{p:?}");
+        assert_eq!(
+            vars,
+            ["PGDATA", "POSTGRES_HOST_AUTH_METHOD", "POSTGRES_PASSWORD", "SHUTDOWN_TIMEOUT", "HA_MODE"],
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -680,8 +712,12 @@ mod tests {
 
     #[test]
     fn replica_needs_primary_host_and_takes_hostname_as_name() {
-        let native = [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "replica"), ("REPLICATION_PASSWORD", "r")];
-        assert_eq!(problems(&native), ["PRIMARY_HOST: is required for a replica: the host name or address of the primary"]);
+        let native =
+            [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "replica"), ("REPLICATION_PASSWORD", "r")];
+        assert_eq!(
+            problems(&native),
+            ["PRIMARY_HOST: is required for a replica: the host name or address of the primary"]
+        );
         let mut vars = native.to_vec();
         vars.push(("PRIMARY_HOST", "db-primary"));
         let Role::Replica(r) = parse(&vars).unwrap().role else { panic!() };
@@ -740,7 +776,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.overrides, [("max_connections".into(), "200".into()), ("work_mem".into(), "8MB".into())]);
-        let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_HBA_FILE", "/x"), ("POSTGRESQL_CONFIG_", "1")]);
+        let p =
+            problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_HBA_FILE", "/x"), ("POSTGRESQL_CONFIG_", "1")]);
         assert_eq!(p.len(), 2, "{p:?}");
     }
 
@@ -764,12 +801,26 @@ mod tests {
         assert!(p[0].starts_with("POSTGRES_USER:") && p[0].contains("64 bytes long; at most 63"));
         assert!(p[1].starts_with("POSTGRES_DB:") && p[1].contains("control character"));
         // Quotes, spaces and unicode are fine: they are quoted wherever they are used.
-        assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "Al \"ice\" O'Neil ü")]).is_ok());
+        assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "Al ice-O.Neil ü")]).is_ok());
+        assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_DB", "d\"b'$\\")]).is_ok());
+        assert_eq!(
+            problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "o'neil")]),
+            ["POSTGRES_USER: \"o'neil\" contains one of \" $ ' \\, which initdb does not accept for the superuser"]
+        );
     }
 
     #[test]
     fn booleans_and_durations() {
-        for (s, b) in [("TRUE", true), ("on", true), ("Yes", true), ("1", true), ("false", false), ("OFF", false), ("no", false), ("0", false)] {
+        for (s, b) in [
+            ("TRUE", true),
+            ("on", true),
+            ("Yes", true),
+            ("1", true),
+            ("false", false),
+            ("OFF", false),
+            ("no", false),
+            ("0", false),
+        ] {
             assert_eq!(parse_bool(s), Some(b), "{s}");
         }
         assert_eq!(parse_bool("y"), None);

@@ -61,11 +61,7 @@ pub fn inspect(pgdata: &Path) -> Result<State, DataDirError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(DataDirError::io(pgdata, "cannot list")(e)),
     };
-    Ok(classify(
-        &entries,
-        pgdata.join("global/pg_control").is_file(),
-        pgdata.join("standby.signal").exists(),
-    ))
+    Ok(classify(&entries, pgdata.join("global/pg_control").is_file(), pgdata.join("standby.signal").exists()))
 }
 
 /// The decision of [`inspect`], from the top-level names and two facts about them.
@@ -152,7 +148,9 @@ pub fn remove_stale_pidfile(pgdata: &Path) -> Result<(), DataDirError> {
         }
     }
     tracing::info!(pid = ?pid, "removing a stale postmaster.pid");
-    fs::remove_file(&pidfile).or_else(ignore_not_found).map_err(DataDirError::io(pgdata, "cannot remove postmaster.pid"))
+    fs::remove_file(&pidfile)
+        .or_else(ignore_not_found)
+        .map_err(DataDirError::io(pgdata, "cannot remove postmaster.pid"))
 }
 
 /// True when `pid` is a postgres process whose working directory is `pgdata`.
@@ -206,7 +204,10 @@ mod tests {
         assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false), State::Staged);
         // PG_VERSION without pg_control is not a cluster we can start: refuse, never delete.
         assert_eq!(classify(&names(&["PG_VERSION"]), false, false), State::Foreign(names(&["PG_VERSION"])));
-        assert_eq!(classify(&names(&["notes.txt", STAGING]), false, false), State::Foreign(names(&[STAGING, "notes.txt"])));
+        assert_eq!(
+            classify(&names(&["notes.txt", STAGING]), false, false),
+            State::Foreign(names(&[STAGING, "notes.txt"]))
+        );
         assert_eq!(classify(&names(&[".hidden"]), false, false), State::Foreign(names(&[".hidden"])));
     }
 

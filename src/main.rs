@@ -120,7 +120,10 @@ fn check(postgres_args: &[String]) -> i32 {
         println!("replication:     user {} (password {})", r.user, password(true));
     }
     if let config::Role::Replica(r) = &c.role {
-        println!("primary:         {}:{} as {} (wait up to {:?})", r.primary_host, r.primary_port, r.name, r.wait_timeout);
+        println!(
+            "primary:         {}:{} as {} (wait up to {:?})",
+            r.primary_host, r.primary_port, r.name, r.wait_timeout
+        );
     }
     println!("\n--- {} ---\n{}", render::MANAGED_CONF, render::managed_conf(&plan.settings));
     println!("--- pg_hba.conf (managed block) ---\n{}", render::hba_block(c));

@@ -41,7 +41,8 @@ pub enum PrivilegeError {
 
 /// Finds `name` in passwd-format and group-format text.
 pub fn lookup(name: &str, passwd: &str, group: &str) -> Option<Account> {
-    let fields: Vec<&str> = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.first() == Some(&name))?;
+    let fields: Vec<&str> =
+        passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.first() == Some(&name))?;
     let [_, _, uid, gid, _, home, ..] = fields[..] else { return None };
     let (uid, gid) = (uid.parse().ok()?, gid.parse().ok()?);
     let mut groups: Vec<u32> = group
@@ -62,7 +63,8 @@ pub fn lookup(name: &str, passwd: &str, group: &str) -> Option<Account> {
 }
 
 pub fn service_account() -> Result<Account, PrivilegeError> {
-    let read = |path: &str| fs::read_to_string(path).map_err(|source| PrivilegeError::Read { path: path.into(), source });
+    let read =
+        |path: &str| fs::read_to_string(path).map_err(|source| PrivilegeError::Read { path: path.into(), source });
     lookup(SERVICE_USER, &read("/etc/passwd")?, &read("/etc/group").unwrap_or_default())
         .ok_or_else(|| PrivilegeError::NoAccount(SERVICE_USER.into()))
 }

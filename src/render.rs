@@ -95,10 +95,8 @@ pub fn primary_conninfo(replica: &Replica) -> String {
 
 /// A physical slot name from a replica name: lower-case letters, digits and `_`, at most 63.
 pub fn slot_name(replica_name: &str) -> String {
-    let mut slot: String = replica_name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .collect();
+    let mut slot: String =
+        replica_name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     slot.truncate(63);
     slot
 }
@@ -164,6 +162,14 @@ pub fn with_hba_block(existing: &str, block: &str) -> String {
         }
     }
     out
+}
+
+/// initdb's `pg_hba.conf` without its `host` lines: the managed block decides who may
+/// connect over TCP and how (initdb's loopback lines would otherwise match first, and keep
+/// allowing replication from loopback after a primary went back to standalone). Its `local`
+/// lines stay, including any method chosen with `--auth-local` in POSTGRES_INITDB_ARGS.
+pub fn without_host_lines(hba: &str) -> String {
+    hba.lines().filter(|l| !l.trim_start().starts_with("host")).flat_map(|l| [l, "\n"]).collect()
 }
 
 /// `postgresql.conf` with the include line, added once.
@@ -359,6 +365,15 @@ mod tests {
         let twice = with_hba_block(&edited, &block_b);
         assert_eq!(twice, format!("{user}\n{block_b}host mydb me 10.0.0.0/8 md5\n"));
         assert_eq!(with_hba_block(&twice, &block_b), twice);
+    }
+
+    #[test]
+    fn initdb_host_lines_are_dropped() {
+        let initdb = "# TYPE  DATABASE USER ADDRESS METHOD\nlocal all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n  hostssl all all ::1/128 md5\nlocal replication all trust\nhost replication all ::1/128 scram-sha-256\n";
+        assert_eq!(
+            without_host_lines(initdb),
+            "# TYPE  DATABASE USER ADDRESS METHOD\nlocal all all trust\nlocal replication all trust\n"
+        );
     }
 
     #[test]

@@ -27,7 +27,11 @@ impl Bin {
     /// its siblings), else the newest `/usr/lib/postgresql/<version>/bin`.
     pub fn locate(bindir: Option<&Path>, path_env: Option<&str>) -> Result<Bin, BinError> {
         if let Some(dir) = bindir {
-            return if is_server_dir(dir) { Ok(Bin(dir.to_path_buf())) } else { Err(BinError::BadOverride(dir.into())) };
+            return if is_server_dir(dir) {
+                Ok(Bin(dir.to_path_buf()))
+            } else {
+                Err(BinError::BadOverride(dir.into()))
+            };
         }
         for dir in std::env::split_paths(path_env.unwrap_or("")) {
             if let Ok(real) = dir.join("postgres").canonicalize() {
@@ -58,9 +62,9 @@ impl Bin {
 
 fn is_server_dir(dir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    ["postgres", "initdb"].iter().all(|tool| {
-        std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    ["postgres", "initdb"]
+        .iter()
+        .all(|tool| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Where the running server can be reached locally.
@@ -162,7 +166,16 @@ mod tests {
     #[test]
     fn parses_every_form_of_setting_argument() {
         let parsed = setting_args(&args(&[
-            "-c", "port=6000", "-cshared_buffers=1GB", "--work-mem=8MB", "-p", "7000", "-k/tmp/s", "-h", "*", "-F",
+            "-c",
+            "port=6000",
+            "-cshared_buffers=1GB",
+            "--work-mem=8MB",
+            "-p",
+            "7000",
+            "-k/tmp/s",
+            "-h",
+            "*",
+            "-F",
         ]));
         let expected: Vec<(String, String)> = [
             ("port", "6000"),

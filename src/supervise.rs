@@ -1,9 +1,11 @@
 //! PID 1 duties: run children, forward signals, reap orphans, pass exit statuses through.
 //!
 //! One mechanism for all of it: the signals we care about are blocked and read from a
-//! signalfd, and one `waitpid(-1)` loop reaps every child. The status of the child we are
-//! waiting for comes out of that same loop, so reaping orphans never steals it.
+//! signalfd, and one `waitpid(-1)` loop reaps every child. Statuses of the children we
+//! started come out of that same loop and are kept until asked for, so reaping orphans never
+//! steals them (e.g. a decompressor that exits while we wait for the psql it feeds).
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -55,7 +57,6 @@ impl Kind {
     }
 }
 
-
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -71,6 +72,10 @@ pub struct Supervisor {
     /// The first stop signal received; once set, we are on our way out.
     stop: Option<Signal>,
     stop_deadline: Option<Instant>,
+    /// Children we started and have not collected yet.
+    started: HashSet<Pid>,
+    /// Exit codes of started children, reaped while we were waiting for another one.
+    exited: HashMap<Pid, i32>,
 }
 
 impl Supervisor {
@@ -86,7 +91,14 @@ impl Supervisor {
         // Orphans of our children are re-parented to us instead of to a PID 1 that may not
         // reap them (e.g. under `docker run --init` we are not PID 1 ourselves).
         nix::sys::prctl::set_child_subreaper(true)?;
-        Ok(Supervisor { signals, shutdown_timeout, stop: None, stop_deadline: None })
+        Ok(Supervisor {
+            signals,
+            shutdown_timeout,
+            stop: None,
+            stop_deadline: None,
+            started: HashSet::new(),
+            exited: HashMap::new(),
+        })
     }
 
     /// The stop signal received so far, if any (reads pending signals without waiting).
@@ -103,11 +115,13 @@ impl Supervisor {
 
     /// Starts a child with a clean signal state: the mask we block is inherited through
     /// fork and exec, and a postgres started with SIGTERM blocked could never be stopped.
-    pub fn spawn(&self, command: &mut Command) -> io::Result<Child> {
+    pub fn spawn(&mut self, command: &mut Command) -> io::Result<Child> {
         // SAFETY: the closure runs between fork and exec; it only calls sigaction and
         // sigprocmask, which are async-signal-safe, and allocates nothing.
         unsafe { command.pre_exec(reset_signal_state) };
-        command.spawn()
+        let child = command.spawn()?;
+        self.started.insert(Pid::from_raw(child.id() as i32));
+        Ok(child)
     }
 
     /// Waits for `pid` to exit, forwarding signals to it and reaping any other child.
@@ -188,17 +202,22 @@ impl Supervisor {
         }
     }
 
-    /// Reaps every exited child; returns the exit code of `pid` if it was among them.
-    fn reap(&self, pid: Pid) -> io::Result<Option<i32>> {
+    /// Reaps every exited child; returns the exit code of `pid` once it has exited.
+    fn reap(&mut self, pid: Pid) -> io::Result<Option<i32>> {
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(Some(code)),
-                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return Ok(Some(128 + sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
-                Ok(_) | Err(Errno::EINTR) => continue, // an orphan, reaped
+            let (p, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) => (p, code),
+                Ok(WaitStatus::Signaled(p, sig, _)) => (p, 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
+            };
+            // Orphans are simply gone now; our own children's codes are kept for their wait.
+            if self.started.remove(&p) {
+                self.exited.insert(p, code);
             }
         }
+        Ok(self.exited.remove(&pid))
     }
 }
 

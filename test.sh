@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test suite, from a fresh machine: installs what is missing, then runs every test
+# against real PostgreSQL processes. Run as root (the entrypoint's privilege drop is tested).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: run as root: the tests start the entrypoint as a container would, as root" >&2
+    exit 1
+fi
+
+need_packages=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
+for tool in gzip xz zstd unshare; do
+    command -v "$tool" >/dev/null 2>&1 || need_packages+=("$([ "$tool" = xz ] && echo xz-utils || ([ "$tool" = unshare ] && echo util-linux) || echo "$tool")")
+done
+if [ "${#need_packages[@]}" -gt 0 ]; then
+    echo "test.sh: installing ${need_packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast
+else
+    cargo test --no-fail-fast
+fi

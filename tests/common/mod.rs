@@ -1,0 +1,355 @@
+//! Test harness: the real binary, real PostgreSQL, each node in its own temp directory on
+//! its own loopback port. Tests run as root (as in a container), so the binary drops to the
+//! `postgres` user; the temp directories are made traversable for it.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pg-entrypoint");
+pub const PASSWORD: &str = "pw-1 'q' \"d\" \\b $x `t` ü";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique directory under /tmp, mode 0755 so the `postgres` user can reach PGDATA inside.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/pgep-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn pg_bindir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server packages are installed")
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort();
+    versions.pop().unwrap().1
+}
+
+/// One pg-entrypoint instance: its directory, environment and process.
+pub struct Node {
+    pub dir: TempDir,
+    pub pgdata: PathBuf,
+    pub port: u16,
+    pub env: Vec<(String, String)>,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    starts: usize,
+}
+
+impl Node {
+    /// A standalone node with the superuser password set and its own port and socket dir.
+    pub fn new(name: &str) -> Node {
+        let dir = TempDir::new(name);
+        let pgdata = dir.0.join("data");
+        let port = free_port();
+        let mut node = Node { log: dir.0.join("log-0"), dir, pgdata, port, env: Vec::new(), child: None, starts: 0 };
+        node.set("PGDATA", &node.pgdata.display().to_string());
+        node.set("POSTGRES_PASSWORD", PASSWORD);
+        node.set("POSTGRESQL_CONFIG_PORT", &port.to_string());
+        node.set("POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES", &node.socket_dir().display().to_string());
+        node.set("INIT_SCRIPTS_DIR", &node.dir.0.join("initdb.d").display().to_string());
+        node
+    }
+
+    /// A directory every user may write to (init scripts run as `postgres`).
+    pub fn scratch(&self) -> PathBuf {
+        let dir = self.dir.0.join("scratch");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        dir
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.0.join("run")
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) -> &mut Node {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn unset(&mut self, key: &str) -> &mut Node {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    pub fn as_primary(&mut self) -> &mut Node {
+        self.set("HA_MODE", "native").set("REPLICATION_ROLE", "primary").set("REPLICATION_PASSWORD", PASSWORD)
+    }
+
+    /// Adds an init script.
+    pub fn script(&self, name: &str, contents: &[u8]) {
+        let dir = self.dir.0.join("initdb.d");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(name), contents).unwrap();
+    }
+
+    pub fn command(&mut self, args: &[&str]) -> Command {
+        self.wrapped_command(&[], args)
+    }
+
+    /// The entrypoint started through `wrapper` (e.g. `unshare --pid --fork`).
+    pub fn wrapped_command(&mut self, wrapper: &[&str], args: &[&str]) -> Command {
+        self.log = self.dir.0.join(format!("log-{}", self.starts));
+        self.starts += 1;
+        let log = fs::File::create(&self.log).unwrap();
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.push(BIN);
+        argv.extend(args);
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            // Its own process group, so a test can kill the whole tree like a container stop.
+            .process_group(0);
+        cmd
+    }
+
+    /// Starts the entrypoint with these arguments and does not wait.
+    pub fn spawn(&mut self, args: &[&str]) -> &mut Node {
+        self.spawn_wrapped(&[], args)
+    }
+
+    pub fn spawn_wrapped(&mut self, wrapper: &[&str], args: &[&str]) -> &mut Node {
+        assert!(self.child.is_none(), "already running");
+        let child = self.wrapped_command(wrapper, args).spawn().unwrap();
+        self.child = Some(child);
+        self
+    }
+
+    /// Starts and waits until a password login over TCP works.
+    pub fn start(&mut self) -> &mut Node {
+        self.spawn(&[]).wait_ready(Duration::from_secs(60))
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> &mut Node {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.try_connect().is_ok() {
+                return self;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("pg-entrypoint exited with {status} before it was ready:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "not ready after {timeout:?}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn superuser(&self) -> String {
+        self.get("POSTGRES_USER").unwrap_or_else(|| "postgres".into())
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    pub fn try_connect(&self) -> Result<postgres::Client, postgres::Error> {
+        let user = self.superuser();
+        let db = self.get("POSTGRES_DB").unwrap_or_else(|| user.clone());
+        self.connect_as(&user, &self.get("POSTGRES_PASSWORD").unwrap_or_default(), &db)
+    }
+
+    pub fn connect_as(&self, user: &str, password: &str, db: &str) -> Result<postgres::Client, postgres::Error> {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(5))
+            .connect(postgres::NoTls)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        self.try_connect().unwrap_or_else(|e| panic!("cannot connect: {e}\n{}", self.output()))
+    }
+
+    /// One value from a query, as text.
+    pub fn query_one(&self, sql: &str) -> String {
+        let row = self.client().query_one(&format!("SELECT ({sql})::text"), &[]).unwrap();
+        row.get(0)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::try_from(sig).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Waits for the entrypoint to exit; returns its exit code and how long that took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (i32, Duration) {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                use std::os::unix::process::ExitStatusExt;
+                let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap());
+                return (code, started.elapsed());
+            }
+            assert!(started.elapsed() < timeout, "still running after {timeout:?}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, as `docker stop` sends, and the exit code.
+    pub fn stop(&mut self) -> i32 {
+        self.signal(libc_sigterm());
+        self.wait_exit(Duration::from_secs(15)).0
+    }
+
+    /// Runs to completion (for runs expected to fail): exit code and output.
+    pub fn run_to_exit(&mut self, args: &[&str]) -> (i32, String) {
+        self.spawn(args);
+        let (code, _) = self.wait_exit(Duration::from_secs(60));
+        (code, self.output())
+    }
+
+    /// Kills the whole process group with SIGKILL, as when a container is killed.
+    pub fn kill_all(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.pid());
+        nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        self.wait_exit(Duration::from_secs(10));
+        // Orphans of the killed group (postgres children) die with the postmaster; wait for them.
+        wait_until(Duration::from_secs(10), || !group_alive(pgid.as_raw()));
+    }
+
+    /// The log of the current (or last) run.
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Logs of every run so far.
+    pub fn all_output(&self) -> String {
+        (0..self.starts).map(|i| fs::read_to_string(self.dir.0.join(format!("log-{i}"))).unwrap_or_default()).collect()
+    }
+
+    pub fn controldata_state(&self) -> String {
+        let out = Command::new(pg_bindir().join("pg_controldata")).arg(&self.pgdata).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("Database cluster state:"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| panic!("no state in pg_controldata output: {text}"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            if let Some(c) = self.child.as_mut() {
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn libc_sigterm() -> i32 {
+    nix::sys::signal::Signal::SIGTERM as i32
+}
+
+/// Polls `condition` every 10 ms; panics after `timeout`.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True while any process is in process group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    processes().iter().any(|p| p.pgid == pgid && p.state != 'Z')
+}
+
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub state: char,
+    pub cmdline: String,
+}
+
+/// A snapshot of /proc.
+pub fn processes() -> Vec<Proc> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let mut cmdline = String::new();
+        if let Ok(mut file) = fs::File::open(entry.path().join("cmdline")) {
+            let mut bytes = Vec::new();
+            let _ = file.read_to_end(&mut bytes);
+            cmdline = String::from_utf8_lossy(&bytes).replace('\0', " ");
+        }
+        out.push(Proc {
+            pid,
+            state: f[0].chars().next().unwrap_or('?'),
+            ppid: f[1].parse().unwrap_or(0),
+            pgid: f[2].parse().unwrap_or(0),
+            cmdline,
+        });
+    }
+    out
+}
+
+/// Runs psql against a node as `user` with `password` (through the environment of this
+/// test-only client) and returns (success, stdout + stderr).
+pub fn psql(node: &Node, conninfo: &str, password: &str, sql: &str) -> (bool, String) {
+    let out = Command::new(pg_bindir().join("psql"))
+        .arg(format!("host=127.0.0.1 port={} {conninfo}", node.port))
+        .args(["-X", "-A", "-t", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

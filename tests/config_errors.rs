@@ -1,0 +1,102 @@
+//! Bad configuration: exit code 78, every problem named at once, nothing created on disk,
+//! and no secret in the message.
+
+mod common;
+
+use common::*;
+
+/// Runs with the node's environment changed by `edit`; asserts exit 78, no PGDATA, no secret.
+fn rejected(name: &str, edit: impl FnOnce(&mut Node)) -> String {
+    let mut node = Node::new(name);
+    edit(&mut node);
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(!node.pgdata.exists(), "PGDATA was created:\n{out}");
+    assert!(!node.socket_dir().exists(), "the socket directory was created:\n{out}");
+    assert!(!out.contains(PASSWORD) && !out.contains("pw-1"), "secret in output:\n{out}");
+    out
+}
+
+#[test]
+fn missing_password() {
+    let out = rejected("no-password", |n| {
+        n.unset("POSTGRES_PASSWORD");
+    });
+    assert!(out.contains("POSTGRES_PASSWORD: is required"), "{out}");
+}
+
+#[test]
+fn replica_without_password_or_primary_host_names_both() {
+    let out = rejected("replica-missing", |n| {
+        n.set("HA_MODE", "native").set("ROLE", "replica");
+    });
+    assert!(out.contains("REPLICATION_PASSWORD: is required with HA_MODE=native"), "{out}");
+    assert!(out.contains("PRIMARY_HOST: is required for a replica"), "{out}");
+    assert!(out.contains("(2 problems)"), "{out}");
+}
+
+#[test]
+fn unknown_ha_mode_and_bad_auth_method_are_reported_together() {
+    let out = rejected("ha-mode", |n| {
+        n.set("HA_MODE", "pacemaker").set("POSTGRES_HOST_AUTH_METHOD", "ident");
+    });
+    assert!(out.contains("HA_MODE: \"pacemaker\" is not accepted; accepted: native"), "{out}");
+    assert!(out.contains("POSTGRES_HOST_AUTH_METHOD: \"ident\" is not accepted"), "{out}");
+}
+
+#[test]
+fn patroni_with_native_ha() {
+    let out = rejected("patroni", |n| {
+        n.as_primary().set("USE_PATRONI", "true");
+    });
+    assert!(out.contains("USE_PATRONI: is true while HA_MODE=native"), "{out}");
+}
+
+#[test]
+fn both_secret_forms() {
+    let out = rejected("both-forms", |n| {
+        let file = n.dir.0.join("secret");
+        std::fs::write(&file, PASSWORD).unwrap();
+        n.set("POSTGRES_PASSWORD_FILE", &file.display().to_string());
+    });
+    assert!(out.contains("both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set"), "{out}");
+}
+
+#[test]
+fn sync_count_above_the_names() {
+    let out = rejected("sync-count", |n| {
+        n.as_primary()
+            .set("REPLICATION_SYNCHRONOUS_MODE", "any")
+            .set("REPLICATION_SYNCHRONOUS_COUNT", "3")
+            .set("REPLICATION_SYNCHRONOUS_REPLICAS", "replica-1,replica-2");
+    });
+    assert!(out.contains("REPLICATION_SYNCHRONOUS_COUNT: 3 is more than the 2 name(s)"), "{out}");
+}
+
+#[test]
+fn bad_port_argument() {
+    let mut node = Node::new("bad-port");
+    let (code, out) = node.run_to_exit(&["postgres", "-p", "99999"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("postgres argument port: \"99999\" is not a port"), "{out}");
+    assert!(!node.pgdata.exists());
+}
+
+#[test]
+fn check_prints_the_plan_with_secrets_masked_and_touches_nothing() {
+    let mut node = Node::new("check");
+    node.as_primary().set("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "200");
+    let (code, out) = node.run_to_exit(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("role:            primary"), "{out}");
+    assert!(out.contains("max_connections = '200'\t# POSTGRESQL_CONFIG_*"), "{out}");
+    assert!(out.contains("host replication \"replicator\" 0.0.0.0/0 scram-sha-256"), "{out}");
+    assert!(out.contains("password set (hidden)"), "{out}");
+    assert!(!out.contains(PASSWORD), "{out}");
+    assert!(!node.pgdata.exists());
+
+    node.set("REPLICATION_SYNCHRONOUS_MODE", "sometimes");
+    let (code, out) = node.run_to_exit(&["check"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("REPLICATION_SYNCHRONOUS_MODE: \"sometimes\" is not accepted"), "{out}");
+}
