@@ -16,12 +16,11 @@ use crate::converge;
 use crate::datadir::{self, DataDirError};
 use crate::render;
 use crate::server::{Bin, Endpoint};
-use crate::supervise::{Kind, Outcome, Supervisor};
+use crate::supervise::{Kind, Supervisor};
+use crate::tempserver::TempServer;
 
 /// Variables that hold secrets: never passed to postgres or the PostgreSQL tools.
 pub const SECRET_VARS: [&str; 2] = ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD"];
-/// The temporary server's own pg_hba.conf: local trust, whatever the cluster's says.
-const BOOTSTRAP_HBA: &str = "pg-entrypoint-bootstrap-hba.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -35,8 +34,28 @@ pub enum BootstrapError {
     NoDecompressor { script: PathBuf, tool: &'static str },
     #[error("cannot list the init scripts in {dir:?}: {source}")]
     Scripts { dir: PathBuf, source: io::Error },
+    #[error(
+        "the primary {host}:{port} was not reachable within {waited} s (last: {reason}); check PRIMARY_HOST \
+         and PRIMARY_PORT, or raise PRIMARY_WAIT_TIMEOUT"
+    )]
+    PrimaryUnreachable { host: String, port: u16, waited: u64, reason: String },
+    #[error("the primary refused this replica; check {variable}: {reason}")]
+    PrimaryRejected { variable: &'static str, reason: String },
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+}
+
+impl BootstrapError {
+    /// The documented exit code (README "Exit codes").
+    pub fn exit_code(&self) -> i32 {
+        use crate::start::exit;
+        match self {
+            BootstrapError::Stopped(sig) => 128 + *sig as i32,
+            BootstrapError::PrimaryRejected { .. } => exit::CONFIG,
+            BootstrapError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
+            _ => exit::STARTUP_FAILED,
+        }
+    }
 }
 
 /// What every step needs: the configuration, the binaries, the supervisor.
@@ -63,7 +82,32 @@ pub fn run(sup: &mut Supervisor, what: &str, command: &mut Command, kind: Kind) 
     finish(sup, what, Pid::from_raw(child.id() as i32), kind)
 }
 
-fn finish(sup: &mut Supervisor, what: &str, pid: Pid, kind: Kind) -> Result<(), BootstrapError> {
+/// Runs a child and returns its exit code and what it wrote to stderr (for tools whose
+/// failures we interpret, e.g. a connection attempt). Only a stop request is an error here.
+pub fn run_captured(sup: &mut Supervisor, what: &str, command: &mut Command) -> Result<(i32, String), BootstrapError> {
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = sup.spawn(command).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    // Read on a thread, so the child never blocks on a full pipe while we handle signals.
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    });
+    let code = sup
+        .wait(Pid::from_raw(child.id() as i32), Kind::Tool)
+        .map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
+    let text = reader.join().unwrap_or_default();
+    match sup.stop_requested() {
+        Some(sig) => Err(BootstrapError::Stopped(sig)),
+        None => Ok((code, text)),
+    }
+}
+
+pub fn finish(sup: &mut Supervisor, what: &str, pid: Pid, kind: Kind) -> Result<(), BootstrapError> {
     let code = sup.wait(pid, kind).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
     if let Some(sig) = sup.stop_requested() {
         return Err(BootstrapError::Stopped(sig));
@@ -79,23 +123,27 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapEr
     let config = ctx.config;
     let started = std::time::Instant::now();
     let staging = datadir::fresh_staging(&config.pgdata)?;
+    let cluster = &staging.cluster;
     tracing::info!(pgdata = %config.pgdata.display(), "initialising a new cluster");
-    initdb(ctx, sup, &staging)?;
-    let hba = staging.join("pg_hba.conf");
+    initdb(ctx, sup, cluster)?;
+    let hba = cluster.join("pg_hba.conf");
     fs::read_to_string(&hba)
         .and_then(|text| fs::write(&hba, render::without_host_lines(&text)))
         .map_err(DataDirError::io(&config.pgdata, "cannot rewrite initdb's pg_hba.conf"))?;
-    single_user(ctx, sup, &staging, &bootstrap_sql(config))?;
-    converge::write_config(config, ctx.settings, &staging)
+    single_user(ctx, sup, cluster, &bootstrap_sql(config))?;
+    converge::write_config(config, ctx.settings, cluster)
         .map_err(DataDirError::io(&config.pgdata, "cannot write the configuration"))?;
     let scripts = init_scripts(&config.init_scripts_dir)?;
     if !scripts.is_empty() {
-        run_init_scripts(ctx, sup, &staging, &scripts)?;
+        let server = TempServer::start(ctx, sup, cluster, &["ready"])?;
+        let result = scripts.iter().try_for_each(|script| run_script(ctx, sup, &server, cluster, script));
+        // Stop the server whatever happened to the scripts.
+        result.and(server.stop(sup))?;
     }
     if let Some(sig) = sup.stop_requested() {
         return Err(BootstrapError::Stopped(sig));
     }
-    datadir::install_staging(&config.pgdata)?;
+    datadir::install_staging(&config.pgdata, staging)?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "cluster initialised");
     Ok(())
 }
@@ -211,58 +259,17 @@ fn script_kind(path: &Path) -> Option<ScriptKind> {
     .map(|(_, kind)| kind)
 }
 
-/// Starts a temporary server on a private socket (no TCP), runs the scripts, stops it.
-fn run_init_scripts(
+fn run_script(
     ctx: &Context,
     sup: &mut Supervisor,
-    staging: &Path,
-    scripts: &[PathBuf],
+    server: &TempServer,
+    cluster: &Path,
+    script: &Path,
 ) -> Result<(), BootstrapError> {
-    let hba = staging.join(BOOTSTRAP_HBA);
-    fs::write(&hba, "local all all trust\n")
-        .map_err(DataDirError::io(&ctx.config.pgdata, "cannot write the bootstrap pg_hba"))?;
-    let mut cmd = tool(ctx.bin, "postgres");
-    cmd.arg("-D").arg(staging).args(ctx.postgres_args);
-    cmd.arg("-c").arg("listen_addresses=");
-    cmd.arg("-c").arg(format!("unix_socket_directories={}", staging.display()));
-    cmd.arg("-c").arg(format!("hba_file={}", hba.display()));
-    cmd.arg("-c").arg(format!("port={}", ctx.endpoint.port));
-    let what = "the temporary server for init scripts";
-    let server = sup.spawn(&mut cmd).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    let pid = Pid::from_raw(server.id() as i32);
-    let pidfile = staging.join("postmaster.pid");
-    let outcome = sup
-        .wait_until(pid, Kind::Postgres, || server_ready(&pidfile))
-        .map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    if let Outcome::Exited(code) = outcome {
-        return Err(match sup.stop_requested() {
-            Some(sig) => BootstrapError::Stopped(sig),
-            None => BootstrapError::Failed { what: what.into(), code },
-        });
-    }
-    let result = scripts.iter().try_for_each(|script| run_script(ctx, sup, staging, script));
-    // Stop the server whatever happened to the scripts (fast: nobody else is connected).
-    nix::sys::signal::kill(pid, Signal::SIGINT).ok();
-    let stopped = finish(sup, what, pid, Kind::Postgres);
-    fs::remove_file(&hba).ok();
-    result.and(stopped)
-}
-
-/// postgres writes "ready" on line 8 of postmaster.pid once it accepts connections.
-pub fn server_ready(pidfile: &Path) -> bool {
-    fs::read_to_string(pidfile).is_ok_and(|t| t.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
-}
-
-fn run_script(ctx: &Context, sup: &mut Supervisor, staging: &Path, script: &Path) -> Result<(), BootstrapError> {
     let config = ctx.config;
     tracing::info!(script = %script.display(), "running init script");
     let what = format!("init script {}", script.display());
-    let client_env = |c: &mut Command| {
-        c.env("PGHOST", staging)
-            .env("PGPORT", ctx.endpoint.port.to_string())
-            .env("PGUSER", &config.superuser)
-            .env("PGDATABASE", &config.database);
-    };
+    let client_env = |c: &mut Command| server.client_env(c, &config.superuser, &config.database);
     let psql = || {
         let mut c = tool(ctx.bin, "psql");
         client_env(&mut c);
@@ -279,7 +286,7 @@ fn run_script(ctx: &Context, sup: &mut Supervisor, staging: &Path, script: &Path
                 c.arg(script);
             }
             client_env(&mut c);
-            c.env("PGDATA", staging).env("PATH", path_with(ctx.bin.dir()));
+            c.env("PGDATA", cluster).env("PATH", path_with(ctx.bin.dir()));
             run(sup, &what, &mut c, Kind::Tool)
         }
         Some(ScriptKind::Sql) => run(sup, &what, psql().arg("-f").arg(script), Kind::Tool),
@@ -330,7 +337,7 @@ mod tests {
         };
         let config = Config::from_inputs(&inputs).unwrap();
         let sql = bootstrap_sql(&config);
-        assert_eq!(sql.len(), 4, "{sql:?}");
+        assert_eq!(sql.len(), 5, "{sql:?}");
         assert!(sql[0].starts_with("ALTER ROLE \"ad min\" WITH PASSWORD 'SCRAM-SHA-256$4096:"), "{}", sql[0]);
         assert_eq!(sql[1], "CREATE DATABASE \"app db\" OWNER \"ad min\"");
         assert!(sql[3].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));

@@ -443,6 +443,10 @@ impl Parser<'_> {
             );
         }
         let password = self.secret("REPLICATION_PASSWORD");
+        if password.as_ref().is_some_and(|p| p.expose().contains(['\n', '\r'])) {
+            // Replicas read it from a password file, which is line-based.
+            self.problem("REPLICATION_PASSWORD", "contains a line break; any other character is accepted");
+        }
         if password.is_none()
             && self.var("REPLICATION_PASSWORD_FILE").is_none()
             && self.var("REPLICATION_PASSWORD").is_none()

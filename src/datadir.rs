@@ -1,7 +1,8 @@
 //! What is in PGDATA, and the few safe moves we make on it.
 //!
 //! A bootstrap (initdb + bootstrap SQL + init scripts, or a clone) is built in a staging
-//! directory inside PGDATA and moved into place only when complete, `PG_VERSION` last. So
+//! directory inside PGDATA (the cluster in its `cluster/`, beside private files such as the
+//! clone's password file) and moved into place only when complete, `PG_VERSION` last. So
 //! PGDATA is either a complete cluster, or holds only our staging directory (an interrupted
 //! bootstrap, thrown away and redone), or a complete staged cluster whose move was
 //! interrupted (finished). Anything else we did not make is refused, never deleted.
@@ -89,25 +90,32 @@ pub fn refuse(pgdata: &Path, entries: &[String]) -> DataDirError {
     DataDirError::Foreign { pgdata: pgdata.to_path_buf(), entries: shown.join(", ") }
 }
 
+/// A bootstrap in progress: `root` is ours alone; `cluster` (inside it, not yet created) is
+/// where initdb or pg_basebackup builds the cluster.
+pub struct Staging {
+    pub root: PathBuf,
+    pub cluster: PathBuf,
+}
+
 /// Removes the leftovers of an interrupted bootstrap (only our own staging directory) and
 /// returns a fresh, empty one.
-pub fn fresh_staging(pgdata: &Path) -> Result<PathBuf, DataDirError> {
-    let staging = pgdata.join(STAGING);
-    if staging.exists() {
-        tracing::warn!(path = %staging.display(), "removing an interrupted bootstrap; it will be redone");
-        fs::remove_dir_all(&staging).map_err(DataDirError::io(pgdata, "cannot remove the interrupted bootstrap"))?;
+pub fn fresh_staging(pgdata: &Path) -> Result<Staging, DataDirError> {
+    let root = pgdata.join(STAGING);
+    if root.exists() {
+        tracing::warn!(path = %root.display(), "removing an interrupted bootstrap; it will be redone");
+        fs::remove_dir_all(&root).map_err(DataDirError::io(pgdata, "cannot remove the interrupted bootstrap"))?;
     }
     fs::DirBuilder::new()
         .mode(0o700)
-        .create(&staging)
+        .create(&root)
         .map_err(DataDirError::io(pgdata, "cannot create the staging directory"))?;
-    Ok(staging)
+    Ok(Staging { cluster: root.join("cluster"), root })
 }
 
 /// Moves a finished bootstrap from the staging directory into PGDATA.
-pub fn install_staging(pgdata: &Path) -> Result<(), DataDirError> {
+pub fn install_staging(pgdata: &Path, staging: Staging) -> Result<(), DataDirError> {
     let err = |action: &str| DataDirError::io(pgdata, action.to_string());
-    fs::rename(pgdata.join(STAGING), pgdata.join(STAGED)).map_err(err("cannot mark the bootstrap finished"))?;
+    fs::rename(&staging.cluster, pgdata.join(STAGED)).map_err(err("cannot mark the bootstrap finished"))?;
     sync_dir(pgdata).map_err(err("cannot sync"))?;
     finish_staged(pgdata)
 }
@@ -116,6 +124,10 @@ pub fn install_staging(pgdata: &Path) -> Result<(), DataDirError> {
 /// looks like a cluster once all of it is there. Safe to repeat after an interruption.
 pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
     let err = |action: &str| DataDirError::io(pgdata, action.to_string());
+    let leftover = pgdata.join(STAGING);
+    if leftover.exists() {
+        fs::remove_dir_all(&leftover).map_err(err("cannot remove the staging directory"))?;
+    }
     let staged = pgdata.join(STAGED);
     let mut names: Vec<_> = fs::read_dir(&staged)
         .map_err(err("cannot list the staged cluster"))?
@@ -227,19 +239,20 @@ mod tests {
         fs::create_dir_all(dir.join("data")).unwrap();
         let pgdata = dir.join("data");
         let staging = fresh_staging(&pgdata).unwrap();
-        for f in ["PG_VERSION", "postgresql.conf"] {
-            fs::write(staging.join(f), f).unwrap();
+        fs::create_dir_all(staging.cluster.join("global")).unwrap();
+        for f in ["PG_VERSION", "postgresql.conf", "global/pg_control"] {
+            fs::write(staging.cluster.join(f), f).unwrap();
         }
-        fs::create_dir(staging.join("global")).unwrap();
-        fs::write(staging.join("global/pg_control"), "x").unwrap();
+        fs::write(staging.root.join("pgpass"), "x").unwrap();
         assert_eq!(inspect(&pgdata).unwrap(), State::Interrupted);
         // Interrupted after the rename and one move: the next start finishes the move.
-        fs::rename(&staging, pgdata.join(STAGED)).unwrap();
+        fs::rename(&staging.cluster, pgdata.join(STAGED)).unwrap();
         fs::rename(pgdata.join(STAGED).join("postgresql.conf"), pgdata.join("postgresql.conf")).unwrap();
         assert_eq!(inspect(&pgdata).unwrap(), State::Staged);
         finish_staged(&pgdata).unwrap();
         assert_eq!(inspect(&pgdata).unwrap(), State::Cluster { standby: false });
         assert_eq!(fs::read_to_string(pgdata.join("PG_VERSION")).unwrap(), "PG_VERSION");
+        assert!(!pgdata.join(STAGING).exists(), "the staging directory is left over");
         fs::remove_dir_all(&dir).unwrap();
     }
 

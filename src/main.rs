@@ -8,10 +8,13 @@ mod config;
 mod converge;
 mod datadir;
 mod privileges;
+mod promote;
 mod render;
+mod replica;
 mod server;
 mod start;
 mod supervise;
+mod tempserver;
 
 use clap::{Parser, Subcommand};
 

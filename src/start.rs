@@ -11,7 +11,9 @@ use crate::config::{Config, ProcessInputs, Role};
 use crate::converge;
 use crate::datadir::{self, State};
 use crate::privileges;
+use crate::promote;
 use crate::render;
+use crate::replica;
 use crate::server::{Bin, Endpoint};
 use crate::supervise::{Kind, Supervisor};
 
@@ -19,8 +21,10 @@ use crate::supervise::{Kind, Supervisor};
 pub mod exit {
     /// Start-up failed after validation (bootstrap, permissions, a refused PGDATA...).
     pub const STARTUP_FAILED: i32 = 1;
-    /// The environment is invalid; nothing was touched.
+    /// The environment is invalid (nothing was touched), or the primary refused our credentials.
     pub const CONFIG: i32 = 78;
+    /// A replica's primary did not answer within PRIMARY_WAIT_TIMEOUT.
+    pub const PRIMARY_UNREACHABLE: i32 = 69;
 }
 
 /// Everything `check` and `run` decide before touching anything.
@@ -69,16 +73,12 @@ pub fn run(postgres_args: &[String]) -> i32 {
         postgres_args,
         settings: &plan.settings,
     };
-    match bring_data_dir_to_role(&ctx, &mut sup) {
-        Ok(()) => {}
-        Err(BootstrapError::Stopped(sig)) => {
-            tracing::warn!("stopped by {sig} before the server started");
-            return 128 + sig as i32;
+    if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup) {
+        match e {
+            BootstrapError::Stopped(_) => tracing::warn!("{e}"),
+            _ => tracing::error!("{e}"),
         }
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::STARTUP_FAILED;
-        }
+        return e.exit_code();
     }
     supervise_postgres(&ctx, &mut sup)
 }
@@ -111,21 +111,26 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Boo
         datadir::finish_staged(pgdata)?;
         state = datadir::inspect(pgdata)?;
     }
+    if let State::Cluster { .. } = state {
+        datadir::remove_stale_pidfile(pgdata)?;
+    }
     match (state, &ctx.config.role) {
         (State::Foreign(entries), _) => Err(datadir::refuse(pgdata, &entries).into()),
-        (_, Role::Replica(_)) | (State::Cluster { standby: true }, _) => Err(BootstrapError::Failed {
-            what: "replication (REPLICATION_ROLE=replica, or a standby data directory)".into(),
-            code: exit::STARTUP_FAILED,
-        }),
-        (State::Empty | State::Interrupted, _) => {
-            bootstrap::initialise(ctx, sup)?;
-            // The cluster was just made for this configuration; only the stale-pid check is left.
-            datadir::remove_stale_pidfile(pgdata).map_err(Into::into)
+        (State::Empty | State::Interrupted, Role::Replica(replica)) => {
+            replica::clone(ctx, sup, replica)?;
+            replica::converge(ctx, sup, replica)
         }
-        (State::Cluster { standby: false }, _) => {
-            datadir::remove_stale_pidfile(pgdata)?;
+        (State::Empty | State::Interrupted, _) => bootstrap::initialise(ctx, sup),
+        (State::Cluster { standby: true }, Role::Replica(replica)) => replica::converge(ctx, sup, replica),
+        (State::Cluster { standby: false }, Role::Replica(replica)) => {
+            replica::rejoin(ctx, sup, replica)?;
+            replica::converge(ctx, sup, replica)
+        }
+        (State::Cluster { standby: true }, _) => {
+            promote::promote_standby(ctx, sup)?;
             converge::existing_cluster(ctx, sup)
         }
+        (State::Cluster { standby: false }, _) => converge::existing_cluster(ctx, sup),
         (State::Staged, _) => unreachable!("finished above"),
     }
 }

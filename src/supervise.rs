@@ -181,6 +181,23 @@ impl Supervisor {
         }
     }
 
+    /// Sleeps for `duration` (e.g. between attempts to reach the primary), reaping orphans;
+    /// returns early with the signal if a stop is requested.
+    pub fn pause(&mut self, duration: Duration) -> io::Result<Option<Signal>> {
+        let deadline = Instant::now() + duration;
+        loop {
+            if let Some(sig) = self.stop_requested() {
+                return Ok(Some(sig));
+            }
+            self.reap(Pid::from_raw(0))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.wait_for_signal(Some(left))?;
+        }
+    }
+
     fn note_stop(&mut self, sig: Signal) {
         if self.stop.is_none() {
             tracing::info!(signal = %sig, "stop requested");

@@ -105,6 +105,16 @@ impl Node {
         self.set("HA_MODE", "native").set("REPLICATION_ROLE", "primary").set("REPLICATION_PASSWORD", PASSWORD)
     }
 
+    /// A replica of `primary` (both on loopback), named `name`.
+    pub fn as_replica_of(&mut self, primary: &Node, name: &str) -> &mut Node {
+        self.set("HA_MODE", "native")
+            .set("REPLICATION_ROLE", "replica")
+            .set("REPLICATION_PASSWORD", &primary.get("REPLICATION_PASSWORD").unwrap_or_else(|| PASSWORD.into()))
+            .set("PRIMARY_HOST", "127.0.0.1")
+            .set("PRIMARY_PORT", &primary.port.to_string())
+            .set("REPLICA_NAME", name)
+    }
+
     /// Adds an init script.
     pub fn script(&self, name: &str, contents: &[u8]) {
         let dir = self.dir.0.join("initdb.d");
@@ -151,7 +161,11 @@ impl Node {
 
     /// Starts and waits until a password login over TCP works.
     pub fn start(&mut self) -> &mut Node {
-        self.spawn(&[]).wait_ready(Duration::from_secs(60))
+        self.start_with_timeout(Duration::from_secs(60))
+    }
+
+    pub fn start_with_timeout(&mut self, timeout: Duration) -> &mut Node {
+        self.spawn(&[]).wait_ready(timeout)
     }
 
     pub fn wait_ready(&mut self, timeout: Duration) -> &mut Node {

@@ -1,0 +1,199 @@
+//! Native streaming replication between real processes on loopback: clone, stream, restart,
+//! interruptions, promotion and rejoin after a failover.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Waits until `sql` returns `expected` on `node` (replication is asynchronous).
+fn eventually(node: &Node, sql: &str, expected: &str) {
+    let mut last = String::new();
+    let ok = (0..1500).any(|_| {
+        last = node
+            .try_connect()
+            .ok()
+            .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        if last == expected {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        false
+    });
+    assert!(ok, "{sql} = {last:?}, expected {expected:?} within 30 s:\n{}", node.output());
+}
+
+#[test]
+fn replicas_started_before_the_primary_wait_then_stream() {
+    let mut primary = Node::new("p");
+    primary.as_primary();
+    let mut r1 = Node::new("r1");
+    r1.as_replica_of(&primary, "replica-2");
+    let mut r2 = Node::new("r2");
+    r2.as_replica_of(&primary, "3f2a9c");
+    r1.spawn(&[]);
+    r2.spawn(&[]);
+    // Both are waiting for a primary that does not exist yet.
+    wait_until(Duration::from_secs(30), || {
+        r1.output().contains("waiting for the primary") && r2.output().contains("waiting for the primary")
+    });
+    primary.start();
+    r1.wait_ready(CLONE_TIMEOUT);
+    r2.wait_ready(CLONE_TIMEOUT);
+    primary.client().batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('from the primary');").unwrap();
+    for r in [&r1, &r2] {
+        eventually(r, "(SELECT v FROM t)", "from the primary");
+        assert_eq!(r.query_one("pg_is_in_recovery()"), "true");
+    }
+    let streaming = primary.query_one(
+        "(SELECT string_agg(r.application_name || ':' || r.state || ':' || s.slot_name || ':' || s.active, ',' ORDER BY r.application_name)
+          FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid)",
+    );
+    assert_eq!(streaming, "3f2a9c:streaming:3f2a9c:true,replica-2:streaming:replica_2:true");
+    // The replication password is in no argv, no log, no auto.conf.
+    for p in processes() {
+        assert!(!p.cmdline.contains(PASSWORD), "password in argv: {}", p.cmdline);
+    }
+    let auto = fs::read_to_string(r1.pgdata.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("pw-1") && !auto.contains("primary_conninfo"), "{auto}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(r1.pgdata.join("pg-entrypoint.pgpass")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A restarted replica catches up without cloning again.
+    assert_eq!(r1.stop(), 0);
+    primary.client().batch_execute("INSERT INTO t VALUES ('while it was down')").unwrap();
+    r1.start();
+    eventually(&r1, "(SELECT count(*) FROM t)", "2");
+    assert!(!r1.output().contains("cloning"), "re-cloned:\n{}", r1.output());
+    assert_eq!(r1.stop(), 0);
+    assert_eq!(r1.controldata_state(), "shut down in recovery");
+    assert_eq!(r2.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+    let logs = format!("{}{}{}", primary.all_output(), r1.all_output(), r2.all_output());
+    assert!(!logs.contains(PASSWORD) && !logs.contains("pw-1"), "password in a log");
+}
+
+#[test]
+fn a_wrong_replication_password_fails_fast_and_says_so() {
+    let mut primary = Node::new("p-wrongpw");
+    primary.as_primary().start();
+    let mut replica = Node::new("r-wrongpw");
+    replica.as_replica_of(&primary, "r1").set("REPLICATION_PASSWORD", "not it");
+    replica.spawn(&[]);
+    let (code, took) = replica.wait_exit(Duration::from_secs(30));
+    let out = replica.output();
+    assert_eq!(code, 78, "{out}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(out.contains("the primary refused this replica; check REPLICATION_PASSWORD"), "{out}");
+    assert!(!out.contains("not it"), "{out}");
+    assert!(!replica.pgdata.join("PG_VERSION").exists());
+}
+
+#[test]
+fn no_primary_ever_is_a_timeout_naming_the_host() {
+    let mut replica = Node::new("r-timeout");
+    replica.as_replica_of(&Node::new("nobody"), "r1").set("PRIMARY_WAIT_TIMEOUT", "3");
+    replica.spawn(&[]);
+    let (code, took) = replica.wait_exit(Duration::from_secs(30));
+    let out = replica.output();
+    assert_eq!(code, 69, "{out}");
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(15), "took {took:?}");
+    assert!(out.contains("was not reachable within") && out.contains("check PRIMARY_HOST and PRIMARY_PORT"), "{out}");
+}
+
+#[test]
+fn a_clone_killed_midway_is_redone_at_the_next_start() {
+    let mut primary = Node::new("p-kill");
+    primary.as_primary().start();
+    // Enough data that the clone takes a moment.
+    primary
+        .client()
+        .batch_execute("CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 200000) g")
+        .unwrap();
+    let mut replica = Node::new("r-kill");
+    replica.as_replica_of(&primary, "r1");
+    replica.spawn(&[]);
+    let base = replica.pgdata.join(".pg-entrypoint-bootstrap/cluster/base");
+    wait_until(CLONE_TIMEOUT, || base.exists());
+    replica.kill_all();
+    assert!(!replica.pgdata.join("PG_VERSION").exists(), "a half-cloned cluster is in PGDATA");
+    replica.start_with_timeout(CLONE_TIMEOUT);
+    eventually(&replica, "(SELECT count(*) FROM big)", "200000");
+    assert!(replica.output().contains("removing an interrupted bootstrap"), "{}", replica.output());
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+}
+
+#[test]
+fn a_stale_primary_conninfo_in_auto_conf_does_not_win() {
+    let mut primary = Node::new("p-stale");
+    primary.as_primary().start();
+    let mut replica = Node::new("r-stale");
+    replica.as_replica_of(&primary, "r1").start_with_timeout(CLONE_TIMEOUT);
+    assert_eq!(replica.stop(), 0);
+    let auto = replica.pgdata.join("postgresql.auto.conf");
+    let mut text = fs::read_to_string(&auto).unwrap();
+    text.push_str("primary_conninfo = 'host=nowhere.invalid'\n");
+    fs::write(&auto, text).unwrap();
+    replica.start();
+    primary.client().batch_execute("CREATE TABLE s (x int); INSERT INTO s VALUES (7);").unwrap();
+    eventually(&replica, "(SELECT x FROM s)", "7");
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+}
+
+#[test]
+fn failover_promotes_the_replica_and_the_old_primary_rewinds_and_follows() {
+    let mut old_primary = Node::new("p-failover");
+    old_primary.as_primary().start();
+    old_primary.client().batch_execute("CREATE TABLE f (v text); INSERT INTO f VALUES ('before');").unwrap();
+    let mut replica = Node::new("r-failover");
+    replica.as_replica_of(&old_primary, "r1").start_with_timeout(CLONE_TIMEOUT);
+    eventually(&replica, "(SELECT count(*) FROM f)", "1");
+    assert_eq!(replica.stop(), 0);
+    // The old primary writes something the replica never sees: its history diverges.
+    old_primary.client().batch_execute("INSERT INTO f VALUES ('lost on failover')").unwrap();
+    assert_eq!(old_primary.stop(), 0);
+
+    // Manual failover: the replica restarts as the primary.
+    replica.unset("REPLICATION_ROLE").unset("PRIMARY_HOST").unset("PRIMARY_PORT").as_primary();
+    replica.start();
+    assert_eq!(replica.query_one("pg_is_in_recovery()"), "false");
+    assert!(replica.output().contains("promoting"), "{}", replica.output());
+    replica.client().batch_execute("INSERT INTO f VALUES ('after')").unwrap();
+    assert_eq!(replica.query_one("(SELECT timeline_id FROM pg_control_checkpoint())"), "2");
+
+    // The old primary comes back as a replica of the new one: rewound, then streaming.
+    old_primary.as_replica_of(&replica, "old-primary");
+    old_primary.start_with_timeout(CLONE_TIMEOUT);
+    assert!(old_primary.output().contains("rewinding it with pg_rewind"), "{}", old_primary.output());
+    eventually(&old_primary, "(SELECT string_agg(v, ',' ORDER BY v) FROM f)", "after,before");
+    assert_eq!(old_primary.query_one("pg_is_in_recovery()"), "true");
+    assert_eq!(old_primary.stop(), 0);
+    assert_eq!(replica.stop(), 0);
+}
+
+#[test]
+fn a_replica_switched_to_standalone_becomes_writable() {
+    let mut primary = Node::new("p-standalone");
+    primary.as_primary().start();
+    let mut replica = Node::new("r-standalone");
+    replica.as_replica_of(&primary, "r1").start_with_timeout(CLONE_TIMEOUT);
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+    for var in ["HA_MODE", "REPLICATION_ROLE", "PRIMARY_HOST", "PRIMARY_PORT", "REPLICATION_PASSWORD", "REPLICA_NAME"] {
+        replica.unset(var);
+    }
+    replica.start();
+    replica.client().batch_execute("CREATE TABLE writable (x int)").unwrap();
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(replica.controldata_state(), "shut down");
+}
