@@ -60,7 +60,7 @@ fn initdb_killed_midway_is_redone_at_the_next_start() {
     let mut node = Node::new("kill-initdb");
     node.spawn(&[]);
     // Kill the whole container while initdb is writing the staging directory.
-    let staging = node.pgdata.join(".pg-entrypoint-bootstrap");
+    let staging = node.pgdata.join(".pg-entrypoint-bootstrap/cluster");
     wait_until(Duration::from_secs(30), || staging.join("PG_VERSION").exists());
     node.kill_all();
     assert!(!node.pgdata.join("PG_VERSION").exists(), "a half-made cluster is in PGDATA");
