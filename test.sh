@@ -9,17 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-need_packages=()
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
-for tool in gzip xz zstd unshare; do
-    command -v "$tool" >/dev/null 2>&1 || need_packages+=("$([ "$tool" = xz ] && echo xz-utils || ([ "$tool" = unshare ] && echo util-linux) || echo "$tool")")
-done
-if [ "${#need_packages[@]}" -gt 0 ]; then
-    echo "test.sh: installing ${need_packages[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need_packages[@]}" >/dev/null
-fi
+scripts/ensure-deps.sh
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
