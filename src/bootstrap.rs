@@ -41,6 +41,12 @@ pub enum BootstrapError {
     PrimaryUnreachable { host: String, port: u16, waited: u64, reason: String },
     #[error("the primary refused this replica; check {variable}: {reason}")]
     PrimaryRejected { variable: &'static str, reason: String },
+    #[error(
+        "this node was promoted at run time (`pg-entrypoint promote`) but is configured as a replica: \
+         refusing to rewind away its writes. Set REPLICATION_ROLE=primary to keep it the primary, or remove \
+         pg-entrypoint.promoted from PGDATA to let it rejoin {host} with pg_rewind"
+    )]
+    PromotedButReplica { host: String },
     #[error(transparent)]
     DataDir(#[from] DataDirError),
 }

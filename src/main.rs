@@ -7,12 +7,15 @@ mod bootstrap;
 mod config;
 mod converge;
 mod datadir;
+mod health;
+mod local;
 mod privileges;
 mod promote;
 mod render;
 mod replica;
 mod server;
 mod start;
+mod status;
 mod supervise;
 mod tempserver;
 
@@ -44,9 +47,25 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         postgres_args: Vec<String>,
     },
+    /// Exit 0 if the server is healthy for its role, 1 if not; prints one line saying why.
+    Health {
+        /// Only check that the server answers (Kubernetes liveness).
+        #[arg(long, conflicts_with = "readiness")]
+        liveness: bool,
+        /// Full role check (the default; Kubernetes readiness).
+        #[arg(long)]
+        readiness: bool,
+        /// A replica lagging more than this is unhealthy: bytes (16MB) or silence from the primary (30s).
+        #[arg(long, value_parser = health::parse_max_lag)]
+        max_lag: Option<health::MaxLag>,
+    },
+    /// Print the role, timeline, LSNs and replicas as JSON.
+    Status,
+    /// Promote this running standby to a primary (on a new timeline).
+    Promote,
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "check", "help"];
+const SUBCOMMANDS: &[&str] = &["run", "check", "health", "status", "promote", "help"];
 /// postgres options that only print something: run postgres directly, without any set-up.
 const POSTGRES_INFO_OPTIONS: &[&str] = &["-C", "--describe-config", "-V", "--version", "--help", "-?"];
 
@@ -70,6 +89,9 @@ fn real_main() -> i32 {
             init_logging();
             check(&postgres_args)
         }
+        Cmd::Health { liveness, readiness: _, max_lag } => health::run(liveness, max_lag),
+        Cmd::Status => status::run(),
+        Cmd::Promote => promote::promote_running(),
     }
 }
 

@@ -111,8 +111,9 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Boo
         datadir::finish_staged(pgdata)?;
         state = datadir::inspect(pgdata)?;
     }
-    if let State::Cluster { .. } = state {
+    if let State::Cluster { standby } = state {
         datadir::remove_stale_pidfile(pgdata)?;
+        promote::check_runtime_promotion(ctx, standby)?;
     }
     match (state, &ctx.config.role) {
         (State::Foreign(entries), _) => Err(datadir::refuse(pgdata, &entries).into()),

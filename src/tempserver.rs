@@ -13,7 +13,8 @@ use crate::bootstrap::{self, BootstrapError, Context};
 use crate::datadir::DataDirError;
 use crate::supervise::{Kind, Outcome, Supervisor};
 
-const HBA: &str = "pg-entrypoint-temporary-hba.conf";
+/// Its name in the command line is how `health` tells a temporary server from the real one.
+const HBA: &str = crate::local::TEMPORARY_SERVER_MARK;
 const WHAT: &str = "the temporary server";
 
 pub struct TempServer {

@@ -71,6 +71,14 @@ fn sync_count_above_the_names() {
             .set("REPLICATION_SYNCHRONOUS_REPLICAS", "replica-1,replica-2");
     });
     assert!(out.contains("REPLICATION_SYNCHRONOUS_COUNT: 3 is more than the 2 name(s)"), "{out}");
+    let mut node = Node::new("sync-count-check");
+    node.as_primary()
+        .set("REPLICATION_SYNCHRONOUS_MODE", "any")
+        .set("REPLICATION_SYNCHRONOUS_COUNT", "3")
+        .set("REPLICATION_SYNCHRONOUS_REPLICAS", "replica-1,replica-2");
+    let (code, out) = node.tool(&["check"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("REPLICATION_SYNCHRONOUS_COUNT: 3 is more than the 2 name(s)"), "{out}");
 }
 
 #[test]

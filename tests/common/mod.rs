@@ -147,6 +147,20 @@ impl Node {
         cmd
     }
 
+    /// Runs a one-shot subcommand (`health`, `status`, `promote`) with this node's environment,
+    /// beside the running server: exit code and stdout + stderr.
+    pub fn tool(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
     /// Starts the entrypoint with these arguments and does not wait.
     pub fn spawn(&mut self, args: &[&str]) -> &mut Node {
         self.spawn_wrapped(&[], args)

@@ -1,0 +1,172 @@
+//! `health`: one line and exit 0/1, for Docker HEALTHCHECK and Kubernetes probes.
+//!
+//! Role-aware: a primary or standalone server must accept writes (not in recovery, not
+//! read-only); a replica must be in recovery with its WAL receiver streaming, and optionally
+//! within a lag bound. A temporary server of the entrypoint (bootstrap, promotion) is never
+//! healthy: orchestrators must not see a half-made database as ready.
+
+use std::time::Duration;
+
+use crate::local::{describe, Local};
+
+/// A bound on a replica's lag: bytes of received-but-not-replayed WAL, or time since the
+/// primary was last heard from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxLag {
+    Bytes(i64),
+    Time(Duration),
+}
+
+/// `16MB`, `1048576`, `512kB`, `1GB` are bytes; `30s`, `2m`, `500ms` are durations.
+pub fn parse_max_lag(text: &str) -> Result<MaxLag, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("--max-lag: {text:?} is not a number with a unit"))?;
+    let bytes = |m: u64| Ok(MaxLag::Bytes(n.saturating_mul(m).min(i64::MAX as u64) as i64));
+    match unit.trim() {
+        "" | "B" => bytes(1),
+        "kB" | "KB" => bytes(1 << 10),
+        "MB" => bytes(1 << 20),
+        "GB" => bytes(1 << 30),
+        "ms" => Ok(MaxLag::Time(Duration::from_millis(n))),
+        "s" => Ok(MaxLag::Time(Duration::from_secs(n))),
+        "m" | "min" => Ok(MaxLag::Time(Duration::from_secs(n * 60))),
+        other => Err(format!("--max-lag: unknown unit {other:?}; accepted: B, kB, MB, GB (bytes) or ms, s, m (time)")),
+    }
+}
+
+/// Which role the container's environment expects (a runtime `promote` makes it primary).
+pub fn expects_replica(local: &Local) -> bool {
+    let var = |n: &str| std::env::var(n).unwrap_or_default().to_ascii_lowercase();
+    let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
+    var("HA_MODE") == "native" && role == "replica" && !local.path(crate::promote::PROMOTED_MARKER).exists()
+}
+
+/// What the server reported, reduced to the verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub in_recovery: bool,
+    pub read_only: bool,
+    pub receiver_status: Option<String>,
+    pub lag_bytes: Option<i64>,
+    pub silence: Option<Duration>,
+}
+
+/// The decision, pure: `Ok(why healthy)` or `Err(why not)`.
+pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Option<MaxLag>) -> Result<String, String> {
+    if liveness {
+        return Ok("accepting connections".into());
+    }
+    if !expect_replica {
+        return match (o.in_recovery, o.read_only) {
+            (true, _) => Err("configured as primary/standalone but in recovery (read-only standby)".into()),
+            (false, true) => Err("not accepting writes (default_transaction_read_only is on)".into()),
+            (false, false) => Ok("primary, accepting writes".into()),
+        };
+    }
+    if !o.in_recovery {
+        return Err("configured as replica but not in recovery (promoted?)".into());
+    }
+    match o.receiver_status.as_deref() {
+        Some("streaming") => {}
+        Some(other) => return Err(format!("replica, WAL receiver is {other}, not streaming")),
+        None => return Err("replica, not connected to its primary (no WAL receiver)".into()),
+    }
+    match max_lag {
+        Some(MaxLag::Bytes(max)) if o.lag_bytes.unwrap_or(0) > max => {
+            Err(format!("replica streaming but {} bytes behind (bound {max})", o.lag_bytes.unwrap_or(0)))
+        }
+        Some(MaxLag::Time(max)) if o.silence.unwrap_or_default() > max => Err(format!(
+            "replica streaming but nothing heard from the primary for {:.1} s (bound {:.1} s)",
+            o.silence.unwrap_or_default().as_secs_f64(),
+            max.as_secs_f64()
+        )),
+        _ => Ok(format!("replica, streaming, {} bytes to replay", o.lag_bytes.unwrap_or(0))),
+    }
+}
+
+const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',
+       r.status, pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
+       extract(epoch FROM now() - r.last_msg_receipt_time)::float8
+  FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
+
+/// Runs the probe; returns the exit code (0 healthy, 1 not) after printing one line.
+pub fn run(liveness: bool, max_lag: Option<MaxLag>) -> i32 {
+    let result = probe(liveness, max_lag);
+    match &result {
+        Ok(why) => println!("healthy: {why}"),
+        Err(why) => println!("unhealthy: {why}"),
+    }
+    i32::from(result.is_err())
+}
+
+fn probe(liveness: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
+    let local = Local::find().map_err(|e| e.to_string())?;
+    if local.temporary {
+        return Err("the entrypoint is still preparing the data directory (temporary server)".into());
+    }
+    if !["ready", "standby"].contains(&local.pidfile.status.as_str()) {
+        return Err(format!("server is {}", local.pidfile.status));
+    }
+    let mut client = local.connect(Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let row = client.query_one(OBSERVE_SQL, &[]).map_err(|e| describe(&e))?;
+    let observed = Observed {
+        in_recovery: row.get(0),
+        read_only: row.get(1),
+        receiver_status: row.get(2),
+        lag_bytes: row.get::<_, Option<f64>>(3).map(|b| b as i64),
+        silence: row.get::<_, Option<f64>>(4).map(|s| Duration::from_secs_f64(s.max(0.0))),
+    };
+    verdict(expects_replica(&local), liveness, &observed, max_lag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(in_recovery: bool, receiver: Option<&str>, lag: i64, silence_s: u64) -> Observed {
+        Observed {
+            in_recovery,
+            read_only: false,
+            receiver_status: receiver.map(String::from),
+            lag_bytes: Some(lag),
+            silence: Some(Duration::from_secs(silence_s)),
+        }
+    }
+
+    #[test]
+    fn max_lag_units() {
+        assert_eq!(parse_max_lag("16MB"), Ok(MaxLag::Bytes(16 << 20)));
+        assert_eq!(parse_max_lag("1048576"), Ok(MaxLag::Bytes(1 << 20)));
+        assert_eq!(parse_max_lag("30s"), Ok(MaxLag::Time(Duration::from_secs(30))));
+        assert_eq!(parse_max_lag("500ms"), Ok(MaxLag::Time(Duration::from_millis(500))));
+        assert!(parse_max_lag("fast").is_err());
+        assert!(parse_max_lag("5 parsecs").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn primary_must_accept_writes() {
+        assert!(verdict(false, false, &observed(false, None, 0, 0), None).is_ok());
+        assert!(verdict(false, false, &observed(true, Some("streaming"), 0, 0), None)
+            .unwrap_err()
+            .contains("in recovery"));
+        let mut ro = observed(false, None, 0, 0);
+        ro.read_only = true;
+        assert!(verdict(false, false, &ro, None).unwrap_err().contains("not accepting writes"));
+    }
+
+    #[test]
+    fn replica_must_stream_within_the_bound() {
+        assert!(verdict(true, false, &observed(true, Some("streaming"), 100, 1), None).is_ok());
+        assert!(verdict(true, false, &observed(true, None, 0, 0), None).unwrap_err().contains("not connected"));
+        assert!(verdict(true, false, &observed(false, None, 0, 0), None).unwrap_err().contains("not in recovery"));
+        let lagging = observed(true, Some("streaming"), 2 << 20, 1);
+        assert!(verdict(true, false, &lagging, Some(MaxLag::Bytes(1 << 20))).is_err());
+        assert!(verdict(true, false, &lagging, Some(MaxLag::Bytes(4 << 20))).is_ok());
+        let silent = observed(true, Some("streaming"), 0, 40);
+        assert!(verdict(true, false, &silent, Some(MaxLag::Time(Duration::from_secs(30)))).is_err());
+        // Liveness only asks whether the server answers.
+        assert!(verdict(true, true, &observed(false, None, 0, 0), None).is_ok());
+    }
+}

@@ -1,0 +1,122 @@
+//! The server running in this container, for `health`, `status` and `promote`: found from
+//! PGDATA's postmaster.pid (pid, port, socket directory, status), so they work whatever port
+//! or socket directory postgres arguments chose, and reached over its Unix socket.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::DEFAULT_PGDATA;
+
+/// Marks the temporary servers of the entrypoint (bootstrap, promotion): not the real one.
+pub const TEMPORARY_SERVER_MARK: &str = "pg-entrypoint-temporary-hba.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("no server running in {0:?} (no postmaster.pid)")]
+    NotRunning(PathBuf),
+    #[error("postmaster.pid in {0:?} names a process that is not running")]
+    Stale(PathBuf),
+    #[error("postmaster.pid in {0:?} is incomplete; the server is starting")]
+    Incomplete(PathBuf),
+    #[error("cannot connect to the server: {0}")]
+    Connect(String),
+}
+
+/// What postmaster.pid says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidFile {
+    pub pid: i32,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    /// "starting", "ready", "standby" or "stopping".
+    pub status: String,
+}
+
+/// Lines: pid, data directory, start time, port, first socket directory, listen address,
+/// shared memory key, status.
+pub fn parse_pidfile(text: &str) -> Option<PidFile> {
+    let lines: Vec<&str> = text.lines().collect();
+    Some(PidFile {
+        pid: lines.first()?.trim().parse().ok()?,
+        port: lines.get(3)?.trim().parse().ok()?,
+        socket_dir: PathBuf::from(lines.get(4)?.trim()),
+        status: lines.get(7)?.trim().to_string(),
+    })
+}
+
+/// The local server and how to log in to it, from the container's environment.
+pub struct Local {
+    pub pgdata: PathBuf,
+    pub pidfile: PidFile,
+    /// A temporary server of the entrypoint (bootstrap or promotion in progress).
+    pub temporary: bool,
+    user: String,
+    password: Option<String>,
+}
+
+impl Local {
+    pub fn find() -> Result<Local, LocalError> {
+        let pgdata =
+            PathBuf::from(std::env::var("PGDATA").ok().filter(|v| !v.is_empty()).unwrap_or(DEFAULT_PGDATA.into()));
+        let text =
+            fs::read_to_string(pgdata.join("postmaster.pid")).map_err(|_| LocalError::NotRunning(pgdata.clone()))?;
+        let pidfile = parse_pidfile(&text).ok_or_else(|| LocalError::Incomplete(pgdata.clone()))?;
+        let proc = PathBuf::from(format!("/proc/{}", pidfile.pid));
+        if !proc.exists() {
+            return Err(LocalError::Stale(pgdata));
+        }
+        let temporary =
+            fs::read(proc.join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TEMPORARY_SERVER_MARK));
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let password = var("POSTGRES_PASSWORD").or_else(|| {
+            let file = var("POSTGRES_PASSWORD_FILE")?;
+            fs::read_to_string(file).ok().map(|p| p.trim_end_matches(['\n', '\r']).to_string())
+        });
+        Ok(Local { pgdata, pidfile, temporary, user: var("POSTGRES_USER").unwrap_or("postgres".into()), password })
+    }
+
+    /// A connection over the Unix socket (local trust, or the superuser password if local
+    /// connections need one).
+    pub fn connect(&self, timeout: Duration) -> Result<postgres::Client, LocalError> {
+        let mut config = postgres::Config::new();
+        config
+            .host_path(&self.pidfile.socket_dir)
+            .port(self.pidfile.port)
+            .user(&self.user)
+            .dbname("postgres")
+            .application_name("pg-entrypoint")
+            .connect_timeout(timeout);
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        config.connect(postgres::NoTls).map_err(|e| LocalError::Connect(describe(&e)))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.pgdata.join(name)
+    }
+}
+
+/// The server's own message where there is one ("db error" alone says nothing).
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_postmaster_pid() {
+        let text = "4282\n/tmp/data\n1764328241\n55431\n/var/run/postgresql\n*\n  55431001         0\nready   \n";
+        assert_eq!(
+            parse_pidfile(text),
+            Some(PidFile { pid: 4282, port: 55431, socket_dir: "/var/run/postgresql".into(), status: "ready".into() })
+        );
+        assert_eq!(parse_pidfile("4282\n/tmp/data\n"), None);
+    }
+}
