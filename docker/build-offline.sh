@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the pg-entrypoint image on a machine that cannot pull images: the binary with
+# cargo, a Debian base with Debian's PostgreSQL made locally with mmdebstrap + docker import
+# (bookworm gives PostgreSQL 15, trixie 17; the mirror is read from this machine's apt
+# sources), then the final image from docker/Dockerfile. An existing base image is reused.
+# Usage: docker/build-offline.sh [15|17]. The last line printed is the image tag.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pg="${1:-15}"
+case "$pg" in
+    15) suite=bookworm ;;
+    17) suite=trixie ;;
+    *) echo "build-offline.sh: PostgreSQL $pg is not offered; accepted: 15 (bookworm), 17 (trixie)" >&2; exit 2 ;;
+esac
+base="pg-entrypoint-base:$suite-pg$pg"
+image="pg-entrypoint:pg$pg"
+
+# The Debian mirror this machine uses (deb822 or one-line sources).
+mirror() {
+    local uri
+    uri=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n 1 || true)
+    if [ -z "$uri" ]; then
+        uri=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n 1 || true)
+    fi
+    [ -n "$uri" ] || { echo "build-offline.sh: no Debian mirror found in /etc/apt sources" >&2; exit 1; }
+    echo "$uri"
+}
+
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v mmdebstrap >/dev/null 2>&1 || {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null
+    }
+    tar="$(mktemp -d)/base.tar"
+    echo "building $base with mmdebstrap from $(mirror)" >&2
+    # No cluster created by the package (we make our own), no docs or man pages.
+    mmdebstrap --variant=apt --quiet \
+        --include="postgresql-$pg,xz-utils,zstd" \
+        --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+        "$suite" "$tar" "deb $(mirror) $suite main" >&2
+    docker import "$tar" "$base" >&2
+    rm -rf "$(dirname "$tar")"
+fi
+
+cargo build --release --quiet
+docker build --quiet -f docker/Dockerfile \
+    --build-arg BUILDER_IMAGE="$base" --build-arg BASE_IMAGE="$base" \
+    --build-arg PREBUILT=target/x86_64-unknown-linux-gnu/release/pg-entrypoint \
+    -t "$image" . >&2
+echo "$image"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The Docker suite: builds the PostgreSQL 15 and 17 images offline (docker/build-offline.sh)
+# and runs tests/docker.rs against each on this machine's Docker engine. Starts dockerd if
+# it is not running; only if that fails too are the tests skipped, said on the last line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! docker info >/dev/null 2>&1; then
+    echo "e2e.sh: no Docker engine answering; starting dockerd" >&2
+    (dockerd >/tmp/pg-entrypoint-dockerd.log 2>&1 &)
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    if ! docker info >/dev/null 2>&1; then
+        tail -n 20 /tmp/pg-entrypoint-dockerd.log >&2 || true
+        echo "DOCKER SUITE SKIPPED: no Docker engine could be started (see above); the image was NOT tested"
+        exit 0
+    fi
+fi
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
+fi
+
+for pg in ${PG_VERSIONS:-15 17}; do
+    image=$(docker/build-offline.sh "$pg" | tail -n 1)
+    base=$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E "^pg-entrypoint-base:.*-pg$pg$" | head -n 1)
+    echo "=== Docker suite on $image (base $base) ==="
+    PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker)' --no-fail-fast --no-capture
+done
