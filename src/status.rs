@@ -22,7 +22,7 @@ SELECT jsonb_pretty(jsonb_build_object(
   'synchronous_standby_names', current_setting('synchronous_standby_names'),
   'replicas', coalesce((
       SELECT jsonb_agg(jsonb_build_object(
-               'name', r.application_name, 'client_addr', r.client_addr::text, 'state', r.state,
+               'name', r.application_name, 'client_addr', host(r.client_addr), 'state', r.state,
                'sync_state', r.sync_state,
                'lag_bytes', CASE WHEN NOT pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn) END,
                'replay_lag_seconds', extract(epoch FROM r.replay_lag),
