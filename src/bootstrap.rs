@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::converge;
-use crate::datadir::{self, DataDirError};
+use crate::datadir::{self, DataDirError, Staging};
 use crate::render;
 use crate::server::{Bin, Endpoint};
 use crate::supervise::{Kind, Supervisor};
@@ -131,7 +131,7 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapEr
     let staging = datadir::fresh_staging(&config.pgdata)?;
     let cluster = &staging.cluster;
     tracing::info!(pgdata = %config.pgdata.display(), "initialising a new cluster");
-    initdb(ctx, sup, cluster)?;
+    initdb(ctx, sup, &staging)?;
     let hba = cluster.join("pg_hba.conf");
     fs::read_to_string(&hba)
         .and_then(|text| fs::write(&hba, render::without_host_lines(&text)))
@@ -154,10 +154,18 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapEr
     Ok(())
 }
 
-fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Path) -> Result<(), BootstrapError> {
+fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), BootstrapError> {
     let config = ctx.config;
     let mut cmd = tool(ctx.bin, "initdb");
-    cmd.arg("-D").arg(staging).arg("--username").arg(&config.superuser);
+    cmd.arg("-D").arg(&staging.cluster).arg("--username").arg(&config.superuser);
+    // The superuser password goes in through a 0600 file, as a SCRAM verifier: postgres stores
+    // a verifier as given, so the plaintext never leaves this process.
+    let pwfile = staging.root.join("superuser.pwfile");
+    if let Some(password) = &config.superuser_password {
+        datadir::write_atomic(&pwfile, scram(password.expose()).as_bytes(), 0o600)
+            .map_err(DataDirError::io(&config.pgdata, "cannot write initdb's password file"))?;
+        cmd.arg("--pwfile").arg(&pwfile);
+    }
     // Local socket trust as in the official image (the managed pg_hba block decides TCP).
     // The user's POSTGRES_INITDB_ARGS come later and win.
     cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
@@ -168,16 +176,16 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Path) -> Result<(), Boo
         cmd.arg("--waldir").arg(waldir);
     }
     cmd.args(&config.initdb_args).stdout(Stdio::null());
-    run(sup, "initdb", &mut cmd, Kind::Tool)
+    let result = run(sup, "initdb", &mut cmd, Kind::Tool);
+    fs::remove_file(&pwfile).ok();
+    result
 }
 
-/// Statements of the first boot: passwords as SCRAM verifiers computed here, so no plaintext
+/// Statements of the first boot after initdb (none for a standalone server with the default
+/// database): the replication password as a SCRAM verifier computed here, so no plaintext
 /// password reaches the server, its logs, or any command line.
 pub fn bootstrap_sql(config: &Config) -> Vec<String> {
     let mut sql = Vec::new();
-    if let Some(password) = &config.superuser_password {
-        sql.push(render::superuser_password_sql(&config.superuser, &scram(password.expose())));
-    }
     if config.database != "postgres" {
         sql.push(render::create_database_sql(&config.database, &config.superuser));
     }
@@ -343,10 +351,9 @@ mod tests {
         };
         let config = Config::from_inputs(&inputs).unwrap();
         let sql = bootstrap_sql(&config);
-        assert_eq!(sql.len(), 5, "{sql:?}");
-        assert!(sql[0].starts_with("ALTER ROLE \"ad min\" WITH PASSWORD 'SCRAM-SHA-256$4096:"), "{}", sql[0]);
-        assert_eq!(sql[1], "CREATE DATABASE \"app db\" OWNER \"ad min\"");
-        assert!(sql[3].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));
+        assert_eq!(sql.len(), 4, "{sql:?}");
+        assert_eq!(sql[0], "CREATE DATABASE \"app db\" OWNER \"ad min\"");
+        assert!(sql[2].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));
         let all = sql.join("\n");
         assert!(!all.contains("super'secret") && !all.contains("rep$ecret"));
     }

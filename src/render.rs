@@ -260,11 +260,6 @@ pub fn replication_role_sql(user: &str, verifier: &str) -> Vec<String> {
     ]
 }
 
-/// SQL that sets the superuser's password from a SCRAM verifier.
-pub fn superuser_password_sql(user: &str, verifier: &str) -> String {
-    format!("ALTER ROLE {} WITH PASSWORD {}", quote_identifier(user), quote_literal(verifier))
-}
-
 pub fn create_database_sql(database: &str, owner: &str) -> String {
     format!("CREATE DATABASE {} OWNER {}", quote_identifier(database), quote_identifier(owner))
 }
