@@ -108,11 +108,12 @@ fn run(postgres_args: &[String]) -> i32 {
     start::run(postgres_args)
 }
 
-/// `LOG_FORMAT=json` for one JSON object per line; text otherwise. Logs go to stderr.
+/// `LOG_FORMAT=json` for one JSON object per line; text otherwise. `LOG_LEVEL` is `error`,
+/// `warn`, `info` (default) or `debug`. Logs go to stderr.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_env_filter(filter);
+    let level =
+        std::env::var("LOG_LEVEL").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_max_level(level);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {

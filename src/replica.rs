@@ -177,12 +177,21 @@ fn make_standby(ctx: &Context, dir: &Path) -> Result<(), BootstrapError> {
 }
 
 /// Every start of a standby: password file, configuration, and our slot on the primary
-/// (one quick attempt: a replica must start and serve reads while its primary is down).
-pub fn converge(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<(), BootstrapError> {
+/// (one quick attempt: a replica must start and serve reads while its primary is down;
+/// skipped with `slot_known` when this start just created it).
+pub fn converge(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    replica: &Replica,
+    slot_known: bool,
+) -> Result<(), BootstrapError> {
     let pgdata = &ctx.config.pgdata;
     let passfile = pgdata.join(render::PASSFILE);
     write_passfile(&passfile, replica)?;
     make_standby(ctx, pgdata)?;
+    if slot_known {
+        return Ok(());
+    }
     match probe(ctx, sup, replica, &passfile)? {
         Probe::Ready => Ok(()),
         Probe::Rejected { variable, reason } => Err(BootstrapError::PrimaryRejected { variable, reason }),
@@ -223,10 +232,8 @@ pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<
     .join(" ");
     let mut cmd: Command = bootstrap::tool(ctx.bin, "pg_rewind");
     cmd.arg("--target-pgdata").arg(pgdata).arg("--source-server").arg(source).arg("--progress");
-    bootstrap::run(sup, "pg_rewind (rejoining as a replica)", &mut cmd, Kind::Tool)?;
-    // pg_rewind copied the primary's files, ours included: write ours again.
-    write_passfile(&passfile, replica)?;
-    make_standby(ctx, pgdata)
+    // pg_rewind copies the primary's files, ours included; `converge` writes ours again.
+    bootstrap::run(sup, "pg_rewind (rejoining as a replica)", &mut cmd, Kind::Tool)
 }
 
 #[cfg(test)]

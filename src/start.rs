@@ -119,13 +119,13 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Boo
         (State::Foreign(entries), _) => Err(datadir::refuse(pgdata, &entries).into()),
         (State::Empty | State::Interrupted, Role::Replica(replica)) => {
             replica::clone(ctx, sup, replica)?;
-            replica::converge(ctx, sup, replica)
+            replica::converge(ctx, sup, replica, true)
         }
         (State::Empty | State::Interrupted, _) => bootstrap::initialise(ctx, sup),
-        (State::Cluster { standby: true }, Role::Replica(replica)) => replica::converge(ctx, sup, replica),
+        (State::Cluster { standby: true }, Role::Replica(replica)) => replica::converge(ctx, sup, replica, false),
         (State::Cluster { standby: false }, Role::Replica(replica)) => {
             replica::rejoin(ctx, sup, replica)?;
-            replica::converge(ctx, sup, replica)
+            replica::converge(ctx, sup, replica, true)
         }
         (State::Cluster { standby: true }, _) => {
             promote::promote_standby(ctx, sup)?;
@@ -149,6 +149,7 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
     };
     let pid = Pid::from_raw(child.id() as i32);
     tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
+    crate::supervise::trim_resident_code();
     match sup.wait(pid, Kind::Postgres) {
         Ok(code) => {
             tracing::info!(code, "postgres exited");

@@ -264,6 +264,30 @@ fn reset_signal_state() -> io::Result<()> {
     Ok(())
 }
 
+/// Drops this process's mapped code pages from its page tables before the long supervision.
+/// Start-up touched (and the kernel's fault-around mapped) most of the binary's code, which
+/// the supervision loop never runs again; the pages stay in the page cache and come back on
+/// demand. Only executable mappings of our own binary are trimmed: they are never written,
+/// so nothing is lost (writable or relocated data mappings are left alone).
+pub fn trim_resident_code() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [range, perms, _, _, _, path, ..] = fields[..] else { continue };
+        if perms != "r-xp" || std::path::Path::new(path) != exe {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else { continue };
+        let Some(addr) = std::ptr::NonNull::new(start as *mut std::ffi::c_void) else { continue };
+        // SAFETY: the range is a read-only, executable, file-backed private mapping of our own
+        // binary (from /proc/self/maps); MADV_DONTNEED on it only unmaps pages, which fault
+        // back in unchanged from the file when executed again.
+        let _ = unsafe { nix::sys::mman::madvise(addr, end - start, nix::sys::mman::MmapAdvise::MADV_DONTNEED) };
+    }
+}
+
 /// Replaces this process with `argv` (`docker run IMAGE bash`). Returns only on failure,
 /// with the shell's exit code: 127 when not found, 126 when it cannot be executed.
 pub fn exec(argv: &[String]) -> i32 {

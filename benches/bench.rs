@@ -1,0 +1,460 @@
+//! `cargo bench --bench bench` (as root): pg-entrypoint next to bare PostgreSQL tools doing the
+//! same work, on this machine, in one run. Runs alternate (ours, bare, ours, bare...) and each
+//! figure is a median, because these machines are noisy. Prints a table and writes
+//! BENCHMARKS.md. `BENCH_RUNS` (default 5) and `BENCH_CLONE_MB` (default 1024) scale it down.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn runs() -> usize {
+    std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Polls a password login over TCP every 2 ms (finer than the test harness).
+fn wait_login(port: u16, user: &str, db: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user(user)
+            .password(PASSWORD)
+            .dbname(db)
+            .connect(postgres::NoTls)
+            .is_ok();
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no login on port {port} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A bare PostgreSQL tool run as the `postgres` user, as the entrypoint runs them.
+fn as_postgres(tool: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(pg_bindir().join(tool));
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn chown_postgres(path: &Path) {
+    assert!(Command::new("chown").arg("postgres:postgres").arg(path).status().unwrap().success());
+}
+
+/// A bare server: `postgres -D dir -p port -k dir`, logging to a file.
+fn bare_postgres(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    let log = fs::File::create(dir.parent().unwrap().join("bare.log")).unwrap();
+    as_postgres("postgres")
+        .arg("-D")
+        .arg(dir)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(dir.parent().unwrap().join("run"))
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(extra)
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn stop_bare(mut child: Child) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    child.wait().unwrap();
+}
+
+/// A directory for a bare cluster, reachable and writable by `postgres`.
+fn bare_dir(tmp: &TempDir) -> PathBuf {
+    let run = tmp.0.join("run");
+    fs::create_dir_all(&run).unwrap();
+    chown_postgres(&run);
+    let data = tmp.0.join("bare");
+    fs::create_dir_all(&data).unwrap();
+    fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    chown_postgres(&data);
+    data
+}
+
+/// Bare first boot: initdb with a password file, then postgres, until a password login works.
+fn bare_first_boot() -> (f64, TempDir, PathBuf, u16) {
+    let tmp = TempDir::new("bench-bare");
+    let data = bare_dir(&tmp);
+    let pwfile = tmp.0.join("pw");
+    fs::write(&pwfile, PASSWORD).unwrap();
+    chown_postgres(&pwfile);
+    let port = free_port();
+    let started = Instant::now();
+    let ok = as_postgres("initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=trust", "--pwfile"])
+        .arg(&pwfile)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bare initdb failed");
+    let server = bare_postgres(&data, port, &[]);
+    wait_login(port, "postgres", "postgres", Duration::from_secs(60));
+    let took = started.elapsed().as_secs_f64();
+    stop_bare(server);
+    (took, tmp, data, port)
+}
+
+fn ours_first_boot() -> (f64, Node) {
+    let mut node = Node::new("bench-ours");
+    let started = Instant::now();
+    node.spawn(&[]);
+    wait_login(node.port, "postgres", "postgres", Duration::from_secs(60));
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(node.stop(), 0);
+    (took, node)
+}
+
+struct Row {
+    case: String,
+    ours: String,
+    bare: String,
+    ratio: String,
+    target: String,
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.0} ms", seconds * 1000.0)
+}
+
+fn side_by_side(case: &str, ours: Vec<f64>, bare: Vec<f64>, target: &str) -> Row {
+    let (o, b) = (median(ours), median(bare));
+    Row { case: case.into(), ours: ms(o), bare: ms(b), ratio: format!("{:.2}", o / b), target: target.into() }
+}
+
+fn main() {
+    assert!(nix::unistd::geteuid().is_root(), "run the benchmark as root, as the entrypoint runs in a container");
+    let n = runs();
+    let mut rows = Vec::new();
+
+    // 1 and 2: first boot and restart, alternating.
+    let (mut first_ours, mut first_bare, mut restart_ours, mut restart_bare) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        let (t, mut node) = ours_first_boot();
+        first_ours.push(t);
+        let (t, _tmp, data, port) = bare_first_boot();
+        first_bare.push(t);
+        let started = Instant::now();
+        node.spawn(&[]);
+        wait_login(node.port, "postgres", "postgres", Duration::from_secs(60));
+        restart_ours.push(started.elapsed().as_secs_f64());
+        assert_eq!(node.stop(), 0);
+        let started = Instant::now();
+        let server = bare_postgres(&data, port, &[]);
+        wait_login(port, "postgres", "postgres", Duration::from_secs(60));
+        restart_bare.push(started.elapsed().as_secs_f64());
+        stop_bare(server);
+    }
+    rows.push(side_by_side("first boot to ready (TCP password login)", first_ours, first_bare, "≤ 1.05"));
+    rows.push(side_by_side("restart to ready (standalone)", restart_ours, restart_bare, "≤ 1.05"));
+
+    // 3: replica bootstrap to streaming from a primary of BENCH_CLONE_MB.
+    rows.push(replica_bootstrap(n.min(3)));
+
+    // 4: SIGTERM with 50 idle clients and one in a long transaction.
+    rows.push(shutdown(n));
+
+    // 5 and 6: footprint and health latency on one running server.
+    rows.extend(footprint_and_health());
+
+    let binary = fs::metadata(release_binary()).map(|m| m.len()).unwrap_or(0);
+    print_and_write(&rows, binary);
+}
+
+/// About `mb` MB of data: 200 rows of 5 kB per MB, stored uncompressed (EXTERNAL), so the
+/// clone copies what the size says.
+fn fill(node: &Node, mb: u64) {
+    node.client()
+        .batch_execute(&format!(
+            "CREATE TABLE fill (g int, pad text); ALTER TABLE fill ALTER pad SET STORAGE EXTERNAL;
+             INSERT INTO fill SELECT g, repeat(md5(g::text), 156) FROM generate_series(1, {}) g; CHECKPOINT;",
+            mb * 200
+        ))
+        .unwrap();
+}
+
+fn replica_bootstrap(n: usize) -> Row {
+    let mb: u64 = std::env::var("BENCH_CLONE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mut primary = Node::new("bench-primary");
+    primary.as_primary().start();
+    fill(&primary, mb);
+    let size = primary.query_one("pg_size_pretty(pg_database_size('postgres'))");
+    let (mut ours, mut bare) = (vec![], vec![]);
+    for i in 0..n {
+        let mut replica = Node::new("bench-replica");
+        replica.as_replica_of(&primary, &format!("bench_r{i}"));
+        let started = Instant::now();
+        replica.spawn(&[]);
+        wait_streaming_login(replica.port, Duration::from_secs(60), &|| replica.output());
+        ours.push(started.elapsed().as_secs_f64());
+        assert_eq!(replica.stop(), 0);
+        drop(replica);
+        primary.client().batch_execute(&format!("SELECT pg_drop_replication_slot('bench_r{i}')")).unwrap();
+
+        // Bare: pg_basebackup with the same options, standby.signal and conninfo, postgres.
+        let tmp = TempDir::new("bench-bare-replica");
+        let data = bare_dir(&tmp);
+        let pgpass = tmp.0.join("pgpass");
+        fs::write(&pgpass, format!("*:*:*:replicator:{}\n", PASSWORD.replace('\\', "\\\\").replace(':', "\\:")))
+            .unwrap();
+        nix::unistd::chown(&pgpass, Some(postgres_uid()), None).unwrap();
+        fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let conninfo = format!("host=127.0.0.1 port={} user=replicator passfile={}", primary.port, pgpass.display());
+        let port = free_port();
+        let started = Instant::now();
+        let ok = as_postgres("pg_basebackup")
+            .arg("-D")
+            .arg(&data)
+            .args(["-d", &conninfo, "--wal-method=stream", "--checkpoint=fast", "-R"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "bare pg_basebackup failed");
+        let server = bare_postgres(&data, port, &[]);
+        let bare_log = tmp.0.join("bare.log");
+        wait_streaming_login(port, Duration::from_secs(60), &|| fs::read_to_string(&bare_log).unwrap_or_default());
+        bare.push(started.elapsed().as_secs_f64());
+        stop_bare(server);
+    }
+    assert_eq!(primary.stop(), 0);
+    let mut row = side_by_side(&format!("replica bootstrap to streaming ({size} primary)"), ours, bare, "≤ 1.05");
+    row.case.push_str(&format!(", median of {n}"));
+    row
+}
+
+fn postgres_uid() -> nix::unistd::Uid {
+    let out = Command::new("id").args(["-u", "postgres"]).output().unwrap();
+    nix::unistd::Uid::from_raw(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+}
+
+/// A login works and the WAL receiver streams; `log` explains a failure.
+fn wait_streaming_login(port: u16, timeout: Duration, log: &dyn Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let streaming = postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password(PASSWORD)
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .ok()
+            .and_then(|mut c| {
+                c.query_one("SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'", &[]).ok()
+            })
+            .is_some_and(|r| r.get::<_, i64>(0) == 1);
+        if streaming {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica on {port} not streaming within {timeout:?}:\n{}", log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn shutdown(n: usize) -> Row {
+    let mut times = vec![];
+    let mut clean = 0;
+    let mut bare_times = vec![];
+    let mut node = Node::new("bench-stop");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    for _ in 0..n {
+        node.start();
+        let clients = hold_clients(node.port);
+        let started = Instant::now();
+        node.signal(libc_sigterm());
+        let (code, _) = node.wait_exit(Duration::from_secs(30));
+        times.push(started.elapsed().as_secs_f64());
+        if code == 0 && node.controldata_state() == "shut down" {
+            clean += 1;
+        }
+        drop(clients);
+
+        // Bare: the same cluster under a bare postgres, stopped with SIGINT (fast).
+        let server = as_postgres("postgres")
+            .arg("-D")
+            .arg(&node.pgdata)
+            .args(["-c", &format!("unix_socket_directories={}", node.socket_dir().display())])
+            .spawn()
+            .unwrap();
+        wait_login(node.port, "postgres", "postgres", Duration::from_secs(60));
+        let clients = hold_clients(node.port);
+        let started = Instant::now();
+        stop_bare(server);
+        bare_times.push(started.elapsed().as_secs_f64());
+        drop(clients);
+    }
+    let mut row =
+        side_by_side("SIGTERM → exit, 50 idle clients + 1 open transaction", times, bare_times, "< 2 s, clean 100 %");
+    row.ours = format!("{} (clean {clean}/{n})", row.ours);
+    row
+}
+
+/// 50 idle connections and one in an open transaction holding a lock.
+fn hold_clients(port: u16) -> Vec<postgres::Client> {
+    let connect = || {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password(PASSWORD)
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .unwrap()
+    };
+    let mut clients: Vec<postgres::Client> = (0..50).map(|_| connect()).collect();
+    let mut busy = connect();
+    busy.batch_execute("CREATE TABLE IF NOT EXISTS held (x int); BEGIN; LOCK TABLE held; INSERT INTO held VALUES (1);")
+        .unwrap();
+    clients.push(busy);
+    clients
+}
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn footprint_and_health() -> Vec<Row> {
+    let mut node = Node::new("bench-footprint");
+    node.start();
+    let pid = node.pid();
+    let bindir = pg_bindir();
+    let pgbench = |args: &[&str]| {
+        let ok = Command::new(bindir.join("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", "postgres"])
+            .args(args)
+            .arg("postgres")
+            .env("PGPASSWORD", PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pgbench {args:?} failed");
+    };
+    pgbench(&["-i", "-s", "10", "-q"]);
+    let ticks_before = cpu_ticks(pid);
+    let seconds = std::env::var("BENCH_LOAD_SECONDS").unwrap_or_else(|_| "60".into());
+    pgbench(&["-c", "8", "-j", "2", "-T", &seconds]);
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let rss = rss_kib(pid);
+
+    // Health: ours (connect over the socket, one query) next to pg_isready (connect only).
+    let (mut ours, mut bare) = (vec![], vec![]);
+    for _ in 0..21 {
+        let started = Instant::now();
+        assert_eq!(node.tool(&["health"]).0, 0);
+        ours.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let ok = Command::new(bindir.join("pg_isready"))
+            .args(["-q", "-h"])
+            .arg(node.socket_dir())
+            .args(["-p", &node.port.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        bare.push(started.elapsed().as_secs_f64());
+    }
+    assert_eq!(node.stop(), 0);
+    let hz = 100.0; // USER_HZ on Linux
+    vec![
+        Row {
+            case: "supervisor RSS while postgres runs".into(),
+            ours: format!("{:.2} MiB", rss as f64 / 1024.0),
+            bare: "–".into(),
+            ratio: "–".into(),
+            target: "≤ 2 MiB".into(),
+        },
+        Row {
+            case: format!("supervisor CPU during {seconds} s of pgbench (8 clients)"),
+            ours: format!("{:.2} s", ticks as f64 / hz),
+            bare: "–".into(),
+            ratio: "–".into(),
+            target: "~0".into(),
+        },
+        side_by_side("health probe (vs pg_isready)", ours, bare, "median < 20 ms"),
+    ]
+}
+
+fn release_binary() -> PathBuf {
+    PathBuf::from(BIN)
+}
+
+fn print_and_write(rows: &[Row], binary: u64) {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let date = String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%d").output().unwrap().stdout)
+        .trim()
+        .to_string();
+    let version =
+        String::from_utf8_lossy(&Command::new(pg_bindir().join("postgres")).arg("--version").output().unwrap().stdout)
+            .trim()
+            .to_string();
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n").unwrap();
+    writeln!(
+        md,
+        "`cargo bench --bench bench` (as root), {date}, {} cores ({cpu}), {version}. Medians of alternating runs \
+         (BENCH_RUNS={}); bare = the PostgreSQL tools alone doing the same work.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        runs()
+    )
+    .unwrap();
+    writeln!(md, "| case | pg-entrypoint | bare PostgreSQL | ratio | target |\n|---|---|---|---|---|").unwrap();
+    for r in rows {
+        writeln!(md, "| {} | {} | {} | {} | {} |", r.case, r.ours, r.bare, r.ratio, r.target).unwrap();
+    }
+    writeln!(md, "\nBinary (`{}`): {:.2} MiB.", release_binary().display(), binary as f64 / (1024.0 * 1024.0)).unwrap();
+    println!("{md}");
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let notes = fs::read_to_string(out)
+        .ok()
+        .and_then(|old| old.split_once("\n## Notes").map(|(_, n)| format!("\n## Notes{n}")))
+        .unwrap_or_default();
+    fs::write(out, format!("{md}{notes}")).unwrap();
+    eprintln!("written to {out}");
+}
