@@ -48,9 +48,11 @@ fn wait_login(port: u16, user: &str, db: &str, timeout: Duration) {
     }
 }
 
-/// A bare PostgreSQL tool run as the `postgres` user, as the entrypoint runs them.
+/// A bare PostgreSQL tool run as the `postgres` user with the environment the benchmark
+/// gives pg-entrypoint (only PATH), as the entrypoint runs them.
 fn as_postgres(tool: &str) -> Command {
     let mut c = Command::new("setpriv");
+    c.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(pg_bindir().join(tool));
     c.stdout(Stdio::null()).stderr(Stdio::null());
     c

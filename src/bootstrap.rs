@@ -39,6 +39,12 @@ pub enum BootstrapError {
          and PRIMARY_PORT, or raise PRIMARY_WAIT_TIMEOUT"
     )]
     PrimaryUnreachable { host: String, port: u16, waited: u64, reason: String },
+    #[error(
+        "this replica can no longer catch up: the primary invalidated its replication slot {slot:?} (it fell \
+         further behind than max_slot_wal_keep_size allows). Set REPLICA_RECLONE=true to clone it again \
+         automatically, or empty PGDATA"
+    )]
+    SlotLost { slot: String },
     #[error("the primary refused this replica; check {variable}: {reason}")]
     PrimaryRejected { variable: &'static str, reason: String },
     #[error(
@@ -88,28 +94,34 @@ pub fn run(sup: &mut Supervisor, what: &str, command: &mut Command, kind: Kind) 
     finish(sup, what, Pid::from_raw(child.id() as i32), kind)
 }
 
-/// Runs a child and returns its exit code and what it wrote to stderr (for tools whose
-/// failures we interpret, e.g. a connection attempt). Only a stop request is an error here.
-pub fn run_captured(sup: &mut Supervisor, what: &str, command: &mut Command) -> Result<(i32, String), BootstrapError> {
-    command.stdout(Stdio::null()).stderr(Stdio::piped());
+/// Runs a child and returns its exit code and what it wrote to stdout and stderr (for tools
+/// whose answers and failures we interpret). Only a stop request is an error here.
+pub fn run_captured(
+    sup: &mut Supervisor,
+    what: &str,
+    command: &mut Command,
+) -> Result<(i32, String, String), BootstrapError> {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = sup.spawn(command).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    // Read on a thread, so the child never blocks on a full pipe while we handle signals.
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut stderr) = stderr {
-            use std::io::Read;
-            let _ = stderr.read_to_string(&mut text);
-        }
-        text
-    });
+    // Read on threads, so the child never blocks on a full pipe while we handle signals.
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
     let code = sup
         .wait(Pid::from_raw(child.id() as i32), Kind::Tool)
         .map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    let text = reader.join().unwrap_or_default();
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
     match sup.stop_requested() {
         Some(sig) => Err(BootstrapError::Stopped(sig)),
-        None => Ok((code, text)),
+        None => Ok((code, stdout, stderr)),
     }
 }
 

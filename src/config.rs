@@ -78,6 +78,8 @@ pub struct Replica {
     /// `application_name` of this standby; its slot name is derived from it.
     pub name: String,
     pub wait_timeout: Duration,
+    /// Clone again when the primary invalidated this replica's slot (it can never catch up).
+    pub reclone: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,8 +474,8 @@ impl Parser<'_> {
         let replication = Replication { user, password: password?, sync };
         Some(match replica {
             None => Role::Primary(replication),
-            Some((primary_host, primary_port, name, wait_timeout)) => {
-                Role::Replica(Replica { replication, primary_host, primary_port, name, wait_timeout })
+            Some((primary_host, primary_port, name, wait_timeout, reclone)) => {
+                Role::Replica(Replica { replication, primary_host, primary_port, name, wait_timeout, reclone })
             }
         })
     }
@@ -493,7 +495,7 @@ impl Parser<'_> {
         }
     }
 
-    fn replica_settings(&mut self) -> Option<(String, u16, String, Duration)> {
+    fn replica_settings(&mut self) -> Option<(String, u16, String, Duration, bool)> {
         let host = self.var("PRIMARY_HOST");
         if host.is_none() {
             self.problem("PRIMARY_HOST", "is required for a replica: the host name or address of the primary");
@@ -510,7 +512,8 @@ impl Parser<'_> {
             self.problem("REPLICA_NAME", "is empty and the hostname is unknown; set REPLICA_NAME");
         }
         let timeout = self.duration("PRIMARY_WAIT_TIMEOUT", Duration::from_secs(120));
-        Some((host?, port, name, timeout))
+        let reclone = self.boolean("REPLICA_RECLONE").unwrap_or(false);
+        Some((host?, port, name, timeout, reclone))
     }
 
     fn sync_settings(&mut self) -> SyncSettings {

@@ -18,6 +18,8 @@ pub const STAGING: &str = ".pg-entrypoint-bootstrap";
 pub const STAGED: &str = ".pg-entrypoint-staged";
 /// Fresh ext4 volumes have it; it is not data.
 const LOST_AND_FOUND: &str = "lost+found";
+/// In the staging directory: the standby around it is being discarded for a new clone.
+const DISCARD_MARK: &str = "discarding-standby";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -29,6 +31,8 @@ pub enum State {
     Interrupted,
     /// A finished bootstrap whose move into place did not finish.
     Staged,
+    /// A standby being emptied for a new clone (REPLICA_RECLONE) whose emptying did not finish.
+    Discarding,
     /// Something we did not make: these entries.
     Foreign(Vec<String>),
 }
@@ -62,14 +66,21 @@ pub fn inspect(pgdata: &Path) -> Result<State, DataDirError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(DataDirError::io(pgdata, "cannot list")(e)),
     };
-    Ok(classify(&entries, pgdata.join("global/pg_control").is_file(), pgdata.join("standby.signal").exists()))
+    Ok(classify(
+        &entries,
+        pgdata.join("global/pg_control").is_file(),
+        pgdata.join("standby.signal").exists(),
+        pgdata.join(STAGING).join(DISCARD_MARK).exists(),
+    ))
 }
 
-/// The decision of [`inspect`], from the top-level names and two facts about them.
-pub fn classify(entries: &[String], has_pg_control: bool, has_standby_signal: bool) -> State {
+/// The decision of [`inspect`], from the top-level names and three facts about them.
+pub fn classify(entries: &[String], has_pg_control: bool, has_standby_signal: bool, discarding: bool) -> State {
     let mut names: Vec<&str> = entries.iter().map(String::as_str).filter(|n| *n != LOST_AND_FOUND).collect();
     names.sort_unstable();
-    if names.contains(&STAGED) {
+    if discarding {
+        State::Discarding
+    } else if names.contains(&STAGED) {
         State::Staged
     } else if names.contains(&"PG_VERSION") && has_pg_control {
         State::Cluster { standby: has_standby_signal }
@@ -143,6 +154,38 @@ pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
     sync_dir(pgdata).map_err(err("cannot sync"))
 }
 
+/// Empties a standby's PGDATA before it is cloned again (REPLICA_RECLONE). Only ever done to
+/// a data directory classified as a standby cluster: a copy of its primary. Resumable: a
+/// marker in the staging directory says a discard is under way, entries are moved into it,
+/// then it is removed; a start that finds the marker finishes the job ([`State::Discarding`]).
+pub fn empty_standby(pgdata: &Path) -> Result<(), DataDirError> {
+    if inspect(pgdata)? != (State::Cluster { standby: true }) {
+        return Err(DataDirError::io(pgdata, "refusing to empty a data directory that is not a standby")(
+            io::Error::from(io::ErrorKind::InvalidInput),
+        ));
+    }
+    let root = pgdata.join(STAGING);
+    fs::create_dir_all(&root).map_err(DataDirError::io(pgdata, "cannot create the staging directory"))?;
+    fs::write(root.join(DISCARD_MARK), b"").map_err(DataDirError::io(pgdata, "cannot mark the discard"))?;
+    sync_dir(&root).and_then(|()| sync_dir(pgdata)).map_err(DataDirError::io(pgdata, "cannot sync"))?;
+    finish_discard(pgdata)
+}
+
+/// Moves every entry but the staging directory (and lost+found) into it, then removes it.
+pub fn finish_discard(pgdata: &Path) -> Result<(), DataDirError> {
+    let err = |action: &str| DataDirError::io(pgdata, action.to_string());
+    let discard = pgdata.join(STAGING).join("discarded");
+    fs::create_dir_all(&discard).map_err(err("cannot create the discard directory"))?;
+    for entry in fs::read_dir(pgdata).map_err(err("cannot list"))? {
+        let name = entry.map_err(err("cannot list"))?.file_name();
+        if name != STAGING && name != LOST_AND_FOUND {
+            fs::rename(pgdata.join(&name), discard.join(&name)).map_err(err("cannot move an entry aside"))?;
+        }
+    }
+    sync_dir(pgdata).map_err(err("cannot sync"))?;
+    fs::remove_dir_all(pgdata.join(STAGING)).map_err(err("cannot remove the discarded standby"))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -207,20 +250,28 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify(&[], false, false), State::Empty);
-        assert_eq!(classify(&names(&["lost+found"]), false, false), State::Empty);
-        assert_eq!(classify(&names(&["PG_VERSION", "base", "global"]), true, false), State::Cluster { standby: false });
-        assert_eq!(classify(&names(&["PG_VERSION", "global"]), true, true), State::Cluster { standby: true });
-        assert_eq!(classify(&names(&[STAGING, "lost+found"]), false, false), State::Interrupted);
-        assert_eq!(classify(&names(&["base", STAGED]), false, false), State::Staged);
-        assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false), State::Staged);
-        // PG_VERSION without pg_control is not a cluster we can start: refuse, never delete.
-        assert_eq!(classify(&names(&["PG_VERSION"]), false, false), State::Foreign(names(&["PG_VERSION"])));
+        assert_eq!(classify(&[], false, false, false), State::Empty);
+        assert_eq!(classify(&names(&["lost+found"]), false, false, false), State::Empty);
         assert_eq!(
-            classify(&names(&["notes.txt", STAGING]), false, false),
+            classify(&names(&["PG_VERSION", "base", "global"]), true, false, false),
+            State::Cluster { standby: false }
+        );
+        assert_eq!(classify(&names(&["PG_VERSION", "global"]), true, true, false), State::Cluster { standby: true });
+        assert_eq!(classify(&names(&[STAGING, "lost+found"]), false, false, false), State::Interrupted);
+        assert_eq!(classify(&names(&["base", STAGED]), false, false, false), State::Staged);
+        assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false, false), State::Staged);
+        // PG_VERSION without pg_control is not a cluster we can start: refuse, never delete.
+        assert_eq!(classify(&names(&["PG_VERSION"]), false, false, false), State::Foreign(names(&["PG_VERSION"])));
+        assert_eq!(
+            classify(&names(&["notes.txt", STAGING]), false, false, false),
             State::Foreign(names(&[STAGING, "notes.txt"]))
         );
-        assert_eq!(classify(&names(&[".hidden"]), false, false), State::Foreign(names(&[".hidden"])));
+        assert_eq!(classify(&names(&[".hidden"]), false, false, false), State::Foreign(names(&[".hidden"])));
+    }
+
+    #[test]
+    fn a_discard_under_way_wins_over_everything() {
+        assert_eq!(classify(&names(&["PG_VERSION", "base", STAGING]), true, true, true), State::Discarding);
     }
 
     #[test]

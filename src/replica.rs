@@ -72,7 +72,7 @@ fn probe(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path
         .arg(format!("{conninfo} connect_timeout=5"))
         .arg("-c")
         .arg(format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"));
-    let (code, stderr) = bootstrap::run_captured(sup, "psql (connecting to the primary)", &mut psql)?;
+    let (code, _, stderr) = bootstrap::run_captured(sup, "psql (connecting to the primary)", &mut psql)?;
     Ok(if code == 0 { Probe::Ready } else { classify_probe(&stderr) })
 }
 
@@ -193,6 +193,7 @@ pub fn converge(
         return Ok(());
     }
     match probe(ctx, sup, replica, &passfile)? {
+        Probe::Ready if slot_lost(ctx, sup, replica, &passfile)? => reclone(ctx, sup, replica, &passfile),
         Probe::Ready => Ok(()),
         Probe::Rejected { variable, reason } => Err(BootstrapError::PrimaryRejected { variable, reason }),
         Probe::Retry(reason) => {
@@ -204,6 +205,65 @@ pub fn converge(
             Ok(())
         }
     }
+}
+
+/// True when the primary still has our slot but invalidated it (its restart LSN is gone):
+/// the WAL this replica needs was removed, so it can never catch up by streaming.
+fn slot_lost(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<bool, BootstrapError> {
+    let slot = render::slot_name(&replica.name);
+    let (code, out) = replication_command(
+        ctx,
+        sup,
+        replica,
+        passfile,
+        &format!("READ_REPLICATION_SLOT {}", render::quote_identifier(&slot)),
+    )?;
+    // Output "physical||" (type, restart LSN, timeline): a physical slot without a restart LSN.
+    // Servers before PostgreSQL 15 lack the command: nothing is known, nothing is done.
+    Ok(code == 0 && is_lost_slot(&out))
+}
+
+pub fn is_lost_slot(read_replication_slot: &str) -> bool {
+    let fields: Vec<&str> = read_replication_slot.trim().split('|').collect();
+    matches!(fields[..], ["physical", "", ..])
+}
+
+/// One replication command through psql; (exit code, its output on stdout).
+fn replication_command(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    replica: &Replica,
+    passfile: &Path,
+    command: &str,
+) -> Result<(i32, String), BootstrapError> {
+    let mut psql = bootstrap::tool(ctx.bin, "psql");
+    psql.args(["-X", "-q", "-A", "-t", "--no-password", "-d"])
+        .arg(format!("{} connect_timeout=5", render::primary_conninfo(replica, &passfile.to_string_lossy(), true)))
+        .arg("-c")
+        .arg(command);
+    let (code, stdout, _) = bootstrap::run_captured(sup, "psql (asking the primary)", &mut psql)?;
+    Ok((code, stdout))
+}
+
+/// REPLICA_RECLONE=true: drop the invalidated slot, empty this standby's PGDATA, clone again.
+/// Otherwise stop with an error that says so: a replica that can never catch up must not
+/// pass for one that is merely behind.
+fn reclone(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<(), BootstrapError> {
+    let slot = render::slot_name(&replica.name);
+    if !replica.reclone {
+        return Err(BootstrapError::SlotLost { slot });
+    }
+    tracing::warn!(slot = %slot, "the primary invalidated this replica's slot; cloning again (REPLICA_RECLONE=true)");
+    replication_command(
+        ctx,
+        sup,
+        replica,
+        passfile,
+        &format!("DROP_REPLICATION_SLOT {}", render::quote_identifier(&slot)),
+    )?;
+    datadir::empty_standby(&ctx.config.pgdata)?;
+    clone(ctx, sup, replica)?;
+    converge(ctx, sup, replica, true)
 }
 
 /// This data directory was a primary (or standalone) and is now configured as a replica: an
@@ -262,6 +322,14 @@ mod tests {
         ] {
             assert!(matches!(classify_probe(transient), Probe::Retry(_)), "{transient}");
         }
+    }
+
+    #[test]
+    fn lost_slots_have_no_restart_lsn() {
+        assert!(is_lost_slot("physical||\n"));
+        assert!(!is_lost_slot("physical|0/3000000|1\n"));
+        assert!(!is_lost_slot("||\n")); // no such slot
+        assert!(!is_lost_slot(""));
     }
 
     #[test]

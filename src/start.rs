@@ -111,6 +111,11 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Boo
         datadir::finish_staged(pgdata)?;
         state = datadir::inspect(pgdata)?;
     }
+    if state == State::Discarding {
+        tracing::info!("finishing the discard of a standby that is being cloned again");
+        datadir::finish_discard(pgdata)?;
+        state = datadir::inspect(pgdata)?;
+    }
     if let State::Cluster { standby } = state {
         datadir::remove_stale_pidfile(pgdata)?;
         promote::check_runtime_promotion(ctx, standby)?;
@@ -132,7 +137,7 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Boo
             converge::existing_cluster(ctx, sup)
         }
         (State::Cluster { standby: false }, _) => converge::existing_cluster(ctx, sup),
-        (State::Staged, _) => unreachable!("finished above"),
+        (State::Staged | State::Discarding, _) => unreachable!("finished above"),
     }
 }
 

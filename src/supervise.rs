@@ -124,17 +124,22 @@ impl Supervisor {
         Ok(child)
     }
 
-    /// Waits for `pid` to exit, forwarding signals to it and reaping any other child.
+    /// Waits for `pid` to exit, forwarding signals to it and reaping any other child. Sleeps
+    /// until a signal arrives: an idle supervisor costs no CPU.
     pub fn wait(&mut self, pid: Pid, kind: Kind) -> io::Result<i32> {
-        match self.wait_until(pid, kind, || false)? {
+        match self.wait_for(pid, kind, None)? {
             Outcome::Exited(code) => Ok(code),
-            Outcome::Ready => unreachable!("the readiness check never passes"),
+            Outcome::Ready => unreachable!("there is no readiness check"),
         }
     }
 
     /// Like [`Supervisor::wait`], but also returns `Ready` as soon as `ready()` is true
     /// (checked every few milliseconds while the child runs).
     pub fn wait_until(&mut self, pid: Pid, kind: Kind, mut ready: impl FnMut() -> bool) -> io::Result<Outcome> {
+        self.wait_for(pid, kind, Some(&mut ready))
+    }
+
+    fn wait_for(&mut self, pid: Pid, kind: Kind, mut ready: Option<&mut dyn FnMut() -> bool>) -> io::Result<Outcome> {
         const READY_POLL: Duration = Duration::from_millis(5);
         let mut escalated = false;
         // A stop that arrived before this child existed still applies to it.
@@ -145,7 +150,7 @@ impl Supervisor {
             if let Some(code) = self.reap(pid)? {
                 return Ok(Outcome::Exited(code));
             }
-            if self.stop.is_none() && ready() {
+            if self.stop.is_none() && ready.as_mut().is_some_and(|ready| ready()) {
                 return Ok(Outcome::Ready);
             }
             if let Some(deadline) = self.stop_deadline {
@@ -160,7 +165,7 @@ impl Supervisor {
                     escalated = true;
                 }
             }
-            let mut timeout = if self.stop.is_none() { Some(READY_POLL) } else { None };
+            let mut timeout = if self.stop.is_none() && ready.is_some() { Some(READY_POLL) } else { None };
             if let (Some(deadline), false) = (self.stop_deadline, escalated) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -189,7 +194,7 @@ impl Supervisor {
             if let Some(sig) = self.stop_requested() {
                 return Ok(Some(sig));
             }
-            self.reap(Pid::from_raw(0))?;
+            self.reap_all()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
@@ -221,20 +226,25 @@ impl Supervisor {
 
     /// Reaps every exited child; returns the exit code of `pid` once it has exited.
     fn reap(&mut self, pid: Pid) -> io::Result<Option<i32>> {
+        self.reap_all()?;
+        Ok(self.exited.remove(&pid))
+    }
+
+    /// Reaps every exited child: orphans are simply gone; our own children's exit codes are
+    /// kept for whoever waits for them.
+    fn reap_all(&mut self) -> io::Result<()> {
         loop {
             let (p, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(p, code)) => (p, code),
                 Ok(WaitStatus::Signaled(p, sig, _)) => (p, 128 + sig as i32),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-            // Orphans are simply gone now; our own children's codes are kept for their wait.
             if self.started.remove(&p) {
                 self.exited.insert(p, code);
             }
         }
-        Ok(self.exited.remove(&pid))
     }
 }
 

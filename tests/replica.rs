@@ -197,3 +197,35 @@ fn a_replica_switched_to_standalone_becomes_writable() {
     assert_eq!(replica.stop(), 0);
     assert_eq!(replica.controldata_state(), "shut down");
 }
+
+#[test]
+fn a_replica_whose_slot_was_invalidated_says_so_and_reclones_when_allowed() {
+    let mut primary = Node::new("p-lost");
+    primary
+        .as_primary()
+        .set("POSTGRESQL_CONFIG_MAX_SLOT_WAL_KEEP_SIZE", "16MB")
+        .set("POSTGRESQL_CONFIG_WAL_KEEP_SIZE", "0")
+        .start();
+    let mut replica = Node::new("r-lost");
+    replica.as_replica_of(&primary, "r1").start_with_timeout(CLONE_TIMEOUT);
+    assert_eq!(replica.stop(), 0);
+    // While the replica is down, the primary writes past the bound and removes that WAL.
+    let mut c = primary.client();
+    for _ in 0..4 {
+        c.batch_execute("CREATE TABLE IF NOT EXISTS churn AS SELECT 1 AS x; INSERT INTO churn SELECT generate_series(1, 200000); SELECT pg_switch_wal(); CHECKPOINT;").unwrap();
+    }
+    assert_eq!(primary.query_one("(SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'r1')"), "lost");
+
+    let (code, out) = replica.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("can no longer catch up") && out.contains("REPLICA_RECLONE=true"), "{out}");
+    assert!(replica.pgdata.join("PG_VERSION").exists(), "the replica's data was touched without consent");
+
+    replica.set("REPLICA_RECLONE", "true");
+    replica.start_with_timeout(CLONE_TIMEOUT);
+    let expected = primary.query_one("(SELECT count(*) FROM churn)");
+    eventually(&replica, "(SELECT count(*) FROM churn)", &expected);
+    assert_eq!(primary.query_one("(SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'r1')"), "reserved");
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+}
