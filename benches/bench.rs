@@ -28,19 +28,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A password login over TCP as `postgres`.
+fn login(port: u16) -> Result<postgres::Client, postgres::Error> {
+    postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(PASSWORD)
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+}
+
 /// Polls a password login over TCP every 2 ms (finer than the test harness).
-fn wait_login(port: u16, user: &str, db: &str, timeout: Duration) {
+fn wait_login(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let ok = postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user(user)
-            .password(PASSWORD)
-            .dbname(db)
-            .connect(postgres::NoTls)
-            .is_ok();
-        if ok {
+        if login(port).is_ok() {
             return;
         }
         assert!(Instant::now() < deadline, "no login on port {port} within {timeout:?}");
@@ -113,7 +116,7 @@ fn bare_first_boot() -> (f64, TempDir, PathBuf, u16) {
         .success();
     assert!(ok, "bare initdb failed");
     let server = bare_postgres(&data, port, &[]);
-    wait_login(port, "postgres", "postgres", Duration::from_secs(60));
+    wait_login(port, Duration::from_secs(60));
     let took = started.elapsed().as_secs_f64();
     stop_bare(server);
     (took, tmp, data, port)
@@ -123,7 +126,7 @@ fn ours_first_boot() -> (f64, Node) {
     let mut node = Node::new("bench-ours");
     let started = Instant::now();
     node.spawn(&[]);
-    wait_login(node.port, "postgres", "postgres", Duration::from_secs(60));
+    wait_login(node.port, Duration::from_secs(60));
     let took = started.elapsed().as_secs_f64();
     assert_eq!(node.stop(), 0);
     (took, node)
@@ -160,12 +163,12 @@ fn main() {
         first_bare.push(t);
         let started = Instant::now();
         node.spawn(&[]);
-        wait_login(node.port, "postgres", "postgres", Duration::from_secs(60));
+        wait_login(node.port, Duration::from_secs(60));
         restart_ours.push(started.elapsed().as_secs_f64());
         assert_eq!(node.stop(), 0);
         let started = Instant::now();
         let server = bare_postgres(&data, port, &[]);
-        wait_login(port, "postgres", "postgres", Duration::from_secs(60));
+        wait_login(port, Duration::from_secs(60));
         restart_bare.push(started.elapsed().as_secs_f64());
         stop_bare(server);
     }
@@ -255,13 +258,7 @@ fn postgres_uid() -> nix::unistd::Uid {
 fn wait_streaming_login(port: u16, timeout: Duration, log: &dyn Fn() -> String) {
     let deadline = Instant::now() + timeout;
     loop {
-        let streaming = postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres")
-            .connect(postgres::NoTls)
+        let streaming = login(port)
             .ok()
             .and_then(|mut c| {
                 c.query_one("SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'", &[]).ok()
@@ -301,7 +298,7 @@ fn shutdown(n: usize) -> Row {
             .args(["-c", &format!("unix_socket_directories={}", node.socket_dir().display())])
             .spawn()
             .unwrap();
-        wait_login(node.port, "postgres", "postgres", Duration::from_secs(60));
+        wait_login(node.port, Duration::from_secs(60));
         let clients = hold_clients(node.port);
         let started = Instant::now();
         stop_bare(server);
@@ -316,18 +313,8 @@ fn shutdown(n: usize) -> Row {
 
 /// 50 idle connections and one in an open transaction holding a lock.
 fn hold_clients(port: u16) -> Vec<postgres::Client> {
-    let connect = || {
-        postgres::Config::new()
-            .host("127.0.0.1")
-            .port(port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres")
-            .connect(postgres::NoTls)
-            .unwrap()
-    };
-    let mut clients: Vec<postgres::Client> = (0..50).map(|_| connect()).collect();
-    let mut busy = connect();
+    let mut clients: Vec<postgres::Client> = (0..50).map(|_| login(port).unwrap()).collect();
+    let mut busy = login(port).unwrap();
     busy.batch_execute("CREATE TABLE IF NOT EXISTS held (x int); BEGIN; LOCK TABLE held; INSERT INTO held VALUES (1);")
         .unwrap();
     clients.push(busy);

@@ -165,7 +165,7 @@ fn compose_stack_replicates_survives_a_partition_and_stops_cleanly() {
     let status = docker(&["exec", &r1, "pg-entrypoint", "status"]);
     assert!(status.contains("\"primary_host\": \"primary\""), "{status}");
     assert_eq!(
-        sql(&primary, "SELECT string_agg(application_name || ':' || state, ',' ORDER BY 1) FROM pg_stat_replication"),
+        sql(&primary, "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication"),
         "replica-1:streaming,replica-2:streaming"
     );
 
@@ -208,7 +208,7 @@ fn synchronous_quorum_stack() {
     assert_eq!(sql(&primary, "SHOW synchronous_standby_names"), "ANY 1 (\"replica-1\", \"replica-2\")");
     eventually_sql(
         &primary,
-        "SELECT string_agg(application_name || '=' || sync_state, ',' ORDER BY 1) FROM pg_stat_replication",
+        "SELECT string_agg(application_name || '=' || sync_state, ',' ORDER BY application_name) FROM pg_stat_replication",
         "replica-1=quorum,replica-2=quorum",
     );
     sql(&primary, "CREATE TABLE q (x int); INSERT INTO q VALUES (1)");
