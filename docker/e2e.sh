@@ -24,5 +24,9 @@ for pg in ${PG_VERSIONS:-15 17}; do
     image=$(docker/build-offline.sh "$pg" | tail -n 1)
     base=$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E "^pg-entrypoint-base:.*-pg$pg$" | head -n 1)
     echo "=== Docker suite on $image (base $base) ==="
-    PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker)' --no-fail-fast --no-capture
+    if cargo nextest --version >/dev/null 2>&1; then
+        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker)' --no-fail-fast --no-capture
+    else
+        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo test --test docker -- --ignored --test-threads 1 --nocapture
+    fi
 done
