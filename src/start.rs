@@ -94,8 +94,8 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
         privileges::become_user(&account)?;
         tracing::debug!(user = %account.name, uid = account.uid, "dropped privileges");
     } else {
-        std::fs::DirBuilder::new()
-            .recursive(true)
+        // postgres refuses a data directory open to others.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(pgdata)
             .map_err(|e| format!("PGDATA {pgdata:?}: cannot create: {e}"))?;
     }

@@ -137,3 +137,18 @@ fn log_format_json_writes_json_lines() {
         "no JSON line from us:\n{log}"
     );
 }
+
+#[test]
+fn started_as_a_non_root_user_it_works_as_that_user() {
+    let mut node = Node::new("non-root");
+    let scratch = node.scratch();
+    node.pgdata = scratch.join("data");
+    node.set("PGDATA", &node.pgdata.display().to_string());
+    node.set("POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES", &scratch.display().to_string());
+    node.spawn_wrapped(&["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"], &[]);
+    node.wait_ready(Duration::from_secs(60));
+    assert_eq!(node.query_one("current_setting('data_directory')"), node.pgdata.display().to_string());
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&node.pgdata).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    assert_eq!(node.stop(), 0);
+}
