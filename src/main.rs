@@ -97,9 +97,11 @@ fn real_main() -> i32 {
 
 fn run(postgres_args: &[String]) -> i32 {
     if postgres_args.iter().any(|a| POSTGRES_INFO_OPTIONS.contains(&a.as_str())) {
+        // No configuration is needed to print something: only where postgres is.
+        let bindir = std::env::var("PG_BINDIR").ok().filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
         let mut argv = vec![String::from("postgres")];
-        if let Ok(plan) = start::plan(&[]) {
-            argv[0] = plan.bin.tool("postgres").display().to_string();
+        if let Ok(bin) = server::Bin::locate(bindir.as_deref(), std::env::var("PATH").ok().as_deref()) {
+            argv[0] = bin.tool("postgres").display().to_string();
         }
         argv.extend(postgres_args.iter().cloned());
         return supervise::exec(&argv);
