@@ -318,6 +318,9 @@ fn run_script(
         Some(ScriptKind::Sql) => run(sup, &what, psql().arg("-f").arg(script), Kind::Tool),
         Some(ScriptKind::Compressed(tool_name)) => {
             let mut unpack = Command::new(tool_name);
+            for var in SECRET_VARS {
+                unpack.env_remove(var);
+            }
             unpack.arg("-dc").arg(script).stdout(Stdio::piped());
             let mut unpacker = sup.spawn(&mut unpack).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => BootstrapError::NoDecompressor { script: script.into(), tool: tool_name },

@@ -270,7 +270,7 @@ impl Parser<'_> {
                 self.problem(
                     name,
                     format!(
-                        "{value:?} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\")"
+                        "{value:?} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\"), up to a day"
                     ),
                 );
                 default
@@ -582,7 +582,8 @@ fn parse_duration(value: &str) -> Option<Duration> {
             None => (value, 1),
         },
     };
-    number.parse::<u64>().ok().map(|n| Duration::from_secs(n * unit))
+    // At most a day: longer is a typo, and far-future deadlines overflow.
+    number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)).filter(|s| *s <= 86_400).map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -835,5 +836,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("3m"), Some(Duration::from_secs(180)));
         assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("999999999999999999m"), None);
+        assert_eq!(parse_duration("86401"), None);
     }
 }

@@ -114,6 +114,8 @@ pub fn fresh_staging(pgdata: &Path) -> Result<Staging, DataDirError> {
     let root = pgdata.join(STAGING);
     if root.exists() {
         tracing::warn!(path = %root.display(), "removing an interrupted bootstrap; it will be redone");
+        empty_external_wal(&root.join("cluster/pg_wal"))
+            .map_err(DataDirError::io(pgdata, "cannot empty the WAL directory of the interrupted bootstrap"))?;
         fs::remove_dir_all(&root).map_err(DataDirError::io(pgdata, "cannot remove the interrupted bootstrap"))?;
     }
     fs::DirBuilder::new()
@@ -121,6 +123,22 @@ pub fn fresh_staging(pgdata: &Path) -> Result<Staging, DataDirError> {
         .create(&root)
         .map_err(DataDirError::io(pgdata, "cannot create the staging directory"))?;
     Ok(Staging { cluster: root.join("cluster"), root })
+}
+
+/// With POSTGRES_INITDB_WALDIR, the staged cluster's pg_wal is a link to that directory.
+/// initdb accepted it only empty, so what it holds now is the interrupted bootstrap's WAL:
+/// emptied, or the next initdb would refuse it. The directory itself stays.
+fn empty_external_wal(pg_wal: &Path) -> io::Result<()> {
+    let Ok(target) = fs::read_link(pg_wal) else { return Ok(()) };
+    for entry in fs::read_dir(&target)? {
+        let path = entry?.path();
+        if fs::symlink_metadata(&path)?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves a finished bootstrap from the staging directory into PGDATA.

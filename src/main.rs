@@ -111,7 +111,7 @@ fn run(postgres_args: &[String]) -> i32 {
 }
 
 /// `LOG_FORMAT=json` for one JSON object per line; text otherwise. `LOG_LEVEL` is `error`,
-/// `warn`, `info` (default) or `debug`. Logs go to stderr.
+/// `warn`, `info` (default), `debug` or `trace`. Logs go to stderr.
 fn init_logging() {
     let level =
         std::env::var("LOG_LEVEL").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);

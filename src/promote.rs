@@ -66,12 +66,15 @@ fn try_promote_running() -> Result<i32, String> {
     fs::write(&marker, b"promoted by pg-entrypoint promote\n").map_err(|e| format!("cannot write {marker:?}: {e}"))?;
     let promoted =
         client.query_one("SELECT pg_promote(true, 60)", &[]).map_err(|e| describe(&e)).map(|r| r.get::<_, bool>(0));
-    if promoted != Ok(true) {
-        fs::remove_file(&marker).ok();
-        return Err(match promoted {
-            Err(e) => e,
-            Ok(_) => "not promoted within 60 s".into(),
-        });
+    match promoted {
+        Ok(true) => {}
+        // The request stands and postgres may still finish it: keep the marker, so that a
+        // restart with the environment saying replica cannot rewind the writes away.
+        Ok(false) => return Err("promotion requested but not finished within 60 s; it may still complete".into()),
+        Err(e) => {
+            fs::remove_file(&marker).ok();
+            return Err(e);
+        }
     }
     let timeline: i32 = client
         .query_one("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int", &[])

@@ -108,7 +108,7 @@ pub fn slot_name(replica_name: &str) -> String {
 pub fn managed_conf(settings: &Settings) -> String {
     let mut out = String::from(
         "# Managed by pg-entrypoint and rewritten at every start from the environment.\n\
-         # Change settings with POSTGRESQL_CONFIG_<NAME>, postgres -c arguments, or postgresql.conf.\n",
+         # These win over postgresql.conf: change them with POSTGRESQL_CONFIG_<NAME> or postgres -c.\n",
     );
     for (name, (value, source)) in settings {
         let origin = match source {
@@ -155,10 +155,14 @@ pub fn with_hba_block(existing: &str, block: &str) -> String {
                 out.push('\n');
             }
         }
-        _ => {
-            out.push_str(existing);
-            if !existing.is_empty() && !existing.ends_with('\n') {
-                out.push('\n');
+        // No block, or a BEGIN whose END was deleted by hand: drop the orphan marker line
+        // only (never the lines after it) and append a fresh block.
+        (begin, _) => {
+            for (i, l) in lines.iter().enumerate() {
+                if Some(i) != begin {
+                    out.push_str(l);
+                    out.push('\n');
+                }
             }
             out.push('\n');
             out.push_str(block);
@@ -287,7 +291,7 @@ mod tests {
         assert_eq!(
             managed_conf(&settings(&c)),
             "# Managed by pg-entrypoint and rewritten at every start from the environment.\n\
-             # Change settings with POSTGRESQL_CONFIG_<NAME>, postgres -c arguments, or postgresql.conf.\n\
+             # These win over postgresql.conf: change them with POSTGRESQL_CONFIG_<NAME> or postgres -c.\n\
              cluster_name = 'it''s a \\\\ test'\t# POSTGRESQL_CONFIG_*\n\
              listen_addresses = '*'\t# default\n\
              unix_socket_directories = '/var/run/postgresql'\t# default\n"
@@ -385,6 +389,9 @@ mod tests {
         let twice = with_hba_block(&edited, &block_b);
         assert_eq!(twice, format!("{user}\n{block_b}host mydb me 10.0.0.0/8 md5\n"));
         assert_eq!(with_hba_block(&twice, &block_b), twice);
+        // END deleted by hand: the user's lines after the orphan BEGIN survive.
+        let orphan = format!("{user}{HBA_BEGIN}\nhost mydb me 10.0.0.0/8 md5\n");
+        assert_eq!(with_hba_block(&orphan, &block_b), format!("{user}host mydb me 10.0.0.0/8 md5\n\n{block_b}"));
     }
 
     #[test]

@@ -179,8 +179,11 @@ impl Supervisor {
                         self.note_stop(s);
                         send(pid, kind.stop_signal(s));
                     }
-                    // SIGHUP (reload), SIGUSR1, SIGUSR2: the child decides what they mean.
-                    s => send(pid, s),
+                    // SIGHUP (reload), SIGUSR1, SIGUSR2 mean something to postgres only; a tool
+                    // (initdb, pg_basebackup, a script) would die of them, and a reload must
+                    // never stop anything.
+                    s if kind == Kind::Postgres => send(pid, s),
+                    s => tracing::info!(signal = %s, "ignored during bootstrap"),
                 }
             }
         }

@@ -88,7 +88,7 @@ impl TempServer {
     }
 }
 
-/// Line 8 of postmaster.pid: "starting", "ready", "standby" or "stopping".
-pub fn server_status(pidfile: &Path) -> Option<String> {
-    fs::read_to_string(pidfile).ok()?.lines().nth(7).map(|l| l.trim().to_string())
+/// postmaster.pid's status: "starting", "ready", "standby" or "stopping".
+fn server_status(pidfile: &Path) -> Option<String> {
+    crate::local::parse_pidfile(&fs::read_to_string(pidfile).ok()?).map(|p| p.status)
 }

@@ -145,3 +145,19 @@ fn an_existing_data_directory_owned_by_root_is_fixed_once() {
     assert!(!node.output().contains("fixing ownership"), "walked the tree again:\n{}", node.output());
     assert_eq!(node.stop(), 0);
 }
+
+#[test]
+fn a_failed_bootstrap_with_an_external_wal_directory_is_redone() {
+    let mut node = Node::new("waldir");
+    let waldir = node.dir.0.join("wal");
+    node.set("POSTGRES_INITDB_WALDIR", &waldir.display().to_string());
+    node.script("01-bad.sql", b"SELECT * FROM no_such_table;");
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(fs::read_dir(&waldir).unwrap().count() > 0, "initdb wrote no WAL there");
+    fs::write(node.dir.0.join("initdb.d/01-bad.sql"), b"CREATE TABLE ok (x int);").unwrap();
+    node.start();
+    assert_eq!(node.query_one("to_regclass('ok') IS NOT NULL"), "true");
+    assert_eq!(fs::read_link(node.pgdata.join("pg_wal")).unwrap(), waldir);
+    assert_eq!(node.stop(), 0);
+}
