@@ -65,14 +65,9 @@ fn write_passfile(path: &Path, replica: &Replica) -> Result<(), DataDirError> {
 
 /// One attempt: a replication connection that creates our slot (if it exists, fine).
 fn probe(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<Probe, BootstrapError> {
-    let mut psql = bootstrap::tool(ctx.bin, "psql");
-    let conninfo = render::primary_conninfo(replica, &passfile.to_string_lossy(), true);
     let slot = render::quote_identifier(&render::slot_name(&replica.name));
-    psql.args(["-X", "-q", "--no-password", "-d"])
-        .arg(format!("{conninfo} connect_timeout=5"))
-        .arg("-c")
-        .arg(format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL"));
-    let (code, _, stderr) = bootstrap::run_captured(sup, "psql (connecting to the primary)", &mut psql)?;
+    let command = format!("CREATE_REPLICATION_SLOT {slot} PHYSICAL RESERVE_WAL");
+    let (code, _, stderr) = replication_command(ctx, sup, replica, passfile, &command)?;
     Ok(if code == 0 { Probe::Ready } else { classify_probe(&stderr) })
 }
 
@@ -211,7 +206,7 @@ pub fn converge(
 /// the WAL this replica needs was removed, so it can never catch up by streaming.
 fn slot_lost(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<bool, BootstrapError> {
     let slot = render::slot_name(&replica.name);
-    let (code, out) = replication_command(
+    let (code, out, _) = replication_command(
         ctx,
         sup,
         replica,
@@ -228,21 +223,20 @@ pub fn is_lost_slot(read_replication_slot: &str) -> bool {
     matches!(fields[..], ["physical", "", ..])
 }
 
-/// One replication command through psql; (exit code, its output on stdout).
+/// One replication command through psql: (exit code, stdout, stderr).
 fn replication_command(
     ctx: &Context,
     sup: &mut Supervisor,
     replica: &Replica,
     passfile: &Path,
     command: &str,
-) -> Result<(i32, String), BootstrapError> {
+) -> Result<(i32, String, String), BootstrapError> {
     let mut psql = bootstrap::tool(ctx.bin, "psql");
     psql.args(["-X", "-q", "-A", "-t", "--no-password", "-d"])
         .arg(format!("{} connect_timeout=5", render::primary_conninfo(replica, &passfile.to_string_lossy(), true)))
         .arg("-c")
         .arg(command);
-    let (code, stdout, _) = bootstrap::run_captured(sup, "psql (asking the primary)", &mut psql)?;
-    Ok((code, stdout))
+    bootstrap::run_captured(sup, "psql (connecting to the primary)", &mut psql)
 }
 
 /// REPLICA_RECLONE=true: drop the invalidated slot, empty this standby's PGDATA, clone again.
@@ -278,18 +272,8 @@ pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<
         host = %replica.primary_host,
         "PGDATA holds a primary but the configured role is replica: rewinding it with pg_rewind to follow the new primary"
     );
-    let r = &replica.replication;
-    let source = [
-        ("host", replica.primary_host.as_str()),
-        ("port", &replica.primary_port.to_string()),
-        ("user", &r.user),
-        ("dbname", "postgres"),
-        ("passfile", &passfile.to_string_lossy()),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{k}={}", render::quote_conninfo(v)))
-    .collect::<Vec<_>>()
-    .join(" ");
+    // pg_rewind reads files through SQL functions: an ordinary connection to a database.
+    let source = format!("{} dbname=postgres", render::primary_conninfo(replica, &passfile.to_string_lossy(), false));
     let mut cmd: Command = bootstrap::tool(ctx.bin, "pg_rewind");
     cmd.arg("--target-pgdata").arg(pgdata).arg("--source-server").arg(source).arg("--progress");
     // pg_rewind copies the primary's files, ours included; `converge` writes ours again.
