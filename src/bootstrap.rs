@@ -4,140 +4,23 @@
 //! listener at all, and the temporary server for init scripts listens on a private socket.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::converge;
 use crate::datadir::{self, DataDirError, Staging};
+use crate::files;
 use crate::render;
-use crate::server::{Bin, Endpoint};
+use crate::single_user;
+use crate::step::{finish, run, tool, Context, StepError, SECRET_VARS};
 use crate::supervise::{Kind, Supervisor};
 use crate::tempserver::TempServer;
 
-/// Variables that hold secrets: never passed to postgres or the PostgreSQL tools.
-pub const SECRET_VARS: [&str; 2] = ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum BootstrapError {
-    #[error("stopped by {0} before the bootstrap finished; it will be redone at the next start")]
-    Stopped(Signal),
-    #[error("{what} failed with exit code {code}; see its messages above")]
-    Failed { what: String, code: i32 },
-    #[error("cannot run {what}: {source}")]
-    Spawn { what: String, source: io::Error },
-    #[error("init script {script:?} needs `{tool}` to decompress it, and it is not installed")]
-    NoDecompressor { script: PathBuf, tool: &'static str },
-    #[error("cannot list the init scripts in {dir:?}: {source}")]
-    Scripts { dir: PathBuf, source: io::Error },
-    #[error(
-        "the primary {host}:{port} was not reachable within {waited} s (last: {reason}); check PRIMARY_HOST \
-         and PRIMARY_PORT, or raise PRIMARY_WAIT_TIMEOUT"
-    )]
-    PrimaryUnreachable { host: String, port: u16, waited: u64, reason: String },
-    #[error(
-        "this replica can no longer catch up: the primary invalidated its replication slot {slot:?} (it fell \
-         further behind than max_slot_wal_keep_size allows). Set REPLICA_RECLONE=true to clone it again \
-         automatically, or empty PGDATA"
-    )]
-    SlotLost { slot: String },
-    #[error("the primary refused this replica; check {variable}: {reason}")]
-    PrimaryRejected { variable: &'static str, reason: String },
-    #[error(
-        "this node was promoted at run time (`pg-entrypoint promote`) but is configured as a replica: \
-         refusing to rewind away its writes. Set REPLICATION_ROLE=primary to keep it the primary, or remove \
-         pg-entrypoint.promoted from PGDATA to let it rejoin {host} with pg_rewind"
-    )]
-    PromotedButReplica { host: String },
-    #[error(transparent)]
-    DataDir(#[from] DataDirError),
-}
-
-impl BootstrapError {
-    /// The documented exit code (README "Exit codes").
-    pub fn exit_code(&self) -> i32 {
-        use crate::start::exit;
-        match self {
-            BootstrapError::Stopped(sig) => 128 + *sig as i32,
-            BootstrapError::PrimaryRejected { .. } => exit::CONFIG,
-            BootstrapError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
-            _ => exit::STARTUP_FAILED,
-        }
-    }
-}
-
-/// What every step needs: the configuration, the binaries, the supervisor.
-pub struct Context<'a> {
-    pub config: &'a Config,
-    pub bin: &'a Bin,
-    pub endpoint: &'a Endpoint,
-    pub postgres_args: &'a [String],
-    pub settings: &'a render::Settings,
-}
-
-/// A PostgreSQL tool (or postgres itself) with the secrets removed from its environment.
-pub fn tool(bin: &Bin, name: &str) -> Command {
-    let mut c = Command::new(bin.tool(name));
-    for var in SECRET_VARS {
-        c.env_remove(var);
-    }
-    c
-}
-
-/// Runs a child under the supervisor and checks that it succeeded.
-pub fn run(sup: &mut Supervisor, what: &str, command: &mut Command, kind: Kind) -> Result<(), BootstrapError> {
-    let child = sup.spawn(command).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    finish(sup, what, Pid::from_raw(child.id() as i32), kind)
-}
-
-/// Runs a child and returns its exit code and what it wrote to stdout and stderr (for tools
-/// whose answers and failures we interpret). Only a stop request is an error here.
-pub fn run_captured(
-    sup: &mut Supervisor,
-    what: &str,
-    command: &mut Command,
-) -> Result<(i32, String, String), BootstrapError> {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = sup.spawn(command).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    // Read on threads, so the child never blocks on a full pipe while we handle signals.
-    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-    let code = sup
-        .wait(Pid::from_raw(child.id() as i32), Kind::Tool)
-        .map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
-    match sup.stop_requested() {
-        Some(sig) => Err(BootstrapError::Stopped(sig)),
-        None => Ok((code, stdout, stderr)),
-    }
-}
-
-pub fn finish(sup: &mut Supervisor, what: &str, pid: Pid, kind: Kind) -> Result<(), BootstrapError> {
-    let code = sup.wait(pid, kind).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    if let Some(sig) = sup.stop_requested() {
-        return Err(BootstrapError::Stopped(sig));
-    }
-    if code != 0 {
-        return Err(BootstrapError::Failed { what: what.into(), code });
-    }
-    Ok(())
-}
-
 /// Builds a new cluster in the staging directory and moves it into PGDATA.
-pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapError> {
+pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let config = ctx.config;
     let started = std::time::Instant::now();
     let staging = datadir::fresh_staging(&config.pgdata)?;
@@ -148,8 +31,8 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapEr
     fs::read_to_string(&hba)
         .and_then(|text| fs::write(&hba, render::without_host_lines(&text)))
         .map_err(DataDirError::io(&config.pgdata, "cannot rewrite initdb's pg_hba.conf"))?;
-    single_user(ctx, sup, cluster, &bootstrap_sql(config))?;
-    converge::write_config(config, ctx.settings, cluster)
+    single_user::run(ctx, sup, cluster, &bootstrap_sql(config))?;
+    files::write_config(config, ctx.settings, cluster)
         .map_err(DataDirError::io(&config.pgdata, "cannot write the configuration"))?;
     let scripts = init_scripts(&config.init_scripts_dir)?;
     if !scripts.is_empty() {
@@ -159,14 +42,14 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapEr
         result.and(server.stop(sup))?;
     }
     if let Some(sig) = sup.stop_requested() {
-        return Err(BootstrapError::Stopped(sig));
+        return Err(StepError::Stopped(sig));
     }
     datadir::install_staging(&config.pgdata, staging)?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "cluster initialised");
     Ok(())
 }
 
-fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), BootstrapError> {
+fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), StepError> {
     let config = ctx.config;
     let mut cmd = tool(ctx.bin, "initdb");
     cmd.arg("-D").arg(&staging.cluster).arg("--username").arg(&config.superuser);
@@ -174,7 +57,7 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), 
     // a verifier as given, so the plaintext never leaves this process.
     let pwfile = staging.root.join("superuser.pwfile");
     if let Some(password) = &config.superuser_password {
-        datadir::write_atomic(&pwfile, scram(password.expose()).as_bytes(), 0o600)
+        datadir::write_atomic(&pwfile, single_user::scram(password.expose()).as_bytes(), 0o600)
             .map_err(DataDirError::io(&config.pgdata, "cannot write initdb's password file"))?;
         cmd.arg("--pwfile").arg(&pwfile);
     }
@@ -202,59 +85,21 @@ pub fn bootstrap_sql(config: &Config) -> Vec<String> {
         sql.push(render::create_database_sql(&config.database, &config.superuser));
     }
     if let crate::config::Role::Primary(r) = &config.role {
-        sql.extend(replication_role_sql(r));
+        sql.extend(single_user::replication_role_sql(r));
     }
     sql
 }
 
-pub fn replication_role_sql(r: &crate::config::Replication) -> Vec<String> {
-    render::replication_role_sql(&r.user, &scram(r.password.expose()))
-}
-
-fn scram(password: &str) -> String {
-    postgres_protocol::password::scram_sha_256(password.as_bytes())
-}
-
-/// Runs SQL in single-user mode: no listener, no temporary server, and an error stops it
-/// (`exit_on_error`) instead of being skipped.
-pub fn single_user(
-    ctx: &Context,
-    sup: &mut Supervisor,
-    dir: &Path,
-    statements: &[String],
-) -> Result<(), BootstrapError> {
-    if statements.is_empty() {
-        return Ok(());
-    }
-    let what = "bootstrap SQL (postgres --single)";
-    let mut cmd = tool(ctx.bin, "postgres");
-    cmd.arg("--single").arg("-j").arg("-D").arg(dir);
-    // Statements carry password verifiers: keep them out of the log whatever the config says.
-    for setting in ["exit_on_error=on", "log_statement=none", "log_min_error_statement=panic"] {
-        cmd.arg("-c").arg(setting);
-    }
-    cmd.arg("postgres").stdin(Stdio::piped()).stdout(Stdio::null());
-    let mut child = sup.spawn(&mut cmd).map_err(|source| BootstrapError::Spawn { what: what.into(), source })?;
-    // With -j a statement ends with ";" and an empty line. Names cannot contain line breaks
-    // (config rejects control characters), so no statement ends early.
-    let input: String = statements.iter().map(|s| format!("{s};\n\n")).collect();
-    if let Some(mut stdin) = child.stdin.take() {
-        // A write error means the backend died; its exit code says why.
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    finish(sup, what, Pid::from_raw(child.id() as i32), Kind::Tool)
-}
-
 /// `*.sh`, `*.sql`, `*.sql.gz|xz|zst` in name order; other files are skipped with a note.
-fn init_scripts(dir: &Path) -> Result<Vec<PathBuf>, BootstrapError> {
+fn init_scripts(dir: &Path) -> Result<Vec<PathBuf>, StepError> {
     let entries = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(BootstrapError::Scripts { dir: dir.into(), source }),
+        Err(source) => return Err(StepError::Scripts { dir: dir.into(), source }),
     };
     let mut scripts = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|source| BootstrapError::Scripts { dir: dir.into(), source })?.path();
+        let path = entry.map_err(|source| StepError::Scripts { dir: dir.into(), source })?.path();
         if script_kind(&path).is_some() {
             scripts.push(path);
         } else {
@@ -291,7 +136,7 @@ fn run_script(
     server: &TempServer,
     cluster: &Path,
     script: &Path,
-) -> Result<(), BootstrapError> {
+) -> Result<(), StepError> {
     let config = ctx.config;
     tracing::info!(script = %script.display(), "running init script");
     let what = format!("init script {}", script.display());
@@ -323,8 +168,8 @@ fn run_script(
             }
             unpack.arg("-dc").arg(script).stdout(Stdio::piped());
             let mut unpacker = sup.spawn(&mut unpack).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => BootstrapError::NoDecompressor { script: script.into(), tool: tool_name },
-                _ => BootstrapError::Spawn { what: what.clone(), source: e },
+                io::ErrorKind::NotFound => StepError::NoDecompressor { script: script.into(), tool: tool_name },
+                _ => StepError::Spawn { what: what.clone(), source: e },
             })?;
             let unpack_pid = Pid::from_raw(unpacker.id() as i32);
             let stdout = unpacker.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);

@@ -68,6 +68,25 @@ pub struct Replication {
     pub user: String,
     pub password: Secret,
     pub sync: SyncSettings,
+    /// `REPLICATION_PEERS`: the other members, asked before this node serves writes.
+    pub peers: Vec<Address>,
+}
+
+/// A member's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,13 +490,32 @@ impl Parser<'_> {
             }
         };
         let replica = if role == "replica" { self.replica_settings() } else { None };
-        let replication = Replication { user, password: password?, sync };
+        let peers = self.peers();
+        let replication = Replication { user, password: password?, sync, peers };
         Some(match replica {
             None => Role::Primary(replication),
             Some((primary_host, primary_port, name, wait_timeout, reclone)) => {
                 Role::Replica(Replica { replication, primary_host, primary_port, name, wait_timeout, reclone })
             }
         })
+    }
+
+    /// `REPLICATION_PEERS=host[:port],...`: the other members of the cluster.
+    fn peers(&mut self) -> Vec<Address> {
+        let Some(value) = self.var("REPLICATION_PEERS") else { return Vec::new() };
+        let mut peers = Vec::new();
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match parse_address(item) {
+                Some(address) => peers.push(address),
+                None => self.problem(
+                    "REPLICATION_PEERS",
+                    format!(
+                        "{item:?} is not an address; accepted: a comma-separated list of host, host:port or [ipv6]:port"
+                    ),
+                ),
+            }
+        }
+        peers
     }
 
     /// `REPLICATION_ROLE` or its alias `ROLE`: (variable that gave it, lower-cased value).
@@ -565,6 +603,27 @@ impl Parser<'_> {
     }
 }
 
+/// `host`, `host:port` or `[ipv6]:port`; the port defaults to 5432.
+pub fn parse_address(text: &str) -> Option<Address> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None if text.matches(':').count() == 1 => {
+            let (host, port) = text.split_once(':')?;
+            (host, Some(port))
+        }
+        None => (text, None),
+    };
+    let port = match port {
+        None => 5432,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0)?,
+    };
+    let printable = !host.is_empty() && !host.chars().any(|c| c.is_control() || c.is_whitespace());
+    printable.then(|| Address { host: host.to_string(), port })
+}
+
 pub fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "on" | "yes" | "1" => Some(true),
@@ -616,6 +675,29 @@ mod tests {
         assert_eq!(c.role, Role::Standalone);
         assert_eq!(c.init_scripts_dir, PathBuf::from("/docker-entrypoint-initdb.d"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn peers_are_addresses_with_a_default_port() {
+        let primary =
+            [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "primary"), ("REPLICATION_PASSWORD", "r")];
+        let mut vars = primary.to_vec();
+        vars.push(("REPLICATION_PEERS", "replica-1, 10.0.0.3:6432,[::1]:5433,"));
+        let c = parse(&vars).unwrap();
+        let addr = |h: &str, p| Address { host: h.into(), port: p };
+        assert_eq!(
+            c.replication().unwrap().peers,
+            [addr("replica-1", 5432), addr("10.0.0.3", 6432), addr("::1", 5433)]
+        );
+        vars.pop();
+        vars.push(("REPLICATION_PEERS", "a b,db:99999"));
+        assert_eq!(
+            problems(&vars),
+            [
+                "REPLICATION_PEERS: \"a b\" is not an address; accepted: a comma-separated list of host, host:port or [ipv6]:port",
+                "REPLICATION_PEERS: \"db:99999\" is not an address; accepted: a comma-separated list of host, host:port or [ipv6]:port",
+            ]
+        );
     }
 
     #[test]

@@ -245,6 +245,15 @@ fn ignore_not_found(e: io::Error) -> io::Result<()> {
     }
 }
 
+/// The cluster's system identifier: the first field of `global/pg_control` (in the
+/// machine's byte order, as every PostgreSQL version writes it). `None` without a cluster.
+pub fn system_identifier(pgdata: &Path) -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    let mut file = fs::File::open(pgdata.join("global/pg_control")).ok()?;
+    io::Read::read_exact(&mut file, &mut bytes).ok()?;
+    Some(u64::from_ne_bytes(bytes))
+}
+
 /// Writes a file so that a reader (or a crash) sees the old or the new content, never half.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let tmp = path.with_file_name(format!(

@@ -40,7 +40,7 @@ pub fn parse_max_lag(text: &str) -> Result<MaxLag, String> {
 pub fn expects_replica(local: &Local) -> bool {
     let var = |n: &str| std::env::var(n).unwrap_or_default().to_ascii_lowercase();
     let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
-    var("HA_MODE") == "native" && role == "replica" && !local.path(crate::promote::PROMOTED_MARKER).exists()
+    var("HA_MODE") == "native" && role == "replica" && !local.path(crate::native::promote::PROMOTED_MARKER).exists()
 }
 
 /// What the server reported, reduced to the verdict.
@@ -51,6 +51,16 @@ pub struct Observed {
     pub receiver_status: Option<String>,
     pub lag_bytes: Option<i64>,
     pub silence: Option<Duration>,
+    /// The replica's `wal_receiver_timeout` (zero when disabled).
+    pub receiver_timeout: Duration,
+}
+
+/// Without `--max-lag`, a replica is unhealthy once nothing was heard from its primary for
+/// three quarters of `wal_receiver_timeout`: the standby pings a silent primary after half of
+/// it, so a live primary always answers before then, and a partition shows in seconds rather
+/// than when the connection finally times out.
+pub fn default_bound(receiver_timeout: Duration) -> Option<MaxLag> {
+    (!receiver_timeout.is_zero()).then(|| MaxLag::Time(receiver_timeout * 3 / 4))
 }
 
 /// The decision, pure: `Ok(why healthy)` or `Err(why not)`.
@@ -73,7 +83,7 @@ pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Opti
         Some(other) => return Err(format!("replica, WAL receiver is {other}, not streaming")),
         None => return Err("replica, not connected to its primary (no WAL receiver)".into()),
     }
-    match max_lag {
+    match max_lag.or_else(|| default_bound(o.receiver_timeout)) {
         Some(MaxLag::Bytes(max)) if o.lag_bytes.unwrap_or(0) > max => {
             Err(format!("replica streaming but {} bytes behind (bound {max})", o.lag_bytes.unwrap_or(0)))
         }
@@ -88,7 +98,8 @@ pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Opti
 
 const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',
        r.status, pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
-       extract(epoch FROM now() - r.last_msg_receipt_time)::float8
+       extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout')
   FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 /// Runs the probe; returns the exit code (0 healthy, 1 not) after printing one line.
@@ -117,6 +128,7 @@ fn probe(liveness: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
         receiver_status: row.get(2),
         lag_bytes: row.get::<_, Option<f64>>(3).map(|b| b as i64),
         silence: row.get::<_, Option<f64>>(4).map(|s| Duration::from_secs_f64(s.max(0.0))),
+        receiver_timeout: Duration::from_millis(row.get::<_, Option<i64>>(5).unwrap_or(0).max(0) as u64),
     };
     verdict(expects_replica(&local), liveness, &observed, max_lag)
 }
@@ -132,6 +144,7 @@ mod tests {
             receiver_status: receiver.map(String::from),
             lag_bytes: Some(lag),
             silence: Some(Duration::from_secs(silence_s)),
+            receiver_timeout: Duration::ZERO,
         }
     }
 
@@ -166,6 +179,13 @@ mod tests {
         assert!(verdict(true, false, &lagging, Some(MaxLag::Bytes(4 << 20))).is_ok());
         let silent = observed(true, Some("streaming"), 0, 40);
         assert!(verdict(true, false, &silent, Some(MaxLag::Time(Duration::from_secs(30)))).is_err());
+        // Without a bound, wal_receiver_timeout gives one: 15 s -> silent for 11.25 s is too long.
+        let mut partitioned = observed(true, Some("streaming"), 0, 12);
+        partitioned.receiver_timeout = Duration::from_secs(15);
+        let why = verdict(true, false, &partitioned, None).unwrap_err();
+        assert!(why.contains("nothing heard from the primary for 12.0 s (bound 11.2 s)"), "{why}");
+        partitioned.silence = Some(Duration::from_secs(8));
+        assert!(verdict(true, false, &partitioned, None).is_ok());
         // Liveness only asks whether the server answers.
         assert!(verdict(true, true, &observed(false, None, 0, 0), None).is_ok());
     }

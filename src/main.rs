@@ -7,15 +7,17 @@ mod bootstrap;
 mod config;
 mod converge;
 mod datadir;
+mod files;
 mod health;
 mod local;
+mod native;
 mod privileges;
-mod promote;
 mod render;
-mod replica;
 mod server;
+mod single_user;
 mod start;
 mod status;
+mod step;
 mod supervise;
 mod tempserver;
 
@@ -61,8 +63,13 @@ enum Cmd {
     },
     /// Print the role, timeline, LSNs and replicas as JSON.
     Status,
-    /// Promote this running standby to a primary (on a new timeline).
-    Promote,
+    /// Promote this running standby to a primary (on a new timeline). Refuses while the
+    /// configured primary accepts writes or a peer has more WAL than this standby.
+    Promote {
+        /// Promote without asking the primary and the peers.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 const SUBCOMMANDS: &[&str] = &["run", "check", "health", "status", "promote", "help"];
@@ -91,7 +98,7 @@ fn real_main() -> i32 {
         }
         Cmd::Health { liveness, readiness: _, max_lag } => health::run(liveness, max_lag),
         Cmd::Status => status::run(),
-        Cmd::Promote => promote::promote_running(),
+        Cmd::Promote { force } => native::promote::promote_running(force),
     }
 }
 
@@ -129,7 +136,7 @@ fn check(postgres_args: &[String]) -> i32 {
         Ok(plan) => plan,
         Err(message) => {
             eprintln!("{message}");
-            return start::exit::CONFIG;
+            return step::exit::CONFIG;
         }
     };
     let c = &plan.config;

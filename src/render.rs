@@ -51,6 +51,9 @@ pub fn settings(config: &Config) -> Settings {
             // pg_rewind needs it to bring this primary back as a replica after a failover.
             set("wal_log_hints", "on".into(), Source::Role);
             set("synchronous_standby_names", synchronous_standby_names(&replication.sync), Source::Role);
+            // A walsender whose standby stopped answering gives up after this long, so a fast
+            // shutdown never waits on an unreachable standby past SHUTDOWN_TIMEOUT.
+            set("wal_sender_timeout", wal_sender_timeout(config.shutdown_timeout), Source::Role);
         }
         Role::Replica(replica) => {
             set("hot_standby", "on".into(), Source::Role);
@@ -59,12 +62,24 @@ pub fn settings(config: &Config) -> Settings {
             let passfile = config.pgdata.join(PASSFILE);
             set("primary_conninfo", primary_conninfo(replica, &passfile.to_string_lossy(), false), Source::Role);
             set("primary_slot_name", slot_name(&replica.name), Source::Role);
+            // Silence from the primary is noticed (the standby pings it after half of this)
+            // and a dead connection is dropped and retried after this long.
+            set("wal_receiver_timeout", WAL_RECEIVER_TIMEOUT.into(), Source::Role);
         }
     }
     for (name, value) in &config.overrides {
         set(name, value.clone(), Source::Override);
     }
     s
+}
+
+/// A replica's `wal_receiver_timeout`; `health` derives its default silence bound from it.
+pub const WAL_RECEIVER_TIMEOUT: &str = "15s";
+
+/// Three seconds below the shutdown timeout, at least five: a standby answers within a
+/// second when asked, and the shutdown checkpoint must reach the standbys that do answer.
+pub fn wal_sender_timeout(shutdown_timeout: std::time::Duration) -> String {
+    format!("{}s", shutdown_timeout.as_secs().saturating_sub(3).max(5))
 }
 
 /// `ANY 1 ("replica-1", "replica-2")`; empty when off, so a lone primary never blocks writes.
@@ -82,13 +97,39 @@ pub fn synchronous_standby_names(sync: &SyncSettings) -> String {
 /// How a replica reaches its primary; the password comes from `passfile`, never from here.
 /// With `replication`, a physical replication connection (for psql).
 pub fn primary_conninfo(replica: &Replica, passfile: &str, replication: bool) -> String {
-    let port = replica.primary_port.to_string();
+    conninfo(
+        &replica.primary_host,
+        replica.primary_port,
+        &replica.replication.user,
+        &replica.name,
+        passfile,
+        replication,
+    )
+}
+
+/// A connection to another member as the replication user. TCP keepalives and the connect
+/// timeout notice a member that vanished (a partition, a dead host) in seconds rather than
+/// after the kernel's two hours.
+pub fn conninfo(
+    host: &str,
+    port: u16,
+    user: &str,
+    application_name: &str,
+    passfile: &str,
+    replication: bool,
+) -> String {
+    let port = port.to_string();
     let mut params = vec![
-        ("host", replica.primary_host.as_str()),
+        ("host", host),
         ("port", &port),
-        ("user", &replica.replication.user),
-        ("application_name", &replica.name),
+        ("user", user),
+        ("application_name", application_name),
         ("passfile", passfile),
+        ("connect_timeout", "5"),
+        ("keepalives", "1"),
+        ("keepalives_idle", "5"),
+        ("keepalives_interval", "2"),
+        ("keepalives_count", "3"),
     ];
     if replication {
         params.push(("replication", "true"));
@@ -316,6 +357,7 @@ mod tests {
                 "wal_keep_size = '512MB'\t# role",
                 "wal_level = 'replica'\t# role",
                 "wal_log_hints = 'on'\t# role",
+                "wal_sender_timeout = '5s'\t# role",
             ]
         );
     }
@@ -334,10 +376,12 @@ mod tests {
         assert_eq!(
             s["primary_conninfo"].0,
             "host='db\\'1' port='5432' user='rep user' application_name='3f2a9c' \
-             passfile='/var/lib/postgresql/data/pg-entrypoint.pgpass'"
+             passfile='/var/lib/postgresql/data/pg-entrypoint.pgpass' connect_timeout='5' keepalives='1' \
+             keepalives_idle='5' keepalives_interval='2' keepalives_count='3'"
         );
         assert_eq!(s["primary_slot_name"].0, "3f2a9c");
         assert_eq!(s["hot_standby_feedback"].0, "on");
+        assert_eq!(s["wal_receiver_timeout"].0, "15s");
         assert!(!s.contains_key("synchronous_standby_names"));
     }
 

@@ -6,26 +6,16 @@ use std::process::Command;
 
 use nix::unistd::Pid;
 
-use crate::bootstrap::{self, BootstrapError, Context};
+use crate::bootstrap;
 use crate::config::{Config, ProcessInputs, Role};
 use crate::converge;
 use crate::datadir::{self, State};
+use crate::native::{fence, promote, replica, slot_keeper};
 use crate::privileges;
-use crate::promote;
 use crate::render;
-use crate::replica;
 use crate::server::{Bin, Endpoint};
-use crate::supervise::{Kind, Supervisor};
-
-/// Documented exit codes (README "Exit codes"). postgres's own status passes through.
-pub mod exit {
-    /// Start-up failed after validation (bootstrap, permissions, a refused PGDATA...).
-    pub const STARTUP_FAILED: i32 = 1;
-    /// The environment is invalid (nothing was touched), or the primary refused our credentials.
-    pub const CONFIG: i32 = 78;
-    /// A replica's primary did not answer within PRIMARY_WAIT_TIMEOUT.
-    pub const PRIMARY_UNREACHABLE: i32 = 69;
-}
+use crate::step::{self, exit, Context, StepError};
+use crate::supervise::{Supervisor, Tick};
 
 /// Everything `check` and `run` decide before touching anything.
 pub struct Plan {
@@ -75,7 +65,10 @@ pub fn run(postgres_args: &[String]) -> i32 {
     };
     if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup) {
         match e {
-            BootstrapError::Stopped(_) => tracing::warn!("{e}"),
+            StepError::Stopped(_) if plan.config.pgdata.join(datadir::STAGING).exists() => {
+                tracing::warn!("{e}; the unfinished bootstrap is redone at the next start")
+            }
+            StepError::Stopped(_) => tracing::warn!("{e}"),
             _ => tracing::error!("{e}"),
         }
         return e.exit_code();
@@ -103,7 +96,7 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Steps 3 and 4: bootstrap an empty data directory, or converge an existing one.
-fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapError> {
+fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
     let mut state = datadir::inspect(pgdata)?;
     if state == State::Staged {
@@ -132,18 +125,26 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Boo
             replica::rejoin(ctx, sup, replica)?;
             replica::converge(ctx, sup, replica, true)
         }
-        (State::Cluster { standby: true }, _) => {
+        (State::Cluster { standby: true }, role) => {
+            if let Role::Primary(replication) = role {
+                fence::before_writable(ctx, sup, replication)?;
+            }
             promote::promote_standby(ctx, sup)?;
             converge::existing_cluster(ctx, sup)
         }
-        (State::Cluster { standby: false }, _) => converge::existing_cluster(ctx, sup),
+        (State::Cluster { standby: false }, role) => {
+            if let Role::Primary(replication) = role {
+                fence::before_writable(ctx, sup, replication)?;
+            }
+            converge::existing_cluster(ctx, sup)
+        }
         (State::Staged | State::Discarding, _) => unreachable!("finished above"),
     }
 }
 
-/// Step 5: run postgres and pass its exit status through.
+/// Step 5: run postgres and pass its exit status through (README "Exit codes").
 fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
-    let mut cmd: Command = bootstrap::tool(ctx.bin, "postgres");
+    let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
     let child = match sup.spawn(&mut cmd) {
         Ok(child) => child,
@@ -155,14 +156,34 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
     let pid = Pid::from_raw(child.id() as i32);
     tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
     crate::supervise::trim_resident_code();
-    match sup.wait(pid, Kind::Postgres) {
-        Ok(code) => {
-            tracing::info!(code, "postgres exited");
-            code
-        }
+    let mut keeper = match &ctx.config.role {
+        Role::Replica(replica) => Some(slot_keeper::SlotKeeper::new(ctx.bin, replica, &ctx.config.pgdata)),
+        _ => None,
+    };
+    let mut keep_slot = |sup: &mut Supervisor| keeper.as_mut().map_or((), |k| k.tick(sup));
+    let tick: Option<Tick> =
+        matches!(ctx.config.role, Role::Replica(_)).then_some((slot_keeper::TICK, &mut keep_slot));
+    let code = match sup.supervise(pid, tick) {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("lost track of postgres: {e}");
-            exit::STARTUP_FAILED
+            return exit::STARTUP_FAILED;
         }
+    };
+    let stopped = sup.stop_requested();
+    if sup.escalated() {
+        tracing::error!(
+            code,
+            "postgres did not finish its fast shutdown within SHUTDOWN_TIMEOUT and was stopped immediately; \
+             nothing committed is lost, the next start runs crash recovery"
+        );
+        return exit::SHUTDOWN_ESCALATED;
     }
+    match (code, stopped) {
+        (0, _) => tracing::info!(code, "postgres exited"),
+        (c, _) if c > 128 => tracing::error!(code, "postgres died of signal {}", c - 128),
+        (_, Some(_)) => tracing::warn!(code, "postgres exited with an error while stopping"),
+        _ => tracing::error!(code, "postgres exited with an error"),
+    }
+    code
 }

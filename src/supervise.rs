@@ -57,6 +57,19 @@ impl Kind {
     }
 }
 
+/// A start-up step still running after this long is logged, then after twice as long, etc.
+const SLOW_STEP: Duration = Duration::from_secs(10);
+
+/// Periodic work during supervision: how often, and what.
+pub type Tick<'a> = (Duration, &'a mut dyn FnMut(&mut Supervisor));
+
+/// What a wait is for: a named step (logged when slow), a readiness check, periodic work.
+struct Waiting<'a> {
+    what: Option<&'a str>,
+    ready: Option<&'a mut dyn FnMut() -> bool>,
+    tick: Option<Tick<'a>>,
+}
+
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -76,6 +89,8 @@ pub struct Supervisor {
     started: HashSet<Pid>,
     /// Exit codes of started children, reaped while we were waiting for another one.
     exited: HashMap<Pid, i32>,
+    /// A child had to be stopped with its escalation signal.
+    escalated: bool,
 }
 
 impl Supervisor {
@@ -98,6 +113,7 @@ impl Supervisor {
             stop_deadline: None,
             started: HashSet::new(),
             exited: HashMap::new(),
+            escalated: false,
         })
     }
 
@@ -124,10 +140,12 @@ impl Supervisor {
         Ok(child)
     }
 
-    /// Waits for `pid` to exit, forwarding signals to it and reaping any other child. Sleeps
-    /// until a signal arrives: an idle supervisor costs no CPU.
-    pub fn wait(&mut self, pid: Pid, kind: Kind) -> io::Result<i32> {
-        match self.wait_for(pid, kind, None)? {
+    /// Waits for `pid` (a step of the start-up, named `what`) to exit, forwarding signals to it
+    /// and reaping any other child. Sleeps until a signal arrives: an idle supervisor costs no
+    /// CPU. A step that runs much longer than usual is logged with what we wait for.
+    pub fn wait(&mut self, pid: Pid, kind: Kind, what: &str) -> io::Result<i32> {
+        let mut waiting = Waiting { what: Some(what), ready: None, tick: None };
+        match self.wait_for(pid, kind, &mut waiting)? {
             Outcome::Exited(code) => Ok(code),
             Outcome::Ready => unreachable!("there is no readiness check"),
         }
@@ -135,12 +153,45 @@ impl Supervisor {
 
     /// Like [`Supervisor::wait`], but also returns `Ready` as soon as `ready()` is true
     /// (checked every few milliseconds while the child runs).
-    pub fn wait_until(&mut self, pid: Pid, kind: Kind, mut ready: impl FnMut() -> bool) -> io::Result<Outcome> {
-        self.wait_for(pid, kind, Some(&mut ready))
+    pub fn wait_until(
+        &mut self,
+        pid: Pid,
+        kind: Kind,
+        what: &str,
+        ready: &mut dyn FnMut() -> bool,
+    ) -> io::Result<Outcome> {
+        self.wait_for(pid, kind, &mut Waiting { what: Some(what), ready: Some(ready), tick: None })
     }
 
-    fn wait_for(&mut self, pid: Pid, kind: Kind, mut ready: Option<&mut dyn FnMut() -> bool>) -> io::Result<Outcome> {
+    /// Supervises postgres until it exits; returns its exit code as a shell reports it.
+    /// `tick` runs every `interval` while no stop is under way (periodic work that must not
+    /// block the loop: it may spawn children and collect them later with [`Supervisor::collect`]).
+    pub fn supervise(
+        &mut self,
+        pid: Pid,
+        tick: Option<Tick>,
+    ) -> io::Result<i32> {
+        match self.wait_for(pid, Kind::Postgres, &mut Waiting { what: None, ready: None, tick })? {
+            Outcome::Exited(code) => Ok(code),
+            Outcome::Ready => unreachable!("there is no readiness check"),
+        }
+    }
+
+    /// True once a child had to be stopped with the escalation signal (README "Exit codes").
+    pub fn escalated(&self) -> bool {
+        self.escalated
+    }
+
+    /// The exit code of a started child if it has exited, without waiting.
+    pub fn collect(&mut self, pid: Pid) -> io::Result<Option<i32>> {
+        self.reap(pid)
+    }
+
+    fn wait_for(&mut self, pid: Pid, kind: Kind, waiting: &mut Waiting) -> io::Result<Outcome> {
         const READY_POLL: Duration = Duration::from_millis(5);
+        let started = Instant::now();
+        let mut next_notice = SLOW_STEP;
+        let mut next_tick = waiting.tick.as_ref().map(|(interval, _)| Instant::now() + *interval);
         let mut escalated = false;
         // A stop that arrived before this child existed still applies to it.
         if let Some(sig) = self.stop {
@@ -150,25 +201,46 @@ impl Supervisor {
             if let Some(code) = self.reap(pid)? {
                 return Ok(Outcome::Exited(code));
             }
-            if self.stop.is_none() && ready.as_mut().is_some_and(|ready| ready()) {
+            if self.stop.is_none() && waiting.ready.as_mut().is_some_and(|ready| ready()) {
                 return Ok(Outcome::Ready);
             }
             if let Some(deadline) = self.stop_deadline {
                 if !escalated && Instant::now() >= deadline {
-                    tracing::warn!(
+                    tracing::error!(
                         pid = pid.as_raw(),
                         timeout_s = self.shutdown_timeout.as_secs(),
-                        "child still running after the shutdown timeout; sending {}",
+                        "still running {} s after the stop request (SHUTDOWN_TIMEOUT); sending {}",
+                        self.shutdown_timeout.as_secs(),
                         kind.escalation()
                     );
                     send(pid, kind.escalation());
                     escalated = true;
+                    self.escalated = true;
                 }
             }
-            let mut timeout = if self.stop.is_none() && ready.is_some() { Some(READY_POLL) } else { None };
+            if let Some(what) = waiting.what.filter(|_| started.elapsed() >= next_notice) {
+                tracing::warn!(pid = pid.as_raw(), "still waiting for {what} after {} s", started.elapsed().as_secs());
+                next_notice *= 2;
+            }
+            if let (Some(at), Some((interval, tick)), None) = (next_tick, waiting.tick.as_mut(), self.stop) {
+                if Instant::now() >= at {
+                    tick(self);
+                    next_tick = Some(Instant::now() + *interval);
+                }
+            }
+            let mut timeout = if self.stop.is_none() && waiting.ready.is_some() { Some(READY_POLL) } else { None };
+            let mut wake_at = |at: Instant| {
+                let left = at.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t: Duration| t.min(left)));
+            };
             if let (Some(deadline), false) = (self.stop_deadline, escalated) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+                wake_at(deadline);
+            }
+            if waiting.what.is_some() {
+                wake_at(started + next_notice);
+            }
+            if let (Some(at), None) = (next_tick, self.stop) {
+                wake_at(at);
             }
             self.wait_for_signal(timeout)?;
             while let Some(info) = self.signals.read_signal()? {

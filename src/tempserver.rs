@@ -9,8 +9,8 @@ use std::process::Command;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::bootstrap::{self, BootstrapError, Context};
 use crate::datadir::DataDirError;
+use crate::step::{self, Context, StepError};
 use crate::supervise::{Kind, Outcome, Supervisor};
 
 /// Its name in the command line is how `health` tells a temporary server from the real one.
@@ -26,16 +26,11 @@ pub struct TempServer {
 impl TempServer {
     /// Starts postgres on `dir` and waits until postmaster.pid reports one of `statuses`
     /// ("ready" for a primary, "standby" for a hot standby).
-    pub fn start(
-        ctx: &Context,
-        sup: &mut Supervisor,
-        dir: &Path,
-        statuses: &[&str],
-    ) -> Result<TempServer, BootstrapError> {
+    pub fn start(ctx: &Context, sup: &mut Supervisor, dir: &Path, statuses: &[&str]) -> Result<TempServer, StepError> {
         let hba = dir.join(HBA);
         fs::write(&hba, "local all all trust\n")
             .map_err(DataDirError::io(&ctx.config.pgdata, "cannot write the temporary pg_hba.conf"))?;
-        let mut cmd = bootstrap::tool(ctx.bin, "postgres");
+        let mut cmd = step::tool(ctx.bin, "postgres");
         cmd.arg("-D").arg(dir).args(ctx.postgres_args);
         for setting in [
             "listen_addresses=".to_string(),
@@ -46,7 +41,7 @@ impl TempServer {
         ] {
             cmd.arg("-c").arg(setting);
         }
-        let child = sup.spawn(&mut cmd).map_err(|source| BootstrapError::Spawn { what: WHAT.into(), source })?;
+        let child = sup.spawn(&mut cmd).map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;
         let server =
             TempServer { pid: Pid::from_raw(child.id() as i32), dir: dir.to_path_buf(), port: ctx.endpoint.port };
         server.wait_for(sup, statuses)?;
@@ -54,18 +49,18 @@ impl TempServer {
     }
 
     /// Waits until postmaster.pid reports one of `statuses`.
-    pub fn wait_for(&self, sup: &mut Supervisor, statuses: &[&str]) -> Result<(), BootstrapError> {
+    pub fn wait_for(&self, sup: &mut Supervisor, statuses: &[&str]) -> Result<(), StepError> {
         let pidfile = self.dir.join("postmaster.pid");
         let outcome = sup
-            .wait_until(self.pid, Kind::Postgres, || {
+            .wait_until(self.pid, Kind::Postgres, WHAT, &mut || {
                 server_status(&pidfile).is_some_and(|s| statuses.contains(&s.as_str()))
             })
-            .map_err(|source| BootstrapError::Spawn { what: WHAT.into(), source })?;
+            .map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;
         match outcome {
             Outcome::Ready => Ok(()),
             Outcome::Exited(code) => Err(match sup.stop_requested() {
-                Some(sig) => BootstrapError::Stopped(sig),
-                None => BootstrapError::Failed { what: WHAT.into(), code },
+                Some(sig) => StepError::Stopped(sig),
+                None => StepError::Failed { what: WHAT.into(), code },
             }),
         }
     }
@@ -80,9 +75,9 @@ impl TempServer {
     }
 
     /// A fast shutdown (nobody else is connected); waits for it.
-    pub fn stop(self, sup: &mut Supervisor) -> Result<(), BootstrapError> {
+    pub fn stop(self, sup: &mut Supervisor) -> Result<(), StepError> {
         nix::sys::signal::kill(self.pid, Signal::SIGINT).ok();
-        let result = bootstrap::finish(sup, WHAT, self.pid, Kind::Postgres);
+        let result = step::finish(sup, WHAT, self.pid, Kind::Postgres);
         fs::remove_file(self.dir.join(HBA)).ok();
         result
     }

@@ -10,10 +10,15 @@ use std::fs;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::bootstrap::{self, BootstrapError, Context};
-use crate::converge;
+use crate::config::{Address, Config, ProcessInputs, Role};
 use crate::datadir::DataDirError;
+use crate::files;
 use crate::local::{describe, Local};
+use crate::native::fence::{self, Me};
+use crate::native::member::{self, Credentials, Lsn};
+use crate::render;
+use crate::server::Bin;
+use crate::step::{self, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
 use crate::tempserver::TempServer;
 
@@ -21,15 +26,13 @@ use crate::tempserver::TempServer;
 pub const PROMOTED_MARKER: &str = "pg-entrypoint.promoted";
 
 /// Before converging an existing cluster: reconcile a run-time promotion with the role.
-pub fn check_runtime_promotion(ctx: &Context, standby: bool) -> Result<(), BootstrapError> {
+pub fn check_runtime_promotion(ctx: &Context, standby: bool) -> Result<(), StepError> {
     let marker = ctx.config.pgdata.join(PROMOTED_MARKER);
     if !marker.exists() {
         return Ok(());
     }
     match (&ctx.config.role, standby) {
-        (crate::config::Role::Replica(r), false) => {
-            Err(BootstrapError::PromotedButReplica { host: r.primary_host.clone() })
-        }
+        (crate::config::Role::Replica(r), false) => Err(StepError::PromotedButReplica { host: r.primary_host.clone() }),
         // The environment now agrees (primary/standalone), or the promotion never happened.
         _ => {
             fs::remove_file(&marker)
@@ -40,8 +43,10 @@ pub fn check_runtime_promotion(ctx: &Context, standby: bool) -> Result<(), Boots
 }
 
 /// `pg-entrypoint promote`: promotes the running standby and waits until it accepts writes.
-pub fn promote_running() -> i32 {
-    match try_promote_running() {
+/// Unless `force`, it first asks the configured primary and the peers, and refuses while the
+/// primary still accepts writes or another standby has more WAL than this one.
+pub fn promote_running(force: bool) -> i32 {
+    match try_promote_running(force) {
         Ok(timeline) => {
             println!(
                 "promoted: now a primary on timeline {timeline}; set REPLICATION_ROLE=primary before the next restart"
@@ -55,12 +60,30 @@ pub fn promote_running() -> i32 {
     }
 }
 
-fn try_promote_running() -> Result<i32, String> {
+/// What this standby has: its cluster, timeline and WAL (received or replayed, the larger).
+const STANDBY_POSITION_SQL: &str = "SELECT (SELECT system_identifier FROM pg_control_system())::text,
+       greatest((SELECT timeline_id FROM pg_control_checkpoint()),
+                (SELECT min_recovery_end_timeline FROM pg_control_recovery()),
+                (SELECT received_tli FROM pg_stat_wal_receiver))::int,
+       greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text";
+
+fn try_promote_running(force: bool) -> Result<i32, String> {
     let local = Local::find().map_err(|e| e.to_string())?;
     let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| describe(&e))?.get(0);
     if !in_recovery {
         return Err("this server is not a standby (it already accepts writes); nothing to promote".into());
+    }
+    if force {
+        println!("promote: --force: not asking the primary and the peers");
+    } else {
+        let row = client.query_one(STANDBY_POSITION_SQL, &[]).map_err(|e| describe(&e))?;
+        let me = Me {
+            system_id: row.get::<_, String>(0).parse().map_err(|_| "unreadable system identifier".to_string())?,
+            timeline: row.get::<_, i32>(1) as u32,
+            lsn: row.get::<_, Option<String>>(2).as_deref().and_then(Lsn::parse),
+        };
+        ask_before_promoting(&local, &me)?;
     }
     let marker = local.path(PROMOTED_MARKER);
     fs::write(&marker, b"promoted by pg-entrypoint promote\n").map_err(|e| format!("cannot write {marker:?}: {e}"))?;
@@ -83,7 +106,37 @@ fn try_promote_running() -> Result<i32, String> {
     Ok(timeline)
 }
 
-pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), BootstrapError> {
+/// Asks the configured primary and the peers; `Err` when promoting would make a second
+/// primary or lose acknowledged commits.
+fn ask_before_promoting(local: &Local, me: &Me) -> Result<(), String> {
+    let config = Config::from_inputs(&ProcessInputs)
+        .map_err(|e| format!("{e}\n(use --force to promote without asking the other members)"))?;
+    let Role::Replica(replica) = &config.role else {
+        return Err(
+            "the environment does not configure this node as a replica (HA_MODE=native, REPLICATION_ROLE=replica); \
+                    use --force to promote without asking the other members"
+                .into(),
+        );
+    };
+    let bin =
+        Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()).map_err(|e| e.to_string())?;
+    let passfile = local.path(render::PASSFILE);
+    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
+    let primary = Address { host: replica.primary_host.clone(), port: replica.primary_port };
+    let mut members = vec![primary];
+    members.extend(replica.replication.peers.iter().filter(|p| !members.contains(p)).cloned().collect::<Vec<_>>());
+    let answers: Vec<_> = members
+        .into_iter()
+        .map(|address| {
+            let answer = member::ask_now(&bin, &address, &creds);
+            println!("promote: {}", fence::describe(&address, &answer));
+            (address, answer)
+        })
+        .collect();
+    fence::verdict(me, &answers).map_err(|why| format!("refusing to promote: {why} (--force promotes anyway)"))
+}
+
+pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
     tracing::warn!(
         role = ctx.config.role.name(),
@@ -91,12 +144,12 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), Bootst
         ctx.config.role.name()
     );
     // The new role's configuration: no primary_conninfo, so it does not follow anyone.
-    converge::write_config(ctx.config, ctx.settings, pgdata)
+    files::write_config(ctx.config, ctx.settings, pgdata)
         .map_err(DataDirError::io(pgdata, "cannot write the configuration"))?;
     let server = TempServer::start(ctx, sup, pgdata, &["standby", "ready"])?;
-    let mut cmd = bootstrap::tool(ctx.bin, "pg_ctl");
+    let mut cmd = step::tool(ctx.bin, "pg_ctl");
     cmd.arg("promote").arg("-D").arg(pgdata).args(["-w", "-t", "120"]).stdout(Stdio::null());
-    let promoted = bootstrap::run(sup, "pg_ctl promote", &mut cmd, Kind::Tool);
+    let promoted = step::run(sup, "pg_ctl promote", &mut cmd, Kind::Tool);
     server.stop(sup)?;
     promoted?;
     tracing::warn!("promoted: this server is no longer a standby");

@@ -1,0 +1,188 @@
+//! Native mode has no consensus, so it cannot prevent every split brain; it refuses the cases
+//! it can see. Before a data directory becomes a writable primary (a start as primary, a
+//! promotion at start or `pg-entrypoint promote`), the peers named in `REPLICATION_PEERS` (and,
+//! for a promotion, the configured primary) are asked who they are:
+//! - a peer of this cluster that is a writable primary: there must not be two;
+//! - a peer on a newer timeline: another node was promoted while this one was away, and its
+//!   history, not ours, is the cluster's;
+//! - for a promotion, a standby on our timeline that has received more WAL than we have: it
+//!   holds commits that were acknowledged and that we lack.
+//!
+//! Peers that do not answer are not counted: native mode cannot tell a dead peer from a
+//! partitioned one (Patroni mode can).
+
+use std::fs;
+use std::process::Command;
+
+use crate::config::{Address, Replication};
+use crate::datadir::DataDirError;
+use crate::files;
+use crate::native::member::{self, Answer, Credentials, Lsn};
+use crate::render;
+use crate::step::{self, Context, StepError};
+use crate::supervise::Supervisor;
+
+/// This node, as the fence sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    pub system_id: u64,
+    pub timeline: u32,
+    /// For a promotion: the WAL this standby has. `None` when not compared.
+    pub lsn: Option<Lsn>,
+}
+
+/// The decision, pure: `Err(why this node must not become writable)`.
+pub fn verdict(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
+    for (address, answer) in answers {
+        let Answer::Identity(peer) = answer else { continue };
+        if peer.system_id != me.system_id {
+            continue; // another cluster: not ours to compare with
+        }
+        if !peer.standby {
+            return Err(format!(
+                "{address} is a writable primary of this cluster (timeline {}); there must not be two. \
+                 Make this node a replica of it (REPLICATION_ROLE=replica, PRIMARY_HOST), or stop it first",
+                peer.timeline
+            ));
+        }
+        if peer.timeline > me.timeline {
+            return Err(format!(
+                "{address} is on timeline {}, newer than this node's {}: another node was promoted while this one \
+                 was away. Make this node a replica of the new primary (REPLICATION_ROLE=replica, PRIMARY_HOST); it \
+                 rejoins with pg_rewind",
+                peer.timeline, me.timeline
+            ));
+        }
+        if let Some(mine) = me.lsn.filter(|mine| peer.timeline == me.timeline && peer.lsn > *mine) {
+            return Err(format!(
+                "{address} has received WAL up to {}, {} bytes more than this node ({mine}): promoting this node \
+                 would lose commits that were acknowledged. Promote {address} instead (the most advanced replica)",
+                peer.lsn,
+                peer.lsn.0 - mine.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One line per peer for the log and `promote`'s output.
+pub fn describe(address: &Address, answer: &Answer) -> String {
+    match answer {
+        Answer::Identity(p) => format!(
+            "{address}: {} on timeline {} at {} (system {})",
+            if p.standby { "standby" } else { "primary" },
+            p.timeline,
+            p.lsn,
+            p.system_id
+        ),
+        Answer::Unreachable(why) => format!("{address}: not reachable ({why})"),
+        Answer::Rejected { variable, reason } => format!("{address}: refused us (check {variable}): {reason}"),
+    }
+}
+
+/// At start, before a data directory becomes a writable primary: asks every peer (one quick
+/// attempt each) and refuses with [`StepError::Fenced`] when one shows it must not.
+pub fn before_writable(ctx: &Context, sup: &mut Supervisor, replication: &Replication) -> Result<(), StepError> {
+    if replication.peers.is_empty() {
+        return Ok(());
+    }
+    let me = local_identity(ctx, sup)?;
+    let pgdata = &ctx.config.pgdata;
+    let passfile = pgdata.join(render::PASSFILE);
+    files::write_passfile(&passfile, replication)?;
+    let creds = Credentials { user: &replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
+    let mut answers = Vec::new();
+    for address in &replication.peers {
+        let what = format!("psql (asking the peer {address})");
+        let out = step::run_captured(sup, &what, &mut member::ask(ctx.bin, address, &creds, None), false);
+        let answer = match out {
+            Ok(out) => member::parse(out.code, &out.stdout, &out.stderr),
+            Err(e) => {
+                fs::remove_file(&passfile).ok();
+                return Err(e);
+            }
+        };
+        tracing::info!("peer {}", describe(address, &answer));
+        answers.push((address.clone(), answer));
+    }
+    // A primary keeps no password file: it would travel into every clone taken from it.
+    fs::remove_file(&passfile).map_err(DataDirError::io(pgdata, "cannot remove the password file"))?;
+    verdict(&me, &answers).map_err(StepError::Fenced)
+}
+
+/// This data directory's system identifier and timeline, from pg_controldata.
+fn local_identity(ctx: &Context, sup: &mut Supervisor) -> Result<Me, StepError> {
+    let mut cmd: Command = step::tool(ctx.bin, "pg_controldata");
+    // Its labels are translated in other locales.
+    cmd.arg("-D").arg(&ctx.config.pgdata).env("LC_ALL", "C");
+    let out = step::run_captured(sup, "pg_controldata", &mut cmd, false)?;
+    match parse_controldata(&out.stdout) {
+        Some((system_id, timeline)) if out.code == 0 => Ok(Me { system_id, timeline, lsn: None }),
+        _ => Err(StepError::Failed { what: format!("pg_controldata ({})", out.stderr.trim()), code: out.code }),
+    }
+}
+
+/// The system identifier and the newest timeline pg_controldata mentions.
+pub fn parse_controldata(text: &str) -> Option<(u64, u32)> {
+    let field = |label: &str| {
+        text.lines().find_map(|l| l.strip_prefix(label)).map(|v| v.trim().trim_start_matches(':').trim().to_string())
+    };
+    let system_id = field("Database system identifier")?.parse().ok()?;
+    let timeline = ["Latest checkpoint's TimeLineID", "Min recovery ending loc's timeline"]
+        .iter()
+        .filter_map(|label| field(label)?.parse::<u32>().ok())
+        .max()?;
+    Some((system_id, timeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::member::Identity;
+
+    fn peer(host: &str, standby: bool, timeline: u32, lsn: u64) -> (Address, Answer) {
+        let identity = Identity { system_id: 7, timeline, lsn: Lsn(lsn), standby, slot: None };
+        (Address { host: host.into(), port: 5432 }, Answer::Identity(identity))
+    }
+
+    const ME: Me = Me { system_id: 7, timeline: 1, lsn: None };
+
+    #[test]
+    fn a_writable_peer_or_a_newer_timeline_fences() {
+        assert_eq!(verdict(&ME, &[peer("r1", true, 1, 100)]), Ok(()));
+        let two = verdict(&ME, &[peer("r1", true, 1, 100), peer("r2", false, 1, 5)]).unwrap_err();
+        assert!(two.starts_with("r2:5432 is a writable primary of this cluster (timeline 1)"), "{two}");
+        let newer = verdict(&ME, &[peer("r1", true, 2, 100)]).unwrap_err();
+        assert!(newer.contains("timeline 2, newer than this node's 1"), "{newer}");
+        // Unreachable peers and other clusters do not count.
+        let mut other = peer("x", false, 9, 0);
+        if let Answer::Identity(i) = &mut other.1 {
+            i.system_id = 8;
+        }
+        let gone = (Address { host: "gone".into(), port: 5432 }, Answer::Unreachable("timeout expired".into()));
+        assert_eq!(verdict(&ME, &[other, gone]), Ok(()));
+    }
+
+    #[test]
+    fn a_promotion_needs_the_most_wal() {
+        let me = Me { lsn: Some(Lsn(1000)), ..ME };
+        assert_eq!(verdict(&me, &[peer("r2", true, 1, 1000)]), Ok(()));
+        let behind = verdict(&me, &[peer("r2", true, 1, 1500)]).unwrap_err();
+        assert!(
+            behind.contains("500 bytes more than this node") && behind.contains("Promote r2:5432 instead"),
+            "{behind}"
+        );
+        // Without an LSN (a start as primary) only roles and timelines count.
+        assert_eq!(verdict(&ME, &[peer("r2", true, 1, 1500)]), Ok(()));
+    }
+
+    #[test]
+    fn controldata_gives_identity_and_timeline() {
+        let text = "pg_control version number:            1300\n\
+                    Database system identifier:           7713256681068276477\n\
+                    Latest checkpoint's TimeLineID:       2\n\
+                    Min recovery ending loc's timeline:   3\n";
+        assert_eq!(parse_controldata(text), Some((7713256681068276477, 3)));
+        assert_eq!(parse_controldata("nothing"), None);
+    }
+}

@@ -1,0 +1,219 @@
+//! Asking another member of the cluster who it is, over a physical replication connection as
+//! the replication user: its system identifier, timeline and WAL position (IDENTIFY_SYSTEM),
+//! whether it is a standby (`in_hot_standby`), and optionally the state of one replication
+//! slot (READ_REPLICATION_SLOT, PostgreSQL 15+). One psql run answers all of it.
+//!
+//! psql resolves host names with the system's resolver (our static binary has no NSS) and
+//! authenticates through a 0600 password file: the password is never on a command line.
+
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::config::Address;
+use crate::render;
+use crate::server::Bin;
+use crate::step;
+
+/// A WAL position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// `16/B374D848`, as PostgreSQL prints it.
+    pub fn parse(text: &str) -> Option<Lsn> {
+        let (hi, lo) = text.trim().split_once('/')?;
+        Some(Lsn((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// Our replication slot on that member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Missing,
+    Present,
+    /// It exists but lost its restart LSN: the WAL a standby needs was removed.
+    Invalidated,
+}
+
+/// What a member says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub system_id: u64,
+    pub timeline: u32,
+    /// On a primary its WAL flush position; on a standby what it has received (or replayed).
+    pub lsn: Lsn,
+    pub standby: bool,
+    /// Asked for only when a slot name was given.
+    pub slot: Option<Slot>,
+}
+
+/// The outcome of one question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Identity(Identity),
+    /// Down, starting, not resolvable: it may answer later.
+    Unreachable(String),
+    /// It answered and refused us: asking again will not help.
+    Rejected {
+        variable: &'static str,
+        reason: String,
+    },
+}
+
+/// How we reach members: as which user, through which password file, under which name.
+pub struct Credentials<'a> {
+    pub user: &'a str,
+    pub passfile: &'a Path,
+    pub application_name: &'a str,
+}
+
+/// The psql run that asks `address` who it is (and about `slot`).
+pub fn ask(bin: &Bin, address: &Address, creds: &Credentials, slot: Option<&str>) -> Command {
+    let mut commands = vec!["IDENTIFY_SYSTEM".to_string(), "SHOW in_hot_standby".to_string()];
+    if let Some(slot) = slot {
+        commands.push(format!("READ_REPLICATION_SLOT {}", render::quote_identifier(slot)));
+    }
+    replication_psql(bin, address, creds, &commands)
+}
+
+/// A psql run of replication `commands` against `address`, output unaligned without headers.
+pub fn replication_psql(bin: &Bin, address: &Address, creds: &Credentials, commands: &[String]) -> Command {
+    let mut psql = step::tool(bin, "psql");
+    let conninfo = render::conninfo(
+        &address.host,
+        address.port,
+        creds.user,
+        creds.application_name,
+        &creds.passfile.to_string_lossy(),
+        true,
+    );
+    psql.args(["-X", "-q", "-A", "-t", "--no-password", "-d"]).arg(conninfo).stdin(Stdio::null());
+    for command in commands {
+        psql.arg("-c").arg(command);
+    }
+    psql
+}
+
+/// Reads psql's answer to [`ask`].
+pub fn parse(code: i32, stdout: &str, stderr: &str) -> Answer {
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    let identity = lines.first().and_then(|line| {
+        let f: Vec<&str> = line.split('|').collect();
+        Some((f.first()?.parse::<u64>().ok()?, f.get(1)?.parse::<u32>().ok()?, Lsn::parse(f.get(2)?)?))
+    });
+    let standby = match lines.get(1) {
+        Some(&"on") => Some(true),
+        Some(&"off") => Some(false),
+        _ => None,
+    };
+    match (identity, standby) {
+        (Some((system_id, timeline, lsn)), Some(standby)) if code == 0 => {
+            let slot = lines.get(2).map(|l| slot_state(l));
+            Answer::Identity(Identity { system_id, timeline, lsn, standby, slot })
+        }
+        _ => classify_failure(stderr),
+    }
+}
+
+/// READ_REPLICATION_SLOT's row: type, restart LSN, timeline; all empty when there is none.
+fn slot_state(row: &str) -> Slot {
+    let fields: Vec<&str> = row.split('|').collect();
+    match fields[..] {
+        ["physical", "", ..] => Slot::Invalidated,
+        [kind, ..] if !kind.is_empty() => Slot::Present,
+        _ => Slot::Missing,
+    }
+}
+
+/// Why a connection failed, from psql's message.
+pub fn classify_failure(stderr: &str) -> Answer {
+    let reason = stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message").to_string();
+    let reason = reason.trim_start_matches("psql: ").trim_start_matches("error: ").to_string();
+    let user_refused = stderr.contains("no pg_hba.conf entry")
+        || (stderr.contains("role") && stderr.contains("does not exist"))
+        || stderr.contains("permission denied to start WAL sender")
+        || stderr.contains("must be superuser or replication role");
+    if stderr.contains("password authentication failed") || stderr.contains("no password supplied") {
+        Answer::Rejected { variable: "REPLICATION_PASSWORD", reason }
+    } else if user_refused {
+        Answer::Rejected { variable: "REPLICATION_USER", reason }
+    } else {
+        Answer::Unreachable(reason)
+    }
+}
+
+/// Asks without a supervisor (the operator commands, which are not PID 1).
+pub fn ask_now(bin: &Bin, address: &Address, creds: &Credentials) -> Answer {
+    match ask(bin, address, creds, None).output() {
+        Ok(out) => parse(
+            out.status.code().unwrap_or(1),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ),
+        Err(e) => Answer::Unreachable(format!("cannot run psql: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_standby_and_slot_are_read() {
+        let answer = parse(0, "7713256681068276477|2|0/1500790|\non\nphysical|0/3000000|1\n", "");
+        assert_eq!(
+            answer,
+            Answer::Identity(Identity {
+                system_id: 7713256681068276477,
+                timeline: 2,
+                lsn: Lsn(0x1500790),
+                standby: true,
+                slot: Some(Slot::Present)
+            })
+        );
+        let Answer::Identity(primary) = parse(0, "1|1|16/B374D848|\noff\n||\n", "") else { panic!() };
+        assert_eq!((primary.standby, primary.slot, primary.lsn), (false, Some(Slot::Missing), Lsn(0x16_B374_D848)));
+        let Answer::Identity(lost) = parse(0, "1|1|0/0|\noff\nphysical||\n", "") else { panic!() };
+        assert_eq!(lost.slot, Some(Slot::Invalidated));
+        let Answer::Identity(no_slot_asked) = parse(0, "1|1|0/0|\noff\n", "") else { panic!() };
+        assert_eq!(no_slot_asked.slot, None);
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        assert_eq!(
+            parse(2, "", "psql: error: connection to server at \"db\" (10.0.0.2), port 5432 failed: FATAL:  password authentication failed for user \"replicator\"\n"),
+            Answer::Rejected {
+                variable: "REPLICATION_PASSWORD",
+                reason: "connection to server at \"db\" (10.0.0.2), port 5432 failed: FATAL:  password authentication failed for user \"replicator\"".into()
+            }
+        );
+        assert!(matches!(
+            parse(2, "", "FATAL:  no pg_hba.conf entry for replication connection from host \"10.0.0.3\""),
+            Answer::Rejected { variable: "REPLICATION_USER", .. }
+        ));
+        for transient in [
+            "psql: error: connection to server at \"127.0.0.1\", port 5999 failed: Connection refused",
+            "psql: error: could not translate host name \"primary\" to address: Name or service not known",
+            "FATAL:  the database system is starting up",
+            "psql: error: timeout expired",
+        ] {
+            assert!(matches!(parse(2, "", transient), Answer::Unreachable(_)), "{transient}");
+        }
+    }
+
+    #[test]
+    fn lsns_round_trip() {
+        assert_eq!(Lsn::parse("16/B374D848"), Some(Lsn(0x16_B374_D848)));
+        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
+        assert_eq!(Lsn::parse("nonsense"), None);
+        assert!(Lsn::parse("0/3000000") < Lsn::parse("1/0"));
+    }
+}

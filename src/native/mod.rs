@@ -1,0 +1,11 @@
+//! Native HA (`HA_MODE=native`): streaming replication with manual failover. A replica clones
+//! and follows its primary (`replica`), members ask each other who they are (`member`), a node
+//! refuses to become a second writable primary or to lose acknowledged commits (`fence`),
+//! promotion goes to a new timeline (`promote`), and a running replica keeps its slot on the
+//! primary (`slot_keeper`).
+
+pub mod fence;
+pub mod member;
+pub mod promote;
+pub mod replica;
+pub mod slot_keeper;
