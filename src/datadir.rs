@@ -212,29 +212,43 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// to start when the recorded PID is alive, and in a new container that PID often belongs to
 /// an unrelated process. The file is kept when a postgres process works in this PGDATA.
 pub fn remove_stale_pidfile(pgdata: &Path) -> Result<(), DataDirError> {
-    let pidfile = pgdata.join("postmaster.pid");
-    let Ok(text) = fs::read_to_string(&pidfile) else { return Ok(()) };
-    let pid = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
-    if let Some(pid) = pid.filter(|p| *p > 0) {
-        if postgres_owns(pid, pgdata) {
-            return Ok(()); // let postgres report the conflict in its own words
-        }
+    remove_stale_lock(&pgdata.join("postmaster.pid"), pgdata, |pid| postgres_owns(pid, pgdata))
+}
+
+/// The same for the lock files of our Unix sockets (`.s.PGSQL.<port>.lock`): a socket
+/// directory that outlived its server (`docker restart` keeps the container's files) holds
+/// the old PID. Kept while any postgres process has that PID (it may be another cluster's).
+pub fn remove_stale_socket_locks(pgdata: &Path, socket_dirs: &[PathBuf], port: u16) -> Result<(), DataDirError> {
+    for dir in socket_dirs {
+        remove_stale_lock(&dir.join(format!(".s.PGSQL.{port}.lock")), pgdata, is_postgres)?;
     }
-    tracing::info!(pid = ?pid, "removing a stale postmaster.pid");
-    fs::remove_file(&pidfile)
+    Ok(())
+}
+
+fn remove_stale_lock(lock: &Path, pgdata: &Path, live: impl Fn(i32) -> bool) -> Result<(), DataDirError> {
+    let Ok(text) = fs::read_to_string(lock) else { return Ok(()) };
+    let pid = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
+    if pid.filter(|p| *p > 0).is_some_and(live) {
+        return Ok(()); // let postgres report the conflict in its own words
+    }
+    tracing::info!(pid = ?pid, file = %lock.display(), "removing a stale lock file");
+    fs::remove_file(lock)
         .or_else(ignore_not_found)
-        .map_err(DataDirError::io(pgdata, "cannot remove postmaster.pid"))
+        .map_err(DataDirError::io(pgdata, format!("cannot remove {}", lock.display())))
+}
+
+/// True when `pid` is a live postgres process (a zombie has no command line).
+fn is_postgres(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).next().is_some_and(|a0| String::from_utf8_lossy(a0).contains("postgres")))
+        .unwrap_or(false)
 }
 
 /// True when `pid` is a postgres process whose working directory is `pgdata`.
 fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let is_postgres = fs::read(proc.join("cmdline"))
-        .map(|c| c.split(|b| *b == 0).next().is_some_and(|a0| String::from_utf8_lossy(a0).contains("postgres")))
-        .unwrap_or(false);
-    let cwd = fs::read_link(proc.join("cwd")).ok();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
     let ours = pgdata.canonicalize().ok();
-    is_postgres && cwd.is_some() && cwd == ours
+    is_postgres(pid) && cwd.is_some() && cwd == ours
 }
 
 fn ignore_not_found(e: io::Error) -> io::Result<()> {

@@ -111,6 +111,7 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
     }
     if let State::Cluster { standby } = state {
         datadir::remove_stale_pidfile(pgdata)?;
+        datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
         promote::check_runtime_promotion(ctx, standby)?;
     }
     match (state, &ctx.config.role) {
@@ -161,8 +162,7 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
         _ => None,
     };
     let mut keep_slot = |sup: &mut Supervisor| keeper.as_mut().map_or((), |k| k.tick(sup));
-    let tick: Option<Tick> =
-        matches!(ctx.config.role, Role::Replica(_)).then_some((slot_keeper::TICK, &mut keep_slot));
+    let tick: Option<Tick> = matches!(ctx.config.role, Role::Replica(_)).then_some((slot_keeper::TICK, &mut keep_slot));
     let code = match sup.supervise(pid, tick) {
         Ok(code) => code,
         Err(e) => {

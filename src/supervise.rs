@@ -166,11 +166,7 @@ impl Supervisor {
     /// Supervises postgres until it exits; returns its exit code as a shell reports it.
     /// `tick` runs every `interval` while no stop is under way (periodic work that must not
     /// block the loop: it may spawn children and collect them later with [`Supervisor::collect`]).
-    pub fn supervise(
-        &mut self,
-        pid: Pid,
-        tick: Option<Tick>,
-    ) -> io::Result<i32> {
+    pub fn supervise(&mut self, pid: Pid, tick: Option<Tick>) -> io::Result<i32> {
         match self.wait_for(pid, Kind::Postgres, &mut Waiting { what: None, ready: None, tick })? {
             Outcome::Exited(code) => Ok(code),
             Outcome::Ready => unreachable!("there is no readiness check"),

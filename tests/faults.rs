@@ -1,0 +1,301 @@
+//! Faults an HA product exists to survive, between real processes on loopback: a synchronous
+//! primary restarting, an old primary coming back after a failover, promoting the wrong
+//! replica, a replica meeting a new or foreign primary, a silent primary, a stop with an
+//! unreachable standby, and a stop that has to escalate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `sql` on `node`, or "" while it cannot answer.
+fn try_query(node: &Node, sql: &str) -> String {
+    node.try_connect()
+        .ok()
+        .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .unwrap_or_default()
+}
+
+/// `host:port` of each node, for REPLICATION_PEERS.
+fn peers(nodes: &[&Node]) -> String {
+    nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+}
+
+/// The postmaster started by a node's entrypoint, and one of its children by title.
+fn postmaster(node: &Node) -> i32 {
+    processes().into_iter().find(|p| p.ppid == node.pid() && p.state != 'Z').expect("postgres runs").pid
+}
+
+fn server_process(node: &Node, title: &str) -> Pid {
+    let pm = postmaster(node);
+    let mut found = None;
+    eventually(&format!("a {title} process"), Duration::from_secs(30), || {
+        found = processes().into_iter().find(|p| p.ppid == pm && p.cmdline.contains(title)).map(|p| p.pid);
+        found.is_some()
+    });
+    Pid::from_raw(found.unwrap_or_default())
+}
+
+#[test]
+fn a_synchronous_primary_restarts_and_its_single_user_session_neither_blocks_nor_leaks() {
+    let mut primary = Node::new("sync-restart");
+    primary
+        .as_primary()
+        .set("REPLICATION_SYNCHRONOUS_MODE", "any")
+        .set("REPLICATION_SYNCHRONOUS_REPLICAS", "replica-1")
+        // Settings that would make the single-user session log its statements or parse them
+        // differently if it read them.
+        .set("POSTGRESQL_CONFIG_LOG_MIN_DURATION_STATEMENT", "0")
+        .set("POSTGRESQL_CONFIG_LOG_STATEMENT", "all")
+        .set("POSTGRESQL_CONFIG_STANDARD_CONFORMING_STRINGS", "off")
+        .set("REPLICATION_USER", "rep\\l'x");
+    primary.start();
+    assert_eq!(primary.stop(), 0);
+    // Every start of an existing primary re-applies the replication role in single-user mode,
+    // which reads synchronous_standby_names from our file: no standby can ever confirm there.
+    let started = Instant::now();
+    primary.start_with_timeout(Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(15), "restart took {:?}", started.elapsed());
+    assert!(primary.output().contains("applying the replication role"), "{}", primary.output());
+    assert_eq!(primary.query_one("current_setting('synchronous_standby_names')"), "ANY 1 (\"replica-1\")");
+    let roles =
+        primary.query_one("(SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname !~ '^pg_')");
+    assert_eq!(roles, "postgres,rep\\l'x", "exactly the roles we meant, no more");
+    // A replica of it streams, and commits are confirmed by it.
+    let mut replica = Node::new("sync-restart-r");
+    replica.as_replica_of(&primary, "replica-1").set("REPLICATION_USER", "rep\\l'x");
+    replica.start_with_timeout(CLONE_TIMEOUT);
+    eventually("replica-1 is the quorum standby", Duration::from_secs(30), || {
+        try_query(&primary, "(SELECT string_agg(application_name || '=' || sync_state, ',') FROM pg_stat_replication)")
+            == "replica-1=quorum"
+    });
+    primary.client().batch_execute("CREATE TABLE confirmed (x int); INSERT INTO confirmed VALUES (1)").unwrap();
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+    let logs = primary.all_output();
+    assert!(!logs.contains("SCRAM-SHA-256$"), "a verifier reached the log:\n{logs}");
+    assert!(!logs.contains(PASSWORD), "a password reached the log");
+}
+
+#[test]
+fn a_slow_step_says_what_it_waits_for() {
+    let mut node = Node::new("slow-step");
+    node.script("01-slow.sh", b"sleep 11\n");
+    node.start_with_timeout(Duration::from_secs(60));
+    let out = node.output();
+    assert!(out.contains("still waiting for init script") && out.contains("01-slow.sh after 10 s"), "{out}");
+    assert_eq!(node.stop(), 0);
+}
+
+/// A primary and two replicas, each told the others' addresses.
+fn three_members(name: &str) -> (Node, Node, Node) {
+    let mut p = Node::new(&format!("{name}-p"));
+    let mut r1 = Node::new(&format!("{name}-r1"));
+    let mut r2 = Node::new(&format!("{name}-r2"));
+    p.as_primary();
+    r1.as_replica_of(&p, "r1");
+    r2.as_replica_of(&p, "r2");
+    let (pp, p1, p2) = (peers(&[&r1, &r2]), peers(&[&p, &r2]), peers(&[&p, &r1]));
+    p.set("REPLICATION_PEERS", &pp);
+    r1.set("REPLICATION_PEERS", &p1);
+    r2.set("REPLICATION_PEERS", &p2);
+    (p, r1, r2)
+}
+
+#[test]
+fn an_old_primary_returning_after_a_promotion_is_never_writable() {
+    let (mut p, mut r1, mut r2) = three_members("fence");
+    p.start();
+    r1.start_with_timeout(CLONE_TIMEOUT);
+    r2.start_with_timeout(CLONE_TIMEOUT);
+    p.client().batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('before')").unwrap();
+    eventually("both replicas have the row", Duration::from_secs(30), || {
+        try_query(&r1, "(SELECT count(*) FROM t)") == "1" && try_query(&r2, "(SELECT count(*) FROM t)") == "1"
+    });
+
+    // While the primary answers as a writable primary, promotion is refused.
+    let (code, out) = r1.tool(&["promote"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} is a writable primary", p.port)), "{out}");
+
+    // The primary dies; r1 is promoted (nothing else is ahead of it).
+    p.kill_all();
+    let (code, out) = r1.tool(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("promoted: now a primary on timeline 2"), "{out}");
+    r1.client().batch_execute("INSERT INTO t VALUES ('after the promotion')").unwrap();
+
+    // The old primary comes back unchanged: it must not become writable.
+    let started = Instant::now();
+    let (code, out) = p.run_to_exit(&[]);
+    assert_eq!(code, 75, "{out}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(out.contains("refusing to start as a writable primary"), "{out}");
+    assert!(out.contains("writable primary of this cluster (timeline 2)"), "{out}");
+    // r2, still a standby, refuses to be promoted while r1 is the writable primary.
+    let (code, out) = r2.tool(&["promote"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} is a writable primary", r1.port)), "{out}");
+
+    // With r1 down too, the timeline still gives it away: r2 (repointed at r1) is on timeline 2.
+    assert_eq!(r2.stop(), 0);
+    r2.set("PRIMARY_PORT", &r1.port.to_string()).start();
+    eventually("r2 follows r1 on timeline 2", Duration::from_secs(30), || {
+        try_query(&r2, "(SELECT received_tli FROM pg_stat_wal_receiver)") == "2"
+    });
+    assert_eq!(r1.stop(), 0);
+    let (code, out) = p.run_to_exit(&[]);
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains("is on timeline 2, newer than this node's 1"), "{out}");
+
+    // The documented way back: the promoted node's environment says primary, and the old
+    // primary becomes a replica of it, rewound.
+    r1.unset("PRIMARY_HOST").unset("PRIMARY_PORT").as_primary().start();
+    p.unset("REPLICATION_PEERS").as_replica_of(&r1, "p");
+    p.start_with_timeout(CLONE_TIMEOUT);
+    eventually("the old primary has the new row", Duration::from_secs(30), || {
+        try_query(&p, "(SELECT count(*) FROM t)") == "2"
+    });
+    // The promotion marker pg_rewind copied from r1 is not ours: healthy as a replica at once.
+    eventually("the rejoined node is a healthy replica", Duration::from_secs(30), || p.tool(&["health"]).0 == 0);
+    for n in [&mut p, &mut r2, &mut r1] {
+        assert_eq!(n.stop(), 0);
+    }
+}
+
+#[test]
+fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
+    let (mut p, mut r1, mut r2) = three_members("lagging");
+    p.set("REPLICATION_SYNCHRONOUS_MODE", "any").set("REPLICATION_SYNCHRONOUS_REPLICAS", "r1,r2");
+    p.start();
+    r1.start_with_timeout(CLONE_TIMEOUT);
+    r2.start_with_timeout(CLONE_TIMEOUT);
+    p.client().batch_execute("CREATE TABLE acked (x int)").unwrap();
+    // r1 is cut off (the primary's walsender for it is frozen: nothing more reaches r1);
+    // commits are acknowledged through r2 alone. Then the primary dies.
+    let sender: i32 =
+        p.query_one("(SELECT pid FROM pg_stat_replication WHERE application_name = 'r1')").parse().unwrap();
+    kill(Pid::from_raw(sender), Signal::SIGSTOP).unwrap();
+    let mut client = p.client();
+    for i in 0..200 {
+        client.execute("INSERT INTO acked VALUES ($1)", &[&i]).unwrap();
+    }
+    p.kill_all();
+
+    let (code, out) = r1.tool(&["promote"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} has received WAL up to", r2.port)), "{out}");
+    assert!(out.contains("would lose commits that were acknowledged"), "{out}");
+    assert_eq!(try_query(&r1, "pg_is_in_recovery()"), "true", "r1 stays a standby");
+    // The most advanced replica is promoted and has every acknowledged commit.
+    let (code, out) = r2.tool(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(r2.query_one("(SELECT count(*) FROM acked)"), "200");
+    // --force is the operator's override.
+    let (code, out) = r1.tool(&["promote", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    for n in [&mut r1, &mut r2] {
+        assert_eq!(n.stop(), 0);
+    }
+}
+
+#[test]
+fn a_replica_started_before_its_primary_gets_its_slot_once_the_primary_answers() {
+    let mut p = Node::new("slot-later-p");
+    p.as_primary().start();
+    let mut r = Node::new("slot-later-r");
+    r.as_replica_of(&p, "late").start_with_timeout(CLONE_TIMEOUT);
+    assert_eq!(r.stop(), 0);
+    // A primary without our slot (as a new primary after a failover), down when the replica starts.
+    p.client().batch_execute("SELECT pg_drop_replication_slot('late')").unwrap();
+    assert_eq!(p.stop(), 0);
+    r.start();
+    assert!(r.output().contains("primary not reachable now"), "{}", r.output());
+    p.start();
+    eventually("the slot exists and the replica streams through it", Duration::from_secs(45), || {
+        try_query(&p, "(SELECT active FROM pg_replication_slots WHERE slot_name = 'late')") == "true"
+    });
+    assert!(r.output().contains("created the missing replication slot"), "{}", r.output());
+    assert!(!p.output().contains("already exists"), "the slot probe must not log errors on the primary");
+    assert_eq!(r.stop(), 0);
+    assert_eq!(p.stop(), 0);
+}
+
+#[test]
+fn a_replica_refuses_a_primary_of_another_cluster_and_creates_nothing_there() {
+    let mut p = Node::new("foreign-p");
+    p.as_primary().start();
+    let mut r = Node::new("foreign-r");
+    r.as_replica_of(&p, "r").start_with_timeout(CLONE_TIMEOUT);
+    assert_eq!(r.stop(), 0);
+    let mut other = Node::new("foreign-other");
+    other.as_primary().start();
+    r.set("PRIMARY_PORT", &other.port.to_string());
+    let (code, out) = r.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("belongs to another cluster"), "{out}");
+    assert_eq!(other.query_one("(SELECT count(*) FROM pg_replication_slots)"), "0");
+    assert_eq!(r.controldata_state(), "shut down in recovery", "the replica's data is untouched");
+    // Back at its own primary, it starts.
+    r.set("PRIMARY_PORT", &p.port.to_string()).start();
+    for n in [&mut r, &mut p, &mut other] {
+        assert_eq!(n.stop(), 0);
+    }
+}
+
+#[test]
+fn a_silent_primary_makes_its_replica_unhealthy_within_seconds() {
+    let mut p = Node::new("silent-p");
+    p.as_primary().start();
+    let mut r = Node::new("silent-r");
+    r.as_replica_of(&p, "r").start_with_timeout(CLONE_TIMEOUT);
+    eventually("streaming", Duration::from_secs(30), || r.tool(&["health"]).0 == 0);
+    // The walsender freezes: the connection stays open, nothing arrives (a partition).
+    let sender = server_process(&p, "walsender");
+    kill(sender, Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    eventually("unhealthy", Duration::from_secs(30), || r.tool(&["health"]).0 == 1);
+    let took = frozen.elapsed();
+    let (_, why) = r.tool(&["health"]);
+    kill(sender, Signal::SIGCONT).unwrap();
+    assert!(took < Duration::from_secs(20), "noticed after {took:?}");
+    assert!(why.contains("nothing heard from the primary") || why.contains("not connected"), "{why}");
+    eprintln!("a silent primary noticed after {took:?}");
+    eventually("streaming again", Duration::from_secs(30), || r.tool(&["health"]).0 == 0);
+    assert_eq!(r.stop(), 0);
+    assert_eq!(p.stop(), 0);
+}
+
+#[test]
+fn a_primary_stops_cleanly_in_time_when_its_standby_is_unreachable() {
+    let mut p = Node::new("stop-unreach-p");
+    p.as_primary().start();
+    let mut r = Node::new("stop-unreach-r");
+    r.as_replica_of(&p, "r").start_with_timeout(CLONE_TIMEOUT);
+    p.client().batch_execute("CREATE TABLE t AS SELECT 1 AS x").unwrap();
+    let receiver = server_process(&r, "walreceiver");
+    kill(receiver, Signal::SIGSTOP).unwrap();
+    p.client().batch_execute("INSERT INTO t VALUES (2)").unwrap();
+    p.signal(Signal::SIGTERM as i32);
+    let (code, took) = p.wait_exit(Duration::from_secs(15));
+    kill(receiver, Signal::SIGCONT).unwrap();
+    assert_eq!(code, 0, "{}", p.output());
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(p.controldata_state(), "shut down");
+    eprintln!("stop with an unreachable standby took {took:?}");
+    assert_eq!(r.stop(), 0);
+}
