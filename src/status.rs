@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use crate::config::{Address, Config, ProcessInputs, Role};
 use crate::local::{describe, Local};
+use crate::native::member::{self, Answer, Credentials};
+use crate::render;
+use crate::server::Bin;
 
 const STATUS_SQL: &str = "
 SELECT jsonb_pretty(jsonb_build_object(
@@ -27,15 +31,55 @@ SELECT jsonb_pretty(jsonb_build_object(
                'lag_bytes', CASE WHEN NOT pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn) END,
                'replay_lag_seconds', extract(epoch FROM r.replay_lag),
                'slot', s.slot_name) ORDER BY r.application_name)
-        FROM pg_stat_replication r LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid), '[]'::jsonb)
+        FROM pg_stat_replication r LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid), '[]'::jsonb),
+  'peers', (SELECT coalesce(jsonb_agg(jsonb_build_object('address', a, 'state', st, 'timeline', tl, 'lsn', l)), '[]'::jsonb)
+              FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(a, st, tl, l))
 ))";
+
+/// Each member a replica knows (its primary and REPLICATION_PEERS) as it answers now: the
+/// LSNs to compare before choosing which replica to promote. A primary lists its replicas
+/// under `replicas` instead (it keeps no replication password file to ask with).
+type Peers = (Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<Option<String>>);
+
+fn peers(local: &Local) -> Peers {
+    let mut out: Peers = Default::default();
+    let Ok(config) = Config::from_inputs(&ProcessInputs) else { return out };
+    let Role::Replica(replica) = &config.role else { return out };
+    let Ok(bin) = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()) else { return out };
+    let passfile = local.path(render::PASSFILE);
+    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
+    let mut members = vec![Address { host: replica.primary_host.clone(), port: replica.primary_port }];
+    for peer in &replica.replication.peers {
+        if !members.contains(peer) {
+            members.push(peer.clone());
+        }
+    }
+    for address in members {
+        let (state, timeline, lsn) = match member::ask_now(&bin, &address, &creds) {
+            Answer::Identity(i) => {
+                let role = if i.standby { "standby" } else { "primary" };
+                (role.to_string(), Some(i.timeline as i32), Some(i.lsn.to_string()))
+            }
+            Answer::Unreachable(why) => (format!("unreachable: {why}"), None, None),
+            Answer::Rejected { variable, reason } => (format!("refused (check {variable}): {reason}"), None, None),
+        };
+        out.0.push(address.to_string());
+        out.1.push(state);
+        out.2.push(timeline);
+        out.3.push(lsn);
+    }
+    out
+}
 
 /// Prints the JSON; exit 0, or 1 with the reason on stderr when the server cannot be asked.
 pub fn run() -> i32 {
     let result = Local::find().map_err(|e| e.to_string()).and_then(|local| {
         let configured = configured_role(&local);
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let row = client.query_one(STATUS_SQL, &[&configured]).map_err(|e| describe(&e))?;
+        let (addresses, states, timelines, lsns) = peers(&local);
+        let row = client
+            .query_one(STATUS_SQL, &[&configured, &addresses, &states, &timelines, &lsns])
+            .map_err(|e| describe(&e))?;
         Ok(row.get::<_, String>(0))
     });
     match result {

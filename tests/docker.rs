@@ -3,6 +3,8 @@
 //! PostgreSQL 15 and 17 images offline and runs this file once for each.
 
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "s3cret 'q' $x \\b";
@@ -196,23 +198,128 @@ fn compose_stack_replicates_survives_a_partition_and_stops_cleanly() {
     assert!(!logs.contains(SECRET), "a password is in the log");
 }
 
+/// A client that records every commit the server acknowledged: one row per commit, numbered;
+/// after a fault, the acknowledged numbers missing from the surviving primary are counted.
+struct AckedWriter {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<i32>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AckedWriter {
+    /// Writes into `acks` on `host`:5432 until stopped (at most 5 minutes), reconnecting after errors.
+    fn start(host: String) -> AckedWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, acked2) = (stop.clone(), acked.clone());
+        let handle = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut client: Option<postgres::Client> = None;
+            let mut n = 0;
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
+                n += 1;
+                if client.is_none() {
+                    client = postgres::Config::new()
+                        .host(&host)
+                        .port(5432)
+                        .user("postgres")
+                        .password(SECRET)
+                        .dbname("postgres")
+                        .connect_timeout(Duration::from_secs(2))
+                        .connect(postgres::NoTls)
+                        .ok();
+                }
+                let ok = client.as_mut().is_some_and(|c| c.execute("INSERT INTO acks VALUES ($1)", &[&n]).is_ok());
+                if ok {
+                    acked2.lock().unwrap().push(n);
+                } else {
+                    client = None;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        });
+        AckedWriter { stop, acked, handle: Some(handle) }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn finish(mut self) -> Vec<i32> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Acknowledged numbers that `id`'s `acks` table does not have.
+fn missing_acks(id: &str, acked: &[i32]) -> usize {
+    let present: std::collections::HashSet<i32> =
+        sql(id, "SELECT n FROM acks").lines().filter_map(|l| l.trim().parse().ok()).collect();
+    acked.iter().filter(|n| !present.contains(n)).count()
+}
+
+fn address(id: &str) -> String {
+    docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id])
+}
+
 #[test]
 #[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
-fn synchronous_quorum_stack() {
+fn synchronous_stack_restarts_fails_over_and_loses_no_acknowledged_commit() {
     let p = Project::new("sync", &["compose.yaml", "compose.sync.yaml"]);
     p.compose(&["up", "-d"]);
     let (primary, r1, r2) = (p.id("primary"), p.id("replica-1"), p.id("replica-2"));
     for id in [&primary, &r1, &r2] {
         wait_healthy(id, Duration::from_secs(180));
     }
-    assert_eq!(sql(&primary, "SHOW synchronous_standby_names"), "ANY 1 (\"replica-1\", \"replica-2\")");
+    assert_eq!(sql(&primary, "SHOW synchronous_standby_names"), "ANY 1 (\"primary\", \"replica-1\", \"replica-2\")");
     eventually_sql(
         &primary,
         "SELECT string_agg(application_name || '=' || sync_state, ',' ORDER BY application_name) FROM pg_stat_replication",
         "replica-1=quorum,replica-2=quorum",
     );
-    sql(&primary, "CREATE TABLE q (x int); INSERT INTO q VALUES (1)");
-    eventually_sql(&r2, "SELECT count(*) FROM q", "1");
+    sql(&primary, "CREATE TABLE acks (n int PRIMARY KEY)");
+    let writer = AckedWriter::start(address(&primary));
+    wait_for("acknowledged commits", Duration::from_secs(60), || writer.count() >= 200);
+
+    // A synchronous primary restarted under load comes back (it used to hang for ever).
+    let restarting = Instant::now();
+    docker(&["restart", "-t", "10", &primary]);
+    wait_healthy(&primary, Duration::from_secs(60));
+    let back = restarting.elapsed();
+    let before = writer.count();
+    wait_for("commits after the restart", Duration::from_secs(60), || writer.count() >= before + 200);
+    eprintln!("synchronous primary: docker restart under load to healthy in {:.1} s", back.as_secs_f64());
+
+    // The primary dies under load; the most advanced replica is promoted.
+    docker(&["kill", &primary]);
+    let acked = writer.finish();
+    let mut promoted = None;
+    for id in [&r1, &r2] {
+        let out = run("docker", &["exec", id, "pg-entrypoint", "promote"]);
+        eprintln!("promote {}:\n{}", &id[..12], text(&out));
+        if out.status.success() {
+            promoted = Some(id.clone());
+            break;
+        }
+        assert!(text(&out).contains("instead"), "refused for another reason:\n{}", text(&out));
+    }
+    let promoted = promoted.expect("one replica could be promoted");
+    let missing = missing_acks(&promoted, &acked);
+    eprintln!("acknowledged commits: {}, missing on the promoted replica: {missing}", acked.len());
+    assert_eq!(missing, 0);
+
+    // The old primary comes back unchanged: it refuses to be a second primary.
+    docker(&["start", &primary]);
+    wait_for("the old primary exits 75", Duration::from_secs(60), || {
+        docker(&["inspect", "-f", "{{.State.ExitCode}}", &primary]) == "75"
+    });
+    let logs = text(&run("docker", &["logs", &primary]));
+    assert!(logs.contains("refusing to start as a writable primary"), "{logs}");
+    assert_ne!(docker(&["inspect", "-f", "{{.State.Health.Status}}", &primary]), "healthy");
+    docker(&["stop", &primary]);
 }
 
 #[test]

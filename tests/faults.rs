@@ -196,6 +196,12 @@ fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
     }
     p.kill_all();
 
+    // status shows what each member has, so the operator can see which replica to promote.
+    let (code, status) = r1.tool(&["status"]);
+    assert_eq!(code, 0, "{status}");
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let r2_view = json["peers"].as_array().unwrap().iter().find(|p| p["address"] == format!("127.0.0.1:{}", r2.port));
+    assert_eq!(r2_view.map(|p| p["state"].clone()), Some("standby".into()), "{status}");
     let (code, out) = r1.tool(&["promote"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("127.0.0.1:{} has received WAL up to", r2.port)), "{out}");
@@ -229,7 +235,9 @@ fn a_replica_started_before_its_primary_gets_its_slot_once_the_primary_answers()
     eventually("the slot exists and the replica streams through it", Duration::from_secs(45), || {
         try_query(&p, "(SELECT active FROM pg_replication_slots WHERE slot_name = 'late')") == "true"
     });
-    assert!(r.output().contains("created the missing replication slot"), "{}", r.output());
+    eventually("the keeper says so", Duration::from_secs(15), || {
+        r.output().contains("created the missing replication slot")
+    });
     assert!(!p.output().contains("already exists"), "the slot probe must not log errors on the primary");
     assert_eq!(r.stop(), 0);
     assert_eq!(p.stop(), 0);
