@@ -153,6 +153,11 @@ fn check(postgres_args: &[String]) -> i32 {
     println!("port, socket:    {}, {}", plan.endpoint.port, plan.endpoint.socket_dir.display());
     if let Some(r) = c.replication() {
         println!("replication:     user {} (password {})", r.user, password(true));
+        let peers: Vec<String> = r.peers.iter().map(ToString::to_string).collect();
+        println!(
+            "peers:           {}",
+            if peers.is_empty() { "none (REPLICATION_PEERS)".into() } else { peers.join(", ") }
+        );
     }
     if let config::Role::Replica(r) = &c.role {
         println!(

@@ -126,16 +126,13 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
             replica::rejoin(ctx, sup, replica)?;
             replica::converge(ctx, sup, replica, true)
         }
-        (State::Cluster { standby: true }, role) => {
-            if let Role::Primary(replication) = role {
-                fence::before_writable(ctx, sup, replication)?;
-            }
+        (State::Cluster { standby: true }, _) => {
             promote::promote_standby(ctx, sup)?;
             converge::existing_cluster(ctx, sup)
         }
         (State::Cluster { standby: false }, role) => {
             if let Role::Primary(replication) = role {
-                fence::before_writable(ctx, sup, replication)?;
+                fence::before_writable(ctx, sup, replication, None)?;
             }
             converge::existing_cluster(ctx, sup)
         }

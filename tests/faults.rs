@@ -70,6 +70,7 @@ fn a_synchronous_primary_restarts_and_its_single_user_session_neither_blocks_nor
     let started = Instant::now();
     primary.start_with_timeout(Duration::from_secs(30));
     assert!(started.elapsed() < Duration::from_secs(15), "restart took {:?}", started.elapsed());
+    eprintln!("a synchronous primary restarted to ready in {:?}", started.elapsed());
     assert!(primary.output().contains("applying the replication role"), "{}", primary.output());
     assert_eq!(primary.query_one("current_setting('synchronous_standby_names')"), "ANY 1 (\"replica-1\")");
     let roles =
@@ -144,6 +145,7 @@ fn an_old_primary_returning_after_a_promotion_is_never_writable() {
     let (code, out) = p.run_to_exit(&[]);
     assert_eq!(code, 75, "{out}");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    eprintln!("the old primary refused to start in {:?}", started.elapsed());
     assert!(out.contains("refusing to start as a writable primary"), "{out}");
     assert!(out.contains("writable primary of this cluster (timeline 2)"), "{out}");
     // r2, still a standby, refuses to be promoted while r1 is the writable primary.
@@ -207,6 +209,16 @@ fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
     assert!(out.contains(&format!("127.0.0.1:{} has received WAL up to", r2.port)), "{out}");
     assert!(out.contains("would lose commits that were acknowledged"), "{out}");
     assert_eq!(try_query(&r1, "pg_is_in_recovery()"), "true", "r1 stays a standby");
+    // Nor does a restart as primary promote it (README failover, step 2).
+    assert_eq!(r1.stop(), 0);
+    let replica_env = r1.env.clone();
+    r1.unset("PRIMARY_HOST").unset("PRIMARY_PORT").as_primary();
+    let (code, out) = r1.run_to_exit(&[]);
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} has received WAL up to", r2.port)), "{out}");
+    r1.env = replica_env;
+    r1.start();
+    assert_eq!(r1.query_one("pg_is_in_recovery()"), "true", "still a standby, nothing changed");
     // The most advanced replica is promoted and has every acknowledged commit.
     let (code, out) = r2.tool(&["promote"]);
     assert_eq!(code, 0, "{out}");
@@ -232,9 +244,11 @@ fn a_replica_started_before_its_primary_gets_its_slot_once_the_primary_answers()
     r.start();
     assert!(r.output().contains("primary not reachable now"), "{}", r.output());
     p.start();
+    let primary_up = Instant::now();
     eventually("the slot exists and the replica streams through it", Duration::from_secs(45), || {
         try_query(&p, "(SELECT active FROM pg_replication_slots WHERE slot_name = 'late')") == "true"
     });
+    eprintln!("the replica streamed through its new slot {:?} after the primary was up", primary_up.elapsed());
     eventually("the keeper says so", Duration::from_secs(15), || {
         r.output().contains("created the missing replication slot")
     });

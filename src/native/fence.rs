@@ -82,11 +82,17 @@ pub fn describe(address: &Address, answer: &Answer) -> String {
 
 /// At start, before a data directory becomes a writable primary: asks every peer (one quick
 /// attempt each) and refuses with [`StepError::Fenced`] when one shows it must not.
-pub fn before_writable(ctx: &Context, sup: &mut Supervisor, replication: &Replication) -> Result<(), StepError> {
+/// `lsn`: for a standby promoted at start, the WAL it has (compared with the other standbys).
+pub fn before_writable(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    replication: &Replication,
+    lsn: Option<Lsn>,
+) -> Result<(), StepError> {
     if replication.peers.is_empty() {
         return Ok(());
     }
-    let me = local_identity(ctx, sup)?;
+    let me = Me { lsn, ..local_identity(ctx, sup)? };
     let pgdata = &ctx.config.pgdata;
     let passfile = pgdata.join(render::PASSFILE);
     files::write_passfile(&passfile, replication)?;

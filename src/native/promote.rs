@@ -147,6 +147,15 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepEr
     files::write_config(ctx.config, ctx.settings, pgdata)
         .map_err(DataDirError::io(pgdata, "cannot write the configuration"))?;
     let server = TempServer::start(ctx, sup, pgdata, &["standby", "ready"])?;
+    if let Role::Primary(replication) = &ctx.config.role {
+        // Compared with the peers once all the WAL this standby received is replayed.
+        let fenced =
+            replayed_wal(ctx, sup, &server).and_then(|lsn| fence::before_writable(ctx, sup, replication, Some(lsn)));
+        if let Err(e) = fenced {
+            server.stop(sup)?;
+            return Err(e);
+        }
+    }
     let mut cmd = step::tool(ctx.bin, "pg_ctl");
     cmd.arg("promote").arg("-D").arg(pgdata).args(["-w", "-t", "120"]).stdout(Stdio::null());
     let promoted = step::run(sup, "pg_ctl promote", &mut cmd, Kind::Tool);
@@ -154,4 +163,30 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepEr
     promoted?;
     tracing::warn!("promoted: this server is no longer a standby");
     Ok(())
+}
+
+/// The temporary standby's replay position once it stops moving (it replays what is in
+/// pg_wal, then waits for more that never comes: it follows no one now).
+fn replayed_wal(ctx: &Context, sup: &mut Supervisor, server: &TempServer) -> Result<Lsn, StepError> {
+    let mut last: Option<Lsn> = None;
+    // Four reads a second for at most 30 s; replaying local WAL takes far less.
+    for _ in 0..120 {
+        let mut psql = step::tool(ctx.bin, "psql");
+        server.client_env(&mut psql, &ctx.config.superuser, "postgres");
+        psql.args(["-X", "-A", "-t", "-c", "SELECT pg_last_wal_replay_lsn()"]);
+        let out = step::run_captured(sup, "psql (reading the replay position)", &mut psql, false)?;
+        let Some(lsn) = Lsn::parse(&out.stdout).filter(|_| out.code == 0) else {
+            return Err(StepError::Failed { what: format!("psql ({})", out.stderr.trim()), code: out.code });
+        };
+        if last == Some(lsn) {
+            return Ok(lsn);
+        }
+        last = Some(lsn);
+        let paused = sup.pause(Duration::from_millis(250));
+        match paused.map_err(|source| StepError::Spawn { what: "waiting for replay".into(), source })? {
+            Some(sig) => return Err(StepError::Stopped(sig)),
+            None => {}
+        }
+    }
+    Ok(last.unwrap_or(Lsn(0)))
 }
