@@ -180,3 +180,11 @@ pub fn finish(sup: &mut Supervisor, what: &str, pid: Pid, kind: Kind) -> Result<
     }
     Ok(())
 }
+
+/// Sleeps for `duration` while staying PID 1 (orphans reaped); a stop request ends it.
+pub fn pause(sup: &mut Supervisor, duration: std::time::Duration, what: &str) -> Result<(), StepError> {
+    match sup.pause(duration).map_err(|source| StepError::Spawn { what: what.into(), source })? {
+        Some(sig) => Err(StepError::Stopped(sig)),
+        None => Ok(()),
+    }
+}

@@ -182,11 +182,7 @@ fn replayed_wal(ctx: &Context, sup: &mut Supervisor, server: &TempServer) -> Res
             return Ok(lsn);
         }
         last = Some(lsn);
-        let paused = sup.pause(Duration::from_millis(250));
-        match paused.map_err(|source| StepError::Spawn { what: "waiting for replay".into(), source })? {
-            Some(sig) => return Err(StepError::Stopped(sig)),
-            None => {}
-        }
+        step::pause(sup, Duration::from_millis(250), "waiting for replay")?;
     }
     Ok(last.unwrap_or(Lsn(0)))
 }

@@ -99,18 +99,11 @@ fn wait_for_primary(
                     last_logged = Some((Instant::now(), reason));
                 }
                 let left = replica.wait_timeout.saturating_sub(elapsed);
-                pause(sup, backoff(attempt).min(left), "waiting for the primary")?;
+                step::pause(sup, backoff(attempt).min(left), "waiting for the primary")?;
             }
         }
     }
     unreachable!("the loop returns")
-}
-
-fn pause(sup: &mut Supervisor, duration: Duration, what: &str) -> Result<(), StepError> {
-    match sup.pause(duration).map_err(|source| StepError::Spawn { what: what.into(), source })? {
-        Some(sig) => Err(StepError::Stopped(sig)),
-        None => Ok(()),
-    }
 }
 
 /// The primary must be of this data directory's cluster (when there is one).
@@ -198,7 +191,7 @@ fn clone_into(
             wait_s = wait.as_secs(),
             "the last {failures} clone(s) failed ({last_reason}); waiting before cloning again"
         );
-        pause(sup, wait, "waiting before cloning again")?;
+        step::pause(sup, wait, "waiting before cloning again")?;
     }
     ensure_slot(ctx, sup, replica, passfile, primary.slot)?;
     let started = Instant::now();
