@@ -321,3 +321,45 @@ fn a_primary_stops_cleanly_in_time_when_its_standby_is_unreachable() {
     eprintln!("stop with an unreachable standby took {took:?}");
     assert_eq!(r.stop(), 0);
 }
+
+#[test]
+fn a_clone_that_runs_out_of_space_says_so_and_the_next_one_waits() {
+    let mut p = Node::new("nospace-p");
+    p.as_primary().start();
+    let mut r = Node::new("nospace-r");
+    r.as_replica_of(&p, "r");
+    // PGDATA on a file system smaller than the primary (about 40 MB).
+    std::fs::create_dir_all(&r.pgdata).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m,mode=0700"])
+        .arg("tmpfs")
+        .arg(&r.pgdata)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs (the test runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(r.pgdata.clone());
+
+    let (code, out) = r.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the clone failed: no space left on the device of PGDATA"), "{out}");
+    let staging = r.pgdata.join(".pg-entrypoint-bootstrap");
+    assert!(!staging.join("pgpass").exists(), "the password file outlived the failed clone");
+
+    // The next start waits before cloning again (a restart loop must not hammer the primary),
+    // and a stop ends the wait at once.
+    r.spawn(&[]);
+    eventually("the wait is announced", Duration::from_secs(30), || r.output().contains("waiting before cloning again"));
+    assert!(r.output().contains("the last 1 clone(s) failed (no space left on device)"), "{}", r.output());
+    r.signal(Signal::SIGTERM as i32);
+    let (code, took) = r.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, 143, "{}", r.output());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(!staging.join("pgpass").exists());
+    assert_eq!(p.stop(), 0);
+}
