@@ -354,7 +354,9 @@ fn a_clone_that_runs_out_of_space_says_so_and_the_next_one_waits() {
     // The next start waits before cloning again (a restart loop must not hammer the primary),
     // and a stop ends the wait at once.
     r.spawn(&[]);
-    eventually("the wait is announced", Duration::from_secs(30), || r.output().contains("waiting before cloning again"));
+    eventually("the wait is announced", Duration::from_secs(30), || {
+        r.output().contains("waiting before cloning again")
+    });
     assert!(r.output().contains("the last 1 clone(s) failed (no space left on device)"), "{}", r.output());
     r.signal(Signal::SIGTERM as i32);
     let (code, took) = r.wait_exit(Duration::from_secs(10));
