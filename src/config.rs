@@ -143,6 +143,8 @@ const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "tr
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const OVERRIDE_PREFIX: &str = "POSTGRESQL_CONFIG_";
+/// A secret file larger than this is a mistake (`/dev/zero`, a disk image).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// Where the inputs come from: the process environment, the secret files, the hostname.
 pub trait Inputs {
@@ -150,6 +152,10 @@ pub trait Inputs {
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
     fn read_file(&self, path: &Path) -> std::io::Result<String>;
     fn hostname(&self) -> String;
+    /// True when the variable is set to bytes that are not UTF-8 (`var` gives them lossily).
+    fn not_utf8(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The real process environment.
@@ -165,11 +171,28 @@ impl Inputs for ProcessInputs {
             .filter(|(k, _)| k.starts_with(prefix))
             .collect()
     }
+    /// A secret file: a regular file (symbolic links followed, as Kubernetes mounts them) of at
+    /// most [`MAX_SECRET_FILE`] bytes. Opened without blocking, so a FIFO cannot hang the start.
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        use std::io::{Error, ErrorKind, Read};
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        }
+        let mut text = String::new();
+        file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_SECRET_FILE {
+            return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {MAX_SECRET_FILE} bytes")));
+        }
+        Ok(text)
     }
     fn hostname(&self) -> String {
         nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+    fn not_utf8(&self, name: &str) -> bool {
+        std::env::var_os(name).is_some_and(|v| v.to_str().is_none())
     }
 }
 
@@ -227,8 +250,15 @@ impl Parser<'_> {
         self.problems.push(Problem { variable: variable.to_string(), message: message.into() });
     }
 
-    /// A variable; empty counts as unset, as in the official image.
-    fn var(&self, name: &str) -> Option<String> {
+    /// A variable; empty counts as unset, as in the official image. Bytes that are not UTF-8
+    /// are refused (a password altered by a lossy conversion would silently not work).
+    fn var(&mut self, name: &str) -> Option<String> {
+        if self.inputs.not_utf8(name) {
+            if !self.problems.iter().any(|p| p.variable == name) {
+                self.problem(name, "is not valid UTF-8; accepted: UTF-8 text");
+            }
+            return None;
+        }
         self.inputs.var(name).filter(|v| !v.is_empty())
     }
 
@@ -314,6 +344,15 @@ impl Parser<'_> {
         let pgdata = PathBuf::from(self.var("PGDATA").unwrap_or_else(|| DEFAULT_PGDATA.to_string()));
         if !pgdata.is_absolute() {
             self.problem("PGDATA", format!("{:?} is not an absolute path", pgdata));
+        } else if pgdata.to_string_lossy().chars().any(char::is_control) {
+            self.problem("PGDATA", format!("{pgdata:?} contains a control character"));
+        } else if is_system_directory(&pgdata) {
+            self.problem(
+                "PGDATA",
+                format!(
+                    "{pgdata:?} is a system directory; accepted: a directory of its own, e.g. /var/lib/postgresql/data"
+                ),
+            );
         }
         let superuser = self.identifier("POSTGRES_USER", "postgres");
         if superuser.contains(['"', '$', '\'', '\\']) {
@@ -351,6 +390,12 @@ impl Parser<'_> {
             PathBuf::from(self.var("INIT_SCRIPTS_DIR").unwrap_or_else(|| DEFAULT_INIT_SCRIPTS_DIR.to_string()));
         let bindir = self.var("PG_BINDIR").map(PathBuf::from);
         let shutdown_timeout = self.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(8));
+        if let Some(level) = self.var("LOG_LEVEL").filter(|l| parse_log_level(l).is_none()) {
+            self.problem("LOG_LEVEL", format!("{level:?} is not accepted; accepted: error, warn, info, debug, trace"));
+        }
+        if let Some(format) = self.var("LOG_FORMAT").filter(|f| parse_log_format(f).is_none()) {
+            self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
+        }
         let overrides = self.overrides();
         let role = self.role(&superuser)?;
         if matches!(role, Role::Primary(_)) {
@@ -375,6 +420,13 @@ impl Parser<'_> {
     fn overrides(&mut self) -> Vec<(String, String)> {
         let mut overrides: Vec<(String, String)> = Vec::new();
         for (var, value) in self.inputs.vars_with_prefix(OVERRIDE_PREFIX) {
+            if self.inputs.not_utf8(&var) {
+                self.problem(&var, "is not valid UTF-8; accepted: UTF-8 text");
+                continue;
+            }
+            if value.is_empty() {
+                continue; // empty counts as unset, as for every variable
+            }
             let name = var[OVERRIDE_PREFIX.len()..].to_ascii_lowercase();
             let valid = !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
@@ -384,6 +436,12 @@ impl Parser<'_> {
                 self.problem(
                     &var,
                     "is not a setting name; accepted: POSTGRESQL_CONFIG_<NAME> with letters, digits, '_' and '.'",
+                );
+            } else if ["include", "include_dir", "include_if_exists"].contains(&name.as_str()) {
+                self.problem(
+                    &var,
+                    "is an include directive, not a setting: it would bypass the settings refused here; \
+                     accepted: POSTGRESQL_CONFIG_<NAME> for each setting",
                 );
             } else if ["data_directory", "config_file", "hba_file", "ident_file"].contains(&name.as_str()) {
                 self.problem(
@@ -535,8 +593,13 @@ impl Parser<'_> {
 
     fn replica_settings(&mut self) -> Option<(String, u16, String, Duration, bool)> {
         let host = self.var("PRIMARY_HOST");
-        if host.is_none() {
-            self.problem("PRIMARY_HOST", "is required for a replica: the host name or address of the primary");
+        match &host {
+            None => self.problem("PRIMARY_HOST", "is required for a replica: the host name or address of the primary"),
+            Some(h) if h.chars().any(|c| c.is_control() || c.is_whitespace()) => self.problem(
+                "PRIMARY_HOST",
+                format!("{h:?} contains a space or control character; accepted: a host name or an address"),
+            ),
+            Some(_) => {}
         }
         let port = self.port("PRIMARY_PORT", 5432);
         let name_var = if self.var("REPLICA_NAME").is_none() && self.var("REPLICATION_APPNAME").is_some() {
@@ -601,6 +664,61 @@ impl Parser<'_> {
         }
         SyncSettings { mode, count, names }
     }
+}
+
+/// `LOG_LEVEL`, in any case.
+pub fn parse_log_level(value: &str) -> Option<tracing::Level> {
+    match value.to_ascii_lowercase().as_str() {
+        "error" => Some(tracing::Level::ERROR),
+        "warn" => Some(tracing::Level::WARN),
+        "info" => Some(tracing::Level::INFO),
+        "debug" => Some(tracing::Level::DEBUG),
+        "trace" => Some(tracing::Level::TRACE),
+        _ => None,
+    }
+}
+
+/// `LOG_FORMAT`: true for JSON lines, false for text.
+pub fn parse_log_format(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "text" => Some(false),
+        "json" => Some(true),
+        _ => None,
+    }
+}
+
+/// Directories of the operating system that must never become a data directory (root would
+/// hand them to the postgres user).
+fn is_system_directory(path: &Path) -> bool {
+    const SYSTEM: &[&str] = &[
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/var/run",
+        "/var/log",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/bin",
+        "/usr/lib",
+    ];
+    let normal: PathBuf = path.components().collect();
+    SYSTEM.iter().any(|s| normal == Path::new(s))
 }
 
 /// `host`, `host:port` or `[ipv6]:port`; the port defaults to 5432.
@@ -698,6 +816,41 @@ mod tests {
                 "REPLICATION_PEERS: \"db:99999\" is not an address; accepted: a comma-separated list of host, host:port or [ipv6]:port",
             ]
         );
+    }
+
+    #[test]
+    fn paths_hosts_log_settings_and_includes_are_checked() {
+        let out = problems(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("PGDATA", "/usr/"),
+            ("LOG_LEVEL", "loud"),
+            ("LOG_FORMAT", "xml"),
+            ("POSTGRESQL_CONFIG_INCLUDE_DIR", "/etc"),
+            ("POSTGRESQL_CONFIG_WORK_MEM", ""),
+        ]);
+        assert_eq!(
+            out,
+            [
+                "PGDATA: \"/usr/\" is a system directory; accepted: a directory of its own, e.g. /var/lib/postgresql/data",
+                "LOG_LEVEL: \"loud\" is not accepted; accepted: error, warn, info, debug, trace",
+                "LOG_FORMAT: \"xml\" is not accepted; accepted: text, json",
+                "POSTGRESQL_CONFIG_INCLUDE_DIR: is an include directive, not a setting: it would bypass the settings \
+                 refused here; accepted: POSTGRESQL_CONFIG_<NAME> for each setting",
+            ]
+        );
+        assert!(problems(&[("POSTGRES_PASSWORD", "pw"), ("PGDATA", "/data\n2")])[0].contains("control character"));
+        let replica = [
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "replica"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("PRIMARY_HOST", "db 1"),
+        ];
+        assert!(problems(&replica)[0].starts_with("PRIMARY_HOST: \"db 1\" contains a space"));
+        // An empty override counts as unset.
+        let c =
+            parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_WORK_MEM", ""), ("LOG_LEVEL", "WARN")]).unwrap();
+        assert!(c.overrides.is_empty());
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub enum DataDirError {
          (with a volume mounted at the data directory, use a subdirectory of the mount)"
     )]
     Foreign { pgdata: PathBuf, entries: String },
+    #[error(
+        "PGDATA {pgdata:?} is {what}; refusing to touch it. Set PGDATA to a directory (the real path, \
+         not a link: root never follows a link in PGDATA)"
+    )]
+    NotADirectory { pgdata: PathBuf, what: &'static str },
     #[error("PGDATA {pgdata:?}: {action}: {source}")]
     Io { pgdata: PathBuf, action: String, source: io::Error },
 }
@@ -53,6 +58,26 @@ impl DataDirError {
     pub fn io(pgdata: &Path, action: impl Into<String>) -> impl FnOnce(io::Error) -> DataDirError + '_ {
         let action = action.into();
         move |source| DataDirError::Io { pgdata: pgdata.to_path_buf(), action, source }
+    }
+}
+
+/// Before anything is created, chowned or chmodded: PGDATA is missing, or a directory (not a
+/// link to one) that is empty, ours or a cluster. Anything else is refused untouched.
+pub fn check_before_touching(pgdata: &Path) -> Result<(), DataDirError> {
+    match fs::symlink_metadata(pgdata) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DataDirError::io(pgdata, "cannot inspect")(e)),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(DataDirError::NotADirectory { pgdata: pgdata.into(), what: "a symbolic link" })
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(DataDirError::NotADirectory { pgdata: pgdata.into(), what: "not a directory" })
+        }
+        Ok(_) => {}
+    }
+    match inspect(pgdata)? {
+        State::Foreign(entries) => Err(refuse(pgdata, &entries)),
+        _ => Ok(()),
     }
 }
 

@@ -31,7 +31,10 @@ pub fn parse_max_lag(text: &str) -> Result<MaxLag, String> {
         "GB" => bytes(1 << 30),
         "ms" => Ok(MaxLag::Time(Duration::from_millis(n))),
         "s" => Ok(MaxLag::Time(Duration::from_secs(n))),
-        "m" | "min" => Ok(MaxLag::Time(Duration::from_secs(n * 60))),
+        "m" | "min" => n
+            .checked_mul(60)
+            .map(|s| MaxLag::Time(Duration::from_secs(s)))
+            .ok_or_else(|| format!("--max-lag: {text:?} is too large")),
         other => Err(format!("--max-lag: unknown unit {other:?}; accepted: B, kB, MB, GB (bytes) or ms, s, m (time)")),
     }
 }
@@ -156,6 +159,7 @@ mod tests {
         assert_eq!(parse_max_lag("500ms"), Ok(MaxLag::Time(Duration::from_millis(500))));
         assert!(parse_max_lag("fast").is_err());
         assert!(parse_max_lag("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_max_lag("999999999999999999m").unwrap_err().contains("too large"));
     }
 
     #[test]

@@ -81,13 +81,24 @@ fn main() {
 }
 
 fn real_main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // Another command gets its arguments as they are, bytes included.
+    let is_command = raw
+        .first()
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| !a.starts_with('-') && !SUBCOMMANDS.contains(&a) && a != "postgres");
+    if is_command {
+        return supervise::exec(&raw);
+    }
+    let Some(args) = raw.iter().map(|a| a.to_str().map(String::from)).collect::<Option<Vec<String>>>() else {
+        eprintln!("pg-entrypoint: an argument is not valid UTF-8; postgres settings and our options must be");
+        return 2;
+    };
     let first = args.first().map(String::as_str);
     match first {
         None => return run(&[]),
         Some("postgres") => return run(&args[1..]),
         Some(a) if a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version") => return run(&args),
-        Some(a) if !SUBCOMMANDS.contains(&a) && !a.starts_with('-') => return supervise::exec(&args),
         _ => {}
     }
     match Cli::parse().command {
@@ -120,10 +131,12 @@ fn run(postgres_args: &[String]) -> i32 {
 /// `LOG_FORMAT=json` for one JSON object per line; text otherwise. `LOG_LEVEL` is `error`,
 /// `warn`, `info` (default), `debug` or `trace`. Logs go to stderr.
 fn init_logging() {
-    let level =
-        std::env::var("LOG_LEVEL").ok().and_then(|l| l.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
+    // Invalid values are reported by the configuration check; the defaults serve until then.
+    let var = |name: &str| std::env::var(name).ok();
+    let level = var("LOG_LEVEL").as_deref().and_then(config::parse_log_level).unwrap_or(tracing::Level::INFO);
+    let json = var("LOG_FORMAT").as_deref().and_then(config::parse_log_format).unwrap_or(false);
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_max_level(level);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+    if json {
         builder.json().init();
     } else {
         builder.with_target(false).init();

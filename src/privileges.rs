@@ -7,7 +7,14 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{chown, setgid, setgroups, setuid, Gid, Uid};
+use std::ffi::{CString, OsStr};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fchmod, fstat, fstatat, Mode, SFlag};
+use nix::unistd::{chown, fchown, fchownat, setgid, setgroups, setuid, Gid, Uid};
 
 pub const SERVICE_USER: &str = "postgres";
 
@@ -78,14 +85,20 @@ fn prepare_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Erro
 /// to the account, its contents are not walked (no recursive chown of a big cluster at boot).
 pub fn prepare_as_root(pgdata: &Path, extra_dirs: &[PathBuf], account: &Account) -> Result<(), PrivilegeError> {
     make_owned_dir(pgdata, account, 0o700)?;
-    let meta = fs::metadata(pgdata).map_err(prepare_err(pgdata, "inspect"))?;
-    if meta.uid() != account.uid {
-        tracing::info!(path = %pgdata.display(), "PGDATA belongs to another user; fixing ownership where it is wrong");
-        fix_ownership(pgdata, account)?;
-    }
-    let mode = meta.permissions().mode() & 0o777;
+    // From here on PGDATA is an open descriptor: a directory swapped for a link cannot
+    // redirect the mode change or the ownership walk.
+    let dir = Dir::open(pgdata, WALK_FLAGS, Mode::empty()).map_err(|e| prepare_err(pgdata, "open")(e.into()))?;
+    let meta = fstat(dir.as_raw_fd()).map_err(|e| prepare_err(pgdata, "inspect")(e.into()))?;
+    let mode = meta.st_mode & 0o777;
     if mode != 0o700 && mode != 0o750 {
-        fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700)).map_err(prepare_err(pgdata, "chmod 0700"))?;
+        fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(0o700))
+            .map_err(|e| prepare_err(pgdata, "chmod 0700")(e.into()))?;
+    }
+    if meta.st_uid != account.uid {
+        tracing::info!(path = %pgdata.display(), "PGDATA belongs to another user; fixing ownership where it is wrong");
+        let (uid, gid) = (Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid)));
+        fchown(dir.as_raw_fd(), uid, gid).map_err(|e| prepare_err(pgdata, "chown")(e.into()))?;
+        fix_ownership(dir, pgdata, account)?;
     }
     for dir in extra_dirs {
         make_owned_dir(dir, account, 0o2775)?;
@@ -104,21 +117,34 @@ fn make_owned_dir(dir: &Path, account: &Account, mode: u32) -> Result<(), Privil
         .map_err(|e| prepare_err(dir, "chown")(e.into()))
 }
 
-fn fix_ownership(path: &Path, account: &Account) -> Result<(), PrivilegeError> {
-    let meta = fs::symlink_metadata(path).map_err(prepare_err(path, "inspect"))?;
-    if meta.uid() != account.uid || meta.gid() != account.gid {
-        nix::unistd::fchownat(
-            None,
-            path,
-            Some(Uid::from_raw(account.uid)),
-            Some(Gid::from_raw(account.gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| prepare_err(path, "chown")(e.into()))?;
-    }
-    if meta.is_dir() {
-        for entry in fs::read_dir(path).map_err(prepare_err(path, "list"))? {
-            fix_ownership(&entry.map_err(prepare_err(path, "list"))?.path(), account)?;
+/// Directories of the walk: opened without following a link, as directories only.
+const WALK_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+
+/// Gives `account` every entry under `dir` whose owner is wrong. Entries are named relative to
+/// the open directory, never by full path, and no symbolic link is followed (a link's own
+/// owner is changed), so a process of the volume's owner swapping a directory for a link
+/// during the walk makes it fail, never chown anything outside PGDATA.
+fn fix_ownership(mut dir: Dir, path: &Path, account: &Account) -> Result<(), PrivilegeError> {
+    let names: Vec<CString> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
+        .collect();
+    let fd = dir.as_raw_fd();
+    let (uid, gid) = (Uid::from_raw(account.uid), Gid::from_raw(account.gid));
+    for name in names {
+        let entry_path = path.join(OsStr::from_bytes(name.as_bytes()));
+        let entry = entry_path.as_path();
+        let err = |action: &'static str| move |e: nix::Error| prepare_err(entry, action)(e.into());
+        let meta = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(err("inspect"))?;
+        if meta.st_uid != account.uid || meta.st_gid != account.gid {
+            fchownat(Some(fd), name.as_c_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(err("chown"))?;
+        }
+        if SFlag::from_bits_truncate(meta.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR {
+            let sub = Dir::openat(Some(fd), name.as_c_str(), WALK_FLAGS, Mode::empty()).map_err(err("open"))?;
+            fix_ownership(sub, &entry_path, account)?;
         }
     }
     Ok(())

@@ -126,7 +126,11 @@ pub fn setting_args(args: &[String]) -> Vec<(String, String)> {
                 }
                 continue;
             }
-            None if arg.len() >= 2 && arg.starts_with('-') => (&arg[..2], &arg[2..]),
+            // `-c...`: a dash and one character (any character, so never slice inside one).
+            None if arg.starts_with('-') && arg.chars().count() >= 2 => {
+                let split = arg.char_indices().nth(2).map_or(arg.len(), |(i, _)| i);
+                arg.split_at(split)
+            }
             None => continue,
         };
         let name = match flag {
@@ -176,6 +180,8 @@ mod tests {
             "-h",
             "*",
             "-F",
+            "-é",
+            "-",
         ]));
         let expected: Vec<(String, String)> = [
             ("port", "6000"),

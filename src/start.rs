@@ -52,6 +52,10 @@ pub fn run(postgres_args: &[String]) -> i32 {
             return exit::STARTUP_FAILED;
         }
     };
+    if let Err(e) = datadir::check_before_touching(&plan.config.pgdata) {
+        tracing::error!("{e}");
+        return exit::STARTUP_FAILED;
+    }
     if let Err(e) = prepare(&plan) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;

@@ -371,9 +371,9 @@ pub fn trim_resident_code() {
 
 /// Replaces this process with `argv` (`docker run IMAGE bash`). Returns only on failure,
 /// with the shell's exit code: 127 when not found, 126 when it cannot be executed.
-pub fn exec(argv: &[String]) -> i32 {
+pub fn exec<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> i32 {
     let err = Command::new(&argv[0]).args(&argv[1..]).exec();
-    eprintln!("pg-entrypoint: cannot execute {:?}: {err}", argv[0]);
+    eprintln!("pg-entrypoint: cannot execute {:?}: {err}", argv[0].as_ref());
     if err.kind() == io::ErrorKind::NotFound {
         127
     } else {

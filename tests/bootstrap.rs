@@ -102,6 +102,11 @@ fn a_foreign_non_empty_pgdata_is_refused_and_left_untouched() {
     assert!(out.contains("is not empty and is not a PostgreSQL cluster") && out.contains("precious.txt"), "{out}");
     assert_eq!(fs::read_to_string(node.pgdata.join("precious.txt")).unwrap(), "do not delete");
     assert_eq!(fs::read_dir(&node.pgdata).unwrap().count(), 1);
+    // Classified before anything changed: still root's, mode as it was.
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(node.pgdata.join("precious.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
+    assert_eq!(fs::metadata(&node.pgdata).unwrap().uid(), 0);
 }
 
 #[test]

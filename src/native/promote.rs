@@ -60,6 +60,33 @@ pub fn promote_running(force: bool) -> i32 {
     }
 }
 
+/// Creates the marker without following a link (this command often runs as root, in a
+/// directory the postgres user controls), owned like PGDATA so that clones can read it.
+fn write_marker(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let created =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(path);
+    let mut file = match created {
+        Ok(file) => file,
+        // Left by an earlier attempt that timed out: keep it (it is ours if it is no link).
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if fs::symlink_metadata(path)?.file_type().is_symlink() {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is a symbolic link"));
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let owner = fs::metadata(path.parent().unwrap_or(std::path::Path::new(".")))?;
+    nix::unistd::fchown(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        Some(nix::unistd::Uid::from_raw(owner.uid())),
+        Some(nix::unistd::Gid::from_raw(owner.gid())),
+    )?;
+    file.write_all(b"promoted by pg-entrypoint promote\n")
+}
+
 /// What this standby has: its cluster, timeline and WAL (received or replayed, the larger).
 const STANDBY_POSITION_SQL: &str = "SELECT (SELECT system_identifier FROM pg_control_system())::text,
        greatest((SELECT timeline_id FROM pg_control_checkpoint()),
@@ -86,7 +113,7 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
         ask_before_promoting(&local, &me)?;
     }
     let marker = local.path(PROMOTED_MARKER);
-    fs::write(&marker, b"promoted by pg-entrypoint promote\n").map_err(|e| format!("cannot write {marker:?}: {e}"))?;
+    write_marker(&marker).map_err(|e| format!("cannot write {marker:?}: {e}"))?;
     let promoted =
         client.query_one("SELECT pg_promote(true, 60)", &[]).map_err(|e| describe(&e)).map(|r| r.get::<_, bool>(0));
     match promoted {

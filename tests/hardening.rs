@@ -1,0 +1,114 @@
+//! Root never touches what it has not classified, and bad input is refused before anything
+//! is written: the process-level cases of the hardening audit.
+
+mod common;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_system_directory_as_pgdata_is_refused_by_check_and_run() {
+    let mut node = Node::new("pgdata-root");
+    node.set("PGDATA", "/");
+    let (code, out) = node.tool(&["check"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("PGDATA: \"/\" is a system directory"), "{out}");
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+}
+
+#[test]
+fn a_pgdata_that_is_a_link_or_a_file_is_refused_untouched() {
+    let mut node = Node::new("pgdata-link");
+    // A link to a directory root must not chmod (e.g. one of the system's).
+    let target = node.dir.0.join("elsewhere");
+    fs::create_dir_all(&target).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&target, &node.pgdata).unwrap();
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is a symbolic link; refusing to touch it"), "{out}");
+    let meta = fs::metadata(&target).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o755), "the link's target was changed");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+
+    // A file (say, a copy of a root-only secret) is neither chowned nor opened up.
+    fs::remove_file(&node.pgdata).unwrap();
+    fs::write(&node.pgdata, "secret").unwrap();
+    fs::set_permissions(&node.pgdata, fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not a directory"), "{out}");
+    let meta = fs::metadata(&node.pgdata).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o640));
+}
+
+#[test]
+fn the_ownership_walk_never_follows_a_link_out_of_pgdata() {
+    let mut node = Node::new("walk-link");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    // A root-owned volume again (as after a restore), with a link pointing at a root file.
+    let outside = node.dir.0.join("root-only");
+    fs::write(&outside, "root's").unwrap();
+    std::os::unix::fs::symlink(&outside, node.pgdata.join("base/link-out")).unwrap();
+    std::process::Command::new("chown").args(["-R", "-h", "0:0"]).arg(&node.pgdata).status().unwrap();
+    node.start();
+    assert_eq!(node.query_one("1"), "1");
+    let postgres_uid = fs::metadata(node.pgdata.join("PG_VERSION")).unwrap().uid();
+    assert_ne!(postgres_uid, 0);
+    assert_eq!(fs::metadata(&outside).unwrap().uid(), 0, "root followed a link out of PGDATA");
+    assert_eq!(fs::symlink_metadata(node.pgdata.join("base/link-out")).unwrap().uid(), postgres_uid);
+    assert_eq!(node.stop(), 0);
+}
+
+#[test]
+fn secret_files_must_be_small_regular_files_and_never_block() {
+    let mut node = Node::new("fifo-secret");
+    let fifo = node.dir.0.join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    node.unset("POSTGRES_PASSWORD").set("POSTGRES_PASSWORD_FILE", &fifo.display().to_string());
+    node.spawn(&[]);
+    let (code, took) = node.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, 78, "{}", node.output());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(node.output().contains("not a regular file"), "{}", node.output());
+    node.set("POSTGRES_PASSWORD_FILE", "/dev/zero");
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    let big = node.dir.0.join("big");
+    fs::write(&big, vec![b'x'; 100 * 1024]).unwrap();
+    node.set("POSTGRES_PASSWORD_FILE", &big.display().to_string());
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("larger than 65536 bytes"), "{out}");
+    assert!(!node.pgdata.exists());
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_refused_not_mangled_and_never_panic() {
+    let mut node = Node::new("not-utf8");
+    // An environment value: refused like the same bytes in a _FILE, naming the variable only.
+    let mut cmd = node.command(&[]);
+    cmd.env("POSTGRES_PASSWORD", std::ffi::OsStr::from_bytes(b"pw\xff"));
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let log = node.output();
+    assert!(log.contains("POSTGRES_PASSWORD: is not valid UTF-8"), "{log}");
+    assert!(!node.pgdata.exists());
+    // A postgres argument: a usage error, not a panic.
+    let out = node.command(&["-c", "x=1"]).arg(std::ffi::OsStr::from_bytes(b"\xff")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", node.output());
+    // A dash and a multi-byte character is postgres's to judge, not a panic (101) of ours.
+    let (code, out) = node.run_to_exit(&["-é"]);
+    assert_ne!(code, 101, "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    // Another command gets its bytes as they are.
+    let out = node.command(&["printf", "%s"]).arg(std::ffi::OsStr::from_bytes(b"\xff")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(fs::read(&node.log).unwrap(), b"\xff");
+}
