@@ -363,7 +363,11 @@ impl Parser<'_> {
                 format!("{superuser:?} contains one of \" $ ' \\, which initdb does not accept for the superuser"),
             );
         }
+        self.role_name_allowed("POSTGRES_USER", &superuser);
         let database = self.identifier("POSTGRES_DB", &superuser.clone());
+        if ["template0", "template1"].contains(&database.as_str()) {
+            self.problem("POSTGRES_DB", format!("{database:?} is a template database; accepted: any other name"));
+        }
         let host_auth_method = self.var("POSTGRES_HOST_AUTH_METHOD").unwrap_or_else(|| "scram-sha-256".to_string());
         if !ACCEPTED_AUTH_METHODS.contains(&host_auth_method.as_str()) {
             self.problem(
@@ -378,10 +382,16 @@ impl Parser<'_> {
                 "is required (or POSTGRES_PASSWORD_FILE); only POSTGRES_HOST_AUTH_METHOD=trust allows none",
             );
         }
-        let initdb_args = self
+        let initdb_args: Vec<String> = self
             .var("POSTGRES_INITDB_ARGS")
             .map(|a| a.split_whitespace().map(String::from).collect())
             .unwrap_or_default();
+        if initdb_args.iter().any(|a| a.starts_with("-D") || a.starts_with("--pgdata")) {
+            self.problem(
+                "POSTGRES_INITDB_ARGS",
+                "sets the data directory (-D/--pgdata); accepted: other initdb options (the directory is PGDATA)",
+            );
+        }
         let initdb_waldir = self.var("POSTGRES_INITDB_WALDIR").map(PathBuf::from);
         if initdb_waldir.as_deref().is_some_and(|w| !w.is_absolute()) {
             self.problem("POSTGRES_INITDB_WALDIR", "must be an absolute path");
@@ -515,6 +525,7 @@ impl Parser<'_> {
         }
         let sync = self.sync_settings();
         let user = self.identifier("REPLICATION_USER", "replicator");
+        self.role_name_allowed("REPLICATION_USER", &user);
         if user == superuser {
             self.problem(
                 "REPLICATION_USER",
@@ -556,6 +567,21 @@ impl Parser<'_> {
                 Role::Replica(Replica { replication, primary_host, primary_port, name, wait_timeout, reclone })
             }
         })
+    }
+
+    /// Role names PostgreSQL reserves: `pg_*`, and the special names.
+    fn role_name_allowed(&mut self, variable: &str, name: &str) {
+        let lower = name.to_ascii_lowercase();
+        let special = ["public", "none", "current_role", "current_user", "session_user"];
+        if lower.starts_with("pg_") || special.contains(&lower.as_str()) {
+            self.problem(
+                variable,
+                format!(
+                    "{name:?} is reserved by PostgreSQL (pg_* and {}); accepted: any other name",
+                    special.join(", ")
+                ),
+            );
+        }
     }
 
     /// `REPLICATION_PEERS=host[:port],...`: the other members of the cluster.
@@ -611,6 +637,8 @@ impl Parser<'_> {
         let name = self.identifier(name_var, &hostname);
         if name.is_empty() {
             self.problem("REPLICA_NAME", "is empty and the hostname is unknown; set REPLICA_NAME");
+        } else if !is_application_name(&name) {
+            self.problem(name_var, format!("{name:?} {NOT_KEPT_IN_APPLICATION_NAME}"));
         }
         let timeout = self.duration("PRIMARY_WAIT_TIMEOUT", Duration::from_secs(120));
         let reclone = self.boolean("REPLICA_RECLONE").unwrap_or(false);
@@ -633,11 +661,11 @@ impl Parser<'_> {
         let count = match self.var("REPLICATION_SYNCHRONOUS_COUNT") {
             None => 1,
             Some(value) => match value.parse::<u32>() {
-                Ok(n) if n >= 1 => n,
+                Ok(n) if n >= 1 && n <= i32::MAX as u32 => n,
                 _ => {
                     self.problem(
                         "REPLICATION_SYNCHRONOUS_COUNT",
-                        format!("{value:?} is not accepted; accepted: a whole number, 1 or more"),
+                        format!("{value:?} is not accepted; accepted: a whole number from 1 to {}", i32::MAX),
                     );
                     1
                 }
@@ -649,6 +677,22 @@ impl Parser<'_> {
             self.problem(
                 "REPLICATION_SYNCHRONOUS_REPLICAS",
                 format!("{names_value:?} has an empty or unprintable name; accepted: a comma-separated list of replica names, or *"),
+            );
+        }
+        for n in names.iter().filter(|n| *n != "*" && !is_application_name(n)) {
+            self.problem("REPLICATION_SYNCHRONOUS_REPLICAS", format!("{n:?} {NOT_KEPT_IN_APPLICATION_NAME}"));
+        }
+        let slots: Vec<String> = names.iter().map(|n| slot_name(n)).collect::<Vec<String>>();
+        if let Some((i, j)) = (0..names.len())
+            .flat_map(|i| (i + 1..names.len()).map(move |j| (i, j)))
+            .find(|&(i, j)| names[i] != "*" && slots[i] == slots[j])
+        {
+            self.problem(
+                "REPLICATION_SYNCHRONOUS_REPLICAS",
+                format!(
+                    "{:?} and {:?} would share the replication slot {:?}; accepted: names that differ in letters or digits",
+                    names[i], names[j], slots[i]
+                ),
             );
         }
         let explicit = names.iter().all(|n| n != "*");
@@ -665,6 +709,23 @@ impl Parser<'_> {
         SyncSettings { mode, count, names }
     }
 }
+
+/// A physical slot name from a replica name: lower-case letters, digits and `_`, at most 63.
+pub fn slot_name(replica_name: &str) -> String {
+    let mut slot: String =
+        replica_name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    slot.truncate(63);
+    slot
+}
+
+/// PostgreSQL turns any character outside printable ASCII in `application_name` into `?`, so
+/// a name with one never matches `synchronous_standby_names` and commits wait for ever.
+fn is_application_name(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii() && !c.is_ascii_control())
+}
+
+const NOT_KEPT_IN_APPLICATION_NAME: &str =
+    "has characters PostgreSQL does not keep in application_name (it keeps printable ASCII); accepted: printable ASCII";
 
 /// `LOG_LEVEL`, in any case.
 pub fn parse_log_level(value: &str) -> Option<tracing::Level> {
@@ -851,6 +912,42 @@ mod tests {
         let c =
             parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_WORK_MEM", ""), ("LOG_LEVEL", "WARN")]).unwrap();
         assert!(c.overrides.is_empty());
+    }
+
+    #[test]
+    fn reserved_names_and_names_postgres_would_alter_are_refused() {
+        let out = problems(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("POSTGRES_USER", "pg_admin"),
+            ("POSTGRES_DB", "template1"),
+            ("POSTGRES_INITDB_ARGS", "--data-checksums -D /elsewhere"),
+        ]);
+        assert!(out[0].starts_with("POSTGRES_USER: \"pg_admin\" is reserved by PostgreSQL"), "{out:?}");
+        assert!(out[1].starts_with("POSTGRES_DB: \"template1\" is a template database"), "{out:?}");
+        assert!(out[2].starts_with("POSTGRES_INITDB_ARGS: sets the data directory"), "{out:?}");
+        let replica = [
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("ROLE", "replica"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("PRIMARY_HOST", "db"),
+            ("REPLICATION_USER", "public"),
+            ("REPLICA_NAME", "réplica"),
+            ("REPLICATION_SYNCHRONOUS_MODE", "any"),
+            ("REPLICATION_SYNCHRONOUS_REPLICAS", "a-b,a_b"),
+            ("REPLICATION_SYNCHRONOUS_COUNT", "3000000000"),
+        ];
+        let out = problems(&replica);
+        assert!(out.iter().any(|p| p.starts_with("REPLICATION_USER: \"public\" is reserved")), "{out:?}");
+        assert!(
+            out.iter().any(|p| p.starts_with("REPLICA_NAME: \"réplica\" has characters PostgreSQL does not keep")),
+            "{out:?}"
+        );
+        assert!(
+            out.iter().any(|p| p.contains("\"a-b\" and \"a_b\" would share the replication slot \"a_b\"")),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|p| p.starts_with("REPLICATION_SYNCHRONOUS_COUNT: \"3000000000\"")), "{out:?}");
     }
 
     #[test]

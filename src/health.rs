@@ -56,6 +56,29 @@ pub struct Observed {
     pub silence: Option<Duration>,
     /// The replica's `wal_receiver_timeout` (zero when disabled).
     pub receiver_timeout: Duration,
+    /// A primary's `synchronous_standby_names`, and how many standbys confirm commits now.
+    pub sync_names: String,
+    pub sync_standbys: i64,
+}
+
+/// How many standbys `synchronous_standby_names` needs: `ANY 2 (...)`, `FIRST 2 (...)` and
+/// `2 (...)` say it; the old `a, b` form and `*` need one.
+pub fn required_standbys(names: &str) -> i64 {
+    let rest = names.trim();
+    let rest = ["any", "first"]
+        .iter()
+        .find_map(|kw| {
+            let head = rest.get(..kw.len())?;
+            head.eq_ignore_ascii_case(kw).then(|| &rest[kw.len()..])
+        })
+        .unwrap_or(rest)
+        .trim_start();
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let after = rest[digits.len()..].trim_start();
+    match digits.parse() {
+        Ok(n) if after.starts_with('(') => n,
+        _ => 1,
+    }
 }
 
 /// Without `--max-lag`, a replica is unhealthy once nothing was heard from its primary for
@@ -75,6 +98,15 @@ pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Opti
         return match (o.in_recovery, o.read_only) {
             (true, _) => Err("configured as primary/standalone but in recovery (read-only standby)".into()),
             (false, true) => Err("not accepting writes (default_transaction_read_only is on)".into()),
+            (false, false) if !o.sync_names.is_empty() && o.sync_standbys < required_standbys(&o.sync_names) => {
+                Err(format!(
+                    "primary, but commits wait: {} of the {} synchronous standbys it needs are connected \
+                     (synchronous_standby_names = {})",
+                    o.sync_standbys,
+                    required_standbys(&o.sync_names),
+                    o.sync_names
+                ))
+            }
             (false, false) => Ok("primary, accepting writes".into()),
         };
     }
@@ -102,7 +134,9 @@ pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Opti
 const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',
        r.status, pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
        extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout')
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout'),
+       current_setting('synchronous_standby_names'),
+       (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))
   FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 /// Runs the probe; returns the exit code (0 healthy, 1 not) after printing one line.
@@ -132,6 +166,8 @@ fn probe(liveness: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
         lag_bytes: row.get::<_, Option<f64>>(3).map(|b| b as i64),
         silence: row.get::<_, Option<f64>>(4).map(|s| Duration::from_secs_f64(s.max(0.0))),
         receiver_timeout: Duration::from_millis(row.get::<_, Option<i64>>(5).unwrap_or(0).max(0) as u64),
+        sync_names: row.get(6),
+        sync_standbys: row.get(7),
     };
     verdict(expects_replica(&local), liveness, &observed, max_lag)
 }
@@ -148,6 +184,8 @@ mod tests {
             lag_bytes: Some(lag),
             silence: Some(Duration::from_secs(silence_s)),
             receiver_timeout: Duration::ZERO,
+            sync_names: String::new(),
+            sync_standbys: 0,
         }
     }
 
@@ -171,6 +209,21 @@ mod tests {
         let mut ro = observed(false, None, 0, 0);
         ro.read_only = true;
         assert!(verdict(false, false, &ro, None).unwrap_err().contains("not accepting writes"));
+    }
+
+    #[test]
+    fn a_synchronous_primary_needs_its_standbys() {
+        assert_eq!(required_standbys("ANY 2 (\"a\", \"b\", \"c\")"), 2);
+        assert_eq!(required_standbys("first 1 (a)"), 1);
+        assert_eq!(required_standbys("3 (a, b, c)"), 3);
+        assert_eq!(required_standbys("a, b"), 1);
+        assert_eq!(required_standbys("*"), 1);
+        let mut o = observed(false, None, 0, 0);
+        o.sync_names = "ANY 1 (\"replica-1\")".into();
+        let why = verdict(false, false, &o, None).unwrap_err();
+        assert!(why.starts_with("primary, but commits wait: 0 of the 1 synchronous standbys"), "{why}");
+        o.sync_standbys = 1;
+        assert!(verdict(false, false, &o, None).is_ok());
     }
 
     #[test]

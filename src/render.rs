@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, Replica, Role, SyncMode, SyncSettings};
+use crate::config::{slot_name, Config, Replica, Role, SyncMode, SyncSettings};
 
 /// The managed include file, inside PGDATA.
 pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
@@ -135,14 +135,6 @@ pub fn conninfo(
         params.push(("replication", "true"));
     }
     params.iter().map(|(k, v)| format!("{k}={}", quote_conninfo(v))).collect::<Vec<_>>().join(" ")
-}
-
-/// A physical slot name from a replica name: lower-case letters, digits and `_`, at most 63.
-pub fn slot_name(replica_name: &str) -> String {
-    let mut slot: String =
-        replica_name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    slot.truncate(63);
-    slot
 }
 
 /// The managed include file.

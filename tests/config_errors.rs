@@ -108,3 +108,26 @@ fn check_prints_the_plan_with_secrets_masked_and_touches_nothing() {
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("REPLICATION_SYNCHRONOUS_MODE: \"sometimes\" is not accepted"), "{out}");
 }
+
+#[test]
+fn names_postgres_reserves_includes_and_bad_log_settings_are_refused_before_initdb() {
+    let out = rejected("reserved", |n| {
+        n.set("POSTGRES_USER", "pg_admin")
+            .set("POSTGRES_DB", "template0")
+            .set("POSTGRESQL_CONFIG_INCLUDE", "/etc/passwd")
+            .set("LOG_LEVEL", "loud");
+    });
+    assert!(out.contains("(4 problems)"), "{out}");
+    assert!(out.contains("POSTGRES_USER: \"pg_admin\" is reserved by PostgreSQL"), "{out}");
+    assert!(out.contains("POSTGRESQL_CONFIG_INCLUDE: is an include directive"), "{out}");
+}
+
+#[test]
+fn a_file_as_init_scripts_dir_is_refused_before_initdb() {
+    let out = rejected("scripts-file", |n| {
+        let file = n.dir.0.join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        n.set("INIT_SCRIPTS_DIR", &file.display().to_string());
+    });
+    assert!(out.contains("INIT_SCRIPTS_DIR: ") && out.contains("is not a directory"), "{out}");
+}

@@ -179,6 +179,9 @@ fn quorum_commit_needs_any_one_of_the_named_replicas() {
     assert!(!commit_blocks(&primary), "one replica left must be enough");
     assert_eq!(b.stop(), 0);
     assert!(commit_blocks(&primary), "a commit with no replica must wait");
+    let (code, why) = primary.tool(&["health"]);
+    assert_eq!(code, 1, "a primary whose commits wait is not healthy: {why}");
+    assert!(why.contains("commits wait: 0 of the 1 synchronous standbys"), "{why}");
 
     // Changing the environment and restarting is the runtime change path.
     assert_eq!(primary.stop(), 0);

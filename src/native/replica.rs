@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::Replica;
+use crate::config::{slot_name, Replica};
 use crate::datadir::{self, DataDirError};
 use crate::files;
 use crate::native::member::{self, Answer, Credentials, Identity, Slot};
@@ -48,7 +48,7 @@ fn primary_address(replica: &Replica) -> crate::config::Address {
 
 /// One question to the primary: who it is, and the state of our slot.
 fn ask_primary(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<Answer, StepError> {
-    let slot = render::slot_name(&replica.name);
+    let slot = slot_name(&replica.name);
     let mut cmd = member::ask(ctx.bin, &primary_address(replica), &credentials(replica, passfile), Some(&slot));
     let out = step::run_captured(sup, "psql (asking the primary)", &mut cmd, false)?;
     Ok(member::parse(out.code, &out.stdout, &out.stderr))
@@ -129,7 +129,7 @@ fn ensure_slot(
     passfile: &Path,
     slot: Option<Slot>,
 ) -> Result<(), StepError> {
-    let name = render::quote_identifier(&render::slot_name(&replica.name));
+    let name = render::quote_identifier(&slot_name(&replica.name));
     let commands = match slot {
         Some(Slot::Present) | None => return Ok(()),
         Some(Slot::Missing) => vec![format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL")],
@@ -202,7 +202,7 @@ fn clone_into(
         .arg("-d")
         .arg(render::primary_conninfo(replica, &passfile.to_string_lossy(), false))
         .args(["--wal-method=stream", "--checkpoint=fast", "--no-password", "--progress", "--verbose", "-S"])
-        .arg(render::slot_name(&replica.name))
+        .arg(slot_name(&replica.name))
         .stdin(Stdio::null());
     let out = step::run_captured(sup, "pg_basebackup", &mut cmd, true)?;
     if out.code != 0 {
@@ -288,7 +288,7 @@ pub fn converge(ctx: &Context, sup: &mut Supervisor, replica: &Replica, just_clo
 /// replaced). Otherwise stop with an error that says so: a replica that can never catch up
 /// must not pass for one that is merely behind.
 fn reclone(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<(), StepError> {
-    let slot = render::slot_name(&replica.name);
+    let slot = slot_name(&replica.name);
     if !replica.reclone {
         return Err(StepError::SlotLost { slot });
     }

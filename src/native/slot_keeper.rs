@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::config::{Address, Replica};
+use crate::config::{slot_name, Address, Replica};
 use crate::datadir;
 use crate::native::member::{self, Answer, Credentials, Slot};
 use crate::render;
@@ -59,7 +59,7 @@ impl SlotKeeper {
             primary: Address { host: replica.primary_host.clone(), port: replica.primary_port },
             user: replica.replication.user.clone(),
             name: replica.name.clone(),
-            slot: render::slot_name(&replica.name),
+            slot: slot_name(&replica.name),
             passfile: pgdata.join(render::PASSFILE),
             pgdata: pgdata.to_path_buf(),
             running: None,
