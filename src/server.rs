@@ -67,6 +67,39 @@ fn is_server_dir(dir: &Path) -> bool {
         .all(|tool| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
+/// Lets postgres judge the settings we would write and the arguments it would get, before
+/// anything is written: `postgres -C` parses them all (names, values, options) against no
+/// data directory and no configuration file. `Err` carries postgres's own FATAL lines.
+pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) -> Result<(), String> {
+    let mut cmd = std::process::Command::new(bin.tool("postgres"));
+    cmd.args(["-C", "data_directory"]);
+    // A data directory that cannot exist: nothing on disk is read.
+    for fixed in ["config_file=/dev/null", "hba_file=/dev/null", "ident_file=/dev/null"] {
+        cmd.arg("-c").arg(fixed);
+    }
+    cmd.arg("-c").arg("data_directory=/dev/null/none");
+    for (name, (value, _)) in settings {
+        cmd.arg("-c").arg(format!("{name}={value}"));
+    }
+    // PGDATA in the environment would be its -D.
+    cmd.args(postgres_args).env_remove("PGDATA").env_remove("POSTGRES_PASSWORD").env_remove("REPLICATION_PASSWORD");
+    let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("postgres").display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("skipping missing configuration file"))
+        .map(|l| l.split_once("FATAL:  ").map_or(l, |(_, m)| m).trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    Err(format!(
+        "postgres refuses these settings or arguments (from POSTGRESQL_CONFIG_* or the postgres arguments): {}",
+        why.join("; ")
+    ))
+}
+
 /// Where the running server can be reached locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

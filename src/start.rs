@@ -33,6 +33,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     let endpoint = Endpoint::resolve(&settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    crate::server::judge_settings(&bin, &settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
             "invalid configuration: INIT_SCRIPTS_DIR: {:?} is not a directory; accepted: a directory of scripts",

@@ -131,3 +131,20 @@ fn a_file_as_init_scripts_dir_is_refused_before_initdb() {
     });
     assert!(out.contains("INIT_SCRIPTS_DIR: ") && out.contains("is not a directory"), "{out}");
 }
+
+#[test]
+fn postgres_judges_setting_names_values_and_options_before_anything_is_written() {
+    let out = rejected("bad-value", |n| {
+        n.set("POSTGRESQL_CONFIG_SHARED_BUFFERS", "lots");
+    });
+    assert!(out.contains("invalid value for parameter \"shared_buffers\": \"lots\""), "{out}");
+    let out = rejected("bad-name", |n| {
+        n.set("POSTGRESQL_CONFIG_NO_SUCH_SETTING", "1");
+    });
+    assert!(out.contains("unrecognized configuration parameter \"no_such_setting\""), "{out}");
+    let mut node = Node::new("bad-option");
+    let (code, out) = node.run_to_exit(&["--bogus"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("postgres refuses these settings or arguments"), "{out}");
+    assert!(!node.pgdata.exists());
+}
