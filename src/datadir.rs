@@ -262,6 +262,14 @@ fn remove_stale_lock(lock: &Path, pgdata: &Path, live: impl Fn(i32) -> bool) -> 
         .map_err(DataDirError::io(pgdata, format!("cannot remove {}", lock.display())))
 }
 
+/// Earlier versions kept the replication password file inside PGDATA, from where clones and
+/// rewinds copied it; it is now kept outside ([`crate::render::passfile`]).
+pub fn remove_legacy_passfile(pgdata: &Path) -> Result<(), DataDirError> {
+    fs::remove_file(pgdata.join(crate::render::LEGACY_PASSFILE))
+        .or_else(ignore_not_found)
+        .map_err(DataDirError::io(pgdata, "cannot remove the old password file"))
+}
+
 /// True when `pid` is a live postgres process (a zombie has no command line).
 fn is_postgres(pid: i32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
@@ -299,7 +307,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         ".{}.pg-entrypoint-tmp",
         path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     ));
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    // A fresh file, never through a link planted at the temporary name.
+    fs::remove_file(&tmp).or_else(ignore_not_found)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.write_all(contents)?;
     f.sync_all()?;

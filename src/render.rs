@@ -12,8 +12,8 @@ use crate::config::{slot_name, Config, Replica, Role, SyncMode, SyncSettings};
 pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
 /// The line that makes `postgresql.conf` include [`MANAGED_CONF`]; appended once.
 pub const INCLUDE_LINE: &str = "include_if_exists = 'pg-entrypoint.conf'\t# managed by pg-entrypoint";
-/// The replica's password file, inside PGDATA (0600); `primary_conninfo` points at it.
-pub const PASSFILE: &str = "pg-entrypoint.pgpass";
+/// Where earlier versions kept the password file, inside PGDATA; removed at every start.
+pub const LEGACY_PASSFILE: &str = "pg-entrypoint.pgpass";
 const HBA_BEGIN: &str = "# BEGIN pg-entrypoint managed block: rewritten at every start, edit outside it";
 const HBA_END: &str = "# END pg-entrypoint managed block";
 /// Socket directory of the Debian and official images.
@@ -59,7 +59,7 @@ pub fn settings(config: &Config) -> Settings {
             set("hot_standby", "on".into(), Source::Role);
             set("hot_standby_feedback", "on".into(), Source::Role);
             set("wal_log_hints", "on".into(), Source::Role);
-            let passfile = config.pgdata.join(PASSFILE);
+            let passfile = passfile(config);
             set("primary_conninfo", primary_conninfo(replica, &passfile.to_string_lossy(), false), Source::Role);
             set("primary_slot_name", slot_name(&replica.name), Source::Role);
             // Silence from the primary is noticed (the standby pings it after half of this)
@@ -71,6 +71,21 @@ pub fn settings(config: &Config) -> Settings {
         set(name, value.clone(), Source::Override);
     }
     s
+}
+
+/// The replication password file (0600): outside PGDATA, since pg_basebackup and pg_rewind
+/// copy what is inside to other nodes. It lives in the first configured socket directory
+/// (`POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES`, else /var/run/postgresql), a directory of
+/// the service account's, and carries the configured port in its name so that servers that
+/// share the directory do not share the file. Rewritten at every start.
+pub fn passfile(config: &Config) -> std::path::PathBuf {
+    let setting = |name: &str| config.overrides.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let dir = setting("unix_socket_directories")
+        .and_then(|dirs| dirs.split(',').map(str::trim).next())
+        .filter(|d| d.starts_with('/'))
+        .unwrap_or(DEFAULT_SOCKET_DIR);
+    let port = setting("port").map(str::trim).unwrap_or("5432");
+    std::path::Path::new(dir).join(format!("pg-entrypoint-{port}.pgpass"))
 }
 
 /// A replica's `wal_receiver_timeout`; `health` derives its default silence bound from it.
@@ -368,7 +383,7 @@ mod tests {
         assert_eq!(
             s["primary_conninfo"].0,
             "host='db\\'1' port='5432' user='rep user' application_name='3f2a9c' \
-             passfile='/var/lib/postgresql/data/pg-entrypoint.pgpass' connect_timeout='5' keepalives='1' \
+             passfile='/var/run/postgresql/pg-entrypoint-5432.pgpass' connect_timeout='5' keepalives='1' \
              keepalives_idle='5' keepalives_interval='2' keepalives_count='3'"
         );
         assert_eq!(s["primary_slot_name"].0, "3f2a9c");

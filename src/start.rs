@@ -93,6 +93,7 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     if nix::unistd::geteuid().is_root() {
         let account = privileges::service_account()?;
         let mut dirs: Vec<PathBuf> = plan.endpoint.socket_dirs.clone();
+        dirs.extend(render::passfile(&plan.config).parent().map(PathBuf::from));
         dirs.extend(plan.config.initdb_waldir.clone());
         privileges::prepare_as_root(pgdata, &dirs, &account)?;
         privileges::become_user(&account)?;
@@ -122,6 +123,7 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
     }
     if let State::Cluster { standby } = state {
         datadir::remove_stale_pidfile(pgdata)?;
+        datadir::remove_legacy_passfile(pgdata)?;
         datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
         promote::check_runtime_promotion(ctx, standby)?;
     }
@@ -166,7 +168,9 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
     tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
     crate::supervise::trim_resident_code();
     let mut keeper = match &ctx.config.role {
-        Role::Replica(replica) => Some(slot_keeper::SlotKeeper::new(ctx.bin, replica, &ctx.config.pgdata)),
+        Role::Replica(replica) => {
+            Some(slot_keeper::SlotKeeper::new(ctx.bin, replica, &ctx.config.pgdata, render::passfile(ctx.config)))
+        }
         _ => None,
     };
     let mut keep_slot = |sup: &mut Supervisor| keeper.as_mut().map_or((), |k| k.tick(sup));

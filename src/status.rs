@@ -41,12 +41,12 @@ SELECT jsonb_pretty(jsonb_build_object(
 /// under `replicas` instead (it keeps no replication password file to ask with).
 type Peers = (Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<Option<String>>);
 
-fn peers(local: &Local) -> Peers {
+fn peers() -> Peers {
     let mut out: Peers = Default::default();
     let Ok(config) = Config::from_inputs(&ProcessInputs) else { return out };
     let Role::Replica(replica) = &config.role else { return out };
     let Ok(bin) = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()) else { return out };
-    let passfile = local.path(render::PASSFILE);
+    let passfile = render::passfile(&config);
     let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
     let mut members = vec![Address { host: replica.primary_host.clone(), port: replica.primary_port }];
     for peer in &replica.replication.peers {
@@ -76,7 +76,7 @@ pub fn run() -> i32 {
     let result = Local::find().map_err(|e| e.to_string()).and_then(|local| {
         let configured = configured_role(&local);
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let (addresses, states, timelines, lsns) = peers(&local);
+        let (addresses, states, timelines, lsns) = peers();
         let row = client
             .query_one(STATUS_SQL, &[&configured, &addresses, &states, &timelines, &lsns])
             .map_err(|e| describe(&e))?;

@@ -348,8 +348,7 @@ fn a_clone_that_runs_out_of_space_says_so_and_the_next_one_waits() {
     let (code, out) = r.run_to_exit(&[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("the clone failed: no space left on the device of PGDATA"), "{out}");
-    let staging = r.pgdata.join(".pg-entrypoint-bootstrap");
-    assert!(!staging.join("pgpass").exists(), "the password file outlived the failed clone");
+    assert!(!r.passfile().exists(), "the password file outlived the failed clone");
 
     // The next start waits before cloning again (a restart loop must not hammer the primary),
     // and a stop ends the wait at once.
@@ -362,6 +361,6 @@ fn a_clone_that_runs_out_of_space_says_so_and_the_next_one_waits() {
     let (code, took) = r.wait_exit(Duration::from_secs(10));
     assert_eq!(code, 143, "{}", r.output());
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert!(!staging.join("pgpass").exists());
+    assert!(!r.passfile().exists());
     assert_eq!(p.stop(), 0);
 }

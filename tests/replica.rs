@@ -62,10 +62,11 @@ fn replicas_started_before_the_primary_wait_then_stream() {
     }
     let auto = fs::read_to_string(r1.pgdata.join("postgresql.auto.conf")).unwrap();
     assert!(!auto.contains("pw-1") && !auto.contains("primary_conninfo"), "{auto}");
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &fs::metadata(r1.pgdata.join("pg-entrypoint.pgpass")).unwrap().permissions(),
-    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(r1.passfile()).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+    // Outside PGDATA, so no clone or rewind copies it; the primary keeps none.
+    assert!(!r1.pgdata.join("pg-entrypoint.pgpass").exists());
+    assert!(!primary.passfile().exists());
 
     // A restarted replica catches up without cloning again.
     assert_eq!(r1.stop(), 0);

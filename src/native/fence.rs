@@ -94,7 +94,7 @@ pub fn before_writable(
     }
     let me = Me { lsn, ..local_identity(ctx, sup)? };
     let pgdata = &ctx.config.pgdata;
-    let passfile = pgdata.join(render::PASSFILE);
+    let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, replication)?;
     let creds = Credentials { user: &replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
     let mut answers = Vec::new();
@@ -111,7 +111,7 @@ pub fn before_writable(
         tracing::info!("peer {}", describe(address, &answer));
         answers.push((address.clone(), answer));
     }
-    // A primary keeps no password file: it would travel into every clone taken from it.
+    // A primary keeps no password file once it has asked.
     fs::remove_file(&passfile).map_err(DataDirError::io(pgdata, "cannot remove the password file"))?;
     verdict(&me, &answers).map_err(StepError::Fenced)
 }

@@ -110,7 +110,7 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
             timeline: row.get::<_, i32>(1) as u32,
             lsn: row.get::<_, Option<String>>(2).as_deref().and_then(Lsn::parse),
         };
-        ask_before_promoting(&local, &me)?;
+        ask_before_promoting(&me)?;
     }
     let marker = local.path(PROMOTED_MARKER);
     write_marker(&marker).map_err(|e| format!("cannot write {marker:?}: {e}"))?;
@@ -135,7 +135,7 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
 
 /// Asks the configured primary and the peers; `Err` when promoting would make a second
 /// primary or lose acknowledged commits.
-fn ask_before_promoting(local: &Local, me: &Me) -> Result<(), String> {
+fn ask_before_promoting(me: &Me) -> Result<(), String> {
     let config = Config::from_inputs(&ProcessInputs)
         .map_err(|e| format!("{e}\n(use --force to promote without asking the other members)"))?;
     let Role::Replica(replica) = &config.role else {
@@ -147,7 +147,7 @@ fn ask_before_promoting(local: &Local, me: &Me) -> Result<(), String> {
     };
     let bin =
         Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()).map_err(|e| e.to_string())?;
-    let passfile = local.path(render::PASSFILE);
+    let passfile = render::passfile(&config);
     let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
     let primary = Address { host: replica.primary_host.clone(), port: replica.primary_port };
     let mut members = vec![primary];

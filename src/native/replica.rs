@@ -154,7 +154,7 @@ pub fn clone(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<(
     let pgdata = &ctx.config.pgdata;
     let (failures, last_reason) = read_clone_failures(pgdata);
     let staging = datadir::fresh_staging(pgdata)?;
-    let passfile = staging.root.join("pgpass");
+    let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, &replica.replication)?;
     if failures > 0 {
         write_clone_failures(&staging.root, failures, &last_reason);
@@ -258,7 +258,7 @@ fn make_standby(ctx: &Context, dir: &Path) -> Result<(), StepError> {
 /// goes on asking once postgres runs). Skipped with `just_cloned`.
 pub fn converge(ctx: &Context, sup: &mut Supervisor, replica: &Replica, just_cloned: bool) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
-    let passfile = pgdata.join(render::PASSFILE);
+    let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, &replica.replication)?;
     make_standby(ctx, pgdata)?;
     if just_cloned {
@@ -304,7 +304,7 @@ fn reclone(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Pa
 /// history; if it cannot, we stop with its message rather than run a second primary.
 pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
-    let passfile = pgdata.join(render::PASSFILE);
+    let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, &replica.replication)?;
     let primary = wait_for_primary(ctx, sup, replica, &passfile)?;
     same_cluster(ctx, replica, &primary)?;

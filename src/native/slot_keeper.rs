@@ -53,14 +53,14 @@ pub struct SlotKeeper {
 }
 
 impl SlotKeeper {
-    pub fn new(bin: &Bin, replica: &Replica, pgdata: &std::path::Path) -> SlotKeeper {
+    pub fn new(bin: &Bin, replica: &Replica, pgdata: &std::path::Path, passfile: PathBuf) -> SlotKeeper {
         SlotKeeper {
             bin: bin.clone(),
             primary: Address { host: replica.primary_host.clone(), port: replica.primary_port },
             user: replica.replication.user.clone(),
             name: replica.name.clone(),
             slot: slot_name(&replica.name),
-            passfile: pgdata.join(render::PASSFILE),
+            passfile,
             pgdata: pgdata.to_path_buf(),
             running: None,
             next: Instant::now() + TICK,

@@ -90,6 +90,11 @@ impl Node {
         self.dir.0.join("run")
     }
 
+    /// Where the entrypoint keeps the replication password file: outside PGDATA, beside the socket.
+    pub fn passfile(&self) -> PathBuf {
+        self.socket_dir().join(format!("pg-entrypoint-{}.pgpass", self.port))
+    }
+
     pub fn set(&mut self, key: &str, value: &str) -> &mut Node {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.into()));
