@@ -4,7 +4,10 @@
 //! listener at all, and the temporary server for init scripts listens on a private socket.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -53,13 +56,15 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), 
     let config = ctx.config;
     let mut cmd = tool(ctx.bin, "initdb");
     cmd.arg("-D").arg(&staging.cluster).arg("--username").arg(&config.superuser);
-    // The superuser password goes in through a 0600 file, as a SCRAM verifier: postgres stores
-    // a verifier as given, so the plaintext never leaves this process.
-    let pwfile = staging.root.join("superuser.pwfile");
+    // The superuser password goes in as a SCRAM verifier (postgres stores a verifier as given,
+    // so the plaintext never leaves this process), through a pipe initdb reads as /dev/fd/N:
+    // it is never on disk, so a kill at any moment leaves no password file behind.
+    let mut pipe = None;
     if let Some(password) = &config.superuser_password {
-        datadir::write_atomic(&pwfile, single_user::scram(password.expose()).as_bytes(), 0o600)
-            .map_err(DataDirError::io(&config.pgdata, "cannot write initdb's password file"))?;
-        cmd.arg("--pwfile").arg(&pwfile);
+        let read = password_pipe(&single_user::scram(password.expose()))
+            .map_err(DataDirError::io(&config.pgdata, "cannot pass initdb the password"))?;
+        cmd.arg(format!("--pwfile=/dev/fd/{}", read.as_raw_fd()));
+        pipe = Some(read);
     }
     // Local socket trust as in the official image (the managed pg_hba block decides TCP).
     // The user's POSTGRES_INITDB_ARGS come later and win.
@@ -72,8 +77,21 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), 
     }
     cmd.args(&config.initdb_args).stdout(Stdio::null());
     let result = run(sup, "initdb", &mut cmd, Kind::Tool);
-    fs::remove_file(&pwfile).ok();
+    drop(pipe);
     result
+}
+
+/// A pipe holding `text`, its read end inheritable by the next child (and only that one: it
+/// is closed once initdb has run; the write end never leaves this process).
+fn password_pipe(text: &str) -> io::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let mut write = fs::File::from(write);
+    // A verifier is about 130 bytes: far below the pipe's capacity, so this never blocks.
+    write.write_all(text.as_bytes())?;
+    write.write_all(b"\n")?;
+    drop(write);
+    nix::fcntl::fcntl(read.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(read)
 }
 
 /// Statements of the first boot after initdb (none for a standalone server with the default

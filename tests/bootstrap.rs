@@ -64,6 +64,12 @@ fn initdb_killed_midway_is_redone_at_the_next_start() {
     wait_until(Duration::from_secs(30), || staging.join("PG_VERSION").exists());
     node.kill_all();
     assert!(!node.pgdata.join("PG_VERSION").exists(), "a half-made cluster is in PGDATA");
+    // The superuser's password went to initdb through a pipe: no file holds it.
+    let leftovers: Vec<_> = fs::read_dir(node.pgdata.join(".pg-entrypoint-bootstrap"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["cluster"], "only initdb's own work is left");
     node.start();
     assert_eq!(node.query_one("1"), "1");
     assert!(node.output().contains("removing an interrupted bootstrap"), "{}", node.output());
