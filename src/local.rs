@@ -1,6 +1,12 @@
 //! The server running in this container, for `health`, `status` and `promote`: found from
-//! PGDATA's postmaster.pid (pid, port, socket directory, status), so they work whatever port
-//! or socket directory postgres arguments chose, and reached over its Unix socket.
+//! PGDATA's postmaster.pid (pid, port, socket directory, status) and reached over its Unix
+//! socket.
+//!
+//! These commands often run as root (HEALTHCHECK, `docker exec`), and postmaster.pid is
+//! writable by the postgres user. So they first become the service account, connect only to
+//! a socket directory the environment configures, and never send a password: local
+//! connections are trusted (initdb `--auth-local=trust`, as in the official image) or
+//! peer-authenticated, and a server that asks for a password is refused one.
 
 use std::fs;
 use std::path::PathBuf;
@@ -21,6 +27,32 @@ pub enum LocalError {
     Incomplete(PathBuf),
     #[error("cannot connect to the server: {0}")]
     Connect(String),
+    #[error(
+        "postmaster.pid names the socket directory {0:?}, which is not configured; refusing to connect there. \
+         Set POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES (rather than postgres -k) to use another directory"
+    )]
+    UnconfiguredSocket(PathBuf),
+    #[error("cannot become the service account: {0}")]
+    Privileges(String),
+}
+
+/// Run as root, becomes the service account (read from /etc/passwd); otherwise stays as is.
+/// Callers read any secret they need (a `_FILE` only root may read) before this.
+pub fn become_service_account() -> Result<(), LocalError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let account = crate::privileges::service_account().map_err(|e| LocalError::Privileges(e.to_string()))?;
+    crate::privileges::become_user(&account).map_err(|e| LocalError::Privileges(e.to_string()))
+}
+
+/// The socket directories the environment configures (the default without the variable).
+fn configured_socket_dirs() -> Vec<PathBuf> {
+    let value = std::env::var(format!("{}UNIX_SOCKET_DIRECTORIES", crate::config::OVERRIDE_PREFIX))
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| crate::render::DEFAULT_SOCKET_DIR.to_string());
+    value.split(',').map(str::trim).filter(|d| !d.is_empty()).map(PathBuf::from).collect()
 }
 
 /// What postmaster.pid says.
@@ -52,7 +84,6 @@ pub struct Local {
     /// A temporary server of the entrypoint (bootstrap or promotion in progress).
     pub temporary: bool,
     user: String,
-    password: Option<String>,
 }
 
 impl Local {
@@ -68,17 +99,15 @@ impl Local {
         }
         let temporary =
             fs::read(proc.join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TEMPORARY_SERVER_MARK));
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let password = var("POSTGRES_PASSWORD").or_else(|| {
-            let file = var("POSTGRES_PASSWORD_FILE")?;
-            fs::read_to_string(file).ok().map(|p| p.trim_end_matches(['\n', '\r']).to_string())
-        });
-        Ok(Local { pgdata, pidfile, temporary, user: var("POSTGRES_USER").unwrap_or("postgres".into()), password })
+        let user = std::env::var("POSTGRES_USER").ok().filter(|v| !v.is_empty()).unwrap_or("postgres".into());
+        Ok(Local { pgdata, pidfile, temporary, user })
     }
 
-    /// A connection over the Unix socket (local trust, or the superuser password if local
-    /// connections need one).
+    /// A connection over the Unix socket, as POSTGRES_USER, without a password.
     pub fn connect(&self, timeout: Duration) -> Result<postgres::Client, LocalError> {
+        if !configured_socket_dirs().contains(&self.pidfile.socket_dir) {
+            return Err(LocalError::UnconfiguredSocket(self.pidfile.socket_dir.clone()));
+        }
         let mut config = postgres::Config::new();
         config
             .host_path(&self.pidfile.socket_dir)
@@ -87,9 +116,6 @@ impl Local {
             .dbname("postgres")
             .application_name("pg-entrypoint")
             .connect_timeout(timeout);
-        if let Some(password) = &self.password {
-            config.password(password);
-        }
         config.connect(postgres::NoTls).map_err(|e| LocalError::Connect(describe(&e)))
     }
 

@@ -41,12 +41,12 @@ SELECT jsonb_pretty(jsonb_build_object(
 /// under `replicas` instead (it keeps no replication password file to ask with).
 type Peers = (Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<Option<String>>);
 
-fn peers() -> Peers {
+fn peers(config: Option<&Config>) -> Peers {
     let mut out: Peers = Default::default();
-    let Ok(config) = Config::from_inputs(&ProcessInputs) else { return out };
+    let Some(config) = config else { return out };
     let Role::Replica(replica) = &config.role else { return out };
     let Ok(bin) = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()) else { return out };
-    let passfile = render::passfile(&config);
+    let passfile = render::passfile(config);
     let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
     let mut members = vec![Address { host: replica.primary_host.clone(), port: replica.primary_port }];
     for peer in &replica.replication.peers {
@@ -73,10 +73,13 @@ fn peers() -> Peers {
 
 /// Prints the JSON; exit 0, or 1 with the reason on stderr when the server cannot be asked.
 pub fn run() -> i32 {
-    let result = Local::find().map_err(|e| e.to_string()).and_then(|local| {
+    // The configuration (and any secret file only root may read) first, then no more root.
+    let config = Config::from_inputs(&ProcessInputs).ok();
+    let result = crate::local::become_service_account().map_err(|e| e.to_string()).and_then(|()| {
+        let local = Local::find().map_err(|e| e.to_string())?;
         let configured = configured_role(&local);
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let (addresses, states, timelines, lsns) = peers();
+        let (addresses, states, timelines, lsns) = peers(config.as_ref());
         let row = client
             .query_one(STATUS_SQL, &[&configured, &addresses, &states, &timelines, &lsns])
             .map_err(|e| describe(&e))?;

@@ -112,3 +112,83 @@ fn bytes_that_are_not_utf8_are_refused_not_mangled_and_never_panic() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(fs::read(&node.log).unwrap(), b"\xff");
 }
+
+/// A fake server on a Unix socket: asks for a cleartext password and records what the client
+/// sends back, and who the client is.
+struct FakeServer {
+    handle: std::thread::JoinHandle<(u32, Vec<u8>)>,
+}
+
+impl FakeServer {
+    fn listen(dir: &std::path::Path, port: u16) -> FakeServer {
+        use std::io::{Read, Write};
+        fs::create_dir_all(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join(format!(".s.PGSQL.{port}"));
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).unwrap().uid();
+            stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            stream.read_exact(&mut startup).unwrap();
+            // AuthenticationCleartextPassword.
+            stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            (uid, answer)
+        });
+        FakeServer { handle }
+    }
+}
+
+/// A postmaster.pid for a "running" server (this test process) at `socket_dir`:`port`.
+fn fake_pidfile(node: &Node, socket_dir: &std::path::Path, port: u16) {
+    fs::create_dir_all(&node.pgdata).unwrap();
+    let text = format!(
+        "{}\n{}\n1764328241\n{port}\n{}\n*\n  55431001         0\nready   \n",
+        std::process::id(),
+        node.pgdata.display(),
+        socket_dir.display()
+    );
+    fs::write(node.pgdata.join("postmaster.pid"), text).unwrap();
+    // The service account must read it once the command has dropped root.
+    std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(&node.pgdata).status().unwrap();
+    fs::set_permissions(&node.pgdata, fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn operator_commands_drop_root_and_never_send_a_password() {
+    let node = Node::new("fake-server");
+    let port = free_port();
+    // A server on the configured socket directory that asks for the password.
+    let server = FakeServer::listen(&node.socket_dir(), port);
+    fake_pidfile(&node, &node.socket_dir(), port);
+    let (code, out) = node.tool(&["health"]);
+    assert_eq!(code, 1, "{out}");
+    let (uid, answer) = server.handle.join().unwrap();
+    assert!(answer.is_empty(), "the client answered the password request: {answer:?}");
+    let postgres_uid = std::process::Command::new("id").args(["-u", "postgres"]).output().unwrap();
+    assert_eq!(uid.to_string(), String::from_utf8_lossy(&postgres_uid.stdout).trim(), "health still ran as root");
+
+    // postmaster.pid pointing at a directory nobody configured: not even a connection.
+    let elsewhere = node.dir.0.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let decoy = std::os::unix::net::UnixListener::bind(elsewhere.join(format!(".s.PGSQL.{port}"))).unwrap();
+    fs::set_permissions(elsewhere.join(format!(".s.PGSQL.{port}")), fs::Permissions::from_mode(0o777)).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    fake_pidfile(&node, &elsewhere, port);
+    for command in ["health", "status"] {
+        let (code, out) = node.tool(&[command]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("which is not configured; refusing to connect there"), "{out}");
+    }
+    let accepted = decoy.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a command connected to an unconfigured socket"
+    );
+}

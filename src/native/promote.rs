@@ -95,6 +95,9 @@ const STANDBY_POSITION_SQL: &str = "SELECT (SELECT system_identifier FROM pg_con
        greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text";
 
 fn try_promote_running(force: bool) -> Result<i32, String> {
+    // The configuration (and any secret file only root may read) first, then no more root.
+    let config = Config::from_inputs(&ProcessInputs);
+    crate::local::become_service_account().map_err(|e| e.to_string())?;
     let local = Local::find().map_err(|e| e.to_string())?;
     let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| describe(&e))?.get(0);
@@ -110,7 +113,8 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
             timeline: row.get::<_, i32>(1) as u32,
             lsn: row.get::<_, Option<String>>(2).as_deref().and_then(Lsn::parse),
         };
-        ask_before_promoting(&me)?;
+        let config = config.map_err(|e| format!("{e}\n(use --force to promote without asking the other members)"))?;
+        ask_before_promoting(&config, &me)?;
     }
     let marker = local.path(PROMOTED_MARKER);
     write_marker(&marker).map_err(|e| format!("cannot write {marker:?}: {e}"))?;
@@ -135,9 +139,7 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
 
 /// Asks the configured primary and the peers; `Err` when promoting would make a second
 /// primary or lose acknowledged commits.
-fn ask_before_promoting(me: &Me) -> Result<(), String> {
-    let config = Config::from_inputs(&ProcessInputs)
-        .map_err(|e| format!("{e}\n(use --force to promote without asking the other members)"))?;
+fn ask_before_promoting(config: &Config, me: &Me) -> Result<(), String> {
     let Role::Replica(replica) = &config.role else {
         return Err(
             "the environment does not configure this node as a replica (HA_MODE=native, REPLICATION_ROLE=replica); \
@@ -147,7 +149,7 @@ fn ask_before_promoting(me: &Me) -> Result<(), String> {
     };
     let bin =
         Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()).map_err(|e| e.to_string())?;
-    let passfile = render::passfile(&config);
+    let passfile = render::passfile(config);
     let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
     let primary = Address { host: replica.primary_host.clone(), port: replica.primary_port };
     let mut members = vec![primary];
