@@ -192,3 +192,78 @@ fn operator_commands_drop_root_and_never_send_a_password() {
         "a command connected to an unconfigured socket"
     );
 }
+
+#[test]
+fn the_ownership_walk_is_not_redirected_by_a_directory_swapped_for_a_link() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut node = Node::new("walk-race");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    // Outside PGDATA: a root directory with a root file, the target of the attack.
+    let outside = node.dir.0.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("root-only"), "root's").unwrap();
+    // Inside: pairs of a directory `dN` and a link `lN` to `outside`, exchanged in a tight
+    // loop while root walks PGDATA (as a process of the volume's owner could).
+    let race = node.pgdata.join("base/race");
+    const PAIRS: usize = 100;
+    for n in 0..PAIRS {
+        fs::create_dir_all(race.join(format!("d{n}"))).unwrap();
+        fs::write(race.join(format!("d{n}/f")), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, race.join(format!("l{n}"))).unwrap();
+    }
+    for _ in 0..5 {
+        std::process::Command::new("chown").args(["-R", "-h", "0:0"]).arg(&node.pgdata).status().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (stop2, race2) = (stop.clone(), race.clone());
+        let swapper = std::thread::spawn(move || {
+            let pairs: Vec<_> =
+                (0..PAIRS).map(|n| (race2.join(format!("d{n}")), race2.join(format!("l{n}")))).collect();
+            while !stop2.load(Ordering::Relaxed) {
+                for (d, l) in &pairs {
+                    let _ = nix::fcntl::renameat2(None, d, None, l, nix::fcntl::RenameFlags::RENAME_EXCHANGE);
+                }
+            }
+        });
+        node.spawn(&[]);
+        // It either refuses (a link where a directory was) or starts; either way it must not
+        // have followed the link.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if node.try_connect().is_ok() {
+                node.stop();
+                break;
+            }
+            if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                node.child = None;
+                assert_eq!(status.code(), Some(1), "{}", node.output());
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", node.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(fs::metadata(&outside).unwrap().uid(), 0, "root chowned a directory outside PGDATA");
+        assert_eq!(fs::metadata(outside.join("root-only")).unwrap().uid(), 0, "root chowned a file outside PGDATA");
+    }
+}
+
+#[test]
+fn promote_run_as_root_never_writes_through_a_planted_link() {
+    let mut primary = Node::new("marker-link-p");
+    primary.as_primary().start();
+    let mut replica = Node::new("marker-link-r");
+    replica.as_replica_of(&primary, "r").start_with_timeout(Duration::from_secs(90));
+    assert_eq!(primary.stop(), 0);
+    let target = replica.dir.0.join("root-file");
+    fs::write(&target, "root's").unwrap();
+    std::os::unix::fs::symlink(&target, replica.pgdata.join("pg-entrypoint.promoted")).unwrap();
+    let (code, out) = replica.tool(&["promote"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("pg-entrypoint.promoted"), "{out}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "root's");
+    assert_eq!(fs::metadata(&target).unwrap().uid(), 0);
+    assert_eq!(replica.query_one("pg_is_in_recovery()"), "true", "not promoted without its marker");
+    assert_eq!(replica.stop(), 0);
+}
