@@ -143,6 +143,8 @@ const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "tr
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const OVERRIDE_PREFIX: &str = "POSTGRESQL_CONFIG_";
+/// Below Docker's 10 s grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 /// A secret file larger than this is a mistake (`/dev/zero`, a disk image).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
@@ -399,7 +401,7 @@ impl Parser<'_> {
         let init_scripts_dir =
             PathBuf::from(self.var("INIT_SCRIPTS_DIR").unwrap_or_else(|| DEFAULT_INIT_SCRIPTS_DIR.to_string()));
         let bindir = self.var("PG_BINDIR").map(PathBuf::from);
-        let shutdown_timeout = self.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(8));
+        let shutdown_timeout = self.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT);
         if let Some(level) = self.var("LOG_LEVEL").filter(|l| parse_log_level(l).is_none()) {
             self.problem("LOG_LEVEL", format!("{level:?} is not accepted; accepted: error, warn, info, debug, trace"));
         }

@@ -33,6 +33,16 @@ fn replace_if_changed(path: &Path, contents: &str) -> io::Result<()> {
     datadir::write_atomic(path, contents.as_bytes(), mode)
 }
 
+/// Removes the password file, if there is one.
+pub fn remove_passfile(path: &Path) -> Result<(), DataDirError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(DataDirError::Io { pgdata: path.into(), action: "cannot remove the password file".into(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The 0600 password file through which the replication user authenticates to other members.
 pub fn write_passfile(path: &Path, replication: &Replication) -> Result<(), DataDirError> {
     let text = render::pgpass(&replication.user, replication.password.expose());

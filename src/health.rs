@@ -90,7 +90,17 @@ pub fn default_bound(receiver_timeout: Duration) -> Option<MaxLag> {
 }
 
 /// The decision, pure: `Ok(why healthy)` or `Err(why not)`.
-pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Option<MaxLag>) -> Result<String, String> {
+/// With `require_sync`, a synchronous primary whose commits would wait (too few synchronous
+/// standbys connected) is unhealthy; without, it is healthy and the line says so. Not the
+/// default: a readiness probe that waits for standbys which wait for the primary's address
+/// (a Kubernetes Service publishes only ready pods) would never become ready.
+pub fn verdict(
+    expect_replica: bool,
+    liveness: bool,
+    require_sync: bool,
+    o: &Observed,
+    max_lag: Option<MaxLag>,
+) -> Result<String, String> {
     if liveness {
         return Ok("accepting connections".into());
     }
@@ -99,13 +109,17 @@ pub fn verdict(expect_replica: bool, liveness: bool, o: &Observed, max_lag: Opti
             (true, _) => Err("configured as primary/standalone but in recovery (read-only standby)".into()),
             (false, true) => Err("not accepting writes (default_transaction_read_only is on)".into()),
             (false, false) if !o.sync_names.is_empty() && o.sync_standbys < required_standbys(&o.sync_names) => {
-                Err(format!(
-                    "primary, but commits wait: {} of the {} synchronous standbys it needs are connected \
-                     (synchronous_standby_names = {})",
+                let why = format!(
+                    "commits wait: {} of the {} synchronous standbys it needs are connected (synchronous_standby_names = {})",
                     o.sync_standbys,
                     required_standbys(&o.sync_names),
                     o.sync_names
-                ))
+                );
+                if require_sync {
+                    Err(format!("primary, but {why}"))
+                } else {
+                    Ok(format!("primary, accepting writes, but {why}"))
+                }
             }
             (false, false) => Ok("primary, accepting writes".into()),
         };
@@ -140,8 +154,8 @@ const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('transact
   FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
 
 /// Runs the probe; returns the exit code (0 healthy, 1 not) after printing one line.
-pub fn run(liveness: bool, max_lag: Option<MaxLag>) -> i32 {
-    let result = probe(liveness, max_lag);
+pub fn run(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> i32 {
+    let result = probe(liveness, require_sync, max_lag);
     match &result {
         Ok(why) => println!("healthy: {why}"),
         Err(why) => println!("unhealthy: {why}"),
@@ -149,7 +163,7 @@ pub fn run(liveness: bool, max_lag: Option<MaxLag>) -> i32 {
     i32::from(result.is_err())
 }
 
-fn probe(liveness: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
+fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
     crate::local::become_service_account().map_err(|e| e.to_string())?;
     let local = Local::find().map_err(|e| e.to_string())?;
     if local.temporary {
@@ -170,7 +184,7 @@ fn probe(liveness: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
         sync_names: row.get(6),
         sync_standbys: row.get(7),
     };
-    verdict(expects_replica(&local), liveness, &observed, max_lag)
+    verdict(expects_replica(&local), liveness, require_sync, &observed, max_lag)
 }
 
 #[cfg(test)]
@@ -203,13 +217,13 @@ mod tests {
 
     #[test]
     fn primary_must_accept_writes() {
-        assert!(verdict(false, false, &observed(false, None, 0, 0), None).is_ok());
-        assert!(verdict(false, false, &observed(true, Some("streaming"), 0, 0), None)
+        assert!(verdict(false, false, false, &observed(false, None, 0, 0), None).is_ok());
+        assert!(verdict(false, false, false, &observed(true, Some("streaming"), 0, 0), None)
             .unwrap_err()
             .contains("in recovery"));
         let mut ro = observed(false, None, 0, 0);
         ro.read_only = true;
-        assert!(verdict(false, false, &ro, None).unwrap_err().contains("not accepting writes"));
+        assert!(verdict(false, false, false, &ro, None).unwrap_err().contains("not accepting writes"));
     }
 
     #[test]
@@ -221,30 +235,34 @@ mod tests {
         assert_eq!(required_standbys("*"), 1);
         let mut o = observed(false, None, 0, 0);
         o.sync_names = "ANY 1 (\"replica-1\")".into();
-        let why = verdict(false, false, &o, None).unwrap_err();
+        let why = verdict(false, false, true, &o, None).unwrap_err();
         assert!(why.starts_with("primary, but commits wait: 0 of the 1 synchronous standbys"), "{why}");
+        let said = verdict(false, false, false, &o, None).unwrap();
+        assert!(said.starts_with("primary, accepting writes, but commits wait"), "{said}");
         o.sync_standbys = 1;
-        assert!(verdict(false, false, &o, None).is_ok());
+        assert_eq!(verdict(false, false, true, &o, None), Ok("primary, accepting writes".into()));
     }
 
     #[test]
     fn replica_must_stream_within_the_bound() {
-        assert!(verdict(true, false, &observed(true, Some("streaming"), 100, 1), None).is_ok());
-        assert!(verdict(true, false, &observed(true, None, 0, 0), None).unwrap_err().contains("not connected"));
-        assert!(verdict(true, false, &observed(false, None, 0, 0), None).unwrap_err().contains("not in recovery"));
+        assert!(verdict(true, false, false, &observed(true, Some("streaming"), 100, 1), None).is_ok());
+        assert!(verdict(true, false, false, &observed(true, None, 0, 0), None).unwrap_err().contains("not connected"));
+        assert!(verdict(true, false, false, &observed(false, None, 0, 0), None)
+            .unwrap_err()
+            .contains("not in recovery"));
         let lagging = observed(true, Some("streaming"), 2 << 20, 1);
-        assert!(verdict(true, false, &lagging, Some(MaxLag::Bytes(1 << 20))).is_err());
-        assert!(verdict(true, false, &lagging, Some(MaxLag::Bytes(4 << 20))).is_ok());
+        assert!(verdict(true, false, false, &lagging, Some(MaxLag::Bytes(1 << 20))).is_err());
+        assert!(verdict(true, false, false, &lagging, Some(MaxLag::Bytes(4 << 20))).is_ok());
         let silent = observed(true, Some("streaming"), 0, 40);
-        assert!(verdict(true, false, &silent, Some(MaxLag::Time(Duration::from_secs(30)))).is_err());
+        assert!(verdict(true, false, false, &silent, Some(MaxLag::Time(Duration::from_secs(30)))).is_err());
         // Without a bound, wal_receiver_timeout gives one: 15 s -> silent for 11.25 s is too long.
         let mut partitioned = observed(true, Some("streaming"), 0, 12);
         partitioned.receiver_timeout = Duration::from_secs(15);
-        let why = verdict(true, false, &partitioned, None).unwrap_err();
+        let why = verdict(true, false, false, &partitioned, None).unwrap_err();
         assert!(why.contains("nothing heard from the primary for 12.0 s (bound 11.2 s)"), "{why}");
         partitioned.silence = Some(Duration::from_secs(8));
-        assert!(verdict(true, false, &partitioned, None).is_ok());
+        assert!(verdict(true, false, false, &partitioned, None).is_ok());
         // Liveness only asks whether the server answers.
-        assert!(verdict(true, true, &observed(false, None, 0, 0), None).is_ok());
+        assert!(verdict(true, true, false, &observed(false, None, 0, 0), None).is_ok());
     }
 }

@@ -3,10 +3,12 @@
 //! socket.
 //!
 //! These commands often run as root (HEALTHCHECK, `docker exec`), and postmaster.pid is
-//! writable by the postgres user. So they first become the service account, connect only to
-//! a socket directory the environment configures, and never send a password: local
-//! connections are trusted (initdb `--auth-local=trust`, as in the official image) or
-//! peer-authenticated, and a server that asks for a password is refused one.
+//! writable by the postgres user, who could point it at a server of its own. So they first
+//! become the service account and never send a password: local connections are trusted
+//! (initdb `--auth-local=trust`, as in the official image) or peer-authenticated, and a
+//! server that asks for a password is refused one. A forged postmaster.pid then obtains
+//! nothing its author could not already do, so the socket it names is used as it is
+//! (whatever directory postgres arguments chose).
 
 use std::fs;
 use std::path::PathBuf;
@@ -27,11 +29,6 @@ pub enum LocalError {
     Incomplete(PathBuf),
     #[error("cannot connect to the server: {0}")]
     Connect(String),
-    #[error(
-        "postmaster.pid names the socket directory {0:?}, which is not configured; refusing to connect there. \
-         Set POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES (rather than postgres -k) to use another directory"
-    )]
-    UnconfiguredSocket(PathBuf),
     #[error("cannot become the service account: {0}")]
     Privileges(String),
 }
@@ -44,15 +41,6 @@ pub fn become_service_account() -> Result<(), LocalError> {
     }
     let account = crate::privileges::service_account().map_err(|e| LocalError::Privileges(e.to_string()))?;
     crate::privileges::become_user(&account).map_err(|e| LocalError::Privileges(e.to_string()))
-}
-
-/// The socket directories the environment configures (the default without the variable).
-fn configured_socket_dirs() -> Vec<PathBuf> {
-    let value = std::env::var(format!("{}UNIX_SOCKET_DIRECTORIES", crate::config::OVERRIDE_PREFIX))
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| crate::render::DEFAULT_SOCKET_DIR.to_string());
-    value.split(',').map(str::trim).filter(|d| !d.is_empty()).map(PathBuf::from).collect()
 }
 
 /// What postmaster.pid says.
@@ -105,9 +93,6 @@ impl Local {
 
     /// A connection over the Unix socket, as POSTGRES_USER, without a password.
     pub fn connect(&self, timeout: Duration) -> Result<postgres::Client, LocalError> {
-        if !configured_socket_dirs().contains(&self.pidfile.socket_dir) {
-            return Err(LocalError::UnconfiguredSocket(self.pidfile.socket_dir.clone()));
-        }
         let mut config = postgres::Config::new();
         config
             .host_path(&self.pidfile.socket_dir)

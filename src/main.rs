@@ -60,6 +60,10 @@ enum Cmd {
         /// A replica lagging more than this is unhealthy: bytes (16MB) or silence from the primary (30s).
         #[arg(long, value_parser = health::parse_max_lag)]
         max_lag: Option<health::MaxLag>,
+        /// A synchronous primary is unhealthy while too few synchronous standbys are connected
+        /// (its commits would wait).
+        #[arg(long)]
+        require_sync: bool,
     },
     /// Print the role, timeline, LSNs and replicas as JSON.
     Status,
@@ -77,6 +81,10 @@ const SUBCOMMANDS: &[&str] = &["run", "check", "health", "status", "promote", "h
 const POSTGRES_INFO_OPTIONS: &[&str] = &["-C", "--describe-config", "-V", "--version", "--help", "-?"];
 
 fn main() {
+    // Started as the postgres uid, /proc/self/environ (every password) would be readable by
+    // that uid, and so by SQL roles allowed to run programs. Not dumpable: only root reads it.
+    // (A switch from root to postgres clears the flag by itself; this covers a non-root start.)
+    let _ = nix::sys::prctl::set_dumpable(false);
     std::process::exit(real_main());
 }
 
@@ -107,7 +115,7 @@ fn real_main() -> i32 {
             init_logging();
             check(&postgres_args)
         }
-        Cmd::Health { liveness, readiness: _, max_lag } => health::run(liveness, max_lag),
+        Cmd::Health { liveness, readiness: _, max_lag, require_sync } => health::run(liveness, require_sync, max_lag),
         Cmd::Status => status::run(),
         Cmd::Promote { force } => native::promote::promote_running(force),
     }

@@ -37,35 +37,33 @@ pub fn settings(config: &Config) -> Settings {
     };
     set("listen_addresses", "*".into(), Source::Default);
     set("unix_socket_directories", DEFAULT_SOCKET_DIR.into(), Source::Default);
-    match &config.role {
-        Role::Standalone => {}
-        Role::Primary(replication) => {
-            set("wal_level", "replica".into(), Source::Role);
-            set("max_wal_senders", "10".into(), Source::Role);
-            set("max_replication_slots", "10".into(), Source::Role);
-            // A restarting replica without a slot still finds recent WAL...
-            set("wal_keep_size", "512MB".into(), Source::Role);
-            // ...and a dead replica's slot cannot fill the primary's disk.
-            set("max_slot_wal_keep_size", "8GB".into(), Source::Role);
-            set("hot_standby", "on".into(), Source::Role);
-            // pg_rewind needs it to bring this primary back as a replica after a failover.
-            set("wal_log_hints", "on".into(), Source::Role);
-            set("synchronous_standby_names", synchronous_standby_names(&replication.sync), Source::Role);
-            // A walsender whose standby stopped answering gives up after this long, so a fast
-            // shutdown never waits on an unreachable standby past SHUTDOWN_TIMEOUT.
-            set("wal_sender_timeout", wal_sender_timeout(config.shutdown_timeout), Source::Role);
-        }
-        Role::Replica(replica) => {
-            set("hot_standby", "on".into(), Source::Role);
-            set("hot_standby_feedback", "on".into(), Source::Role);
-            set("wal_log_hints", "on".into(), Source::Role);
-            let passfile = passfile(config);
-            set("primary_conninfo", primary_conninfo(replica, &passfile.to_string_lossy(), false), Source::Role);
-            set("primary_slot_name", slot_name(&replica.name), Source::Role);
-            // Silence from the primary is noticed (the standby pings it after half of this)
-            // and a dead connection is dropped and retried after this long.
-            set("wal_receiver_timeout", WAL_RECEIVER_TIMEOUT.into(), Source::Role);
-        }
+    // A primary's settings, on replicas too: a standby ignores them, and a replica promoted at
+    // run time (`pg-entrypoint promote`) is then a primary with them at once, synchronous
+    // commits and WAL bounds included, without waiting for a restart.
+    if let Some(replication) = config.replication() {
+        set("wal_level", "replica".into(), Source::Role);
+        set("max_wal_senders", "10".into(), Source::Role);
+        set("max_replication_slots", "10".into(), Source::Role);
+        // A restarting replica without a slot still finds recent WAL...
+        set("wal_keep_size", "512MB".into(), Source::Role);
+        // ...and a dead replica's slot cannot fill the primary's disk.
+        set("max_slot_wal_keep_size", "8GB".into(), Source::Role);
+        set("hot_standby", "on".into(), Source::Role);
+        // pg_rewind needs it to bring this primary back as a replica after a failover.
+        set("wal_log_hints", "on".into(), Source::Role);
+        set("synchronous_standby_names", synchronous_standby_names(&replication.sync), Source::Role);
+        // A walsender whose standby stopped answering gives up after this long, so a fast
+        // shutdown never waits on an unreachable standby past SHUTDOWN_TIMEOUT.
+        set("wal_sender_timeout", wal_sender_timeout(config.shutdown_timeout), Source::Role);
+    }
+    if let Role::Replica(replica) = &config.role {
+        set("hot_standby_feedback", "on".into(), Source::Role);
+        let passfile = passfile(config);
+        set("primary_conninfo", primary_conninfo(replica, &passfile.to_string_lossy(), false), Source::Role);
+        set("primary_slot_name", slot_name(&replica.name), Source::Role);
+        // Silence from the primary is noticed (the standby pings it after half of this)
+        // and a dead connection is dropped and retried after this long.
+        set("wal_receiver_timeout", WAL_RECEIVER_TIMEOUT.into(), Source::Role);
     }
     for (name, value) in &config.overrides {
         set(name, value.clone(), Source::Override);
@@ -87,6 +85,10 @@ pub fn passfile(config: &Config) -> std::path::PathBuf {
     let port = setting("port").map(str::trim).unwrap_or("5432");
     std::path::Path::new(dir).join(format!("pg-entrypoint-{port}.pgpass"))
 }
+
+/// For servers of our own before the real start (single-user, temporary): no standby can
+/// connect to them, so a commit must never wait for one, whatever the configuration says.
+pub const NO_SYNCHRONOUS_WAIT: [&str; 2] = ["synchronous_standby_names=", "synchronous_commit=local"];
 
 /// A replica's `wal_receiver_timeout`; `health` derives its default silence bound from it.
 pub const WAL_RECEIVER_TIMEOUT: &str = "15s";
@@ -389,7 +391,9 @@ mod tests {
         assert_eq!(s["primary_slot_name"].0, "3f2a9c");
         assert_eq!(s["hot_standby_feedback"].0, "on");
         assert_eq!(s["wal_receiver_timeout"].0, "15s");
-        assert!(!s.contains_key("synchronous_standby_names"));
+        // The primary's settings too, for the moment it is promoted.
+        assert_eq!(s["max_slot_wal_keep_size"].0, "8GB");
+        assert_eq!(s["synchronous_standby_names"].0, "");
     }
 
     #[test]

@@ -72,6 +72,7 @@ fn is_server_dir(dir: &Path) -> bool {
 /// data directory and no configuration file. `Err` carries postgres's own FATAL lines.
 pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) -> Result<(), String> {
     let mut cmd = std::process::Command::new(bin.tool("postgres"));
+    crate::supervise::clean_signals_on_exec(&mut cmd);
     cmd.args(["-C", "data_directory"]);
     // A data directory that cannot exist: nothing on disk is read.
     for fixed in ["config_file=/dev/null", "hba_file=/dev/null", "ident_file=/dev/null"] {

@@ -21,9 +21,7 @@ use crate::supervise::{Kind, Supervisor};
 pub const FORCED_SETTINGS: &[&str] = &[
     // Stop at the first error instead of going on with the next statement.
     "exit_on_error=on",
-    // Blocking: a commit would wait forever for a standby that cannot connect.
-    "synchronous_standby_names=",
-    "synchronous_commit=local",
+    // Blocking (besides render::NO_SYNCHRONOUS_WAIT): read-only sessions and timeouts.
     "default_transaction_read_only=off",
     "statement_timeout=0",
     "lock_timeout=0",
@@ -60,7 +58,7 @@ pub fn run(ctx: &Context, sup: &mut Supervisor, dir: &Path, statements: &[String
     let what = "bootstrap SQL (postgres --single)";
     let mut cmd = step::tool(ctx.bin, "postgres");
     cmd.arg("--single").arg("-j").arg("-D").arg(dir);
-    for setting in FORCED_SETTINGS {
+    for setting in render::NO_SYNCHRONOUS_WAIT.iter().chain(FORCED_SETTINGS) {
         cmd.arg("-c").arg(setting);
     }
     cmd.arg("postgres").stdin(Stdio::piped()).stdout(Stdio::null());

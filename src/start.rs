@@ -10,6 +10,7 @@ use crate::bootstrap;
 use crate::config::{Config, ProcessInputs, Role};
 use crate::converge;
 use crate::datadir::{self, State};
+use crate::files;
 use crate::native::{fence, promote, replica, slot_keeper};
 use crate::privileges;
 use crate::render;
@@ -45,6 +46,14 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
 
 /// `pg-entrypoint [postgres] [args]`: returns the process exit code.
 pub fn run(postgres_args: &[String]) -> i32 {
+    // Signals are taken over first: a stop during validation must not be lost.
+    let mut sup = match Supervisor::new() {
+        Ok(sup) => sup,
+        Err(e) => {
+            tracing::error!("cannot set up signal handling: {e}");
+            return exit::STARTUP_FAILED;
+        }
+    };
     let plan = match plan(postgres_args) {
         Ok(plan) => plan,
         Err(message) => {
@@ -52,13 +61,11 @@ pub fn run(postgres_args: &[String]) -> i32 {
             return exit::CONFIG;
         }
     };
-    let mut sup = match Supervisor::new(plan.config.shutdown_timeout) {
-        Ok(sup) => sup,
-        Err(e) => {
-            tracing::error!("cannot set up signal handling: {e}");
-            return exit::STARTUP_FAILED;
-        }
-    };
+    sup.set_shutdown_timeout(plan.config.shutdown_timeout);
+    if let Some(sig) = sup.stop_requested() {
+        tracing::warn!("stopped by {sig} before anything was done");
+        return 128 + sig as i32;
+    }
     if let Err(e) = datadir::check_before_touching(&plan.config.pgdata) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
@@ -110,6 +117,10 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
 /// Steps 3 and 4: bootstrap an empty data directory, or converge an existing one.
 fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
+    if !matches!(ctx.config.role, Role::Replica(_)) {
+        // Only a replica keeps the replication password on disk (e.g. left by its life as one).
+        files::remove_passfile(&render::passfile(ctx.config))?;
+    }
     let mut state = datadir::inspect(pgdata)?;
     if state == State::Staged {
         tracing::info!("finishing the move of a completed bootstrap into PGDATA");

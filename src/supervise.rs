@@ -96,7 +96,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// Blocks the handled signals (so they queue on the signalfd instead of killing us or being
     /// lost) and makes us the reaper of orphans even when we are not PID 1.
-    pub fn new(shutdown_timeout: Duration) -> io::Result<Supervisor> {
+    pub fn new() -> io::Result<Supervisor> {
         let mut mask = SigSet::empty();
         for s in HANDLED {
             mask.add(s);
@@ -108,13 +108,19 @@ impl Supervisor {
         nix::sys::prctl::set_child_subreaper(true)?;
         Ok(Supervisor {
             signals,
-            shutdown_timeout,
+            // Until the configuration is read.
+            shutdown_timeout: crate::config::DEFAULT_SHUTDOWN_TIMEOUT,
             stop: None,
             stop_deadline: None,
             started: HashSet::new(),
             exited: HashMap::new(),
             escalated: false,
         })
+    }
+
+    /// How long a fast shutdown may take (SHUTDOWN_TIMEOUT), once the configuration is known.
+    pub fn set_shutdown_timeout(&mut self, timeout: Duration) {
+        self.shutdown_timeout = timeout;
     }
 
     /// The stop signal received so far, if any (reads pending signals without waiting).
@@ -132,9 +138,7 @@ impl Supervisor {
     /// Starts a child with a clean signal state: the mask we block is inherited through
     /// fork and exec, and a postgres started with SIGTERM blocked could never be stopped.
     pub fn spawn(&mut self, command: &mut Command) -> io::Result<Child> {
-        // SAFETY: the closure runs between fork and exec; it only calls sigaction and
-        // sigprocmask, which are async-signal-safe, and allocates nothing.
-        unsafe { command.pre_exec(reset_signal_state) };
+        clean_signals_on_exec(command);
         let child = command.spawn()?;
         self.started.insert(Pid::from_raw(child.id() as i32));
         Ok(child)
@@ -330,6 +334,14 @@ fn send(pid: Pid, sig: Signal) {
             tracing::warn!(pid = pid.as_raw(), signal = %sig, error = %e, "cannot signal child");
         }
     }
+}
+
+/// Makes `command` start with default signal dispositions and nothing blocked, whatever this
+/// process blocks (the mask is inherited through fork and exec).
+pub fn clean_signals_on_exec(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec; it only calls sigaction and
+    // sigprocmask, which are async-signal-safe, and allocates nothing.
+    unsafe { command.pre_exec(reset_signal_state) };
 }
 
 /// Runs in the child between fork and exec: default dispositions, nothing blocked.

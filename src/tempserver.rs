@@ -38,7 +38,10 @@ impl TempServer {
             format!("hba_file={}", hba.display()),
             format!("port={}", ctx.endpoint.port),
             "hot_standby=on".to_string(),
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::render::NO_SYNCHRONOUS_WAIT.map(String::from))
+        {
             cmd.arg("-c").arg(setting);
         }
         let child = sup.spawn(&mut cmd).map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;

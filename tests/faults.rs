@@ -63,7 +63,9 @@ fn a_synchronous_primary_restarts_and_its_single_user_session_neither_blocks_nor
         .set("POSTGRESQL_CONFIG_LOG_STATEMENT", "all")
         .set("POSTGRESQL_CONFIG_STANDARD_CONFORMING_STRINGS", "off")
         .set("REPLICATION_USER", "rep\\l'x");
-    primary.start();
+    // The first boot's init scripts commit on a temporary server no standby can reach.
+    primary.script("01-schema.sql", b"CREATE TABLE from_init (x int); INSERT INTO from_init VALUES (1);");
+    primary.start_with_timeout(Duration::from_secs(30));
     assert_eq!(primary.stop(), 0);
     // Every start of an existing primary re-applies the replication role in single-user mode,
     // which reads synchronous_standby_names from our file: no standby can ever confirm there.
@@ -76,6 +78,7 @@ fn a_synchronous_primary_restarts_and_its_single_user_session_neither_blocks_nor
     let roles =
         primary.query_one("(SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname !~ '^pg_')");
     assert_eq!(roles, "postgres,rep\\l'x", "exactly the roles we meant, no more");
+    assert_eq!(primary.query_one("(SELECT count(*) FROM from_init)"), "1");
     // A replica of it streams, and commits are confirmed by it.
     let mut replica = Node::new("sync-restart-r");
     replica.as_replica_of(&primary, "replica-1").set("REPLICATION_USER", "rep\\l'x");
@@ -148,6 +151,12 @@ fn an_old_primary_returning_after_a_promotion_is_never_writable() {
     eprintln!("the old primary refused to start in {:?}", started.elapsed());
     assert!(out.contains("refusing to start as a writable primary"), "{out}");
     assert!(out.contains("writable primary of this cluster (timeline 2)"), "{out}");
+    // Nor with a password the new primary no longer accepts (rotated there): it is alive.
+    p.set("REPLICATION_PASSWORD", "rotated elsewhere");
+    let (code, out) = p.run_to_exit(&[]);
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} answered but refused this node", r1.port)), "{out}");
+    p.set("REPLICATION_PASSWORD", PASSWORD);
     // r2, still a standby, refuses to be promoted while r1 is the writable primary.
     let (code, out) = r2.tool(&["promote"]);
     assert_eq!(code, 1, "{out}");

@@ -9,13 +9,12 @@
 //!   holds commits that were acknowledged and that we lack.
 //!
 //! Peers that do not answer are not counted: native mode cannot tell a dead peer from a
-//! partitioned one (Patroni mode can).
+//! partitioned one (Patroni mode can). A peer that answers but refuses our credentials does
+//! count: it is alive, and may be a new primary whose replication password was rotated.
 
-use std::fs;
 use std::process::Command;
 
 use crate::config::{Address, Replication};
-use crate::datadir::DataDirError;
 use crate::files;
 use crate::native::member::{self, Answer, Credentials, Lsn};
 use crate::render;
@@ -34,7 +33,16 @@ pub struct Me {
 /// The decision, pure: `Err(why this node must not become writable)`.
 pub fn verdict(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
     for (address, answer) in answers {
-        let Answer::Identity(peer) = answer else { continue };
+        let peer = match answer {
+            Answer::Identity(peer) => peer,
+            Answer::Unreachable(_) => continue,
+            Answer::Rejected { variable, reason } => {
+                return Err(format!(
+                    "{address} answered but refused this node ({reason}): it may be a primary whose credentials \
+                     changed. Fix {variable}, or remove {address} from REPLICATION_PEERS if it is not a member"
+                ))
+            }
+        };
         if peer.system_id != me.system_id {
             continue; // another cluster: not ours to compare with
         }
@@ -93,7 +101,6 @@ pub fn before_writable(
         return Ok(());
     }
     let me = Me { lsn, ..local_identity(ctx, sup)? };
-    let pgdata = &ctx.config.pgdata;
     let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, replication)?;
     let creds = Credentials { user: &replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
@@ -104,7 +111,7 @@ pub fn before_writable(
         let answer = match out {
             Ok(out) => member::parse(out.code, &out.stdout, &out.stderr),
             Err(e) => {
-                fs::remove_file(&passfile).ok();
+                files::remove_passfile(&passfile)?;
                 return Err(e);
             }
         };
@@ -112,7 +119,7 @@ pub fn before_writable(
         answers.push((address.clone(), answer));
     }
     // A primary keeps no password file once it has asked.
-    fs::remove_file(&passfile).map_err(DataDirError::io(pgdata, "cannot remove the password file"))?;
+    files::remove_passfile(&passfile)?;
     verdict(&me, &answers).map_err(StepError::Fenced)
 }
 
@@ -167,6 +174,11 @@ mod tests {
         }
         let gone = (Address { host: "gone".into(), port: 5432 }, Answer::Unreachable("timeout expired".into()));
         assert_eq!(verdict(&ME, &[other, gone]), Ok(()));
+        // A peer that answers but refuses us is alive: it counts.
+        let refused =
+            Answer::Rejected { variable: "REPLICATION_PASSWORD", reason: "password authentication failed".into() };
+        let why = verdict(&ME, &[(Address { host: "b".into(), port: 5432 }, refused)]).unwrap_err();
+        assert!(why.starts_with("b:5432 answered but refused this node"), "{why}");
     }
 
     #[test]

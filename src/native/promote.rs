@@ -176,7 +176,7 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepEr
     files::write_config(ctx.config, ctx.settings, pgdata)
         .map_err(DataDirError::io(pgdata, "cannot write the configuration"))?;
     let server = TempServer::start(ctx, sup, pgdata, &["standby", "ready"])?;
-    if let Role::Primary(replication) = &ctx.config.role {
+    if let Some(replication) = ctx.config.replication().filter(|r| !r.peers.is_empty()) {
         // Compared with the peers once all the WAL this standby received is replayed.
         let fenced =
             replayed_wal(ctx, sup, &server).and_then(|lsn| fence::before_writable(ctx, sup, replication, Some(lsn)));
@@ -201,7 +201,8 @@ fn replayed_wal(ctx: &Context, sup: &mut Supervisor, server: &TempServer) -> Res
     // Four reads a second for at most 30 s; replaying local WAL takes far less.
     for _ in 0..120 {
         let mut psql = step::tool(ctx.bin, "psql");
-        server.client_env(&mut psql, &ctx.config.superuser, "postgres");
+        // template1: there on every cluster (a "postgres" database may have been dropped).
+        server.client_env(&mut psql, &ctx.config.superuser, "template1");
         psql.args(["-X", "-A", "-t", "-c", "SELECT pg_last_wal_replay_lsn()"]);
         let out = step::run_captured(sup, "psql (reading the replay position)", &mut psql, false)?;
         let Some(lsn) = Lsn::parse(&out.stdout).filter(|_| out.code == 0) else {

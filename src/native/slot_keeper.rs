@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use crate::config::{slot_name, Address, Replica};
 use crate::datadir;
 use crate::native::member::{self, Answer, Credentials, Slot};
+use crate::native::promote::PROMOTED_MARKER;
 use crate::render;
 use crate::server::Bin;
 use crate::step;
@@ -68,7 +69,8 @@ impl SlotKeeper {
         }
     }
 
-    /// One turn: collect a finished question, or ask the next one when it is due.
+    /// One turn: collect a finished question, or ask the next one when it is due. Once this
+    /// node was promoted (`pg-entrypoint promote`), it follows no one: nothing more to keep.
     pub fn tick(&mut self, sup: &mut Supervisor) {
         if let Some(running) = self.running.take() {
             match sup.collect(running.pid) {
@@ -81,6 +83,11 @@ impl SlotKeeper {
             }
         }
         if self.running.is_none() && Instant::now() >= self.next {
+            if self.pgdata.join(PROMOTED_MARKER).exists() {
+                self.report(true, "this node was promoted; no slot to keep on its former primary".into());
+                self.next = Instant::now() + SETTLED;
+                return;
+            }
             self.ask(sup, Question::WhoAreYou);
         }
     }
@@ -138,6 +145,10 @@ impl SlotKeeper {
                     ),
                 ),
                 _ => match primary.slot {
+                    // On a standby a slot would hold WAL for a follower that is not coming.
+                    Some(Slot::Missing) if primary.standby => {
+                        self.report(true, format!("{} is a standby now; not creating a slot there", self.primary))
+                    }
                     Some(Slot::Missing) => self.ask(sup, Question::CreateSlot),
                     Some(Slot::Invalidated) => self.report(
                         false,
