@@ -42,6 +42,11 @@ pub enum PrivilegeError {
          choose a PGDATA under a reachable directory"
     )]
     Unreachable { pgdata: PathBuf, user: String, blocking: PathBuf, mode: u32, owner: u32 },
+    #[error(
+        "{link:?} (on the way to {path:?}) is a symbolic link in a directory the user {user:?} can change; \
+         root does not follow it. Use the real path"
+    )]
+    LinkInParent { path: PathBuf, link: PathBuf, user: String },
     #[error("cannot switch to the user {user:?}: {source}")]
     Switch { user: String, source: nix::Error },
 }
@@ -84,6 +89,9 @@ fn prepare_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Erro
 /// to `account`. Ownership is fixed only where it is wrong: when PGDATA itself already belongs
 /// to the account, its contents are not walked (no recursive chown of a big cluster at boot).
 pub fn prepare_as_root(pgdata: &Path, extra_dirs: &[PathBuf], account: &Account) -> Result<(), PrivilegeError> {
+    for dir in std::iter::once(pgdata).chain(extra_dirs.iter().map(PathBuf::as_path)) {
+        no_link_the_account_controls(dir, account)?;
+    }
     make_owned_dir(pgdata, account, 0o700)?;
     // From here on PGDATA is an open descriptor: a directory swapped for a link cannot
     // redirect the mode change or the ownership walk.
@@ -104,6 +112,34 @@ pub fn prepare_as_root(pgdata: &Path, extra_dirs: &[PathBuf], account: &Account)
         make_owned_dir(dir, account, 0o2775)?;
     }
     check_reachable(pgdata, account)
+}
+
+/// Refuses a path with a symbolic link among its parents when the directory holding the link
+/// can be changed by the service account (its own, or writable by its group or everyone): a
+/// link there (say `/var/lib/postgresql/18 -> /etc` on a volume the account owns) would lead
+/// root's mkdir, chmod and chown elsewhere. Links that only root could have made are followed.
+fn no_link_the_account_controls(path: &Path, account: &Account) -> Result<(), PrivilegeError> {
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors.iter().skip(1) {
+        let Ok(meta) = fs::symlink_metadata(dir) else { break }; // missing: we create the rest
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let holder = fs::symlink_metadata(dir.parent().unwrap_or(Path::new("/")))
+            .map_err(prepare_err(dir, "inspect the directory holding"))?;
+        let writable_by_account = holder.uid() == account.uid
+            || holder.mode() & 0o002 != 0
+            || (holder.mode() & 0o020 != 0 && (holder.gid() == account.gid || account.groups.contains(&holder.gid())));
+        if writable_by_account {
+            return Err(PrivilegeError::LinkInParent {
+                path: path.into(),
+                link: dir.to_path_buf(),
+                user: account.name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` (and missing parents) if needed; chowns only a directory we created.

@@ -2,6 +2,7 @@
 //! and what those mean for the entrypoint's own connections (one source of truth for the
 //! port and socket directory: rendered settings, overridden by postgres arguments).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::render::{Settings, DEFAULT_SOCKET_DIR};
@@ -68,37 +69,60 @@ fn is_server_dir(dir: &Path) -> bool {
 }
 
 /// Lets postgres judge the settings we would write and the arguments it would get, before
-/// anything is written: `postgres -C` parses them all (names, values, options) against no
-/// data directory and no configuration file. `Err` carries postgres's own FATAL lines.
+/// anything is written: `postgres -C` reads them (names, values, options) against no data
+/// directory. The settings go in as the configuration file, an in-memory file (memfd) it
+/// reads as /dev/fd/N: so every bad one is reported at once, and no value is on a command
+/// line. `Err` lists postgres's own words, naming our variable where a setting came from one.
 pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) -> Result<(), String> {
+    let conf = in_memory_file(&crate::render::managed_conf(settings))
+        .map_err(|e| format!("cannot prepare the settings for postgres to check: {e}"))?;
     let mut cmd = std::process::Command::new(bin.tool("postgres"));
     crate::supervise::clean_signals_on_exec(&mut cmd);
-    cmd.args(["-C", "data_directory"]);
+    cmd.args(["-C", "data_directory", "-c"]).arg(format!("config_file=/dev/fd/{}", conf.as_raw_fd()));
     // A data directory that cannot exist: nothing on disk is read.
-    for fixed in ["config_file=/dev/null", "hba_file=/dev/null", "ident_file=/dev/null"] {
+    for fixed in ["hba_file=/dev/null", "ident_file=/dev/null", "data_directory=/dev/null/none"] {
         cmd.arg("-c").arg(fixed);
-    }
-    cmd.arg("-c").arg("data_directory=/dev/null/none");
-    for (name, (value, _)) in settings {
-        cmd.arg("-c").arg(format!("{name}={value}"));
     }
     // PGDATA in the environment would be its -D.
     cmd.args(postgres_args).env_remove("PGDATA").env_remove("POSTGRES_PASSWORD").env_remove("REPLICATION_PASSWORD");
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("postgres").display()))?;
+    drop(conf);
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let why: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.contains("skipping missing configuration file"))
-        .map(|l| l.split_once("FATAL:  ").map_or(l, |(_, m)| m).trim())
-        .filter(|l| !l.is_empty())
-        .collect();
     Err(format!(
-        "postgres refuses these settings or arguments (from POSTGRESQL_CONFIG_* or the postgres arguments): {}",
-        why.join("; ")
+        "postgres refuses these settings or arguments:\n  {}",
+        explain_refusal(&String::from_utf8_lossy(&out.stderr), settings).join("\n  ")
     ))
+}
+
+/// A memfd holding `text`, inheritable by the next child.
+fn in_memory_file(text: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(c"pg-entrypoint-settings", nix::sys::memfd::MemFdCreateFlag::empty())?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(text.as_bytes())?;
+    Ok(file.into())
+}
+
+/// postgres's complaints, one per line, each naming the `POSTGRESQL_CONFIG_*` variable when
+/// the setting came from one.
+pub fn explain_refusal(stderr: &str, settings: &Settings) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once("LOG:  ").or_else(|| l.split_once("FATAL:  ")).map(|(_, m)| m.trim()))
+        .filter(|m| !m.starts_with("skipping missing configuration file") && !m.contains("contains errors"))
+        .map(|m| {
+            let m = m.split(" in file \"/dev/fd/").next().unwrap_or(m);
+            let name = m.split_once("parameter \"").and_then(|(_, rest)| rest.split_once('"')).map(|(n, _)| n);
+            match name.and_then(|n| settings.get(n).map(|(_, source)| (n, source))) {
+                Some((n, crate::render::Source::Override)) => {
+                    format!("{}{}: {m}", crate::config::OVERRIDE_PREFIX, n.to_ascii_uppercase())
+                }
+                _ => m.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// Where the running server can be reached locally.
@@ -196,6 +220,23 @@ fn normalise(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::render::Source;
+
+    #[test]
+    fn a_refusal_names_our_variables() {
+        let mut s = Settings::new();
+        s.insert("shared_buffers".into(), ("lots".into(), Source::Override));
+        s.insert("wal_level".into(), ("replica".into(), Source::Role));
+        let stderr = "2026-11-28 16:45:01.157 GMT [1] LOG:  invalid value for parameter \"shared_buffers\": \"lots\"\n\
+                      2026-11-28 16:45:01.157 GMT [1] LOG:  unrecognized configuration parameter \"bogus\" in file \"/dev/fd/3\" line 4\n\
+                      2026-11-28 16:45:01.157 GMT [1] FATAL:  configuration file \"/dev/fd/3\" contains errors\n";
+        assert_eq!(
+            explain_refusal(stderr, &s),
+            [
+                "POSTGRESQL_CONFIG_SHARED_BUFFERS: invalid value for parameter \"shared_buffers\": \"lots\"",
+                "unrecognized configuration parameter \"bogus\"",
+            ]
+        );
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

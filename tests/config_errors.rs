@@ -134,14 +134,22 @@ fn a_file_as_init_scripts_dir_is_refused_before_initdb() {
 
 #[test]
 fn postgres_judges_setting_names_values_and_options_before_anything_is_written() {
+    // Each names its variable. (postgres reports unknown names before it judges values.)
     let out = rejected("bad-value", |n| {
-        n.set("POSTGRESQL_CONFIG_SHARED_BUFFERS", "lots");
+        n.set("POSTGRESQL_CONFIG_SHARED_BUFFERS", "lots").set("POSTGRESQL_CONFIG_WORK_MEM", "much");
     });
-    assert!(out.contains("invalid value for parameter \"shared_buffers\": \"lots\""), "{out}");
+    assert!(
+        out.contains("POSTGRESQL_CONFIG_SHARED_BUFFERS: invalid value for parameter \"shared_buffers\": \"lots\""),
+        "{out}"
+    );
+    assert!(out.contains("POSTGRESQL_CONFIG_WORK_MEM: invalid value for parameter \"work_mem\""), "{out}");
     let out = rejected("bad-name", |n| {
         n.set("POSTGRESQL_CONFIG_NO_SUCH_SETTING", "1");
     });
-    assert!(out.contains("unrecognized configuration parameter \"no_such_setting\""), "{out}");
+    assert!(
+        out.contains("POSTGRESQL_CONFIG_NO_SUCH_SETTING: unrecognized configuration parameter \"no_such_setting\""),
+        "{out}"
+    );
     let mut node = Node::new("bad-option");
     let (code, out) = node.run_to_exit(&["--bogus"]);
     assert_eq!(code, 78, "{out}");

@@ -249,3 +249,21 @@ fn promote_run_as_root_never_writes_through_a_planted_link() {
     assert_eq!(replica.query_one("pg_is_in_recovery()"), "true", "not promoted without its marker");
     assert_eq!(replica.stop(), 0);
 }
+
+#[test]
+fn a_link_among_pgdatas_parents_that_postgres_could_plant_is_not_followed() {
+    let mut node = Node::new("parent-link");
+    // A volume the postgres user owns (as /var/lib/postgresql in the PostgreSQL 18 layout),
+    // holding a link to a root directory.
+    let volume = node.dir.0.join("volume");
+    let outside = node.dir.0.join("outside");
+    fs::create_dir_all(&volume).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    std::process::Command::new("chown").args(["postgres:postgres"]).arg(&volume).status().unwrap();
+    std::os::unix::fs::symlink(&outside, volume.join("18")).unwrap();
+    node.set("PGDATA", &volume.join("18/docker").display().to_string());
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is a symbolic link in a directory the user \"postgres\" can change"), "{out}");
+    assert!(!outside.join("docker").exists(), "root created a directory through the link");
+}
