@@ -223,6 +223,23 @@ impl Inputs for MapInputs {
     }
 }
 
+impl Replica {
+    pub fn primary(&self) -> Address {
+        Address { host: self.primary_host.clone(), port: self.primary_port }
+    }
+
+    /// The members a replica knows: its primary, then `REPLICATION_PEERS` (each once).
+    pub fn members(&self) -> Vec<Address> {
+        let mut members = vec![self.primary()];
+        for peer in &self.replication.peers {
+            if !members.contains(peer) {
+                members.push(peer.clone());
+            }
+        }
+        members
+    }
+}
+
 impl Config {
     pub fn from_inputs(inputs: &dyn Inputs) -> Result<Config, ConfigError> {
         let mut p = Parser { inputs, problems: Vec::new() };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Address, Config, ProcessInputs, Role};
+use crate::config::{Config, ProcessInputs, Role};
 use crate::local::{describe, Local};
 use crate::native::member::{self, Answer, Credentials};
 use crate::render;
@@ -48,13 +48,7 @@ fn peers(config: Option<&Config>) -> Peers {
     let Ok(bin) = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()) else { return out };
     let passfile = render::passfile(config);
     let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
-    let mut members = vec![Address { host: replica.primary_host.clone(), port: replica.primary_port }];
-    for peer in &replica.replication.peers {
-        if !members.contains(peer) {
-            members.push(peer.clone());
-        }
-    }
-    for address in members {
+    for address in replica.members() {
         let (state, timeline, lsn) = match member::ask_now(&bin, &address, &creds) {
             Answer::Identity(i) => {
                 let role = if i.standby { "standby" } else { "primary" };

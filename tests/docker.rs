@@ -307,6 +307,8 @@ fn synchronous_stack_restarts_fails_over_and_loses_no_acknowledged_commit() {
         assert!(text(&out).contains("instead"), "refused for another reason:\n{}", text(&out));
     }
     let promoted = promoted.expect("one replica could be promoted");
+    // Promoted at run time, it is synchronous at once (replicas carry the settings).
+    assert_eq!(sql(&promoted, "SHOW synchronous_standby_names"), "ANY 1 (\"primary\", \"replica-1\", \"replica-2\")");
     let missing = missing_acks(&promoted, &acked);
     eprintln!("acknowledged commits: {}, missing on the promoted replica: {missing}", acked.len());
     assert_eq!(missing, 0);

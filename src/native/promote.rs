@@ -10,7 +10,7 @@ use std::fs;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::config::{Address, Config, ProcessInputs, Role};
+use crate::config::{Config, ProcessInputs, Role};
 use crate::datadir::DataDirError;
 use crate::files;
 use crate::local::{describe, Local};
@@ -151,10 +151,8 @@ fn ask_before_promoting(config: &Config, me: &Me) -> Result<(), String> {
         Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()).map_err(|e| e.to_string())?;
     let passfile = render::passfile(config);
     let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
-    let primary = Address { host: replica.primary_host.clone(), port: replica.primary_port };
-    let mut members = vec![primary];
-    members.extend(replica.replication.peers.iter().filter(|p| !members.contains(p)).cloned().collect::<Vec<_>>());
-    let answers: Vec<_> = members
+    let answers: Vec<_> = replica
+        .members()
         .into_iter()
         .map(|address| {
             let answer = member::ask_now(&bin, &address, &creds);

@@ -42,14 +42,10 @@ fn credentials<'a>(replica: &'a Replica, passfile: &'a Path) -> Credentials<'a> 
     Credentials { user: &replica.replication.user, passfile, application_name: &replica.name }
 }
 
-fn primary_address(replica: &Replica) -> crate::config::Address {
-    crate::config::Address { host: replica.primary_host.clone(), port: replica.primary_port }
-}
-
 /// One question to the primary: who it is, and the state of our slot.
 fn ask_primary(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<Answer, StepError> {
     let slot = slot_name(&replica.name);
-    let mut cmd = member::ask(ctx.bin, &primary_address(replica), &credentials(replica, passfile), Some(&slot));
+    let mut cmd = member::ask(ctx.bin, &replica.primary(), &credentials(replica, passfile), Some(&slot));
     let out = step::run_captured(sup, "psql (asking the primary)", &mut cmd, false)?;
     Ok(member::parse(out.code, &out.stdout, &out.stderr))
 }
@@ -138,8 +134,7 @@ fn ensure_slot(
             format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL"),
         ],
     };
-    let mut cmd =
-        member::replication_psql(ctx.bin, &primary_address(replica), &credentials(replica, passfile), &commands);
+    let mut cmd = member::replication_psql(ctx.bin, &replica.primary(), &credentials(replica, passfile), &commands);
     let out = step::run_captured(sup, "psql (creating the slot on the primary)", &mut cmd, false)?;
     if out.code != 0 || !out.stderr.trim().is_empty() {
         tracing::warn!(slot = %name, "could not create the replication slot on the primary: {}", out.stderr.trim());

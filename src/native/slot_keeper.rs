@@ -57,7 +57,7 @@ impl SlotKeeper {
     pub fn new(bin: &Bin, replica: &Replica, pgdata: &std::path::Path, passfile: PathBuf) -> SlotKeeper {
         SlotKeeper {
             bin: bin.clone(),
-            primary: Address { host: replica.primary_host.clone(), port: replica.primary_port },
+            primary: replica.primary(),
             user: replica.replication.user.clone(),
             name: replica.name.clone(),
             slot: slot_name(&replica.name),
