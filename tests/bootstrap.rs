@@ -89,6 +89,11 @@ fn sigterm_during_init_scripts_stops_promptly_and_the_next_start_redoes_it() {
     assert_eq!(code, 143, "{}", node.output());
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     assert!(!node.pgdata.join("PG_VERSION").exists());
+    assert!(
+        node.output().contains("stopped by SIGTERM before postgres started; the unfinished bootstrap is redone"),
+        "{}",
+        node.output()
+    );
     // The temporary server is gone too.
     let dir = node.dir.0.display().to_string();
     assert!(processes().iter().all(|p| !p.cmdline.contains(&dir) || p.state == 'Z'), "leftover processes");

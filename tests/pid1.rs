@@ -67,6 +67,7 @@ fn death_of_postgres_by_signal_n_exits_128_plus_n() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pg), Signal::SIGKILL).unwrap();
     let (code, _) = node.wait_exit(Duration::from_secs(15));
     assert_eq!(code, 137);
+    assert!(node.output().contains("ERROR postgres died of signal 9"), "{}", node.output());
     // The next start recovers; the stale postmaster.pid does not block it.
     node.start();
     assert_eq!(node.query_one("1"), "1");
