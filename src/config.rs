@@ -70,6 +70,9 @@ pub struct Replication {
     pub sync: SyncSettings,
     /// `REPLICATION_PEERS`: the other members, asked before this node serves writes.
     pub peers: Vec<Address>,
+    /// `REPLICATION_PASSWORD_PREVIOUS`: while rotating, what peers that have not yet
+    /// replicated the new password still accept.
+    pub previous_password: Option<Secret>,
 }
 
 /// A member's address.
@@ -552,9 +555,12 @@ impl Parser<'_> {
             );
         }
         let password = self.secret("REPLICATION_PASSWORD");
-        if password.as_ref().is_some_and(|p| p.expose().contains(['\n', '\r'])) {
-            // Replicas read it from a password file, which is line-based.
-            self.problem("REPLICATION_PASSWORD", "contains a line break; any other character is accepted");
+        let previous_password = self.secret("REPLICATION_PASSWORD_PREVIOUS");
+        for (name, p) in [("REPLICATION_PASSWORD", &password), ("REPLICATION_PASSWORD_PREVIOUS", &previous_password)] {
+            if p.as_ref().is_some_and(|p| p.expose().contains(['\n', '\r'])) {
+                // Replicas read it from a password file, which is line-based.
+                self.problem(name, "contains a line break; any other character is accepted");
+            }
         }
         if password.is_none()
             && self.var("REPLICATION_PASSWORD_FILE").is_none()
@@ -579,7 +585,7 @@ impl Parser<'_> {
         };
         let replica = if role == "replica" { self.replica_settings() } else { None };
         let peers = self.peers();
-        let replication = Replication { user, password: password?, sync, peers };
+        let replication = Replication { user, password: password?, sync, peers, previous_password };
         Some(match replica {
             None => Role::Primary(replication),
             Some((primary_host, primary_port, name, wait_timeout, reclone)) => {

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::config::{Config, Replication};
+use crate::config::{Config, Replication, Secret};
 use crate::datadir::{self, DataDirError};
 use crate::render::{self, Settings};
 
@@ -45,7 +45,12 @@ pub fn remove_passfile(path: &Path) -> Result<(), DataDirError> {
 
 /// The 0600 password file through which the replication user authenticates to other members.
 pub fn write_passfile(path: &Path, replication: &Replication) -> Result<(), DataDirError> {
-    let text = render::pgpass(&replication.user, replication.password.expose());
+    write_passfile_with(path, &replication.user, &replication.password)
+}
+
+/// The same, with another password (the previous one, while rotating).
+pub fn write_passfile_with(path: &Path, user: &str, password: &Secret) -> Result<(), DataDirError> {
+    let text = render::pgpass(user, password.expose());
     datadir::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| DataDirError::Io {
         pgdata: path.into(),
         action: "cannot write the password file".into(),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::local::{describe, Local};
+use crate::local::{describe, Local, LocalError};
 
 /// A bound on a replica's lag: bytes of received-but-not-replayed WAL, or time since the
 /// primary was last heard from.
@@ -172,7 +172,14 @@ fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<
     if !["ready", "standby"].contains(&local.pidfile.status.as_str()) {
         return Err(format!("server is {}", local.pidfile.status));
     }
-    let mut client = local.connect(Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut client = match local.connect(Duration::from_secs(2)) {
+        Ok(client) => client,
+        // It answered, so it lives; without a password we cannot ask more.
+        Err(LocalError::WantsPassword) if liveness => {
+            return Ok("accepting connections (they ask for a password)".into())
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let row = client.query_one(OBSERVE_SQL, &[]).map_err(|e| describe(&e))?;
     let observed = Observed {
         in_recovery: row.get(0),

@@ -29,6 +29,11 @@ pub enum LocalError {
     Incomplete(PathBuf),
     #[error("cannot connect to the server: {0}")]
     Connect(String),
+    #[error(
+        "the server asks for a password, which these commands never send: they need trust or peer \
+         authentication for POSTGRES_USER on the Unix socket"
+    )]
+    WantsPassword,
     #[error("cannot become the service account: {0}")]
     Privileges(String),
 }
@@ -101,7 +106,14 @@ impl Local {
             .dbname("postgres")
             .application_name("pg-entrypoint")
             .connect_timeout(timeout);
-        config.connect(postgres::NoTls).map_err(|e| LocalError::Connect(describe(&e)))
+        config.connect(postgres::NoTls).map_err(|e| {
+            let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source());
+            if chain.map(|e| e.to_string()).any(|m| m.contains("password missing")) {
+                LocalError::WantsPassword
+            } else {
+                LocalError::Connect(describe(&e))
+            }
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

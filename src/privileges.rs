@@ -114,16 +114,18 @@ pub fn prepare_as_root(pgdata: &Path, extra_dirs: &[PathBuf], account: &Account)
     check_reachable(pgdata, account)
 }
 
-/// Refuses a path with a symbolic link among its parents when the directory holding the link
-/// can be changed by the service account (its own, or writable by its group or everyone): a
-/// link there (say `/var/lib/postgresql/18 -> /etc` on a volume the account owns) would lead
-/// root's mkdir, chmod and chown elsewhere. Links that only root could have made are followed.
+/// Refuses a path with a symbolic link among its parents that the service account could have
+/// planted: a link not owned by root, in a directory the account can change (its own, or
+/// writable by its group or everyone). Such a link (say `/var/lib/postgresql/18 -> /etc` on a
+/// volume the account owns) would lead root's mkdir, chmod and chown elsewhere. A link owned
+/// by root was made by root (the account cannot make one), e.g. the official PostgreSQL 18
+/// image's `/var/lib/postgresql/data -> .`, or `/var/run -> /run`: followed.
 fn no_link_the_account_controls(path: &Path, account: &Account) -> Result<(), PrivilegeError> {
     let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
     ancestors.reverse();
     for dir in ancestors.iter().skip(1) {
         let Ok(meta) = fs::symlink_metadata(dir) else { break }; // missing: we create the rest
-        if !meta.file_type().is_symlink() {
+        if !meta.file_type().is_symlink() || meta.uid() == 0 {
             continue;
         }
         let holder = fs::symlink_metadata(dir.parent().unwrap_or(Path::new("/")))

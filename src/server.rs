@@ -68,6 +68,21 @@ fn is_server_dir(dir: &Path) -> bool {
         .all(|tool| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
+/// postgres arguments that would move the data or configuration files away from the ones we
+/// manage (the managed settings would silently not apply) are refused.
+pub fn check_managed_args(postgres_args: &[String]) -> Result<(), String> {
+    const MANAGED: [&str; 4] = ["data_directory", "config_file", "hba_file", "ident_file"];
+    let moved = setting_args(postgres_args).into_iter().map(|(name, _)| name).find(|n| MANAGED.contains(&n.as_str()));
+    let data_dir = postgres_args.iter().any(|a| a.starts_with("-D"));
+    match (moved, data_dir) {
+        (Some(name), _) => Err(format!(
+            "postgres argument {name}: cannot be set, pg-entrypoint manages where the data and configuration files are"
+        )),
+        (None, true) => Err("postgres argument -D: the data directory is PGDATA".into()),
+        (None, false) => Ok(()),
+    }
+}
+
 /// Lets postgres judge the settings we would write and the arguments it would get, before
 /// anything is written: `postgres -C` reads them (names, values, options) against no data
 /// directory. The settings go in as the configuration file, an in-memory file (memfd) it
@@ -83,8 +98,9 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     for fixed in ["hba_file=/dev/null", "ident_file=/dev/null", "data_directory=/dev/null/none"] {
         cmd.arg("-c").arg(fixed);
     }
-    // PGDATA in the environment would be its -D.
+    // PGDATA in the environment would be its -D; its messages are parsed, so untranslated.
     cmd.args(postgres_args).env_remove("PGDATA").env_remove("POSTGRES_PASSWORD").env_remove("REPLICATION_PASSWORD");
+    cmd.env("LC_ALL", "C");
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("postgres").display()))?;
     drop(conf);
     if out.status.success() {
@@ -92,7 +108,7 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     }
     Err(format!(
         "postgres refuses these settings or arguments:\n  {}",
-        explain_refusal(&String::from_utf8_lossy(&out.stderr), settings).join("\n  ")
+        explain_refusal(&String::from_utf8_lossy(&out.stderr), settings, postgres_args).join("\n  ")
     ))
 }
 
@@ -105,24 +121,40 @@ fn in_memory_file(text: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(file.into())
 }
 
-/// postgres's complaints, one per line, each naming the `POSTGRESQL_CONFIG_*` variable when
-/// the setting came from one.
-pub fn explain_refusal(stderr: &str, settings: &Settings) -> Vec<String> {
-    stderr
-        .lines()
-        .filter_map(|l| l.split_once("LOG:  ").or_else(|| l.split_once("FATAL:  ")).map(|(_, m)| m.trim()))
-        .filter(|m| !m.starts_with("skipping missing configuration file") && !m.contains("contains errors"))
-        .map(|m| {
-            let m = m.split(" in file \"/dev/fd/").next().unwrap_or(m);
-            let name = m.split_once("parameter \"").and_then(|(_, rest)| rest.split_once('"')).map(|(n, _)| n);
-            match name.and_then(|n| settings.get(n).map(|(_, source)| (n, source))) {
-                Some((n, crate::render::Source::Override)) => {
-                    format!("{}{}: {m}", crate::config::OVERRIDE_PREFIX, n.to_ascii_uppercase())
-                }
-                _ => m.to_string(),
+/// postgres's complaints, one per line (its DETAIL and HINT appended), each naming the
+/// `POSTGRESQL_CONFIG_*` variable when the setting came from one and no postgres argument
+/// sets it too. What postgres printed without a severity (a bad option) is kept as it is.
+pub fn explain_refusal(stderr: &str, settings: &Settings, postgres_args: &[String]) -> Vec<String> {
+    let from_args: Vec<String> = setting_args(postgres_args).into_iter().map(|(name, _)| name).collect();
+    let mut out: Vec<String> = Vec::new();
+    for line in stderr.lines() {
+        let severity =
+            ["LOG:  ", "FATAL:  ", "DETAIL:  ", "HINT:  "].iter().find_map(|s| Some((*s, line.split_once(s)?.1)));
+        let Some((severity, message)) = severity else {
+            if !line.trim().is_empty() && !line.starts_with("Try \"") {
+                out.push(line.trim().to_string());
             }
-        })
-        .collect()
+            continue;
+        };
+        let message = message.trim().split(" in file \"/dev/fd/").next().unwrap_or_default();
+        if message.starts_with("skipping missing configuration file") || message.contains("contains errors") {
+            continue;
+        }
+        if matches!(severity, "DETAIL:  " | "HINT:  ") {
+            if let Some(last) = out.last_mut() {
+                last.push_str(&format!(" ({message})"));
+            }
+            continue;
+        }
+        let name = message.split_once("parameter \"").and_then(|(_, rest)| rest.split_once('"')).map(|(n, _)| n);
+        out.push(match name.and_then(|n| settings.get(n).map(|(_, source)| (n, source))) {
+            Some((n, crate::render::Source::Override)) if !from_args.iter().any(|a| a == n) => {
+                format!("{}{}: {message}", crate::config::OVERRIDE_PREFIX, n.to_ascii_uppercase())
+            }
+            _ => message.to_string(),
+        });
+    }
+    out
 }
 
 /// Where the running server can be reached locally.
@@ -227,15 +259,26 @@ mod tests {
         s.insert("shared_buffers".into(), ("lots".into(), Source::Override));
         s.insert("wal_level".into(), ("replica".into(), Source::Role));
         let stderr = "2026-11-28 16:45:01.157 GMT [1] LOG:  invalid value for parameter \"shared_buffers\": \"lots\"\n\
+                      2026-11-28 16:45:01.157 GMT [1] HINT:  Valid units for this parameter are \"B\", \"kB\".\n\
                       2026-11-28 16:45:01.157 GMT [1] LOG:  unrecognized configuration parameter \"bogus\" in file \"/dev/fd/3\" line 4\n\
                       2026-11-28 16:45:01.157 GMT [1] FATAL:  configuration file \"/dev/fd/3\" contains errors\n";
         assert_eq!(
-            explain_refusal(stderr, &s),
+            explain_refusal(stderr, &s, &[]),
             [
-                "POSTGRESQL_CONFIG_SHARED_BUFFERS: invalid value for parameter \"shared_buffers\": \"lots\"",
+                "POSTGRESQL_CONFIG_SHARED_BUFFERS: invalid value for parameter \"shared_buffers\": \"lots\" \
+                 (Valid units for this parameter are \"B\", \"kB\".)",
                 "unrecognized configuration parameter \"bogus\"",
             ]
         );
+        // Set by an argument too: not the variable's fault.
+        let args = ["-c".to_string(), "shared_buffers=lots".to_string()];
+        assert_eq!(
+            explain_refusal(stderr, &s, &args)[0].split(':').next(),
+            Some("invalid value for parameter \"shared_buffers\"")
+        );
+        // A bad option has no severity word.
+        let bad = "/usr/lib/postgresql/15/bin/postgres: invalid option -- 'z'\nTry \"postgres --help\" for more information.\n";
+        assert_eq!(explain_refusal(bad, &s, &[]), ["/usr/lib/postgresql/15/bin/postgres: invalid option -- 'z'"]);
     }
 
     fn args(a: &[&str]) -> Vec<String> {

@@ -32,6 +32,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     let config = Config::from_inputs(&ProcessInputs).map_err(|e| e.to_string())?;
     let settings = render::settings(&config);
     let endpoint = Endpoint::resolve(&settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
+    crate::server::check_managed_args(postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())
         .map_err(|e| format!("invalid configuration: {e}"))?;
     crate::server::judge_settings(&bin, &settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;

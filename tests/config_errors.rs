@@ -156,3 +156,20 @@ fn postgres_judges_setting_names_values_and_options_before_anything_is_written()
     assert!(out.contains("postgres refuses these settings or arguments"), "{out}");
     assert!(!node.pgdata.exists());
 }
+
+#[test]
+fn postgres_arguments_that_move_our_files_or_are_not_options_are_refused() {
+    for (name, args) in [
+        ("arg-conf", vec!["-c", "config_file=/etc/x.conf"]),
+        ("arg-d", vec!["-D", "/elsewhere"]),
+        ("arg-z", vec!["-z"]),
+    ] {
+        let mut node = Node::new(name);
+        let (code, out) = node.run_to_exit(&args);
+        assert_eq!(code, 78, "{args:?}: {out}");
+        assert!(!node.pgdata.exists(), "{args:?}");
+    }
+    let mut node = Node::new("arg-z-says");
+    let (_, out) = node.run_to_exit(&["-z"]);
+    assert!(out.contains("invalid option -- 'z'"), "{out}");
+}

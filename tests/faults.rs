@@ -191,7 +191,10 @@ fn an_old_primary_returning_after_a_promotion_is_never_writable() {
 #[test]
 fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
     let (mut p, mut r1, mut r2) = three_members("lagging");
-    p.set("REPLICATION_SYNCHRONOUS_MODE", "any").set("REPLICATION_SYNCHRONOUS_REPLICAS", "r1,r2");
+    // As in the compose overlay, every member carries the synchronous settings.
+    for n in [&mut p, &mut r1, &mut r2] {
+        n.set("REPLICATION_SYNCHRONOUS_MODE", "any").set("REPLICATION_SYNCHRONOUS_REPLICAS", "r1,r2");
+    }
     p.start();
     r1.start_with_timeout(CLONE_TIMEOUT);
     r2.start_with_timeout(CLONE_TIMEOUT);
@@ -232,6 +235,9 @@ fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
     let (code, out) = r2.tool(&["promote"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(r2.query_one("(SELECT count(*) FROM acked)"), "200");
+    // Synchronous at once, and it says that its commits wait until a replica follows it.
+    assert_eq!(r2.query_one("current_setting('synchronous_standby_names')"), "ANY 1 (\"r1\", \"r2\")");
+    assert!(out.contains("commits on this primary wait for 1 synchronous standby(s)"), "{out}");
     // --force is the operator's override.
     let (code, out) = r1.tool(&["promote", "--force"]);
     assert_eq!(code, 0, "{out}");
@@ -371,5 +377,35 @@ fn a_clone_that_runs_out_of_space_says_so_and_the_next_one_waits() {
     assert_eq!(code, 143, "{}", r.output());
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(!r.passfile().exists());
+    assert_eq!(p.stop(), 0);
+}
+
+#[test]
+fn rotating_the_replication_password_with_peers_needs_the_previous_one_once() {
+    let mut p = Node::new("rotate-p");
+    let mut r = Node::new("rotate-r");
+    p.as_primary();
+    r.as_replica_of(&p, "r");
+    p.set("REPLICATION_PEERS", &peers(&[&r]));
+    r.set("REPLICATION_PEERS", &peers(&[&p]));
+    p.start();
+    r.start_with_timeout(CLONE_TIMEOUT);
+    // The replica still knows only the old password: without the previous one, the primary
+    // cannot tell it from a new primary whose password was rotated, and refuses.
+    assert_eq!(p.stop(), 0);
+    p.set("REPLICATION_PASSWORD", "new secret 2");
+    let (code, out) = p.run_to_exit(&[]);
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains("set REPLICATION_PASSWORD_PREVIOUS to the old one"), "{out}");
+    p.set("REPLICATION_PASSWORD_PREVIOUS", PASSWORD).start();
+    // The replica follows with the new password.
+    assert_eq!(r.stop(), 0);
+    r.set("REPLICATION_PASSWORD", "new secret 2").start();
+    p.client().batch_execute("CREATE TABLE after_rotation (x int)").unwrap();
+    eventually("the replica streams with the new password", Duration::from_secs(30), || {
+        try_query(&r, "to_regclass('after_rotation') IS NOT NULL") == "true"
+    });
+    assert!(!p.all_output().contains("new secret 2") && !r.all_output().contains("new secret 2"));
+    assert_eq!(r.stop(), 0);
     assert_eq!(p.stop(), 0);
 }

@@ -261,9 +261,23 @@ fn a_link_among_pgdatas_parents_that_postgres_could_plant_is_not_followed() {
     fs::create_dir_all(&outside).unwrap();
     std::process::Command::new("chown").args(["postgres:postgres"]).arg(&volume).status().unwrap();
     std::os::unix::fs::symlink(&outside, volume.join("18")).unwrap();
+    // Made by the postgres user (root's own links are trusted).
+    std::process::Command::new("chown").args(["-h", "postgres:postgres"]).arg(volume.join("18")).status().unwrap();
     node.set("PGDATA", &volume.join("18/docker").display().to_string());
     let (code, out) = node.run_to_exit(&[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("is a symbolic link in a directory the user \"postgres\" can change"), "{out}");
     assert!(!outside.join("docker").exists(), "root created a directory through the link");
+}
+
+#[test]
+fn liveness_counts_a_server_that_asks_for_a_password_as_alive() {
+    let node = Node::new("fake-liveness");
+    let port = free_port();
+    let server = FakeServer::listen(&node.socket_dir(), port);
+    fake_pidfile(&node, &node.socket_dir(), port);
+    let (code, out) = node.tool(&["health", "--liveness"]);
+    assert_eq!((code, out.as_str()), (0, "healthy: accepting connections (they ask for a password)\n"));
+    let (_, answer) = server.handle.join().unwrap();
+    assert!(answer.is_empty());
 }

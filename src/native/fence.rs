@@ -36,10 +36,13 @@ pub fn verdict(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
         let peer = match answer {
             Answer::Identity(peer) => peer,
             Answer::Unreachable(_) => continue,
+            // It knows no such role, or has no pg_hba line for us: not a member of ours.
+            Answer::Rejected { variable: "REPLICATION_USER", .. } => continue,
             Answer::Rejected { variable, reason } => {
                 return Err(format!(
-                    "{address} answered but refused this node ({reason}): it may be a primary whose credentials \
-                     changed. Fix {variable}, or remove {address} from REPLICATION_PEERS if it is not a member"
+                    "{address} answered but refused this node's {variable} ({reason}): it may be a primary whose \
+                     password was rotated. If you are rotating the password, set REPLICATION_PASSWORD_PREVIOUS to the \
+                     old one for this start; otherwise fix {variable}"
                 ))
             }
         };
@@ -102,25 +105,45 @@ pub fn before_writable(
     }
     let me = Me { lsn, ..local_identity(ctx, sup)? };
     let passfile = render::passfile(ctx.config);
-    files::write_passfile(&passfile, replication)?;
-    let creds = Credentials { user: &replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
-    let mut answers = Vec::new();
-    for address in &replication.peers {
-        let what = format!("psql (asking the peer {address})");
-        let out = step::run_captured(sup, &what, &mut member::ask(ctx.bin, address, &creds, None), false);
-        let answer = match out {
-            Ok(out) => member::parse(out.code, &out.stdout, &out.stderr),
-            Err(e) => {
-                files::remove_passfile(&passfile)?;
-                return Err(e);
-            }
-        };
-        tracing::info!("peer {}", describe(address, &answer));
-        answers.push((address.clone(), answer));
-    }
+    let answers = ask_peers(ctx, sup, replication, &passfile);
     // A primary keeps no password file once it has asked.
     files::remove_passfile(&passfile)?;
-    verdict(&me, &answers).map_err(StepError::Fenced)
+    verdict(&me, &answers?).map_err(StepError::Fenced)
+}
+
+/// Each peer's answer; a peer refusing the password is asked again with
+/// `REPLICATION_PASSWORD_PREVIOUS` when it is set (a rotation: the peers learn the new
+/// password only once this primary has applied it and they have replicated it).
+fn ask_peers(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    replication: &Replication,
+    passfile: &std::path::Path,
+) -> Result<Vec<(Address, Answer)>, StepError> {
+    let creds = Credentials { user: &replication.user, passfile, application_name: "pg-entrypoint" };
+    let ask = |sup: &mut Supervisor, address: &Address| -> Result<Answer, StepError> {
+        let what = format!("psql (asking the peer {address})");
+        let out = step::run_captured(sup, &what, &mut member::ask(ctx.bin, address, &creds, None), false)?;
+        Ok(member::parse(out.code, &out.stdout, &out.stderr))
+    };
+    files::write_passfile(passfile, replication)?;
+    let mut answers = Vec::new();
+    for address in &replication.peers {
+        answers.push((address.clone(), ask(sup, address)?));
+    }
+    let refused_password = |a: &Answer| matches!(a, Answer::Rejected { variable: "REPLICATION_PASSWORD", .. });
+    if let Some(previous) =
+        replication.previous_password.as_ref().filter(|_| answers.iter().any(|(_, a)| refused_password(a)))
+    {
+        files::write_passfile_with(passfile, &replication.user, previous)?;
+        for (address, answer) in answers.iter_mut().filter(|(_, a)| refused_password(a)) {
+            *answer = ask(sup, address)?;
+        }
+    }
+    for (address, answer) in &answers {
+        tracing::info!("peer {}", describe(address, answer));
+    }
+    Ok(answers)
 }
 
 /// This data directory's system identifier and timeline, from pg_controldata.

@@ -130,10 +130,25 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
             return Err(e);
         }
     }
-    let timeline: i32 = client
-        .query_one("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int", &[])
-        .map_err(|e| describe(&e))?
-        .get(0);
+    let row = client
+        .query_one(
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,
+                    current_setting('synchronous_standby_names'),
+                    (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))",
+            &[],
+        )
+        .map_err(|e| describe(&e))?;
+    let (timeline, sync_names, sync_standbys): (i32, String, i64) = (row.get(0), row.get(1), row.get(2));
+    let needed = crate::health::required_standbys(&sync_names);
+    if !sync_names.is_empty() && sync_standbys < needed {
+        // The other replicas still follow the old primary: until one follows this one, every
+        // commit here waits (synchronous replication keeps its promise; it does not fail).
+        println!(
+            "promote: warning: commits on this primary wait for {needed} synchronous standby(s) \
+             (synchronous_standby_names = {sync_names}) and none follows it yet: repoint a replica at it now \
+             (PRIMARY_HOST, restart)"
+        );
+    }
     Ok(timeline)
 }
 

@@ -15,7 +15,6 @@ use nix::unistd::Pid;
 use crate::config::{slot_name, Address, Replica};
 use crate::datadir;
 use crate::native::member::{self, Answer, Credentials, Slot};
-use crate::native::promote::PROMOTED_MARKER;
 use crate::render;
 use crate::server::Bin;
 use crate::step;
@@ -70,7 +69,8 @@ impl SlotKeeper {
     }
 
     /// One turn: collect a finished question, or ask the next one when it is due. Once this
-    /// node was promoted (`pg-entrypoint promote`), it follows no one: nothing more to keep.
+    /// node was promoted (however: `standby.signal` is gone), it follows no one: nothing more
+    /// to keep, and no slot may be created on its former primary.
     pub fn tick(&mut self, sup: &mut Supervisor) {
         if let Some(running) = self.running.take() {
             match sup.collect(running.pid) {
@@ -82,14 +82,18 @@ impl SlotKeeper {
                 Err(e) => tracing::debug!("slot keeper: {e}"),
             }
         }
-        if self.running.is_none() && Instant::now() >= self.next {
-            if self.pgdata.join(PROMOTED_MARKER).exists() {
-                self.report(true, "this node was promoted; no slot to keep on its former primary".into());
-                self.next = Instant::now() + SETTLED;
-                return;
-            }
+        if self.running.is_none() && Instant::now() >= self.next && self.still_a_standby() {
             self.ask(sup, Question::WhoAreYou);
         }
+    }
+
+    fn still_a_standby(&mut self) -> bool {
+        if self.pgdata.join("standby.signal").exists() {
+            return true;
+        }
+        self.report(true, "this node was promoted; no slot to keep on its former primary".into());
+        self.next = Instant::now() + SETTLED;
+        false
     }
 
     fn ask(&mut self, sup: &mut Supervisor, question: Question) {
@@ -145,11 +149,9 @@ impl SlotKeeper {
                     ),
                 ),
                 _ => match primary.slot {
-                    // On a standby a slot would hold WAL for a follower that is not coming.
-                    Some(Slot::Missing) if primary.standby => {
-                        self.report(true, format!("{} is a standby now; not creating a slot there", self.primary))
-                    }
-                    Some(Slot::Missing) => self.ask(sup, Question::CreateSlot),
+                    // (A standby upstream is a cascade: it needs the slot as much as a primary.)
+                    Some(Slot::Missing) if self.still_a_standby() => self.ask(sup, Question::CreateSlot),
+                    Some(Slot::Missing) => {}
                     Some(Slot::Invalidated) => self.report(
                         false,
                         format!(

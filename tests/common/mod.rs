@@ -38,8 +38,23 @@ impl Drop for TempDir {
 }
 
 /// A free TCP port on loopback.
+/// A free TCP port for a server, below the kernel's ephemeral range (32768 and up), so that no
+/// client socket of a parallel test is handed it between this choice and the server's bind,
+/// and spread by process and time so that parallel tests rarely even try the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    loop {
+        hasher.write_usize(COUNTER.fetch_add(1, Ordering::SeqCst));
+        let port = 20000 + (hasher.finish() % 12000) as u16;
+        // [::] is dual-stack: free there means free for IPv4 too (postgres listens on both).
+        let free =
+            std::net::TcpListener::bind(("::", port)).or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)));
+        if free.is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn pg_bindir() -> PathBuf {
