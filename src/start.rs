@@ -1,5 +1,6 @@
-//! The start-up sequence, one function per step: validate, prepare and drop privileges,
-//! bootstrap or converge the data directory, then run and supervise postgres.
+//! The start-up sequence, one function per step: validate (postgres judging the settings
+//! too), classify PGDATA before touching it, prepare and drop privileges, bootstrap or
+//! converge the data directory, then run and supervise postgres.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -67,6 +68,7 @@ pub fn run(postgres_args: &[String]) -> i32 {
         tracing::warn!("stopped by {sig} before anything was done");
         return 128 + sig as i32;
     }
+    // Step 2: what PGDATA is, before root changes anything there.
     if let Err(e) = datadir::check_before_touching(&plan.config.pgdata) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
@@ -95,7 +97,7 @@ pub fn run(postgres_args: &[String]) -> i32 {
     supervise_postgres(&ctx, &mut sup)
 }
 
-/// Step 2: as root, make the directories and become `postgres`; otherwise work as we are.
+/// Step 3: as root, make the directories and become `postgres`; otherwise work as we are.
 fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     let pgdata = &plan.config.pgdata;
     if nix::unistd::geteuid().is_root() {
@@ -115,7 +117,7 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Steps 3 and 4: bootstrap an empty data directory, or converge an existing one.
+/// Steps 4 and 5: bootstrap an empty data directory, or converge an existing one.
 fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
     if !matches!(ctx.config.role, Role::Replica(_)) {
@@ -165,7 +167,7 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
     }
 }
 
-/// Step 5: run postgres and pass its exit status through (README "Exit codes").
+/// Step 6: run postgres and pass its exit status through (README "Exit codes").
 fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
     let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
