@@ -253,6 +253,21 @@ impl Config {
         }
     }
 
+    /// As in the official image, the superuser password is needed only to create a cluster
+    /// (an empty PGDATA that is not a replica's), unless `POSTGRES_HOST_AUTH_METHOD=trust`.
+    pub fn password_problem(&self, creates_cluster: bool) -> Option<ConfigError> {
+        let needed = creates_cluster && !matches!(self.role, Role::Replica(_)) && self.host_auth_method != "trust";
+        (needed && self.superuser_password.is_none()).then(|| {
+            ConfigError(vec![Problem {
+                variable: "POSTGRES_PASSWORD".into(),
+                message: "is required to initialise an empty PGDATA (or POSTGRES_PASSWORD_FILE), e.g. \
+                          `docker run -e POSTGRES_PASSWORD=mysecretpassword IMAGE`; only \
+                          POSTGRES_HOST_AUTH_METHOD=trust allows none (then anyone who can connect is the superuser)"
+                    .into(),
+            }])
+        })
+    }
+
     pub fn replication(&self) -> Option<&Replication> {
         match &self.role {
             Role::Standalone => None,
@@ -312,8 +327,14 @@ impl Parser<'_> {
         }
     }
 
+    /// `NAME`, or the contents of the file `NAME_FILE` names, as the official image's
+    /// `file_env` reads `POSTGRES_USER`, `POSTGRES_DB` and `POSTGRES_INITDB_ARGS`.
+    fn var_or_file(&mut self, name: &str) -> Option<String> {
+        self.secret(name).map(|s| s.0)
+    }
+
     fn identifier(&mut self, name: &str, default: &str) -> String {
-        let value = self.var(name).unwrap_or_else(|| default.to_string());
+        let value = self.var_or_file(name).unwrap_or_else(|| default.to_string());
         if value.len() > MAX_IDENTIFIER_BYTES {
             self.problem(
                 name,
@@ -397,15 +418,10 @@ impl Parser<'_> {
                 format!("{host_auth_method:?} is not accepted; accepted: {}", ACCEPTED_AUTH_METHODS.join(", ")),
             );
         }
+        // Needed to create a cluster, not to start one: see [`Config::password_problem`].
         let superuser_password = self.secret("POSTGRES_PASSWORD");
-        if superuser_password.is_none() && host_auth_method != "trust" && self.var("POSTGRES_PASSWORD_FILE").is_none() {
-            self.problem(
-                "POSTGRES_PASSWORD",
-                "is required (or POSTGRES_PASSWORD_FILE); only POSTGRES_HOST_AUTH_METHOD=trust allows none",
-            );
-        }
         let initdb_args: Vec<String> = self
-            .var("POSTGRES_INITDB_ARGS")
+            .var_or_file("POSTGRES_INITDB_ARGS")
             .map(|a| a.split_whitespace().map(String::from).collect())
             .unwrap_or_default();
         if initdb_args.iter().any(|a| a.starts_with("-D") || a.starts_with("--pgdata")) {
@@ -982,12 +998,34 @@ mod tests {
     }
 
     #[test]
-    fn password_is_required_unless_trust() {
-        assert_eq!(
-            problems(&[]),
-            ["POSTGRES_PASSWORD: is required (or POSTGRES_PASSWORD_FILE); only POSTGRES_HOST_AUTH_METHOD=trust allows none"]
-        );
-        assert!(parse(&[("POSTGRES_HOST_AUTH_METHOD", "trust")]).unwrap().superuser_password.is_none());
+    fn password_is_required_only_to_create_a_cluster_unless_trust() {
+        let c = parse(&[]).unwrap();
+        assert!(c.password_problem(false).is_none(), "an initialised volume starts without it");
+        let err = c.password_problem(true).unwrap().to_string();
+        assert!(err.contains("POSTGRES_PASSWORD: is required to initialise an empty PGDATA"), "{err}");
+        assert!(parse(&[("POSTGRES_HOST_AUTH_METHOD", "trust")]).unwrap().password_problem(true).is_none());
+        let replica =
+            parse(&[("HA_MODE", "native"), ("ROLE", "replica"), ("REPLICATION_PASSWORD", "r"), ("PRIMARY_HOST", "p")]);
+        assert!(replica.unwrap().password_problem(true).is_none(), "a replica clones, it does not initdb");
+    }
+
+    #[test]
+    fn the_official_images_file_variables_are_read_from_files() {
+        let mut i = inputs(&[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("POSTGRES_USER_FILE", "/run/secrets/user"),
+            ("POSTGRES_DB_FILE", "/run/secrets/db"),
+            ("POSTGRES_INITDB_ARGS_FILE", "/run/secrets/args"),
+        ]);
+        i.files.insert("/run/secrets/user".into(), "alice\n".into());
+        i.files.insert("/run/secrets/db".into(), "app\n".into());
+        i.files.insert("/run/secrets/args".into(), "--data-checksums\n".into());
+        let c = Config::from_inputs(&i).unwrap();
+        assert_eq!((c.superuser.as_str(), c.database.as_str()), ("alice", "app"));
+        assert_eq!(c.initdb_args, ["--data-checksums"]);
+        i.vars.insert("POSTGRES_USER".into(), "bob".into());
+        let err = Config::from_inputs(&i).unwrap_err().to_string();
+        assert!(err.contains("both POSTGRES_USER and POSTGRES_USER_FILE are set"), "{err}");
     }
 
     #[test]
@@ -1023,11 +1061,7 @@ mod tests {
             ("SHUTDOWN_TIMEOUT", "soon"),
         ]);
         let vars: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
-        assert_eq!(
-            vars,
-            ["PGDATA", "POSTGRES_HOST_AUTH_METHOD", "POSTGRES_PASSWORD", "SHUTDOWN_TIMEOUT", "HA_MODE"],
-            "{p:?}"
-        );
+        assert_eq!(vars, ["PGDATA", "POSTGRES_HOST_AUTH_METHOD", "SHUTDOWN_TIMEOUT", "HA_MODE"], "{p:?}");
     }
 
     #[test]

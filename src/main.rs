@@ -161,6 +161,10 @@ fn check(postgres_args: &[String]) -> i32 {
         }
     };
     let c = &plan.config;
+    if let Some(problem) = start::password_problem(c) {
+        eprintln!("{problem}");
+        return step::exit::CONFIG;
+    }
     let state = match datadir::inspect(&c.pgdata) {
         Ok(state) => format!("{state:?}"),
         Err(e) => format!("unreadable ({e})"),

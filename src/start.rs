@@ -46,6 +46,13 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     Ok(Plan { config, settings, endpoint, bin })
 }
 
+/// The superuser password, when this start would create a cluster without one (PGDATA read,
+/// nothing written). An unreadable PGDATA is left to the steps that report it.
+pub fn password_problem(config: &Config) -> Option<crate::config::ConfigError> {
+    let creates = matches!(datadir::inspect(&config.pgdata), Ok(State::Empty | State::Interrupted));
+    config.password_problem(creates)
+}
+
 /// `pg-entrypoint [postgres] [args]`: returns the process exit code.
 pub fn run(postgres_args: &[String]) -> i32 {
     // Signals are taken over first: a stop during validation must not be lost.
@@ -64,6 +71,16 @@ pub fn run(postgres_args: &[String]) -> i32 {
         }
     };
     sup.set_shutdown_timeout(plan.config.shutdown_timeout);
+    if let Some(problem) = password_problem(&plan.config) {
+        tracing::error!("{problem}");
+        return exit::CONFIG;
+    }
+    if plan.config.host_auth_method == "trust" {
+        tracing::warn!(
+            "POSTGRES_HOST_AUTH_METHOD=trust: anyone who reaches this server over TCP may connect as any role, \
+             superuser included, without a password"
+        );
+    }
     if let Some(sig) = sup.stop_requested() {
         tracing::warn!("stopped by {sig} before anything was done");
         return 128 + sig as i32;
@@ -136,6 +153,10 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
         state = datadir::inspect(pgdata)?;
     }
     if let State::Cluster { standby } = state {
+        if ctx.config.superuser_password.is_some() {
+            // As in the official image; a changed password would otherwise seem applied.
+            tracing::info!("PGDATA holds a cluster: POSTGRES_PASSWORD is not applied (change it with ALTER ROLE)");
+        }
         datadir::remove_stale_pidfile(pgdata)?;
         datadir::remove_legacy_passfile(pgdata)?;
         datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;

@@ -152,3 +152,21 @@ fn started_as_a_non_root_user_it_works_as_that_user() {
     assert_eq!(mode & 0o777, 0o700);
     assert_eq!(node.stop(), 0);
 }
+
+#[test]
+fn an_initialised_volume_starts_without_the_superuser_password() {
+    let mut node = Node::new("no-password-later");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    node.unset("POSTGRES_PASSWORD");
+    node.spawn(&[]);
+    let user = node.superuser();
+    wait_until(Duration::from_secs(30), || node.connect_as(&user, PASSWORD, &user).is_ok());
+    assert_eq!(node.stop(), 0);
+    // Set again, with another value: not applied (as in the official image), and it says so.
+    node.set("POSTGRES_PASSWORD", "changed");
+    node.spawn(&[]);
+    wait_until(Duration::from_secs(30), || node.connect_as(&user, PASSWORD, &user).is_ok());
+    assert!(node.output().contains("POSTGRES_PASSWORD is not applied"), "{}", node.output());
+    assert_eq!(node.stop(), 0);
+}
