@@ -13,12 +13,12 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
 
-use crate::config::Config;
+use crate::config::{Config, SECRET_VARS};
 use crate::datadir::{self, DataDirError, Staging};
 use crate::files;
 use crate::render;
 use crate::single_user;
-use crate::step::{finish, run, tool, Context, StepError, SECRET_VARS};
+use crate::step::{finish, run, tool, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
 use crate::tempserver::TempServer;
 

@@ -146,6 +146,8 @@ const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "tr
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const OVERRIDE_PREFIX: &str = "POSTGRESQL_CONFIG_";
+/// Variables that hold secrets: never passed to postgres, the PostgreSQL tools or a decompressor.
+pub const SECRET_VARS: [&str; 3] = ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REPLICATION_PASSWORD_PREVIOUS"];
 /// Below Docker's 10 s grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 /// A secret file larger than this is a mistake (`/dev/zero`, a disk image).

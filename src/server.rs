@@ -99,7 +99,10 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
         cmd.arg("-c").arg(fixed);
     }
     // PGDATA in the environment would be its -D; its messages are parsed, so untranslated.
-    cmd.args(postgres_args).env_remove("PGDATA").env_remove("POSTGRES_PASSWORD").env_remove("REPLICATION_PASSWORD");
+    cmd.args(postgres_args).env_remove("PGDATA");
+    for var in crate::config::SECRET_VARS {
+        cmd.env_remove(var);
+    }
     cmd.env("LC_ALL", "C");
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("postgres").display()))?;
     drop(conf);

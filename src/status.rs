@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use crate::config::{Config, ProcessInputs, Role};
 use crate::local::{describe, Local};
-use crate::native::member::{self, Answer, Credentials};
-use crate::render;
-use crate::server::Bin;
+use crate::native::member::{self, Answer};
 
 const STATUS_SQL: &str = "
 SELECT jsonb_pretty(jsonb_build_object(
@@ -45,11 +43,9 @@ fn peers(config: Option<&Config>) -> Peers {
     let mut out: Peers = Default::default();
     let Some(config) = config else { return out };
     let Role::Replica(replica) = &config.role else { return out };
-    let Ok(bin) = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()) else { return out };
-    let passfile = render::passfile(config);
-    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
-    for address in replica.members() {
-        let (state, timeline, lsn) = match member::ask_now(&bin, &address, &creds) {
+    let Ok(answers) = member::ask_members_now(config, replica) else { return out };
+    for (address, answer) in answers {
+        let (state, timeline, lsn) = match answer {
             Answer::Identity(i) => {
                 let role = if i.standby { "standby" } else { "primary" };
                 (role.to_string(), Some(i.timeline as i32), Some(i.lsn.to_string()))

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::Config;
+use crate::config::{Config, SECRET_VARS};
 use crate::datadir::DataDirError;
 use crate::render;
 use crate::server::{Bin, Endpoint};
@@ -28,9 +28,6 @@ pub mod exit {
     /// immediately: nothing committed is lost, the next start runs crash recovery.
     pub const SHUTDOWN_ESCALATED: i32 = 76;
 }
-
-/// Variables that hold secrets: never passed to postgres or the PostgreSQL tools.
-pub const SECRET_VARS: [&str; 2] = ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {

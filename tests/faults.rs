@@ -398,6 +398,10 @@ fn rotating_the_replication_password_with_peers_needs_the_previous_one_once() {
     assert_eq!(code, 75, "{out}");
     assert!(out.contains("set REPLICATION_PASSWORD_PREVIOUS to the old one"), "{out}");
     p.set("REPLICATION_PASSWORD_PREVIOUS", PASSWORD).start();
+    // No child gets a password in its environment, the previous one included.
+    let environ = std::fs::read(format!("/proc/{}/environ", postmaster(&p))).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("REPLICATION_PASSWORD") && !environ.contains(PASSWORD), "{environ}");
     // The replica follows with the new password.
     assert_eq!(r.stop(), 0);
     r.set("REPLICATION_PASSWORD", "new secret 2").start();

@@ -10,9 +10,9 @@ use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::config::Address;
+use crate::config::{Address, Config, Replica};
 use crate::render;
-use crate::server::Bin;
+use crate::server::{Bin, BinError};
 use crate::step;
 
 /// A WAL position.
@@ -83,6 +83,11 @@ pub fn ask(bin: &Bin, address: &Address, creds: &Credentials, slot: Option<&str>
     replication_psql(bin, address, creds, &commands)
 }
 
+/// The replication command that creates our physical slot, keeping WAL from now on.
+pub fn create_slot(slot: &str) -> String {
+    format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", render::quote_identifier(slot))
+}
+
 /// A psql run of replication `commands` against `address`, output unaligned without headers.
 pub fn replication_psql(bin: &Bin, address: &Address, creds: &Credentials, commands: &[String]) -> Command {
     let mut psql = step::tool(bin, "psql");
@@ -149,16 +154,21 @@ pub fn classify_failure(stderr: &str) -> Answer {
     }
 }
 
-/// Asks without a supervisor (the operator commands, which are not PID 1).
-pub fn ask_now(bin: &Bin, address: &Address, creds: &Credentials) -> Answer {
-    match ask(bin, address, creds, None).output() {
+/// Asks every member a replica knows (its primary, then its peers), without a supervisor:
+/// for the operator commands, which are not PID 1.
+pub fn ask_members_now(config: &Config, replica: &Replica) -> Result<Vec<(Address, Answer)>, BinError> {
+    let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())?;
+    let passfile = render::passfile(config);
+    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
+    let answer = |address: &Address| match ask(&bin, address, &creds, None).output() {
         Ok(out) => parse(
             out.status.code().unwrap_or(1),
             &String::from_utf8_lossy(&out.stdout),
             &String::from_utf8_lossy(&out.stderr),
         ),
         Err(e) => Answer::Unreachable(format!("cannot run psql: {e}")),
-    }
+    };
+    Ok(replica.members().into_iter().map(|address| (address.clone(), answer(&address))).collect())
 }
 
 #[cfg(test)]

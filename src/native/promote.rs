@@ -15,9 +15,7 @@ use crate::datadir::DataDirError;
 use crate::files;
 use crate::local::{describe, Local};
 use crate::native::fence::{self, Me};
-use crate::native::member::{self, Credentials, Lsn};
-use crate::render;
-use crate::server::Bin;
+use crate::native::member::{self, Lsn};
 use crate::step::{self, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
 use crate::tempserver::TempServer;
@@ -162,19 +160,10 @@ fn ask_before_promoting(config: &Config, me: &Me) -> Result<(), String> {
                 .into(),
         );
     };
-    let bin =
-        Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()).map_err(|e| e.to_string())?;
-    let passfile = render::passfile(config);
-    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
-    let answers: Vec<_> = replica
-        .members()
-        .into_iter()
-        .map(|address| {
-            let answer = member::ask_now(&bin, &address, &creds);
-            println!("promote: {}", fence::describe(&address, &answer));
-            (address, answer)
-        })
-        .collect();
+    let answers = member::ask_members_now(config, replica).map_err(|e| e.to_string())?;
+    for (address, answer) in &answers {
+        println!("promote: {}", fence::describe(address, answer));
+    }
     fence::verdict(me, &answers).map_err(|why| format!("refusing to promote: {why} (--force promotes anyway)"))
 }
 

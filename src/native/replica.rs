@@ -116,8 +116,8 @@ fn same_cluster(ctx: &Context, replica: &Replica, primary: &Identity) -> Result<
     })
 }
 
-/// Creates our slot on the primary when it has none (an invalidated one is replaced when
-/// `replace_lost`: a fresh clone does not need the WAL it lost).
+/// Creates our slot on the primary when it has none, and replaces an invalidated one (a fresh
+/// clone does not need the WAL it lost).
 fn ensure_slot(
     ctx: &Context,
     sup: &mut Supervisor,
@@ -125,14 +125,13 @@ fn ensure_slot(
     passfile: &Path,
     slot: Option<Slot>,
 ) -> Result<(), StepError> {
-    let name = render::quote_identifier(&slot_name(&replica.name));
+    let name = slot_name(&replica.name);
     let commands = match slot {
         Some(Slot::Present) | None => return Ok(()),
-        Some(Slot::Missing) => vec![format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL")],
-        Some(Slot::Invalidated) => vec![
-            format!("DROP_REPLICATION_SLOT {name}"),
-            format!("CREATE_REPLICATION_SLOT {name} PHYSICAL RESERVE_WAL"),
-        ],
+        Some(Slot::Missing) => vec![member::create_slot(&name)],
+        Some(Slot::Invalidated) => {
+            vec![format!("DROP_REPLICATION_SLOT {}", render::quote_identifier(&name)), member::create_slot(&name)]
+        }
     };
     let mut cmd = member::replication_psql(ctx.bin, &replica.primary(), &credentials(replica, passfile), &commands);
     let out = step::run_captured(sup, "psql (creating the slot on the primary)", &mut cmd, false)?;

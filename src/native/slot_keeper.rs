@@ -15,7 +15,6 @@ use nix::unistd::Pid;
 use crate::config::{slot_name, Address, Replica};
 use crate::datadir;
 use crate::native::member::{self, Answer, Credentials, Slot};
-use crate::render;
 use crate::server::Bin;
 use crate::step;
 use crate::supervise::Supervisor;
@@ -100,12 +99,9 @@ impl SlotKeeper {
         let creds = Credentials { user: &self.user, passfile: &self.passfile, application_name: &self.name };
         let mut cmd: Command = match question {
             Question::WhoAreYou => member::ask(&self.bin, &self.primary, &creds, Some(&self.slot)),
-            Question::CreateSlot => member::replication_psql(
-                &self.bin,
-                &self.primary,
-                &creds,
-                &[format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", render::quote_identifier(&self.slot))],
-            ),
+            Question::CreateSlot => {
+                member::replication_psql(&self.bin, &self.primary, &creds, &[member::create_slot(&self.slot)])
+            }
         };
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         match sup.spawn(&mut cmd) {
