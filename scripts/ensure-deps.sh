@@ -7,6 +7,10 @@ command -v gzip >/dev/null 2>&1 || need+=(gzip)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v bash >/dev/null 2>&1 || need+=(bash)
+# An arbitrary uid without a passwd entry (docker --user 12345) is tested through it.
+ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so >/dev/null 2>&1 || need+=(libnss-wrapper)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

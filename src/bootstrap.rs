@@ -1,28 +1,27 @@
-//! First boot of a standalone server or primary: initdb, bootstrap SQL in single-user mode,
-//! `/docker-entrypoint-initdb.d` scripts, all in a staging directory that becomes PGDATA only
-//! when everything succeeded. Nothing listens on TCP until then: single-user mode has no
-//! listener at all, and the temporary server for init scripts listens on a private socket.
+//! First boot of a standalone server or primary: initdb and the bootstrap SQL (single-user
+//! mode) in a staging directory, the new cluster moved into PGDATA marked "initialising",
+//! the `/docker-entrypoint-initdb.d` scripts against it, then the mark removed. A start that
+//! finds the mark redoes the whole bootstrap (README "Files we own"). Nothing listens on TCP
+//! until then: single-user mode has no listener, nor has the temporary server of the scripts.
 
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Stdio;
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use nix::unistd::Pid;
-
-use crate::config::{Config, SECRET_VARS};
+use crate::config::Config;
 use crate::datadir::{self, DataDirError, Staging};
 use crate::files;
+use crate::init_scripts;
 use crate::render;
 use crate::single_user;
-use crate::step::{finish, run, tool, Context, StepError};
+use crate::step::{run, tool, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
-use crate::tempserver::TempServer;
 
-/// Builds a new cluster in the staging directory and moves it into PGDATA.
+/// Builds a new cluster in the staging directory, moves it into PGDATA and runs the init
+/// scripts there.
 pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let config = ctx.config;
     let started = std::time::Instant::now();
@@ -37,17 +36,12 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> 
     single_user::run(ctx, sup, cluster, &bootstrap_sql(config))?;
     files::write_config(config, ctx.settings, cluster)
         .map_err(DataDirError::io(&config.pgdata, "cannot write the configuration"))?;
-    let scripts = init_scripts(&config.init_scripts_dir)?;
-    if !scripts.is_empty() {
-        let server = TempServer::start(ctx, sup, cluster, &["ready"])?;
-        let result = scripts.iter().try_for_each(|script| run_script(ctx, sup, &server, cluster, script));
-        // Stop the server whatever happened to the scripts.
-        result.and(server.stop(sup))?;
-    }
+    datadir::install_staging(&config.pgdata, staging, true)?;
+    init_scripts::run_all(ctx, sup)?;
     if let Some(sig) = sup.stop_requested() {
         return Err(StepError::Stopped(sig));
     }
-    datadir::install_staging(&config.pgdata, staging)?;
+    datadir::finish_initialising(&config.pgdata)?;
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "cluster initialised");
     Ok(())
 }
@@ -108,104 +102,6 @@ pub fn bootstrap_sql(config: &Config) -> Vec<String> {
     sql
 }
 
-/// `*.sh`, `*.sql`, `*.sql.gz|xz|zst` in name order; other files are skipped with a note.
-fn init_scripts(dir: &Path) -> Result<Vec<PathBuf>, StepError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StepError::Scripts { dir: dir.into(), source }),
-    };
-    let mut scripts = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|source| StepError::Scripts { dir: dir.into(), source })?.path();
-        if script_kind(&path).is_some() {
-            scripts.push(path);
-        } else {
-            tracing::warn!(file = %path.display(), "ignoring: init scripts end in .sh, .sql, .sql.gz, .sql.xz or .sql.zst");
-        }
-    }
-    scripts.sort();
-    Ok(scripts)
-}
-
-enum ScriptKind {
-    Shell,
-    Sql,
-    Compressed(&'static str),
-}
-
-fn script_kind(path: &Path) -> Option<ScriptKind> {
-    let name = path.file_name()?.to_str()?;
-    [
-        (".sh", ScriptKind::Shell),
-        (".sql", ScriptKind::Sql),
-        (".sql.gz", ScriptKind::Compressed("gzip")),
-        (".sql.xz", ScriptKind::Compressed("xz")),
-        (".sql.zst", ScriptKind::Compressed("zstd")),
-    ]
-    .into_iter()
-    .find(|(ext, _)| name.ends_with(ext))
-    .map(|(_, kind)| kind)
-}
-
-fn run_script(
-    ctx: &Context,
-    sup: &mut Supervisor,
-    server: &TempServer,
-    cluster: &Path,
-    script: &Path,
-) -> Result<(), StepError> {
-    let config = ctx.config;
-    tracing::info!(script = %script.display(), "running init script");
-    let what = format!("init script {}", script.display());
-    let client_env = |c: &mut Command| server.client_env(c, &config.superuser, &config.database);
-    let psql = || {
-        let mut c = tool(ctx.bin, "psql");
-        client_env(&mut c);
-        c.args(["-v", "ON_ERROR_STOP=1", "--no-psqlrc", "--no-password", "-q"]);
-        c
-    };
-    match script_kind(script) {
-        Some(ScriptKind::Shell) => {
-            use std::os::unix::fs::PermissionsExt;
-            let executable = fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-            // As in the official image, scripts see POSTGRES_PASSWORD etc. and PGDATA.
-            let mut c = if executable { Command::new(script) } else { Command::new("sh") };
-            if !executable {
-                c.arg(script);
-            }
-            client_env(&mut c);
-            c.env("PGDATA", cluster).env("PATH", path_with(ctx.bin.dir()));
-            run(sup, &what, &mut c, Kind::Tool)
-        }
-        Some(ScriptKind::Sql) => run(sup, &what, psql().arg("-f").arg(script), Kind::Tool),
-        Some(ScriptKind::Compressed(tool_name)) => {
-            let mut unpack = Command::new(tool_name);
-            for var in SECRET_VARS {
-                unpack.env_remove(var);
-            }
-            unpack.arg("-dc").arg(script).stdout(Stdio::piped());
-            let mut unpacker = sup.spawn(&mut unpack).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => StepError::NoDecompressor { script: script.into(), tool: tool_name },
-                _ => StepError::Spawn { what: what.clone(), source: e },
-            })?;
-            let unpack_pid = Pid::from_raw(unpacker.id() as i32);
-            let stdout = unpacker.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);
-            let loaded = run(sup, &what, psql().stdin(stdout), Kind::Tool);
-            let unpacked = finish(sup, &format!("{tool_name} -dc {}", script.display()), unpack_pid, Kind::Tool);
-            loaded.and(unpacked)
-        }
-        None => Ok(()),
-    }
-}
-
-/// PATH with the PostgreSQL binaries first, so scripts find the matching psql.
-fn path_with(dir: &Path) -> std::ffi::OsString {
-    let mut paths = vec![dir.to_path_buf()];
-    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    std::env::join_paths(paths).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,22 +130,5 @@ mod tests {
         assert!(sql[2].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));
         let all = sql.join("\n");
         assert!(!all.contains("super'secret") && !all.contains("rep$ecret"));
-    }
-
-    #[test]
-    fn script_kinds_by_name() {
-        let kind = |n: &str| {
-            script_kind(Path::new(n)).map(|k| match k {
-                ScriptKind::Shell => "sh",
-                ScriptKind::Sql => "sql",
-                ScriptKind::Compressed(t) => t,
-            })
-        };
-        assert_eq!(kind("/d/01-a.sh"), Some("sh"));
-        assert_eq!(kind("/d/02-b.sql"), Some("sql"));
-        assert_eq!(kind("/d/03-c.sql.gz"), Some("gzip"));
-        assert_eq!(kind("/d/04-d.sql.xz"), Some("xz"));
-        assert_eq!(kind("/d/05-e.sql.zst"), Some("zstd"));
-        assert_eq!(kind("/d/README.md"), None);
     }
 }

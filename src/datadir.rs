@@ -1,11 +1,14 @@
 //! What is in PGDATA, and the few safe moves we make on it.
 //!
-//! A bootstrap (initdb + bootstrap SQL + init scripts, or a clone) is built in a staging
-//! directory inside PGDATA (the cluster in its `cluster/`, beside private files such as the
-//! clone's password file) and moved into place only when complete, `PG_VERSION` last. So
-//! PGDATA is either a complete cluster, or holds only our staging directory (an interrupted
-//! bootstrap, thrown away and redone), or a complete staged cluster whose move was
-//! interrupted (finished). Anything else we did not make is refused, never deleted.
+//! A bootstrap (initdb + bootstrap SQL, or a clone) is built in a staging directory inside
+//! PGDATA (the cluster in its `cluster/`, beside private files such as the clone's failure
+//! count) and moved into place only when complete, `PG_VERSION` last. A new cluster moves in
+//! with an "initialising" marker, first of all its files, that stays while the init scripts
+//! run against PGDATA itself (they see the cluster at its real path, as in the official
+//! image) and goes last. So PGDATA is either a complete cluster, or holds only our staging
+//! directory or our marker (an interrupted bootstrap, thrown away and redone), or a complete
+//! staged cluster whose move was interrupted (finished). Anything else we did not make is
+//! refused, never deleted.
 
 use std::fs;
 use std::io::{self, Write};
@@ -16,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub const STAGING: &str = ".pg-entrypoint-bootstrap";
 /// A finished bootstrap being moved into PGDATA.
 pub const STAGED: &str = ".pg-entrypoint-staged";
+/// In PGDATA from the move of a new cluster until its init scripts have all succeeded.
+pub const INITIALISING: &str = ".pg-entrypoint-initialising";
 /// Fresh ext4 volumes have it; it is not data.
 const LOST_AND_FOUND: &str = "lost+found";
 /// In the staging directory: the standby around it is being discarded for a new clone.
@@ -27,7 +32,8 @@ pub enum State {
     Empty,
     /// A cluster; `standby` when it has `standby.signal`.
     Cluster { standby: bool },
-    /// Our staging directory from a bootstrap that did not finish.
+    /// Our staging directory, or a new cluster marked initialising: a bootstrap that did not
+    /// finish.
     Interrupted,
     /// A finished bootstrap whose move into place did not finish.
     Staged,
@@ -107,6 +113,8 @@ pub fn classify(entries: &[String], has_pg_control: bool, has_standby_signal: bo
         State::Discarding
     } else if names.contains(&STAGED) {
         State::Staged
+    } else if names.contains(&INITIALISING) {
+        State::Interrupted
     } else if names.contains(&"PG_VERSION") && has_pg_control {
         State::Cluster { standby: has_standby_signal }
     } else if names.is_empty() {
@@ -136,6 +144,12 @@ pub struct Staging {
 /// Removes the leftovers of an interrupted bootstrap (only our own staging directory) and
 /// returns a fresh, empty one.
 pub fn fresh_staging(pgdata: &Path) -> Result<Staging, DataDirError> {
+    if pgdata.join(INITIALISING).exists() {
+        tracing::warn!(pgdata = %pgdata.display(), "removing a new cluster whose init scripts did not finish; it will be redone");
+        empty_external_wal(&pgdata.join("pg_wal"))
+            .map_err(DataDirError::io(pgdata, "cannot empty the WAL directory of the interrupted bootstrap"))?;
+        discard_all(pgdata)?;
+    }
     let root = pgdata.join(STAGING);
     if root.exists() {
         tracing::warn!(path = %root.display(), "removing an interrupted bootstrap; it will be redone");
@@ -166,16 +180,21 @@ fn empty_external_wal(pg_wal: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Moves a finished bootstrap from the staging directory into PGDATA.
-pub fn install_staging(pgdata: &Path, staging: Staging) -> Result<(), DataDirError> {
+/// Moves a finished bootstrap from the staging directory into PGDATA; with `initialising`,
+/// marked so until [`finish_initialising`].
+pub fn install_staging(pgdata: &Path, staging: Staging, initialising: bool) -> Result<(), DataDirError> {
     let err = |action: &str| DataDirError::io(pgdata, action.to_string());
+    if initialising {
+        fs::write(staging.cluster.join(INITIALISING), b"").map_err(err("cannot mark the new cluster initialising"))?;
+    }
     fs::rename(&staging.cluster, pgdata.join(STAGED)).map_err(err("cannot mark the bootstrap finished"))?;
     sync_dir(pgdata).map_err(err("cannot sync"))?;
     finish_staged(pgdata)
 }
 
-/// Moves every entry of the staged cluster up into PGDATA, `PG_VERSION` last, so PGDATA only
-/// looks like a cluster once all of it is there. Safe to repeat after an interruption.
+/// Moves every entry of the staged cluster up into PGDATA, the initialising marker first and
+/// `PG_VERSION` last, so PGDATA only looks like a finished cluster once all of it is there.
+/// Safe to repeat after an interruption.
 pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
     let err = |action: &str| DataDirError::io(pgdata, action.to_string());
     let leftover = pgdata.join(STAGING);
@@ -188,7 +207,7 @@ pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<_>>()
         .map_err(err("cannot list the staged cluster"))?;
-    names.sort_by_key(|n| n == "PG_VERSION");
+    names.sort_by_key(|n| (n != INITIALISING, n == "PG_VERSION"));
     for name in names {
         fs::rename(staged.join(&name), pgdata.join(&name)).map_err(err("cannot move the staged cluster into place"))?;
     }
@@ -197,16 +216,33 @@ pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
     sync_dir(pgdata).map_err(err("cannot sync"))
 }
 
+/// The init scripts succeeded: the new cluster is finished.
+pub fn finish_initialising(pgdata: &Path) -> Result<(), DataDirError> {
+    fs::remove_file(pgdata.join(INITIALISING))
+        .and_then(|()| sync_dir(pgdata))
+        .map_err(DataDirError::io(pgdata, "cannot mark the new cluster finished"))
+}
+
+/// A bootstrap was under way and did not finish: the next start redoes it.
+pub fn bootstrap_unfinished(pgdata: &Path) -> bool {
+    pgdata.join(STAGING).exists() || pgdata.join(INITIALISING).exists()
+}
+
 /// Empties a standby's PGDATA before it is cloned again (REPLICA_RECLONE). Only ever done to
-/// a data directory classified as a standby cluster: a copy of its primary. Resumable: a
-/// marker in the staging directory says a discard is under way, entries are moved into it,
-/// then it is removed; a start that finds the marker finishes the job ([`State::Discarding`]).
+/// a data directory classified as a standby cluster: a copy of its primary.
 pub fn empty_standby(pgdata: &Path) -> Result<(), DataDirError> {
     if inspect(pgdata)? != (State::Cluster { standby: true }) {
         return Err(DataDirError::io(pgdata, "refusing to empty a data directory that is not a standby")(
             io::Error::from(io::ErrorKind::InvalidInput),
         ));
     }
+    discard_all(pgdata)
+}
+
+/// Empties PGDATA (a standby, or a bootstrap that did not finish). Resumable: a marker in the
+/// staging directory says a discard is under way, entries are moved into it, then it is
+/// removed; a start that finds the marker finishes the job ([`State::Discarding`]).
+fn discard_all(pgdata: &Path) -> Result<(), DataDirError> {
     let root = pgdata.join(STAGING);
     fs::create_dir_all(&root).map_err(DataDirError::io(pgdata, "cannot create the staging directory"))?;
     fs::write(root.join(DISCARD_MARK), b"").map_err(DataDirError::io(pgdata, "cannot mark the discard"))?;
@@ -278,7 +314,7 @@ fn is_postgres(pid: i32) -> bool {
 }
 
 /// True when `pid` is a postgres process whose working directory is `pgdata`.
-fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
+pub fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
     let ours = pgdata.canonicalize().ok();
     is_postgres(pid) && cwd.is_some() && cwd == ours
@@ -339,6 +375,11 @@ mod tests {
         );
         assert_eq!(classify(&names(&["PG_VERSION", "global"]), true, true, false), State::Cluster { standby: true });
         assert_eq!(classify(&names(&[STAGING, "lost+found"]), false, false, false), State::Interrupted);
+        // A new cluster whose init scripts did not finish: complete-looking, yet unfinished.
+        assert_eq!(
+            classify(&names(&["PG_VERSION", "base", "global", INITIALISING]), true, false, false),
+            State::Interrupted
+        );
         assert_eq!(classify(&names(&["base", STAGED]), false, false, false), State::Staged);
         assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false, false), State::Staged);
         // PG_VERSION without pg_control is not a cluster we can start: refuse, never delete.
@@ -378,13 +419,18 @@ mod tests {
         fs::write(staging.root.join("pgpass"), "x").unwrap();
         assert_eq!(inspect(&pgdata).unwrap(), State::Interrupted);
         // Interrupted after the rename and one move: the next start finishes the move.
+        fs::write(staging.cluster.join(INITIALISING), "").unwrap();
         fs::rename(&staging.cluster, pgdata.join(STAGED)).unwrap();
         fs::rename(pgdata.join(STAGED).join("postgresql.conf"), pgdata.join("postgresql.conf")).unwrap();
         assert_eq!(inspect(&pgdata).unwrap(), State::Staged);
         finish_staged(&pgdata).unwrap();
-        assert_eq!(inspect(&pgdata).unwrap(), State::Cluster { standby: false });
+        // Moved in, but its init scripts have not run: still unfinished, and thrown away.
+        assert_eq!(inspect(&pgdata).unwrap(), State::Interrupted);
         assert_eq!(fs::read_to_string(pgdata.join("PG_VERSION")).unwrap(), "PG_VERSION");
         assert!(!pgdata.join(STAGING).exists(), "the staging directory is left over");
+        let again = fresh_staging(&pgdata).unwrap();
+        assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 1, "only the new staging directory");
+        assert!(again.root.is_dir() && !pgdata.join("PG_VERSION").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

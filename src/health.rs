@@ -39,11 +39,36 @@ pub fn parse_max_lag(text: &str) -> Result<MaxLag, String> {
     }
 }
 
-/// Which role the container's environment expects (a runtime `promote` makes it primary).
-pub fn expects_replica(local: &Local) -> bool {
+/// The role the container's environment gives this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    Standalone,
+    Primary,
+    Replica,
+}
+
+impl Expected {
+    pub fn name(self) -> &'static str {
+        match self {
+            Expected::Standalone => "standalone",
+            Expected::Primary => "primary",
+            Expected::Replica => "replica",
+        }
+    }
+}
+
+/// Which role the container's environment expects (a runtime `promote` makes a replica primary).
+pub fn expected_role(local: &Local) -> Expected {
     let var = |n: &str| std::env::var(n).unwrap_or_default().to_ascii_lowercase();
+    if var("HA_MODE") != "native" {
+        return Expected::Standalone;
+    }
     let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
-    var("HA_MODE") == "native" && role == "replica" && !local.path(crate::native::promote::PROMOTED_MARKER).exists()
+    if role == "replica" && !local.path(crate::native::promote::PROMOTED_MARKER).exists() {
+        Expected::Replica
+    } else {
+        Expected::Primary
+    }
 }
 
 /// What the server reported, reduced to the verdict.
@@ -95,7 +120,7 @@ pub fn default_bound(receiver_timeout: Duration) -> Option<MaxLag> {
 /// default: a readiness probe that waits for standbys which wait for the primary's address
 /// (a Kubernetes Service publishes only ready pods) would never become ready.
 pub fn verdict(
-    expect_replica: bool,
+    expected: Expected,
     liveness: bool,
     require_sync: bool,
     o: &Observed,
@@ -104,9 +129,10 @@ pub fn verdict(
     if liveness {
         return Ok("accepting connections".into());
     }
-    if !expect_replica {
+    if expected != Expected::Replica {
+        let role = expected.name();
         return match (o.in_recovery, o.read_only) {
-            (true, _) => Err("configured as primary/standalone but in recovery (read-only standby)".into()),
+            (true, _) => Err(format!("configured as {role} but in recovery (read-only standby)")),
             (false, true) => Err("not accepting writes (default_transaction_read_only is on)".into()),
             (false, false) if !o.sync_names.is_empty() && o.sync_standbys < required_standbys(&o.sync_names) => {
                 let why = format!(
@@ -116,12 +142,12 @@ pub fn verdict(
                     o.sync_names
                 );
                 if require_sync {
-                    Err(format!("primary, but {why}"))
+                    Err(format!("{role}, but {why}"))
                 } else {
-                    Ok(format!("primary, accepting writes, but {why}"))
+                    Ok(format!("{role}, accepting writes, but {why}"))
                 }
             }
-            (false, false) => Ok("primary, accepting writes".into()),
+            (false, false) => Ok(format!("{role}, accepting writes")),
         };
     }
     if !o.in_recovery {
@@ -191,7 +217,7 @@ fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<
         sync_names: row.get(6),
         sync_standbys: row.get(7),
     };
-    verdict(expects_replica(&local), liveness, require_sync, &observed, max_lag)
+    verdict(expected_role(&local), liveness, require_sync, &observed, max_lag)
 }
 
 #[cfg(test)]
@@ -224,13 +250,15 @@ mod tests {
 
     #[test]
     fn primary_must_accept_writes() {
-        assert!(verdict(false, false, false, &observed(false, None, 0, 0), None).is_ok());
-        assert!(verdict(false, false, false, &observed(true, Some("streaming"), 0, 0), None)
+        assert!(verdict(Expected::Primary, false, false, &observed(false, None, 0, 0), None).is_ok());
+        let standalone = verdict(Expected::Standalone, false, false, &observed(false, None, 0, 0), None);
+        assert_eq!(standalone, Ok("standalone, accepting writes".into()));
+        assert!(verdict(Expected::Primary, false, false, &observed(true, Some("streaming"), 0, 0), None)
             .unwrap_err()
             .contains("in recovery"));
         let mut ro = observed(false, None, 0, 0);
         ro.read_only = true;
-        assert!(verdict(false, false, false, &ro, None).unwrap_err().contains("not accepting writes"));
+        assert!(verdict(Expected::Primary, false, false, &ro, None).unwrap_err().contains("not accepting writes"));
     }
 
     #[test]
@@ -242,34 +270,36 @@ mod tests {
         assert_eq!(required_standbys("*"), 1);
         let mut o = observed(false, None, 0, 0);
         o.sync_names = "ANY 1 (\"replica-1\")".into();
-        let why = verdict(false, false, true, &o, None).unwrap_err();
+        let why = verdict(Expected::Primary, false, true, &o, None).unwrap_err();
         assert!(why.starts_with("primary, but commits wait: 0 of the 1 synchronous standbys"), "{why}");
-        let said = verdict(false, false, false, &o, None).unwrap();
+        let said = verdict(Expected::Primary, false, false, &o, None).unwrap();
         assert!(said.starts_with("primary, accepting writes, but commits wait"), "{said}");
         o.sync_standbys = 1;
-        assert_eq!(verdict(false, false, true, &o, None), Ok("primary, accepting writes".into()));
+        assert_eq!(verdict(Expected::Primary, false, true, &o, None), Ok("primary, accepting writes".into()));
     }
 
     #[test]
     fn replica_must_stream_within_the_bound() {
-        assert!(verdict(true, false, false, &observed(true, Some("streaming"), 100, 1), None).is_ok());
-        assert!(verdict(true, false, false, &observed(true, None, 0, 0), None).unwrap_err().contains("not connected"));
-        assert!(verdict(true, false, false, &observed(false, None, 0, 0), None)
+        assert!(verdict(Expected::Replica, false, false, &observed(true, Some("streaming"), 100, 1), None).is_ok());
+        assert!(verdict(Expected::Replica, false, false, &observed(true, None, 0, 0), None)
+            .unwrap_err()
+            .contains("not connected"));
+        assert!(verdict(Expected::Replica, false, false, &observed(false, None, 0, 0), None)
             .unwrap_err()
             .contains("not in recovery"));
         let lagging = observed(true, Some("streaming"), 2 << 20, 1);
-        assert!(verdict(true, false, false, &lagging, Some(MaxLag::Bytes(1 << 20))).is_err());
-        assert!(verdict(true, false, false, &lagging, Some(MaxLag::Bytes(4 << 20))).is_ok());
+        assert!(verdict(Expected::Replica, false, false, &lagging, Some(MaxLag::Bytes(1 << 20))).is_err());
+        assert!(verdict(Expected::Replica, false, false, &lagging, Some(MaxLag::Bytes(4 << 20))).is_ok());
         let silent = observed(true, Some("streaming"), 0, 40);
-        assert!(verdict(true, false, false, &silent, Some(MaxLag::Time(Duration::from_secs(30)))).is_err());
+        assert!(verdict(Expected::Replica, false, false, &silent, Some(MaxLag::Time(Duration::from_secs(30)))).is_err());
         // Without a bound, wal_receiver_timeout gives one: 15 s -> silent for 11.25 s is too long.
         let mut partitioned = observed(true, Some("streaming"), 0, 12);
         partitioned.receiver_timeout = Duration::from_secs(15);
-        let why = verdict(true, false, false, &partitioned, None).unwrap_err();
+        let why = verdict(Expected::Replica, false, false, &partitioned, None).unwrap_err();
         assert!(why.contains("nothing heard from the primary for 12.0 s (bound 11.2 s)"), "{why}");
         partitioned.silence = Some(Duration::from_secs(8));
-        assert!(verdict(true, false, false, &partitioned, None).is_ok());
+        assert!(verdict(Expected::Replica, false, false, &partitioned, None).is_ok());
         // Liveness only asks whether the server answers.
-        assert!(verdict(true, true, false, &observed(false, None, 0, 0), None).is_ok());
+        assert!(verdict(Expected::Replica, true, false, &observed(false, None, 0, 0), None).is_ok());
     }
 }

@@ -3,12 +3,14 @@
 //! `pg-entrypoint [postgres] [ARGS]` sets up and runs the server; `check` validates and shows
 //! the plan; any other first word is executed as a command, as the official image does.
 
+mod arbitrary_uid;
 mod bootstrap;
 mod config;
 mod converge;
 mod datadir;
 mod files;
 mod health;
+mod init_scripts;
 mod local;
 mod native;
 mod privileges;
@@ -65,6 +67,18 @@ enum Cmd {
         #[arg(long)]
         require_sync: bool,
     },
+    /// Initialise an empty PGDATA (initdb or clone, init scripts) and exit without serving;
+    /// exit 0 when it already holds a cluster. Also run as `docker-ensure-initdb.sh`.
+    EnsureInitdb {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        postgres_args: Vec<String>,
+    },
+    /// Like ensure-initdb, but fail (exit 1) when PGDATA already holds a cluster. Also run as
+    /// `docker-enforce-initdb.sh`.
+    EnforceInitdb {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        postgres_args: Vec<String>,
+    },
     /// Print the role, timeline, LSNs and replicas as JSON.
     Status,
     /// Promote this running standby to a primary (on a new timeline). Refuses while the
@@ -76,7 +90,15 @@ enum Cmd {
     },
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "check", "health", "status", "promote", "help"];
+const SUBCOMMANDS: &[&str] =
+    &["run", "check", "health", "status", "promote", "ensure-initdb", "enforce-initdb", "help"];
+/// The official image's script names (derived images and init containers call them), as
+/// links to this binary, and the subcommand each one means.
+const OFFICIAL_NAMES: &[(&str, &str)] = &[
+    ("docker-entrypoint.sh", "run"),
+    ("docker-ensure-initdb.sh", "ensure-initdb"),
+    ("docker-enforce-initdb.sh", "enforce-initdb"),
+];
 /// postgres options that only print something: run postgres directly, without any set-up.
 const POSTGRES_INFO_OPTIONS: &[&str] = &["-C", "--describe-config", "-V", "--version", "--help", "-?"];
 
@@ -89,7 +111,18 @@ fn main() {
 }
 
 fn real_main() -> i32 {
-    let raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut raw: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let called_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    let called_as = called_as.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
+    if let Some((_, subcommand)) = OFFICIAL_NAMES.iter().find(|(name, _)| *name == called_as) {
+        if *subcommand != "run" {
+            // `docker-ensure-initdb.sh [postgres] [ARGS]`: postgres arguments, as there.
+            if raw.first().is_some_and(|a| a == "postgres") {
+                raw.remove(0);
+            }
+            raw.insert(0, subcommand.into());
+        }
+    }
     // Another command gets its arguments as they are, bytes included.
     let is_command = raw
         .first()
@@ -106,11 +139,15 @@ fn real_main() -> i32 {
     match first {
         None => return run(&[]),
         Some("postgres") => return run(&args[1..]),
-        Some(a) if a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version") => return run(&args),
+        // As in the official image, a leading `-` means postgres arguments: `--version` is
+        // postgres's (ours: `pg-entrypoint help`).
+        Some(a) if a.starts_with('-') => return run(&args),
         _ => {}
     }
-    match Cli::parse().command {
+    match Cli::parse_from(std::iter::once("pg-entrypoint".to_string()).chain(args)).command {
         Cmd::Run { postgres_args } => run(&postgres_args),
+        Cmd::EnsureInitdb { postgres_args } => initialise_only(&postgres_args, false),
+        Cmd::EnforceInitdb { postgres_args } => initialise_only(&postgres_args, true),
         Cmd::Check { postgres_args } => {
             init_logging();
             check(&postgres_args)
@@ -133,7 +170,12 @@ fn run(postgres_args: &[String]) -> i32 {
         return supervise::exec(&argv);
     }
     init_logging();
-    start::run(postgres_args)
+    start::run(postgres_args, start::Goal::Serve)
+}
+
+fn initialise_only(postgres_args: &[String], enforce: bool) -> i32 {
+    init_logging();
+    start::run(postgres_args, start::Goal::Initialise { enforce })
 }
 
 /// `LOG_FORMAT=json` for one JSON object per line; text otherwise. `LOG_LEVEL` is `error`,
@@ -170,6 +212,7 @@ fn check(postgres_args: &[String]) -> i32 {
         Err(e) => format!("unreadable ({e})"),
     };
     let password = |set: bool| if set { "set (hidden)" } else { "not set" };
+    println!("pg-entrypoint:   {}", env!("CARGO_PKG_VERSION"));
     println!("role:            {}", c.role.name());
     println!("PGDATA:          {} ({state})", c.pgdata.display());
     println!("binaries:        {}", plan.bin.dir().display());

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use nix::unistd::Pid;
 
+use crate::arbitrary_uid;
 use crate::bootstrap;
 use crate::config::{Config, ProcessInputs, Role};
 use crate::converge;
@@ -53,8 +54,19 @@ pub fn password_problem(config: &Config) -> Option<crate::config::ConfigError> {
     config.password_problem(creates)
 }
 
+/// How far [`run`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Set up and serve: the entrypoint.
+    Serve,
+    /// Only make sure PGDATA holds a cluster, then exit 0 (`docker-ensure-initdb.sh`, e.g. a
+    /// Kubernetes init container); `enforce` fails when it already held one
+    /// (`docker-enforce-initdb.sh`).
+    Initialise { enforce: bool },
+}
+
 /// `pg-entrypoint [postgres] [args]`: returns the process exit code.
-pub fn run(postgres_args: &[String]) -> i32 {
+pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
     // Signals are taken over first: a stop during validation must not be lost.
     let mut sup = match Supervisor::new() {
         Ok(sup) => sup,
@@ -81,6 +93,7 @@ pub fn run(postgres_args: &[String]) -> i32 {
              superuser included, without a password"
         );
     }
+    warn_if_small_shm(std::path::Path::new("/dev/shm"));
     if let Some(sig) = sup.stop_requested() {
         tracing::warn!("stopped by {sig} before anything was done");
         return 128 + sig as i32;
@@ -89,6 +102,19 @@ pub fn run(postgres_args: &[String]) -> i32 {
     if let Err(e) = datadir::check_before_touching(&plan.config.pgdata) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
+    }
+    if let Goal::Initialise { enforce } = goal {
+        if let Ok(State::Cluster { .. }) = datadir::inspect(&plan.config.pgdata) {
+            let pgdata = plan.config.pgdata.display();
+            if enforce {
+                tracing::error!(
+                    "PGDATA {pgdata} already holds a cluster; enforce-initdb initialises only an empty one"
+                );
+                return exit::STARTUP_FAILED;
+            }
+            tracing::info!("PGDATA {pgdata} already holds a cluster; nothing to initialise");
+            return 0;
+        }
     }
     if let Err(e) = prepare(&plan) {
         tracing::error!("{e}");
@@ -102,19 +128,44 @@ pub fn run(postgres_args: &[String]) -> i32 {
         settings: &plan.settings,
     };
     if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup) {
+        let redone = if datadir::bootstrap_unfinished(&plan.config.pgdata) {
+            "; the unfinished bootstrap is redone at the next start"
+        } else {
+            ""
+        };
         match e {
-            StepError::Stopped(_) if plan.config.pgdata.join(datadir::STAGING).exists() => {
-                tracing::warn!("{e}; the unfinished bootstrap is redone at the next start")
-            }
-            StepError::Stopped(_) => tracing::warn!("{e}"),
-            _ => tracing::error!("{e}"),
+            StepError::Stopped(_) => tracing::warn!("{e}{redone}"),
+            _ => tracing::error!("{e}{redone}"),
         }
         return e.exit_code();
+    }
+    if goal != Goal::Serve {
+        tracing::info!("PGDATA is initialised; exiting without starting postgres");
+        return 0;
     }
     supervise_postgres(&ctx, &mut sup)
 }
 
-/// Step 3: as root, make the directories and become `postgres`; otherwise work as we are.
+/// Below this, /dev/shm is a known trap: Docker and Kubernetes give containers 64 MB.
+const SMALL_SHM: u64 = 128 << 20;
+
+/// postgres keeps the shared memory of parallel queries in /dev/shm; in Docker's default
+/// 64 MB they fail on real data with "could not resize shared memory segment".
+fn warn_if_small_shm(shm: &std::path::Path) {
+    let Ok(fs) = nix::sys::statvfs::statvfs(shm) else { return };
+    let size = fs.blocks() * fs.fragment_size();
+    if size < SMALL_SHM {
+        tracing::warn!(
+            size_mb = size >> 20,
+            "/dev/shm is small: parallel queries may fail with \"could not resize shared memory segment\"; give \
+             the container more (docker run --shm-size=256m, compose shm_size: 256mb, Kubernetes: an emptyDir \
+             with medium Memory at /dev/shm)"
+        );
+    }
+}
+
+/// Step 3: as root, make the directories and become `postgres`; otherwise work as we are
+/// (README "Coming from the official image": `--user`).
 fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     let pgdata = &plan.config.pgdata;
     if nix::unistd::geteuid().is_root() {
@@ -126,10 +177,8 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
         privileges::become_user(&account)?;
         tracing::debug!(user = %account.name, uid = account.uid, "dropped privileges");
     } else {
-        // postgres refuses a data directory open to others.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(pgdata)
-            .map_err(|e| format!("PGDATA {pgdata:?}: cannot create: {e}"))?;
+        arbitrary_uid::prepare(pgdata, &plan.endpoint.socket_dirs)?;
+        arbitrary_uid::provide_user_name(pgdata, &plan.endpoint.socket_dir, plan.endpoint.port)?;
     }
     Ok(())
 }
@@ -141,6 +190,9 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
         // Only a replica keeps the replication password on disk (e.g. left by its life as one).
         files::remove_passfile(&render::passfile(ctx.config))?;
     }
+    // Left by a server of an earlier life of this container (`docker restart`); the temporary
+    // server of a bootstrap uses the same sockets.
+    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
     let mut state = datadir::inspect(pgdata)?;
     if state == State::Staged {
         tracing::info!("finishing the move of a completed bootstrap into PGDATA");
@@ -159,7 +211,6 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
         }
         datadir::remove_stale_pidfile(pgdata)?;
         datadir::remove_legacy_passfile(pgdata)?;
-        datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
         promote::check_runtime_promotion(ctx, standby)?;
     }
     match (state, &ctx.config.role) {

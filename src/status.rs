@@ -67,7 +67,7 @@ pub fn run() -> i32 {
     let config = Config::from_inputs(&ProcessInputs).ok();
     let result = crate::local::become_service_account().map_err(|e| e.to_string()).and_then(|()| {
         let local = Local::find().map_err(|e| e.to_string())?;
-        let configured = configured_role(&local);
+        let configured = crate::health::expected_role(&local).name();
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let (addresses, states, timelines, lsns) = peers(config.as_ref());
         let row = client
@@ -84,13 +84,5 @@ pub fn run() -> i32 {
             eprintln!("status: {e}");
             1
         }
-    }
-}
-
-fn configured_role(local: &Local) -> String {
-    if std::env::var("HA_MODE").is_ok_and(|m| m == "native") {
-        if crate::health::expects_replica(local) { "replica" } else { "primary" }.into()
-    } else {
-        "standalone".into()
     }
 }

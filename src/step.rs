@@ -39,6 +39,11 @@ pub enum StepError {
     Spawn { what: String, source: io::Error },
     #[error("init script {script:?} needs `{tool}` to decompress it, and it is not installed")]
     NoDecompressor { script: std::path::PathBuf, tool: &'static str },
+    #[error(
+        "init script {script:?} stopped the temporary server and did not start it again; a script may \
+         restart it (`pg_ctl -D \"$PGDATA\" -w restart`) but must leave it running"
+    )]
+    TempServerStopped { script: std::path::PathBuf },
     #[error("cannot list the init scripts in {dir:?}: {source}")]
     Scripts { dir: std::path::PathBuf, source: io::Error },
     #[error(

@@ -182,6 +182,19 @@ impl Supervisor {
         self.escalated
     }
 
+    /// Takes over a process one of our children left behind (re-parented to us, the
+    /// subreaper), so it is waited for and stopped like a child we started. False when it is
+    /// already gone.
+    pub fn adopt(&mut self, pid: Pid) -> bool {
+        self.started.insert(pid);
+        // Reaped as an orphan before this call: its status is lost, and so is the process.
+        if kill(pid, None).is_err() {
+            self.started.remove(&pid);
+            return false;
+        }
+        true
+    }
+
     /// The exit code of a started child if it has exited, without waiting.
     pub fn collect(&mut self, pid: Pid) -> io::Result<Option<i32>> {
         self.reap(pid)

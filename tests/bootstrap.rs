@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use common::*;
 
+/// In PGDATA while a new cluster's init scripts run.
+const INITIALISING: &str = ".pg-entrypoint-initialising";
+
 #[test]
 fn init_scripts_run_in_name_order_against_the_new_database() {
     let mut node = Node::new("scripts");
@@ -47,8 +50,9 @@ fn a_failed_init_script_leaves_nothing_that_the_next_start_would_skip() {
     let (code, out) = node.run_to_exit(&[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("init script") && out.contains("02-bad.sql") && out.contains("failed"), "{out}");
-    // No cluster in PGDATA: only the staging directory, redone next time.
-    assert!(!node.pgdata.join("PG_VERSION").exists());
+    // The cluster stays marked unfinished: redone next time, never started as it is.
+    assert!(node.pgdata.join(INITIALISING).exists());
+    assert!(out.contains("the unfinished bootstrap is redone at the next start"), "{out}");
     fs::write(node.dir.0.join("initdb.d/02-bad.sql"), b"SELECT 1;").unwrap();
     node.start();
     assert_eq!(node.query_one("(SELECT count(*) FROM made_once)"), "1");
@@ -88,7 +92,7 @@ fn sigterm_during_init_scripts_stops_promptly_and_the_next_start_redoes_it() {
     let (code, took) = node.wait_exit(Duration::from_secs(15));
     assert_eq!(code, 143, "{}", node.output());
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
-    assert!(!node.pgdata.join("PG_VERSION").exists());
+    assert!(node.pgdata.join(INITIALISING).exists());
     assert!(
         node.output().contains("stopped by SIGTERM before postgres started; the unfinished bootstrap is redone"),
         "{}",

@@ -177,7 +177,7 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepEr
     // The new role's configuration: no primary_conninfo, so it does not follow anyone.
     files::write_config(ctx.config, ctx.settings, pgdata)
         .map_err(DataDirError::io(pgdata, "cannot write the configuration"))?;
-    let server = TempServer::start(ctx, sup, pgdata, &["standby", "ready"])?;
+    let server = TempServer::start(ctx, sup, pgdata, &["standby", "ready"], &[pgdata.to_path_buf()])?;
     if let Some(replication) = ctx.config.replication().filter(|r| !r.peers.is_empty()) {
         // Compared with the peers once all the WAL this standby received is replayed.
         let fenced =

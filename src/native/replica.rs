@@ -157,7 +157,7 @@ pub fn clone(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<(
     match cloned {
         Ok(()) => {
             make_standby(ctx, &staging.cluster)?;
-            datadir::install_staging(pgdata, staging)?;
+            datadir::install_staging(pgdata, staging, false)?;
             Ok(())
         }
         Err(e) => {

@@ -148,12 +148,17 @@ impl Node {
 
     /// The entrypoint started through `wrapper` (e.g. `unshare --pid --fork`).
     pub fn wrapped_command(&mut self, wrapper: &[&str], args: &[&str]) -> Command {
-        self.log = self.dir.0.join(format!("log-{}", self.starts));
-        self.starts += 1;
-        let log = fs::File::create(&self.log).unwrap();
         let mut argv: Vec<&str> = wrapper.to_vec();
         argv.push(BIN);
         argv.extend(args);
+        self.command_line(&argv)
+    }
+
+    /// `argv` with this node's environment and log (e.g. the binary under another name).
+    pub fn command_line(&mut self, argv: &[&str]) -> Command {
+        self.log = self.dir.0.join(format!("log-{}", self.starts));
+        self.starts += 1;
+        let log = fs::File::create(&self.log).unwrap();
         let mut cmd = Command::new(argv[0]);
         cmd.args(&argv[1..])
             .env_clear()
