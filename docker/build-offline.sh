@@ -12,7 +12,8 @@ case "$pg" in
     17) suite=trixie ;;
     *) echo "build-offline.sh: PostgreSQL $pg is not offered; accepted: 15 (bookworm), 17 (trixie)" >&2; exit 2 ;;
 esac
-base="pg-entrypoint-base:$suite-pg$pg"
+# The tag names the recipe: a base built by an older recipe is not reused.
+base="pg-entrypoint-base:$suite-pg$pg-v2"
 image="pg-entrypoint:pg$pg"
 
 # The Debian mirror this machine uses (deb822 or one-line sources).
@@ -33,12 +34,19 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     }
     tar="$(mktemp -d)/base.tar"
     echo "building $base with mmdebstrap from $(mirror)" >&2
-    # No cluster created by the package (we make our own), no docs or man pages.
+    # As the official image: the postgres account is 999:999, made before the package would
+    # pick another uid (volumes made by the official image keep their owner), the en_US.UTF-8
+    # locale exists (their clusters name it in postgresql.conf), and libnss_wrapper is there
+    # for uids without a passwd entry. No cluster created by the package (we make our own),
+    # no docs or man pages.
     mmdebstrap --variant=apt --quiet \
-        --include="postgresql-$pg,xz-utils,zstd" \
+        --include="postgresql-$pg,xz-utils,zstd,locales,libnss-wrapper" \
         --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
+        --essential-hook='echo "postgres:x:999:" >> "$1/etc/group" && echo "postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash" >> "$1/etc/passwd"' \
+        --essential-hook='if [ -e "$1/etc/shadow" ]; then echo "postgres:*:19000:0:99999:7:::" >> "$1/etc/shadow"; fi; if [ -e "$1/etc/gshadow" ]; then echo "postgres:!::" >> "$1/etc/gshadow"; fi' \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        --customize-hook='chroot "$1" localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8' \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
         "$suite" "$tar" "deb $(mirror) $suite main" >&2
     docker import "$tar" "$base" >&2
@@ -46,7 +54,7 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
 fi
 
 cargo build --release --quiet
-docker build --quiet -f docker/Dockerfile \
+docker build --quiet -f docker/Dockerfile --build-arg PG_MAJOR="$pg" \
     --build-arg BUILDER_IMAGE="$base" --build-arg BASE_IMAGE="$base" \
     --build-arg PREBUILT=target/x86_64-unknown-linux-gnu/release/pg-entrypoint \
     -t "$image" . >&2

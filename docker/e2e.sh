@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Docker suite: builds the PostgreSQL 15 and 17 images offline (docker/build-offline.sh)
-# and runs tests/docker.rs against each on this machine's Docker engine. Starts dockerd if
+# and runs tests/docker.rs and tests/docker_dropin.rs against each on this machine's Docker engine. Starts dockerd if
 # it is not running; only if that fails too are the tests skipped, said on the last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,8 @@ for pg in ${PG_VERSIONS:-15 17}; do
     base=$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E "^pg-entrypoint-base:.*-pg$pg$" | head -n 1)
     echo "=== Docker suite on $image (base $base) ==="
     if cargo nextest --version >/dev/null 2>&1; then
-        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker)' --no-fail-fast --no-capture
+        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker) | binary(docker_dropin)' --no-fail-fast --no-capture
     else
-        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo test --test docker -- --ignored --test-threads 1 --nocapture
+        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo test --test docker --test docker_dropin -- --ignored --test-threads 1 --nocapture
     fi
 done

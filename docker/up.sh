@@ -9,6 +9,7 @@ mkdir -p secrets
 for s in postgres_password replication_password; do
     [ -s "secrets/$s" ] || (umask 077 && head -c 18 /dev/urandom | base64 > "secrets/$s")
 done
+export SECRETS_DIR="${SECRETS_DIR:-$PWD/secrets}"
 files=(-f compose.yaml)
 [ "${SYNC:-0}" = 1 ] && files+=(-f compose.sync.yaml)
 project="${PROJECT:-pg}"

@@ -2,64 +2,14 @@
 //! They are `#[ignore]`d in the ordinary suite and run by `docker/e2e.sh`, which builds the
 //! PostgreSQL 15 and 17 images offline and runs this file once for each.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "s3cret 'q' $x \\b";
-
-fn image() -> String {
-    std::env::var("PGEP_IMAGE").expect("PGEP_IMAGE names the image under test (docker/e2e.sh sets it)")
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// Runs docker and asserts success; returns stdout, trimmed.
-fn docker(args: &[&str]) -> String {
-    let out = run("docker", args);
-    assert!(out.status.success(), "docker {args:?} failed:\n{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn wait_healthy(id: &str, timeout: Duration) {
-    wait_for(&format!("container {id} healthy"), timeout, || {
-        let state = docker(&["inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}", id]);
-        assert!(!state.starts_with("exited"), "container exited:\n{}", text(&run("docker", &["logs", id])));
-        state == "running healthy"
-    });
-}
-
-/// One value from psql inside the container (local socket, trust).
-fn sql(id: &str, query: &str) -> String {
-    docker(&["exec", id, "psql", "-X", "-A", "-t", "-U", "postgres", "-c", query])
-}
-
-fn eventually_sql(id: &str, query: &str, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = run("docker", &["exec", id, "psql", "-X", "-A", "-t", "-U", "postgres", "-c", query]);
-        if String::from_utf8_lossy(&out.stdout).trim() == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{query} on {id}: {:?}, expected {expected:?} within 60 s", text(&out));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use common::docker::*;
 
 fn compose_command() -> Vec<&'static str> {
     if run("docker", &["compose", "version"]).status.success() {
@@ -127,24 +77,6 @@ impl Drop for Project {
         let _ = Command::new(cmd[0]).args(&args).env("IMAGE", image()).env("SECRETS_DIR", &self.secrets).output();
         let _ = std::fs::remove_dir_all(&self.secrets);
     }
-}
-
-/// `pg_controldata` on a volume, from a one-off container of the image.
-fn cluster_state(volume: &str) -> String {
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{volume}:/var/lib/postgresql/data"),
-        &image(),
-        "sh",
-        "-c",
-        "\"$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)/pg_controldata\" /var/lib/postgresql/data",
-    ]);
-    out.lines()
-        .find_map(|l| l.strip_prefix("Database cluster state:"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| panic!("no state in:\n{out}"))
 }
 
 #[test]
@@ -351,56 +283,6 @@ fn a_replica_killed_mid_clone_recovers_on_restart() {
     assert!(logs.contains("removing an interrupted bootstrap"), "{logs}");
 }
 
-/// Plain `docker run` containers on a network of their own, removed with their volumes.
-struct Cluster {
-    tag: String,
-    containers: Vec<String>,
-}
-
-impl Cluster {
-    fn new(tag: &str) -> Cluster {
-        let tag = format!("pgep-{tag}-{}", std::process::id());
-        docker(&["network", "create", &tag]);
-        Cluster { tag, containers: Vec::new() }
-    }
-
-    /// Starts container `name` on volume `volume` with the given role variables.
-    fn start(&mut self, name: &str, volume: &str, env: &[(&str, &str)]) -> String {
-        let (name, volume) = (format!("{}-{name}", self.tag), format!("{}-{volume}", self.tag));
-        let mut args: Vec<String> = ["run", "-d", "--name", &name, "--hostname", &name, "--network", &self.tag]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["-v".into(), format!("{volume}:/var/lib/postgresql/data")]);
-        args.extend(["--health-interval".into(), "1s".into()]);
-        let base = [("POSTGRES_PASSWORD", SECRET), ("REPLICATION_PASSWORD", "rep pw"), ("HA_MODE", "native")];
-        for (k, v) in base.iter().chain(env) {
-            args.extend(["-e".into(), format!("{k}={v}")]);
-        }
-        args.push(image());
-        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        self.containers.push(name.clone());
-        name
-    }
-
-    fn host(&self, name: &str) -> String {
-        format!("{}-{name}", self.tag)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = run("docker", &["rm", "-f", "-v", c]);
-        }
-        let volumes = docker(&["volume", "ls", "-q", "--filter", &format!("name={}", self.tag)]);
-        for v in volumes.lines() {
-            let _ = run("docker", &["volume", "rm", v]);
-        }
-        let _ = run("docker", &["network", "rm", &self.tag]);
-    }
-}
-
 #[test]
 #[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
 fn manual_failover_then_the_old_primary_rejoins_as_a_replica() {
@@ -436,7 +318,7 @@ fn manual_failover_then_the_old_primary_rejoins_as_a_replica() {
 fn command_contract_and_bad_configuration() {
     let image = image();
     assert_eq!(docker(&["run", "--rm", &image, "bash", "-c", "echo ok"]), "ok");
-    assert!(docker(&["run", "--rm", &image, "--version"]).starts_with("pg-entrypoint "));
+    assert!(docker(&["run", "--rm", &image, "--version"]).starts_with("postgres (PostgreSQL) "));
     let out = run("docker", &["run", "--rm", "-e", "POSTGRES_PASSWORD=x", "-e", "HA_MODE=bogus", &image]);
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(text(&out).contains("HA_MODE: \"bogus\" is not accepted"), "{}", text(&out));
@@ -476,7 +358,9 @@ fn image_is_what_we_ship() {
         "/usr/local/bin/pg-entrypoint",
         "/var/lib/postgresql/data",
     ]);
-    assert_eq!(modes, "755 root\n700 postgres");
+    // PGDATA is 1777 in the image, as in the official one (any uid may make a subdirectory);
+    // the entrypoint makes it 0700 when it uses it.
+    assert_eq!(modes, "755 root\n1777 postgres");
     let size = docker(&["image", "inspect", "-f", "{{.Size}}", &image]);
     eprintln!("image {image}: {} MB", size.parse::<u64>().unwrap_or(0) / 1_000_000);
 }

@@ -3,6 +3,8 @@
 //! `postgres` user; the temp directories are made traversable for it.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod docker;
+
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
