@@ -22,7 +22,7 @@ fi
 
 for pg in ${PG_VERSIONS:-15 17}; do
     image=$(docker/build-offline.sh "$pg" | tail -n 1)
-    base=$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E "^pg-entrypoint-base:.*-pg$pg$" | head -n 1)
+    base=$(docker inspect -f '{{index .Config.Labels "org.opencontainers.image.base.name"}}' "$image")
     echo "=== Docker suite on $image (base $base) ==="
     if cargo nextest --version >/dev/null 2>&1; then
         PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker) | binary(docker_dropin)' --no-fail-fast --no-capture

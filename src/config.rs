@@ -153,6 +153,28 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 /// A secret file larger than this is a mistake (`/dev/zero`, a disk image).
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
+/// initdb's default superuser, and the official image's.
+pub const DEFAULT_SUPERUSER: &str = "postgres";
+
+/// `NAME`, or the contents of the file `NAME_FILE` names (trailing newlines dropped), for the
+/// operator commands, which need a value or two without the whole configuration. Unreadable
+/// or both set: none (the start-up reports those).
+pub fn var_or_file(inputs: &dyn Inputs, name: &str) -> Option<String> {
+    let set = |n: &str| inputs.var(n).filter(|v| !v.is_empty());
+    match (set(name), set(&format!("{name}_FILE"))) {
+        (Some(value), None) => Some(value),
+        (None, Some(path)) => {
+            inputs.read_file(Path::new(&path)).ok().map(|t| without_newlines(&t)).filter(|v| !v.is_empty())
+        }
+        _ => None,
+    }
+}
+
+/// A secret file's contents without the trailing newlines editors and `echo` add.
+fn without_newlines(text: &str) -> String {
+    text.trim_end_matches(['\n', '\r']).to_string()
+}
+
 /// Where the inputs come from: the process environment, the secret files, the hostname.
 pub trait Inputs {
     fn var(&self, name: &str) -> Option<String>;
@@ -312,7 +334,7 @@ impl Parser<'_> {
             (Some(value), None) => Some(Secret(value)),
             (None, Some(path)) => match self.inputs.read_file(Path::new(&path)) {
                 Ok(text) => {
-                    let value = text.trim_end_matches(['\n', '\r']).to_string();
+                    let value = without_newlines(&text);
                     if value.is_empty() {
                         self.problem(&file_var, format!("the file {path:?} is empty"));
                         None
@@ -399,7 +421,7 @@ impl Parser<'_> {
                 ),
             );
         }
-        let superuser = self.identifier("POSTGRES_USER", "postgres");
+        let superuser = self.identifier("POSTGRES_USER", DEFAULT_SUPERUSER);
         if superuser.contains(['"', '$', '\'', '\\']) {
             // initdb refuses them: the bootstrap superuser owns extensions, whose scripts
             // substitute its name unquoted.

@@ -190,8 +190,7 @@ pub fn run(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> i32 {
 }
 
 fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
-    crate::local::become_service_account().map_err(|e| e.to_string())?;
-    let local = Local::find().map_err(|e| e.to_string())?;
+    let local = Local::open().map_err(|e| e.to_string())?;
     if local.temporary {
         return Err("the entrypoint is still preparing the data directory (temporary server)".into());
     }

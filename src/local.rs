@@ -40,7 +40,7 @@ pub enum LocalError {
 
 /// Run as root, becomes the service account (read from /etc/passwd); otherwise stays as is.
 /// Callers read any secret they need (a `_FILE` only root may read) before this.
-pub fn become_service_account() -> Result<(), LocalError> {
+fn become_service_account() -> Result<(), LocalError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
@@ -80,7 +80,16 @@ pub struct Local {
 }
 
 impl Local {
-    pub fn find() -> Result<Local, LocalError> {
+    /// As the operator commands need it: POSTGRES_USER (or the file POSTGRES_USER_FILE
+    /// names, which may be root's) read first, then no more root, then the server found.
+    pub fn open() -> Result<Local, LocalError> {
+        let user = crate::config::var_or_file(&crate::config::ProcessInputs, "POSTGRES_USER")
+            .unwrap_or_else(|| crate::config::DEFAULT_SUPERUSER.into());
+        become_service_account()?;
+        Local::find(user)
+    }
+
+    fn find(user: String) -> Result<Local, LocalError> {
         let pgdata =
             PathBuf::from(std::env::var("PGDATA").ok().filter(|v| !v.is_empty()).unwrap_or(DEFAULT_PGDATA.into()));
         let text =
@@ -92,7 +101,6 @@ impl Local {
         }
         let temporary =
             fs::read(proc.join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TEMPORARY_SERVER_MARK));
-        let user = std::env::var("POSTGRES_USER").ok().filter(|v| !v.is_empty()).unwrap_or("postgres".into());
         Ok(Local { pgdata, pidfile, temporary, user })
     }
 

@@ -65,8 +65,7 @@ fn peers(config: Option<&Config>) -> Peers {
 pub fn run() -> i32 {
     // The configuration (and any secret file only root may read) first, then no more root.
     let config = Config::from_inputs(&ProcessInputs).ok();
-    let result = crate::local::become_service_account().map_err(|e| e.to_string()).and_then(|()| {
-        let local = Local::find().map_err(|e| e.to_string())?;
+    let result = Local::open().map_err(|e| e.to_string()).and_then(|local| {
         let configured = crate::health::expected_role(&local).name();
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let (addresses, states, timelines, lsns) = peers(config.as_ref());

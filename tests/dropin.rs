@@ -19,7 +19,9 @@ const ARBITRARY_UID: u32 = 12345;
 #[test]
 fn a_sourced_script_gets_bash_and_the_official_helpers() {
     let mut node = Node::new("sourced");
-    node.set("POSTGRES_USER", "alice").set("POSTGRES_DB", "shop");
+    let user = node.scratch().join("user");
+    fs::write(&user, "alice\n").unwrap();
+    node.set("POSTGRES_USER_FILE", &user.display().to_string()).set("POSTGRES_DB", "shop");
     let secret = node.scratch().join("thing");
     fs::write(&secret, "from-a-file\n").unwrap();
     node.set("THING_FILE", &secret.display().to_string());
@@ -50,6 +52,9 @@ echo "$0" > {zero}
     let env = format!("alice/shop/{}=env", node.pgdata.display());
     assert_eq!(rows, format!("alpha=docker_process_sql,beta=psql array,from-a-file=file_env,{env}"));
     assert_eq!(fs::read_to_string(&zero).unwrap().trim(), "docker-entrypoint.sh");
+    // The operator commands find the superuser through POSTGRES_USER_FILE too.
+    let (code, said) = node.tool(&["health"]);
+    assert_eq!((code, said.trim()), (0, "healthy: standalone, accepting writes"));
     assert_eq!(node.stop(), 0);
 }
 

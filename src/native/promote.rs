@@ -95,8 +95,7 @@ const STANDBY_POSITION_SQL: &str = "SELECT (SELECT system_identifier FROM pg_con
 fn try_promote_running(force: bool) -> Result<i32, String> {
     // The configuration (and any secret file only root may read) first, then no more root.
     let config = Config::from_inputs(&ProcessInputs);
-    crate::local::become_service_account().map_err(|e| e.to_string())?;
-    let local = Local::find().map_err(|e| e.to_string())?;
+    let local = Local::open().map_err(|e| e.to_string())?;
     let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| describe(&e))?.get(0);
     if !in_recovery {

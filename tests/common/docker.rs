@@ -34,11 +34,19 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
 }
 
 pub fn wait_healthy(id: &str, timeout: Duration) {
-    wait_for(&format!("container {id} healthy"), timeout, || {
+    let deadline = Instant::now() + timeout;
+    loop {
         let state = docker(&["inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}", id]);
         assert!(!state.starts_with("exited"), "container exited:\n{}", text(&run("docker", &["logs", id])));
-        state == "running healthy"
-    });
+        if state == "running healthy" {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let health = docker(&["inspect", "-f", "{{json .State.Health}}", id]);
+            panic!("container {id} not healthy within {timeout:?}: {health}\n{}", text(&run("docker", &["logs", id])));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// One value from psql inside the container (local socket, trust).

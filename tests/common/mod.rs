@@ -224,7 +224,8 @@ impl Node {
     }
 
     pub fn superuser(&self) -> String {
-        self.get("POSTGRES_USER").unwrap_or_else(|| "postgres".into())
+        let from_file = self.get("POSTGRES_USER_FILE").and_then(|f| fs::read_to_string(f).ok());
+        self.get("POSTGRES_USER").or(from_file.map(|u| u.trim_end().to_string())).unwrap_or_else(|| "postgres".into())
     }
 
     pub fn get(&self, key: &str) -> Option<String> {
