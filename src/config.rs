@@ -43,7 +43,34 @@ pub struct Config {
     pub bindir: Option<PathBuf>,
     /// After a stop signal, how long postgres gets for a fast shutdown before an immediate one.
     pub shutdown_timeout: Duration,
+    /// Where the HTTP endpoint listens (`HTTP_PORT`, `HTTP_LISTEN`); `None` when disabled.
+    pub http: Option<HttpListen>,
 }
+
+/// The HTTP endpoint's address: `address` when `HTTP_LISTEN` names one, else every
+/// interface (IPv6 and IPv4, or IPv4 alone where IPv6 is off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListen {
+    pub address: Option<std::net::IpAddr>,
+    pub port: u16,
+}
+
+impl HttpListen {
+    /// The addresses to try, in order.
+    pub fn candidates(&self) -> Vec<std::net::SocketAddr> {
+        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+        match self.address {
+            Some(address) => vec![SocketAddr::new(address, self.port)],
+            None => vec![
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), self.port),
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.port),
+            ],
+        }
+    }
+}
+
+/// Patroni's REST API port: one HAProxy configuration serves both modes.
+pub const DEFAULT_HTTP_PORT: u16 = 8008;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -407,6 +434,32 @@ impl Parser<'_> {
         }
     }
 
+    /// `HTTP_PORT` (default 8008; `0` or `off` disables) and `HTTP_LISTEN` (an IP address).
+    fn http(&mut self) -> Option<HttpListen> {
+        let port = match self.var("HTTP_PORT") {
+            None => DEFAULT_HTTP_PORT,
+            Some(off) if off == "0" || off.eq_ignore_ascii_case("off") => return None,
+            Some(value) => value.parse::<u16>().unwrap_or_else(|_| {
+                self.problem(
+                    "HTTP_PORT",
+                    format!("{value:?} is not a port; accepted: 1 to 65535, or 0/off to disable"),
+                );
+                DEFAULT_HTTP_PORT
+            }),
+        };
+        let address = self.var("HTTP_LISTEN").and_then(|a| match a.trim_matches(['[', ']']).parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.problem(
+                    "HTTP_LISTEN",
+                    format!("{a:?} is not an IP address; accepted: e.g. 0.0.0.0, ::, 127.0.0.1"),
+                );
+                None
+            }
+        });
+        Some(HttpListen { address, port })
+    }
+
     fn config(&mut self) -> Option<Config> {
         let pgdata = PathBuf::from(self.var("PGDATA").unwrap_or_else(|| DEFAULT_PGDATA.to_string()));
         if !pgdata.is_absolute() {
@@ -462,6 +515,7 @@ impl Parser<'_> {
             PathBuf::from(self.var("INIT_SCRIPTS_DIR").unwrap_or_else(|| DEFAULT_INIT_SCRIPTS_DIR.to_string()));
         let bindir = self.var("PG_BINDIR").map(PathBuf::from);
         let shutdown_timeout = self.duration("SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT);
+        let http = self.http();
         if let Some(level) = self.var("LOG_LEVEL").filter(|l| parse_log_level(l).is_none()) {
             self.problem("LOG_LEVEL", format!("{level:?} is not accepted; accepted: error, warn, info, debug, trace"));
         }
@@ -486,6 +540,7 @@ impl Parser<'_> {
             init_scripts_dir,
             bindir,
             shutdown_timeout,
+            http,
         })
     }
 
@@ -907,6 +962,26 @@ mod tests {
 
     fn problems(vars: &[(&str, &str)]) -> Vec<String> {
         parse(vars).expect_err("expected a configuration error").0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_http_endpoint_is_on_by_default_and_can_be_moved_or_disabled() {
+        let c = parse(&[("POSTGRES_PASSWORD", "pw")]).unwrap();
+        assert_eq!(c.http, Some(HttpListen { address: None, port: 8008 }));
+        assert_eq!(c.http.unwrap().candidates().len(), 2, "IPv6 and IPv4 both tried");
+        for off in ["0", "off", "OFF"] {
+            assert_eq!(parse(&[("POSTGRES_PASSWORD", "pw"), ("HTTP_PORT", off)]).unwrap().http, None);
+        }
+        let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("HTTP_PORT", "9000"), ("HTTP_LISTEN", "[::1]")]).unwrap();
+        assert_eq!(c.http.unwrap().candidates(), ["[::1]:9000".parse().unwrap()]);
+        let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("HTTP_PORT", "http"), ("HTTP_LISTEN", "localhost")]);
+        assert_eq!(
+            p,
+            [
+                "HTTP_PORT: \"http\" is not a port; accepted: 1 to 65535, or 0/off to disable",
+                "HTTP_LISTEN: \"localhost\" is not an IP address; accepted: e.g. 0.0.0.0, ::, 127.0.0.1"
+            ]
+        );
     }
 
     #[test]

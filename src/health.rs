@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::local::{describe, Local, LocalError};
+use crate::observe::{self, Observed};
 
 /// A bound on a replica's lag: bytes of received-but-not-replayed WAL, or time since the
 /// primary was last heard from.
@@ -60,30 +61,20 @@ impl Expected {
 /// Which role the container's environment expects (a runtime `promote` makes a replica primary).
 pub fn expected_role(local: &Local) -> Expected {
     let var = |n: &str| std::env::var(n).unwrap_or_default().to_ascii_lowercase();
-    if var("HA_MODE") != "native" {
-        return Expected::Standalone;
-    }
     let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
-    if role == "replica" && !local.path(crate::native::promote::PROMOTED_MARKER).exists() {
-        Expected::Replica
-    } else {
-        Expected::Primary
-    }
+    let promoted = local.path(crate::native::promote::PROMOTED_MARKER).exists();
+    Expected::of(var("HA_MODE") == "native", role == "replica", promoted)
 }
 
-/// What the server reported, reduced to the verdict.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observed {
-    pub in_recovery: bool,
-    pub read_only: bool,
-    pub receiver_status: Option<String>,
-    pub lag_bytes: Option<i64>,
-    pub silence: Option<Duration>,
-    /// The replica's `wal_receiver_timeout` (zero when disabled).
-    pub receiver_timeout: Duration,
-    /// A primary's `synchronous_standby_names`, and how many standbys confirm commits now.
-    pub sync_names: String,
-    pub sync_standbys: i64,
+impl Expected {
+    /// From the mode, the configured role, and whether this node was promoted at run time.
+    pub fn of(native: bool, replica: bool, promoted: bool) -> Expected {
+        match (native, replica && !promoted) {
+            (false, _) => Expected::Standalone,
+            (true, true) => Expected::Replica,
+            (true, false) => Expected::Primary,
+        }
+    }
 }
 
 /// How many standbys `synchronous_standby_names` needs: `ANY 2 (...)`, `FIRST 2 (...)` and
@@ -171,14 +162,6 @@ pub fn verdict(
     }
 }
 
-const OBSERVE_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',
-       r.status, pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
-       extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout'),
-       current_setting('synchronous_standby_names'),
-       (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))
-  FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true";
-
 /// Runs the probe; returns the exit code (0 healthy, 1 not) after printing one line.
 pub fn run(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> i32 {
     let result = probe(liveness, require_sync, max_lag);
@@ -205,18 +188,12 @@ fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<
         }
         Err(e) => return Err(e.to_string()),
     };
-    let row = client.query_one(OBSERVE_SQL, &[]).map_err(|e| describe(&e))?;
-    let observed = Observed {
-        in_recovery: row.get(0),
-        read_only: row.get(1),
-        receiver_status: row.get(2),
-        lag_bytes: row.get::<_, Option<f64>>(3).map(|b| b as i64),
-        silence: row.get::<_, Option<f64>>(4).map(|s| Duration::from_secs_f64(s.max(0.0))),
-        receiver_timeout: Duration::from_millis(row.get::<_, Option<i64>>(5).unwrap_or(0).max(0) as u64),
-        sync_names: row.get(6),
-        sync_standbys: row.get(7),
-    };
-    verdict(expected_role(&local), liveness, require_sync, &observed, max_lag)
+    let expected = expected_role(&local);
+    let role = expected.name();
+    let peers = observe::Peers::default();
+    let row = client.query_one(observe::SQL, &observe::params(&role, &peers)).map_err(|e| describe(&e))?;
+    let observed = observe::observed(&row);
+    verdict(expected, liveness, require_sync, &observed, max_lag)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use crate::config::{Config, ProcessInputs, Role};
 use crate::converge;
 use crate::datadir::{self, State};
 use crate::files;
+use crate::health::Expected;
+use crate::http::{self, routes::Phase};
 use crate::native::{fence, promote, replica, slot_keeper};
 use crate::privileges;
 use crate::render;
@@ -120,6 +122,19 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
     }
+    let endpoint = match goal {
+        Goal::Serve => match start_endpoint(&plan, &sup) {
+            Ok(endpoint) => endpoint,
+            Err(message) => {
+                tracing::error!("{message}");
+                return exit::STARTUP_FAILED;
+            }
+        },
+        Goal::Initialise { .. } => None, // an init container serves nothing
+    };
+    if let Some(endpoint) = &endpoint {
+        endpoint.set_phase(phase_at_start(&plan.config));
+    }
     let ctx = Context {
         config: &plan.config,
         bin: &plan.bin,
@@ -143,7 +158,33 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         tracing::info!("PGDATA is initialised; exiting without starting postgres");
         return 0;
     }
-    supervise_postgres(&ctx, &mut sup)
+    supervise_postgres(&ctx, &mut sup, endpoint.as_ref())
+}
+
+/// Step 3b: the HTTP endpoint listens from now on; it answers 503 to role checks until the
+/// real postgres runs (README "HTTP endpoint").
+fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint>, String> {
+    let Some(listen) = &plan.config.http else { return Ok(None) };
+    let c = &plan.config;
+    let target = http::Target {
+        socket_dir: plan.endpoint.socket_dir.clone(),
+        port: plan.endpoint.port,
+        user: c.superuser.clone(),
+        pgdata: c.pgdata.clone(),
+        expected: Expected::of(c.role != Role::Standalone, matches!(c.role, Role::Replica(_)), false),
+    };
+    http::start(&listen.candidates(), target, sup.stop_flag())
+        .map(Some)
+        .map_err(|e| format!("HTTP_PORT {}: cannot listen: {e}; set HTTP_PORT to a free port, or to off", listen.port))
+}
+
+/// What the endpoint reports while the data directory is brought to its role.
+fn phase_at_start(config: &Config) -> Phase {
+    match (datadir::inspect(&config.pgdata), &config.role) {
+        (Ok(State::Empty | State::Interrupted), Role::Replica(_)) => Phase::CreatingReplica,
+        (Ok(State::Empty | State::Interrupted), _) => Phase::InitializingNewCluster,
+        _ => Phase::Starting,
+    }
 }
 
 /// Below this, /dev/shm is a known trap: Docker and Kubernetes give containers 64 MB.
@@ -240,7 +281,7 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
 }
 
 /// Step 6: run postgres and pass its exit status through (README "Exit codes").
-fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
+fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&http::Endpoint>) -> i32 {
     let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
     let child = match sup.spawn(&mut cmd) {
@@ -251,6 +292,9 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor) -> i32 {
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
+    if let Some(endpoint) = endpoint {
+        endpoint.set_phase(Phase::Running);
+    }
     tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
     crate::supervise::trim_resident_code();
     let mut keeper = match &ctx.config.role {

@@ -1,44 +1,17 @@
-//! `status`: what this server is and how its replication stands, as one JSON object.
-//! PostgreSQL builds the JSON itself, so types and escaping are its own.
+//! `status`: what this server is and how its replication stands, as one JSON object (the
+//! document of `observe`, which the HTTP endpoint serves too), with each peer as a replica
+//! sees it.
 
 use std::time::Duration;
 
 use crate::config::{Config, ProcessInputs, Role};
 use crate::local::{describe, Local};
 use crate::native::member::{self, Answer};
-
-const STATUS_SQL: &str = "
-SELECT jsonb_pretty(jsonb_build_object(
-  'configured_role', $1::text,
-  'role', CASE WHEN pg_is_in_recovery() THEN 'replica' ELSE 'primary' END,
-  'timeline', CASE WHEN pg_is_in_recovery()
-      THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint()))
-      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
-  'current_lsn', CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,
-  'received_lsn', pg_last_wal_receive_lsn()::text,
-  'replayed_lsn', pg_last_wal_replay_lsn()::text,
-  'replay_lag_seconds', CASE WHEN pg_is_in_recovery() THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END,
-  'wal_receiver', (SELECT jsonb_build_object('status', status, 'primary_host', sender_host, 'primary_port', sender_port,
-                                             'slot', slot_name, 'latest_end_lsn', latest_end_lsn::text)
-                   FROM pg_stat_wal_receiver),
-  'synchronous_standby_names', current_setting('synchronous_standby_names'),
-  'replicas', coalesce((
-      SELECT jsonb_agg(jsonb_build_object(
-               'name', r.application_name, 'client_addr', host(r.client_addr), 'state', r.state,
-               'sync_state', r.sync_state,
-               'lag_bytes', CASE WHEN NOT pg_is_in_recovery() THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn) END,
-               'replay_lag_seconds', extract(epoch FROM r.replay_lag),
-               'slot', s.slot_name) ORDER BY r.application_name)
-        FROM pg_stat_replication r LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid), '[]'::jsonb),
-  'peers', (SELECT coalesce(jsonb_agg(jsonb_build_object('address', a, 'state', st, 'timeline', tl, 'lsn', l)), '[]'::jsonb)
-              FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(a, st, tl, l))
-))";
+use crate::observe::{self, Peers};
 
 /// Each member a replica knows (its primary and REPLICATION_PEERS) as it answers now: the
 /// LSNs to compare before choosing which replica to promote. A primary lists its replicas
 /// under `replicas` instead (it keeps no replication password file to ask with).
-type Peers = (Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<Option<String>>);
-
 fn peers(config: Option<&Config>) -> Peers {
     let mut out: Peers = Default::default();
     let Some(config) = config else { return out };
@@ -68,11 +41,9 @@ pub fn run() -> i32 {
     let result = Local::open().map_err(|e| e.to_string()).and_then(|local| {
         let configured = crate::health::expected_role(&local).name();
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let (addresses, states, timelines, lsns) = peers(config.as_ref());
-        let row = client
-            .query_one(STATUS_SQL, &[&configured, &addresses, &states, &timelines, &lsns])
-            .map_err(|e| describe(&e))?;
-        Ok(row.get::<_, String>(0))
+        let peers = peers(config.as_ref());
+        let row = client.query_one(observe::SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;
+        Ok(observe::document(&row))
     });
     match result {
         Ok(json) => {

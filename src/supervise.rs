@@ -9,6 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -91,6 +93,8 @@ pub struct Supervisor {
     exited: HashMap<Pid, i32>,
     /// A child had to be stopped with its escalation signal.
     escalated: bool,
+    /// Set with the first stop signal, for other threads (the HTTP endpoint answers 503).
+    stopping: Arc<AtomicBool>,
 }
 
 impl Supervisor {
@@ -115,7 +119,13 @@ impl Supervisor {
             started: HashSet::new(),
             exited: HashMap::new(),
             escalated: false,
+            stopping: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// True from the first stop signal on, readable from another thread.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
     }
 
     /// How long a fast shutdown may take (SHUTDOWN_TIMEOUT), once the configuration is known.
@@ -293,6 +303,7 @@ impl Supervisor {
 
     fn note_stop(&mut self, sig: Signal) {
         if self.stop.is_none() {
+            self.stopping.store(true, Ordering::Relaxed);
             tracing::info!(signal = %sig, "stop requested");
             self.stop = Some(sig);
             self.stop_deadline = Some(Instant::now() + self.shutdown_timeout);

@@ -74,6 +74,8 @@ pub struct Node {
     pub dir: TempDir,
     pub pgdata: PathBuf,
     pub port: u16,
+    /// The HTTP endpoint's port (on loopback).
+    pub http_port: u16,
     pub env: Vec<(String, String)>,
     pub child: Option<Child>,
     pub log: PathBuf,
@@ -85,14 +87,21 @@ impl Node {
     pub fn new(name: &str) -> Node {
         let dir = TempDir::new(name);
         let pgdata = dir.0.join("data");
-        let port = free_port();
-        let mut node = Node { log: dir.0.join("log-0"), dir, pgdata, port, env: Vec::new(), child: None, starts: 0 };
+        let (port, http_port) = (free_port(), free_port());
+        let log = dir.0.join("log-0");
+        let mut node = Node { log, dir, pgdata, port, http_port, env: Vec::new(), child: None, starts: 0 };
         node.set("PGDATA", &node.pgdata.display().to_string());
         node.set("POSTGRES_PASSWORD", PASSWORD);
         node.set("POSTGRESQL_CONFIG_PORT", &port.to_string());
         node.set("POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES", &node.socket_dir().display().to_string());
         node.set("INIT_SCRIPTS_DIR", &node.dir.0.join("initdb.d").display().to_string());
+        node.set("HTTP_PORT", &http_port.to_string()).set("HTTP_LISTEN", "127.0.0.1");
         node
+    }
+
+    /// `METHOD path` on the HTTP endpoint: status code and body ("" when none came).
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        http_request(self.http_port, &format!("{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
     }
 
     /// A directory every user may write to (init scripts run as `postgres`).
@@ -345,6 +354,21 @@ impl Drop for Node {
 
 pub fn libc_sigterm() -> i32 {
     nix::sys::signal::Signal::SIGTERM as i32
+}
+
+/// Sends `raw` to 127.0.0.1:`port` and reads the answer to its end: status code (0 when
+/// nothing listens or the connection was closed without one) and body.
+pub fn http_request(port: u16, raw: &str) -> (u16, String) {
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
 
 /// Polls `condition` every 10 ms; panics after `timeout`.

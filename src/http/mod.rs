@@ -1,0 +1,237 @@
+//! The HTTP endpoint: Patroni-compatible health checks (`/primary`, `/replica`, ...) for
+//! load balancers and probes, served by the entrypoint itself (README "HTTP endpoint").
+//!
+//! It runs on a thread of its own with a current-thread tokio runtime, so the PID 1 loop in
+//! `supervise` stays synchronous and untouched; the thread is started after privileges are
+//! dropped and inherits the blocked signal mask, so signals still reach only the signalfd.
+//! The server is asked over its Unix socket through one connection that is kept and reused
+//! (reopened after an error), one query per request: a probe costs a fraction of a
+//! millisecond and never a new backend, however many balancers ask, and the answer is never
+//! stale (a promotion shows in the next probe). While no real server runs (bootstrap,
+//! clone, promotion at start) nothing is asked: a temporary server never answers a probe.
+
+pub mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use crate::health::Expected;
+use crate::observe::{self, Observed};
+use routes::{Answer, Body, Method, Phase, Situation};
+
+/// A client has this long to send its request head; then it gets 408 and is cut off.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at once (balancers open one per check).
+const MAX_CONNECTIONS: usize = 64;
+/// Request heads larger than this are refused (431) without being read further.
+const MAX_HEAD: usize = 16 * 1024;
+/// Asking the server (connecting, or the query) takes at most this.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// After its head came in, an answer is written within this (the server asked included),
+/// or the client, which does not read it, is cut off.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach the local server.
+pub struct Target {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+    pub pgdata: PathBuf,
+    pub expected: Expected,
+}
+
+/// The running endpoint: the supervisor tells it where the entrypoint is in its life.
+pub struct Endpoint {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    phase: AtomicU8,
+    stopping: Arc<AtomicBool>,
+    target: Target,
+    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+const PHASES: [Phase; 4] = [Phase::Starting, Phase::InitializingNewCluster, Phase::CreatingReplica, Phase::Running];
+
+impl Endpoint {
+    pub fn set_phase(&self, phase: Phase) {
+        let index = PHASES.iter().position(|p| *p == phase).unwrap_or(0);
+        self.shared.phase.store(index as u8, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    fn phase(&self) -> Phase {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Phase::Stopping;
+        }
+        PHASES.get(self.phase.load(Ordering::Relaxed) as usize).copied().unwrap_or(Phase::Starting)
+    }
+}
+
+/// Binds `addresses` (the first that works) now, so a port in use is a start-up error, and
+/// serves on a thread of its own. `stopping` is the supervisor's stop flag.
+pub fn start(addresses: &[SocketAddr], target: Target, stopping: Arc<AtomicBool>) -> std::io::Result<Endpoint> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+    let listener = addresses.iter().find_map(|a| std::net::TcpListener::bind(a).map_err(|e| last = e).ok());
+    let listener = listener.ok_or(last)?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let shared = Arc::new(Shared { phase: AtomicU8::new(0), stopping, target, client: tokio::sync::Mutex::new(None) });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    let serving = shared.clone();
+    std::thread::Builder::new()
+        .name("http".into())
+        // Its work is small: a small stack keeps the resident set small.
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if let Err(e) = runtime.block_on(serve(listener, serving)) {
+                tracing::error!("the HTTP endpoint stopped: {e}");
+            }
+        })?;
+    tracing::info!(%address, "HTTP endpoint listening");
+    Ok(Endpoint { shared })
+}
+
+async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors and the like: wait a little rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue }; // dropped: closed
+        tokio::spawn(serve_one(stream, shared.clone(), slot));
+    }
+}
+
+/// One request per connection (what balancers and probes send): its head within
+/// [`HEAD_TIMEOUT`] or 408, then the answer within [`ANSWER_TIMEOUT`], then closed. So no
+/// client, slow or silent, holds a connection slot for long.
+async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>, _slot: tokio::sync::OwnedSemaphorePermit) {
+    // A second handle on the socket, to answer 408 while hyper still owns the first.
+    let Ok(std_stream) = stream.into_std() else { return };
+    let Ok(late) = std_stream.try_clone() else { return };
+    let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else { return };
+    let head_read = Arc::new(AtomicBool::new(false));
+    let seen = head_read.clone();
+    let service = service_fn(move |request| {
+        seen.store(true, Ordering::Relaxed);
+        respond(request, shared.clone())
+    });
+    let connection =
+        http1::Builder::new().keep_alive(false).max_buf_size(MAX_HEAD).serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => return,
+        _ = tokio::time::sleep(HEAD_TIMEOUT) => {}
+    }
+    if !head_read.load(Ordering::Relaxed) {
+        // A few bytes into an empty socket buffer: this write does not block.
+        let _ = std::io::Write::write_all(
+            &mut &late,
+            b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        );
+        return;
+    }
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, connection).await;
+}
+
+async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = match *request.method() {
+        hyper::Method::GET => Method::Get,
+        hyper::Method::HEAD | hyper::Method::OPTIONS => Method::StatusOnly,
+        _ => Method::Other,
+    };
+    let path = request.uri().path();
+    let query = request.uri().query().unwrap_or_default();
+    let phase = shared.phase();
+    let asked = if phase == Phase::Running && routes::asks_server(path) { Some(ask(&shared).await) } else { None };
+    if phase == Phase::Stopping {
+        // Let postgres's shutdown find no session of ours.
+        shared.client.lock().await.take();
+    }
+    let server = asked.as_ref().map(|r| r.as_ref().map(|(o, doc)| (o, doc.as_str())).map_err(String::as_str));
+    let expected = expected_now(&shared.target);
+    let Answer { status, body } = routes::answer(method, path, query, &Situation { phase, expected, server });
+    let (content_type, bytes) = match body {
+        Body::None => ("application/json", Bytes::new()),
+        Body::Json(json) => ("application/json", Bytes::from(json)),
+        Body::Text(text) => ("text/plain; charset=utf-8", Bytes::from(text)),
+    };
+    let mut response = Response::new(Full::new(bytes));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    if status == 405 {
+        response
+            .headers_mut()
+            .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD, OPTIONS"));
+    }
+    Ok(response)
+}
+
+/// A replica promoted at run time is expected to be a primary from then on.
+fn expected_now(target: &Target) -> Expected {
+    let promoted = target.pgdata.join(crate::native::promote::PROMOTED_MARKER).exists();
+    match target.expected {
+        Expected::Replica if promoted => Expected::Primary,
+        expected => expected,
+    }
+}
+
+/// The server's facts and status document, through the kept connection.
+async fn ask(shared: &Shared) -> Result<(Observed, String), String> {
+    let mut client = shared.client.lock().await;
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(connect(&shared.target).await?);
+    }
+    let Some(c) = client.as_ref() else { return Err("not connected".into()) };
+    let peers = observe::Peers::default();
+    let role = expected_now(&shared.target).name();
+    let result = tokio::time::timeout(SERVER_TIMEOUT, c.query_one(observe::SQL, &observe::params(&role, &peers))).await;
+    match result {
+        Ok(Ok(row)) => Ok((observe::observed(&row), observe::document(&row))),
+        Ok(Err(e)) => {
+            client.take();
+            Err(crate::local::describe(&e))
+        }
+        Err(_) => {
+            client.take();
+            Err(format!("the server did not answer within {} s", SERVER_TIMEOUT.as_secs()))
+        }
+    }
+}
+
+async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&target.socket_dir)
+        .port(target.port)
+        .user(&target.user)
+        .dbname("postgres")
+        .application_name("pg-entrypoint http")
+        .connect_timeout(SERVER_TIMEOUT);
+    let (client, connection) = tokio::time::timeout(SERVER_TIMEOUT, config.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| "connecting to the server timed out".to_string())?
+        .map_err(|e| crate::local::describe(&e))?;
+    tokio::spawn(connection);
+    Ok(client)
+}

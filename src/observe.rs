@@ -1,0 +1,112 @@
+//! What the running server says about itself, in one query over its Unix socket: the facts
+//! `health` and the HTTP endpoint decide on, and the status document that `status` prints
+//! and the endpoint serves. PostgreSQL builds the JSON itself, so types and escaping are its
+//! own. Field names follow Patroni's REST API where they exist there (`state`, `role`,
+//! `server_version`, `timeline`, `xlog`, `replication`, `replication_state`,
+//! `database_system_identifier`), so its clients read ours.
+
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::Row;
+
+/// Parameters: $1 the role the environment configures; $2..$5 the peers as a replica sees
+/// them (address, state, timeline, LSN; empty arrays when not asked).
+pub const SQL: &str = "
+WITH f AS (SELECT pg_is_in_recovery() AS in_recovery),
+     r AS (SELECT * FROM pg_stat_wal_receiver)
+SELECT f.in_recovery,
+       current_setting('transaction_read_only') = 'on',
+       r.status,
+       pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
+       extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout'),
+       current_setting('synchronous_standby_names'),
+       (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')),
+       jsonb_pretty(jsonb_strip_nulls(jsonb_build_object(
+  'state', 'running',
+  'role', CASE WHEN f.in_recovery THEN 'replica' ELSE 'primary' END,
+  'configured_role', $1::text,
+  'postmaster_start_time', pg_postmaster_start_time()::text,
+  'server_version', current_setting('server_version_num')::int,
+  'database_system_identifier', (SELECT system_identifier::text FROM pg_control_system()),
+  'timeline', CASE WHEN f.in_recovery
+      THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
+      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+  'xlog', CASE WHEN f.in_recovery
+      THEN jsonb_build_object(
+             'received_location', pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::bigint,
+             'replayed_location', pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+             'replayed_timestamp', pg_last_xact_replay_timestamp()::text,
+             'paused', pg_is_wal_replay_paused())
+      ELSE jsonb_build_object('location', pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint) END,
+  'replication_state', CASE WHEN f.in_recovery
+      THEN CASE WHEN r.status = 'streaming' THEN 'streaming' ELSE 'in archive recovery' END END,
+  'replication', CASE WHEN NOT f.in_recovery THEN (
+      SELECT jsonb_agg(jsonb_build_object(
+               'usename', usename, 'application_name', application_name, 'client_addr', host(client_addr),
+               'state', state, 'sync_state', sync_state, 'sync_priority', sync_priority) ORDER BY application_name)
+        FROM pg_stat_replication) END,
+  'current_lsn', CASE WHEN NOT f.in_recovery THEN pg_current_wal_lsn()::text END,
+  'received_lsn', pg_last_wal_receive_lsn()::text,
+  'replayed_lsn', pg_last_wal_replay_lsn()::text,
+  'replay_lag_seconds', CASE WHEN f.in_recovery THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END,
+  'wal_receiver', CASE WHEN r.pid IS NOT NULL THEN jsonb_build_object(
+      'status', r.status, 'primary_host', r.sender_host, 'primary_port', r.sender_port,
+      'slot', r.slot_name, 'latest_end_lsn', r.latest_end_lsn::text) END,
+  'synchronous_standby_names', current_setting('synchronous_standby_names'),
+  'replicas', coalesce((
+      SELECT jsonb_agg(jsonb_build_object(
+               'name', p.application_name, 'client_addr', host(p.client_addr), 'state', p.state,
+               'sync_state', p.sync_state,
+               'lag_bytes', CASE WHEN NOT f.in_recovery THEN pg_wal_lsn_diff(pg_current_wal_lsn(), p.replay_lsn) END,
+               'replay_lag_seconds', extract(epoch FROM p.replay_lag),
+               'slot', s.slot_name) ORDER BY p.application_name)
+        FROM pg_stat_replication p LEFT JOIN pg_replication_slots s ON s.active_pid = p.pid), '[]'::jsonb),
+  'peers', (SELECT coalesce(jsonb_agg(jsonb_build_object('address', a, 'state', st, 'timeline', tl, 'lsn', l)), '[]'::jsonb)
+              FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(a, st, tl, l))
+)))
+  FROM f LEFT JOIN r ON true";
+
+/// The peers as a replica sees them: addresses, states, timelines, LSNs.
+pub type Peers = (Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<Option<String>>);
+
+/// The query's parameters, in order.
+pub fn params<'a>(configured_role: &'a &'a str, peers: &'a Peers) -> [&'a (dyn ToSql + Sync); 5] {
+    [configured_role, &peers.0, &peers.1, &peers.2, &peers.3]
+}
+
+/// What the server reported, reduced to what the verdicts need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub in_recovery: bool,
+    pub read_only: bool,
+    pub receiver_status: Option<String>,
+    /// WAL the primary reported that this standby has not replayed yet.
+    pub lag_bytes: Option<i64>,
+    pub silence: Option<Duration>,
+    /// The replica's `wal_receiver_timeout` (zero when disabled).
+    pub receiver_timeout: Duration,
+    /// A primary's `synchronous_standby_names`, and how many standbys confirm commits now.
+    pub sync_names: String,
+    pub sync_standbys: i64,
+}
+
+/// The facts of a row of [`SQL`].
+pub fn observed(row: &Row) -> Observed {
+    Observed {
+        in_recovery: row.get(0),
+        read_only: row.get(1),
+        receiver_status: row.get(2),
+        lag_bytes: row.get::<_, Option<f64>>(3).map(|b| b as i64),
+        silence: row.get::<_, Option<f64>>(4).map(|s| Duration::from_secs_f64(s.max(0.0))),
+        receiver_timeout: Duration::from_millis(row.get::<_, Option<i64>>(5).unwrap_or(0).max(0) as u64),
+        sync_names: row.get(6),
+        sync_standbys: row.get(7),
+    }
+}
+
+/// The status document of a row of [`SQL`] (pretty-printed JSON).
+pub fn document(row: &Row) -> String {
+    row.get(8)
+}
