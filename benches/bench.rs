@@ -184,6 +184,9 @@ fn main() {
     // 5 and 6: footprint and health latency on one running server.
     rows.extend(footprint_and_health());
 
+    // 7: the HTTP endpoint: probe latency, and its cost to the supervisor under probes.
+    rows.extend(http_endpoint());
+
     let binary = fs::metadata(release_binary()).map(|m| m.len()).unwrap_or(0);
     print_and_write(&rows, binary);
 }
@@ -400,6 +403,84 @@ fn footprint_and_health() -> Vec<Row> {
             target: "~0".into(),
         },
         side_by_side("health probe (vs pg_isready)", ours, bare, "median < 20 ms"),
+    ]
+}
+
+/// The `p`-th percentile (0–100) of `v`, nearest rank.
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+/// The HTTP endpoint: `GET /primary` latency next to pg_isready (a process per probe, as an
+/// exec probe runs), then the supervisor's RSS and CPU while a balancer probes it 10 times a
+/// second, next to a supervisor with the endpoint off over the same time.
+fn http_endpoint() -> Vec<Row> {
+    let mut on = Node::new("bench-http-on");
+    on.start();
+    let mut off = Node::new("bench-http-off");
+    off.set("HTTP_PORT", "off").start();
+    let bindir = pg_bindir();
+    let mut probes = Vec::new();
+    for _ in 0..500 {
+        let started = Instant::now();
+        assert_eq!(on.http("GET", "/primary").0, 200);
+        probes.push(started.elapsed().as_secs_f64());
+    }
+    let mut isready = Vec::new();
+    for _ in 0..51 {
+        let started = Instant::now();
+        let ok = Command::new(bindir.join("pg_isready"))
+            .args(["-q", "-h"])
+            .arg(on.socket_dir())
+            .args(["-p", &on.port.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        isready.push(started.elapsed().as_secs_f64());
+    }
+    let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (ticks_on, ticks_off) = (cpu_ticks(on.pid()), cpu_ticks(off.pid()));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        assert_eq!(on.http("OPTIONS", "/primary").0, 200);
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
+    }
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu_on = (cpu_ticks(on.pid()) - ticks_on) as f64 / hz;
+    let cpu_off = (cpu_ticks(off.pid()) - ticks_off) as f64 / hz;
+    let (rss_on, rss_off) = (rss_kib(on.pid()), rss_kib(off.pid()));
+    assert_eq!(on.stop(), 0);
+    assert_eq!(off.stop(), 0);
+    let (p50, p99) = (percentile(probes.clone(), 50.0), percentile(probes, 99.0));
+    let (i50, i99) = (percentile(isready.clone(), 50.0), percentile(isready, 99.0));
+    let mib = |kib: u64| format!("{:.2} MiB", kib as f64 / 1024.0);
+    let cpu = |s: f64| format!("{s:.2} s ({:.2} % of a core)", 100.0 * s / seconds as f64);
+    vec![
+        Row {
+            case: "HTTP probe `GET /primary` p50 / p99 (bare: pg_isready)".into(),
+            ours: format!("{:.2} / {:.2} ms", p50 * 1000.0, p99 * 1000.0),
+            bare: format!("{:.2} / {:.2} ms", i50 * 1000.0, i99 * 1000.0),
+            ratio: format!("{:.2}", p50 / i50),
+            target: "well under 10 ms".into(),
+        },
+        Row {
+            case: format!("supervisor RSS, endpoint probed 10×/s for {seconds} s (bare: endpoint off)"),
+            ours: mib(rss_on),
+            bare: mib(rss_off),
+            ratio: format!("{:.2}", rss_on as f64 / rss_off as f64),
+            target: "< 4 MiB".into(),
+        },
+        Row {
+            case: format!("supervisor CPU, endpoint probed 10×/s for {seconds} s (bare: endpoint off)"),
+            ours: cpu(cpu_on),
+            bare: cpu(cpu_off),
+            ratio: "–".into(),
+            target: "< 1 % of a core".into(),
+        },
     ]
 }
 

@@ -3,14 +3,16 @@
 # cargo, a Debian base with Debian's PostgreSQL made locally with mmdebstrap + docker import
 # (bookworm gives PostgreSQL 15, trixie 17; the mirror is read from this machine's apt
 # sources), then the final image from docker/Dockerfile. An existing base image is reused.
-# Usage: docker/build-offline.sh [15|17]. The last line printed is the image tag.
+# `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml (Debian's package) instead.
+# Usage: docker/build-offline.sh [15|17|haproxy]. The last line printed is the image tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pg="${1:-15}"
 case "$pg" in
     15) suite=bookworm ;;
     17) suite=trixie ;;
-    *) echo "build-offline.sh: PostgreSQL $pg is not offered; accepted: 15 (bookworm), 17 (trixie)" >&2; exit 2 ;;
+    haproxy) suite=bookworm ;;
+    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), haproxy" >&2; exit 2 ;;
 esac
 # The tag names the recipe: a base built by an older recipe is not reused.
 base="pg-entrypoint-base:$suite-pg$pg-v2"
@@ -27,11 +29,32 @@ mirror() {
     echo "$uri"
 }
 
-if ! docker image inspect "$base" >/dev/null 2>&1; then
+ensure_mmdebstrap() {
     command -v mmdebstrap >/dev/null 2>&1 || {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null
     }
+}
+
+if [ "$pg" = haproxy ]; then
+    image="pg-entrypoint-haproxy:local"
+    if ! docker image inspect "$image" >/dev/null 2>&1; then
+        ensure_mmdebstrap
+        tar="$(mktemp -d)/haproxy.tar"
+        echo "building $image with mmdebstrap from $(mirror)" >&2
+        mmdebstrap --variant=apt --quiet --include=haproxy \
+            --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+            --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+            "$suite" "$tar" "deb $(mirror) $suite main" >&2
+        docker import "$tar" "$image" >&2
+        rm -rf "$(dirname "$tar")"
+    fi
+    echo "$image"
+    exit 0
+fi
+
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+    ensure_mmdebstrap
     tar="$(mktemp -d)/base.tar"
     echo "building $base with mmdebstrap from $(mirror)" >&2
     # As the official image: the postgres account is 999:999, made before the package would

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts the compose stack (primary + two replicas) and waits until all three are healthy.
+# Starts the compose stack (primary + two replicas, HAProxy in front) and waits until all
+# three are healthy.
 # Creates random passwords in docker/secrets/ on first use. Extra arguments go to compose
 # (e.g. `-f docker/compose.sync.yaml` is added by SYNC=1). IMAGE selects the image.
 set -euo pipefail
@@ -12,6 +13,12 @@ done
 export SECRETS_DIR="${SECRETS_DIR:-$PWD/secrets}"
 files=(-f compose.yaml)
 [ "${SYNC:-0}" = 1 ] && files+=(-f compose.sync.yaml)
+# HAProxy in front (5000 writes, 5001 reads) unless HAPROXY=0; its image is built offline
+# when no HAPROXY_IMAGE is named.
+if [ "${HAPROXY:-1}" = 1 ]; then
+    files+=(-f compose.haproxy.yaml)
+    [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
+fi
 project="${PROJECT:-pg}"
 "${compose[@]}" "${files[@]}" -p "$project" up -d "$@"
 for service in primary replica-1 replica-2; do
@@ -23,3 +30,6 @@ for service in primary replica-1 replica-2; do
     echo "$service: $(docker exec "$id" pg-entrypoint health)"
 done
 echo "connect: PGPASSWORD=\$(cat docker/secrets/postgres_password) psql -h 127.0.0.1 -p 5432 -U postgres"
+if [ "${HAPROXY:-1}" = 1 ]; then
+    echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
+fi

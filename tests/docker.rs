@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::docker::*;
 
+/// The HAProxy image of docker/compose.haproxy.yaml (docker/e2e.sh builds it offline).
+fn haproxy_image() -> String {
+    std::env::var("PGEP_HAPROXY_IMAGE").unwrap_or_else(|_| "pg-entrypoint-haproxy:local".into())
+}
+
 fn compose_command() -> Vec<&'static str> {
     if run("docker", &["compose", "version"]).status.success() {
         vec!["docker", "compose"]
@@ -50,6 +55,9 @@ impl Project {
             .env("IMAGE", image())
             .env("SECRETS_DIR", &self.secrets)
             .env("PRIMARY_PUBLISH", "127.0.0.1:") // any free host port
+            .env("RW_PUBLISH", "127.0.0.1:")
+            .env("RO_PUBLISH", "127.0.0.1:")
+            .env("HAPROXY_IMAGE", haproxy_image())
             .output()
             .unwrap();
         assert!(out.status.success(), "compose {args:?} failed:\n{}", text(&out));
@@ -363,4 +371,48 @@ fn image_is_what_we_ship() {
     assert_eq!(modes, "755 root\n1777 postgres");
     let size = docker(&["image", "inspect", "-f", "{{.Size}}", &image]);
     eprintln!("image {image}: {} MB", size.parse::<u64>().unwrap_or(0) / 1_000_000);
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn haproxy_routes_writes_to_the_primary_and_reads_to_replicas_across_a_promotion() {
+    let p = Project::new("haproxy", &["compose.yaml", "compose.haproxy.yaml"]);
+    p.compose(&["up", "-d"]);
+    let (primary, r1, r2) = (p.id("primary"), p.id("replica-1"), p.id("replica-2"));
+    for id in [&primary, &r1, &r2] {
+        wait_healthy(id, Duration::from_secs(180));
+    }
+    // A client on the stack's network (replica-2's psql), through HAProxy's ports.
+    let password = format!("PGPASSWORD={SECRET}");
+    let through = |port: &str, query: &str| {
+        let out = run(
+            "docker",
+            &["exec", "-e", &password, &r2, "psql", "-X", "-A", "-t", "-h", "haproxy", "-p", port, "-U", "postgres", "-c", query],
+        );
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    wait_for("writes through 5000", Duration::from_secs(30), || {
+        through("5000", "SELECT pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    assert!(through("5000", "CREATE TABLE routed (v text); INSERT INTO routed VALUES ('before')").is_some());
+    assert_eq!(through("5000", "SELECT inet_server_addr()").unwrap(), address(&primary));
+    // Reads through 5001 reach both replicas in turn, never the primary.
+    wait_for("both replicas behind 5001", Duration::from_secs(30), || {
+        let seen: std::collections::HashSet<String> =
+            (0..4).filter_map(|_| through("5001", "SELECT inet_server_addr()")).collect();
+        seen == [address(&r1), address(&r2)].into_iter().collect()
+    });
+    assert_eq!(through("5001", "SELECT pg_is_in_recovery()").as_deref(), Some("t"));
+
+    // Failover: the primary stops, replica-1 is promoted; HAProxy follows by itself.
+    docker(&["stop", &primary]);
+    let out = run("docker", &["exec", &r1, "pg-entrypoint", "promote"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let promoted = Instant::now();
+    wait_for("writes through 5000 after the promotion", Duration::from_secs(30), || {
+        through("5000", "INSERT INTO routed VALUES ('after')").is_some()
+    });
+    eprintln!("writes through HAProxy resumed {:.1} s after the promotion", promoted.elapsed().as_secs_f64());
+    assert_eq!(through("5000", "SELECT inet_server_addr()").unwrap(), address(&r1));
+    assert_eq!(through("5000", "SELECT string_agg(v, ',' ORDER BY v) FROM routed").unwrap(), "after,before");
 }
