@@ -387,7 +387,10 @@ fn haproxy_routes_writes_to_the_primary_and_reads_to_replicas_across_a_promotion
     let through = |port: &str, query: &str| {
         let out = run(
             "docker",
-            &["exec", "-e", &password, &r2, "psql", "-X", "-A", "-t", "-h", "haproxy", "-p", port, "-U", "postgres", "-c", query],
+            &[
+                "exec", "-e", &password, &r2, "psql", "-X", "-A", "-t", "-h", "haproxy", "-p", port, "-U", "postgres",
+                "-c", query,
+            ],
         );
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
