@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A primary and a replica on this machine, run by pg-entrypoint exactly as in containers
-# (as root, dropping to `postgres`): primary on 127.0.0.1:55432, replica on 127.0.0.1:55433.
+# (as root, dropping to `postgres`): primary on 127.0.0.1:55432, replica on 127.0.0.1:55433,
+# their HTTP endpoints on 58008 and 58009.
 # Passwords come from files (POSTGRES_PASSWORD_FILE, REPLICATION_PASSWORD_FILE).
 # Ctrl-C (or SIGTERM) stops both with a clean shutdown. STACK_DIR sets where data lives.
 set -euo pipefail
@@ -30,10 +31,10 @@ node() { # name port extra-env...
         "$@" "$bin" >"$dir/$name.log" 2>&1 &
 }
 
-node primary 55432 ROLE=primary
+node primary 55432 ROLE=primary HTTP_PORT=58008
 primary=$!
 # The replica may start first: it waits for the primary by itself.
-node replica 55433 ROLE=replica PRIMARY_HOST=127.0.0.1 PRIMARY_PORT=55432 REPLICA_NAME=replica-1
+node replica 55433 ROLE=replica PRIMARY_HOST=127.0.0.1 PRIMARY_PORT=55432 REPLICA_NAME=replica-1 HTTP_PORT=58009
 replica=$!
 
 stop() {

@@ -40,11 +40,8 @@ pub fn prepare(pgdata: &Path, socket_dirs: &[PathBuf]) -> Result<(), UidError> {
         let parent = pgdata.parent().unwrap_or(Path::new("/")).to_path_buf();
         return Err(UidError::CannotCreate { pgdata: pgdata.into(), parent, uid, source });
     }
+    refuse_foreign_owner(pgdata)?;
     let meta = fs::metadata(pgdata).map_err(io_err("cannot inspect"))?;
-    if meta.uid() != uid {
-        let suggested = pgdata.join("pgdata");
-        return Err(UidError::NotOwned { pgdata: pgdata.into(), owner: meta.uid(), uid, suggested });
-    }
     // The images ship PGDATA 1777 so that any uid can use a subdirectory; postgres wants 0700
     // (or 0750 with group access), as root makes it.
     let mode = meta.mode() & 0o777;
@@ -57,6 +54,19 @@ pub fn prepare(pgdata: &Path, socket_dirs: &[PathBuf]) -> Result<(), UidError> {
         let _ = fs::DirBuilder::new().recursive(true).mode(0o2775).create(dir);
     }
     Ok(())
+}
+
+/// A PGDATA that belongs to another uid, refused in one line. Checked before PGDATA is
+/// classified too, since listing it may be denied to this uid.
+pub fn refuse_foreign_owner(pgdata: &Path) -> Result<(), UidError> {
+    let uid = geteuid().as_raw();
+    match fs::metadata(pgdata) {
+        Ok(meta) if meta.uid() != uid => {
+            let suggested = pgdata.join("pgdata");
+            Err(UidError::NotOwned { pgdata: pgdata.into(), owner: meta.uid(), uid, suggested })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// When this uid has no /etc/passwd entry, gives it one (named `postgres`, home PGDATA)

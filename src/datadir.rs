@@ -56,6 +56,11 @@ pub enum DataDirError {
          not a link: root never follows a link in PGDATA)"
     )]
     NotADirectory { pgdata: PathBuf, what: &'static str },
+    #[error(
+        "PGDATA {pgdata:?} is in use by another pg-entrypoint (a second container on the same volume?); \
+         refusing to touch it. Give each container its own volume"
+    )]
+    InUse { pgdata: PathBuf },
     #[error("PGDATA {pgdata:?}: {action}: {source}")]
     Io { pgdata: PathBuf, action: String, source: io::Error },
 }
@@ -145,6 +150,14 @@ pub struct Staging {
 /// returns a fresh, empty one.
 pub fn fresh_staging(pgdata: &Path) -> Result<Staging, DataDirError> {
     if pgdata.join(INITIALISING).exists() {
+        // A server of that bootstrap still running (its entrypoint died under another init)
+        // must not have its directory emptied under it.
+        if live_postmaster(pgdata).is_some() {
+            return Err(DataDirError::io(
+                pgdata,
+                "a postgres of the unfinished bootstrap still runs in it; stop it first",
+            )(io::Error::from(io::ErrorKind::ResourceBusy)));
+        }
         tracing::warn!(pgdata = %pgdata.display(), "removing a new cluster whose init scripts did not finish; it will be redone");
         empty_external_wal(&pgdata.join("pg_wal"))
             .map_err(DataDirError::io(pgdata, "cannot empty the WAL directory of the interrupted bootstrap"))?;
@@ -219,6 +232,7 @@ pub fn finish_staged(pgdata: &Path) -> Result<(), DataDirError> {
 /// The init scripts succeeded: the new cluster is finished.
 pub fn finish_initialising(pgdata: &Path) -> Result<(), DataDirError> {
     fs::remove_file(pgdata.join(INITIALISING))
+        .or_else(ignore_not_found)
         .and_then(|()| sync_dir(pgdata))
         .map_err(DataDirError::io(pgdata, "cannot mark the new cluster finished"))
 }
@@ -304,6 +318,24 @@ pub fn remove_legacy_passfile(pgdata: &Path) -> Result<(), DataDirError> {
     fs::remove_file(pgdata.join(crate::render::LEGACY_PASSFILE))
         .or_else(ignore_not_found)
         .map_err(DataDirError::io(pgdata, "cannot remove the old password file"))
+}
+
+/// Held for the entrypoint's whole life (the lock goes with the process): a second
+/// entrypoint on the same PGDATA (two containers on one volume) stops before it changes
+/// anything there.
+pub fn lock(pgdata: &Path) -> Result<nix::fcntl::Flock<fs::File>, DataDirError> {
+    let dir = fs::File::open(pgdata).map_err(DataDirError::io(pgdata, "cannot open"))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => DataDirError::InUse { pgdata: pgdata.into() },
+        e => DataDirError::io(pgdata, "cannot lock")(e.into()),
+    })
+}
+
+/// The postmaster `postmaster.pid` names, when it is a live postgres working in `pgdata`.
+pub fn live_postmaster(pgdata: &Path) -> Option<i32> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse::<i32>().ok().filter(|p| *p > 0)?;
+    postgres_owns(pid, pgdata).then_some(pid)
 }
 
 /// True when `pid` is a live postgres process (a zombie has no command line).

@@ -49,6 +49,15 @@ pub enum Expected {
 }
 
 impl Expected {
+    /// From the mode, the configured role, and whether this node was promoted at run time.
+    pub fn of(native: bool, replica: bool, promoted: bool) -> Expected {
+        match (native, replica && !promoted) {
+            (false, _) => Expected::Standalone,
+            (true, true) => Expected::Replica,
+            (true, false) => Expected::Primary,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Expected::Standalone => "standalone",
@@ -64,17 +73,6 @@ pub fn expected_role(local: &Local) -> Expected {
     let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
     let promoted = local.path(crate::native::promote::PROMOTED_MARKER).exists();
     Expected::of(var("HA_MODE") == "native", role == "replica", promoted)
-}
-
-impl Expected {
-    /// From the mode, the configured role, and whether this node was promoted at run time.
-    pub fn of(native: bool, replica: bool, promoted: bool) -> Expected {
-        match (native, replica && !promoted) {
-            (false, _) => Expected::Standalone,
-            (true, true) => Expected::Replica,
-            (true, false) => Expected::Primary,
-        }
-    }
 }
 
 /// How many standbys `synchronous_standby_names` needs: `ANY 2 (...)`, `FIRST 2 (...)` and

@@ -36,12 +36,13 @@ psql=(docker_process_sql)
 
 # A script may restart the temporary server, e.g. to load shared_preload_libraries. pg_ctl
 # restart reuses the server's options (no TCP listener, the private pg_hba.conf), also when
-# the server was stopped; pg-entrypoint then follows the new server.
+# the server was stopped; pg-entrypoint then follows the new server. The passwords stay out
+# of the server's environment.
 docker_temp_server_stop() {
-	pg_ctl -D "$PGDATA" -m fast -w stop
+	env -u POSTGRES_PASSWORD -u PGPASSWORD pg_ctl -D "$PGDATA" -m fast -w stop
 }
 docker_temp_server_start() {
-	pg_ctl -D "$PGDATA" -w restart
+	env -u POSTGRES_PASSWORD -u PGPASSWORD pg_ctl -D "$PGDATA" -w restart
 }
 
 . "$1"

@@ -38,7 +38,9 @@ pub fn run_all(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let mut server = TempServer::start(ctx, sup, pgdata, &["ready"], &sockets)?;
     let mut result = Ok(());
     for script in &scripts {
-        result = run_one(ctx, sup, &server, script).and_then(|()| server.follow_restart(sup, script));
+        // Followed even when the script failed: a server it restarted is stopped below.
+        let ran = run_one(ctx, sup, &server, script);
+        result = ran.and(server.follow_restart(sup, script));
         if result.is_err() {
             break;
         }

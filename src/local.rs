@@ -48,6 +48,12 @@ fn become_service_account() -> Result<(), LocalError> {
     crate::privileges::become_user(&account).map_err(|e| LocalError::Privileges(e.to_string()))
 }
 
+/// True when process `pid` is a temporary server of the entrypoint (its command line names
+/// our temporary pg_hba.conf).
+pub fn is_temporary_server(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TEMPORARY_SERVER_MARK))
+}
+
 /// What postmaster.pid says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PidFile {
@@ -95,12 +101,10 @@ impl Local {
         let text =
             fs::read_to_string(pgdata.join("postmaster.pid")).map_err(|_| LocalError::NotRunning(pgdata.clone()))?;
         let pidfile = parse_pidfile(&text).ok_or_else(|| LocalError::Incomplete(pgdata.clone()))?;
-        let proc = PathBuf::from(format!("/proc/{}", pidfile.pid));
-        if !proc.exists() {
+        if !PathBuf::from(format!("/proc/{}", pidfile.pid)).exists() {
             return Err(LocalError::Stale(pgdata));
         }
-        let temporary =
-            fs::read(proc.join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TEMPORARY_SERVER_MARK));
+        let temporary = is_temporary_server(pidfile.pid);
         Ok(Local { pgdata, pidfile, temporary, user })
     }
 

@@ -118,10 +118,6 @@ fn real_main() -> i32 {
     let called_as = called_as.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
     if let Some((_, subcommand)) = OFFICIAL_NAMES.iter().find(|(name, _)| *name == called_as) {
         if *subcommand != "run" {
-            // `docker-ensure-initdb.sh [postgres] [ARGS]`: postgres arguments, as there.
-            if raw.first().is_some_and(|a| a == "postgres") {
-                raw.remove(0);
-            }
             raw.insert(0, subcommand.into());
         }
     }
@@ -176,8 +172,10 @@ fn run(postgres_args: &[String]) -> i32 {
 }
 
 fn initialise_only(postgres_args: &[String], enforce: bool) -> i32 {
+    // `[postgres] [ARGS]`, as the official script takes them.
+    let args = postgres_args.strip_prefix(&[String::from("postgres")]).unwrap_or(postgres_args);
     init_logging();
-    start::run(postgres_args, start::Goal::Initialise { enforce })
+    start::run(args, start::Goal::Initialise { enforce })
 }
 
 /// `LOG_FORMAT=json` for one JSON object per line; text otherwise. `LOG_LEVEL` is `error`,

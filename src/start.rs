@@ -101,6 +101,12 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         return 128 + sig as i32;
     }
     // Step 2: what PGDATA is, before root changes anything there.
+    if !nix::unistd::geteuid().is_root() {
+        if let Err(e) = arbitrary_uid::refuse_foreign_owner(&plan.config.pgdata) {
+            tracing::error!("{e}");
+            return exit::STARTUP_FAILED;
+        }
+    }
     if let Err(e) = datadir::check_before_touching(&plan.config.pgdata) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
@@ -122,6 +128,13 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
     }
+    let _pgdata_lock = match datadir::lock(&plan.config.pgdata) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::STARTUP_FAILED;
+        }
+    };
     let endpoint = match goal {
         Goal::Serve => match start_endpoint(&plan, &sup) {
             Ok(endpoint) => endpoint,

@@ -44,6 +44,12 @@ pub enum StepError {
          restart it (`pg_ctl -D \"$PGDATA\" -w restart`) but must leave it running"
     )]
     TempServerStopped { script: std::path::PathBuf },
+    #[error(
+        "init script {script:?} started a server with the real configuration (`pg_ctl start`: TCP listener, the \
+         real pg_hba.conf) in place of the temporary one; restart it with `pg_ctl -D \"$PGDATA\" -w restart` or \
+         docker_temp_server_stop/docker_temp_server_start, which keep its settings"
+    )]
+    TempServerReplaced { script: std::path::PathBuf },
     #[error("cannot list the init scripts in {dir:?}: {source}")]
     Scripts { dir: std::path::PathBuf, source: io::Error },
     #[error(

@@ -51,6 +51,8 @@ impl TempServer {
             format!("hba_file={}", hba.display()),
             format!("port={}", ctx.endpoint.port),
             "hot_standby=on".to_string(),
+            // Local trust, so only our own uid (the entrypoint, init scripts) may connect.
+            "unix_socket_permissions=0700".to_string(),
         ]
         .into_iter()
         .chain(crate::render::NO_SYNCHRONOUS_WAIT.map(String::from))
@@ -95,8 +97,10 @@ impl TempServer {
 
     /// After an init script: if it restarted the server (`pg_ctl restart`, e.g. to load
     /// shared_preload_libraries), takes over the new postmaster, which pg_ctl left to us (we
-    /// are a subreaper), and waits until it is ready. A server left stopped is an error:
-    /// the next scripts and the end of the bootstrap need it.
+    /// are a subreaper), and waits until it is ready. A server left stopped is an error (the
+    /// next scripts and the end of the bootstrap need it), and so is one started without the
+    /// temporary server's settings (`pg_ctl start` reads the real configuration: TCP, the
+    /// real pg_hba.conf): it is stopped.
     pub fn follow_restart(&mut self, sup: &mut Supervisor, script: &Path) -> Result<(), StepError> {
         let Some(pid) = self.pid else { return Err(StepError::TempServerStopped { script: script.into() }) };
         let exited = sup.collect(pid).map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;
@@ -111,8 +115,11 @@ impl TempServer {
             .filter(|new| *new != pid && crate::datadir::postgres_owns(new.as_raw(), &self.dir));
         match successor {
             Some(new) if sup.adopt(new) => {
-                tracing::info!(script = %script.display(), pid = new.as_raw(), "the init script restarted the temporary server; following it");
                 self.pid = Some(new);
+                if !crate::local::is_temporary_server(new.as_raw()) {
+                    return Err(StepError::TempServerReplaced { script: script.into() });
+                }
+                tracing::info!(script = %script.display(), pid = new.as_raw(), "the init script restarted the temporary server; following it");
                 self.wait_for(sup, new, &["ready"])
             }
             _ => Err(StepError::TempServerStopped { script: script.into() }),

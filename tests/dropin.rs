@@ -113,6 +113,19 @@ fn a_script_that_leaves_the_server_stopped_is_named() {
 }
 
 #[test]
+fn a_script_that_starts_the_real_configuration_is_stopped_and_named() {
+    let mut node = Node::new("script-starts");
+    // `pg_ctl start` after a stop reads postgresql.conf: TCP, the real pg_hba.conf.
+    node.script("01-start.sh", b"pg_ctl -D \"$PGDATA\" -m fast -w stop\npg_ctl -D \"$PGDATA\" -w -l /dev/null start\n");
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("01-start.sh\" started a server with the real configuration"), "{out}");
+    let pgdata = node.pgdata.display().to_string();
+    assert!(processes().iter().all(|p| !p.cmdline.contains(&pgdata) || p.state == 'Z'), "the server was left running");
+    assert!(node.pgdata.join(INITIALISING).exists());
+}
+
+#[test]
 fn ensure_initdb_initialises_once_and_exits_under_the_official_names() {
     let mut node = Node::new("ensure");
     node.script("01.sql", b"CREATE TABLE seeded (x int); INSERT INTO seeded VALUES (1);");
@@ -179,6 +192,19 @@ fn an_arbitrary_uid_without_a_passwd_entry_gets_a_clear_refusal_then_runs() {
     );
     let wrapper = as_user(ARBITRARY_UID, 0);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+
+    // A data directory of another uid, closed to others (0700): refused in one line, before
+    // anything tries to list it.
+    let foreign = node.dir.0.join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(999), Some(999)).unwrap();
+    fs::set_permissions(&foreign, fs::Permissions::from_mode(0o700)).unwrap();
+    node.set("PGDATA", &foreign.display().to_string());
+    node.spawn_wrapped(&wrapper, &[]);
+    let (code, _) = node.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 1, "{}", node.output());
+    assert!(node.output().contains("belongs to uid 999, and this container runs as uid 12345"), "{}", node.output());
+    node.set("PGDATA", &volume.display().to_string());
 
     // The volume's root belongs to root: postgres could never use it as this uid.
     node.spawn_wrapped(&wrapper, &[]);

@@ -281,3 +281,20 @@ fn liveness_counts_a_server_that_asks_for_a_password_as_alive() {
     let (_, answer) = server.handle.join().unwrap();
     assert!(answer.is_empty());
 }
+
+#[test]
+fn a_second_entrypoint_on_the_same_pgdata_is_refused_before_it_changes_anything() {
+    let mut first = Node::new("lock-first");
+    first.start();
+    let conf = std::fs::read(first.pgdata.join("pg-entrypoint.conf")).unwrap();
+    // A second container on the same volume, with other settings.
+    let mut second = Node::new("lock-second");
+    second.pgdata = first.pgdata.clone();
+    second.set("PGDATA", &first.pgdata.display().to_string()).set("POSTGRESQL_CONFIG_WORK_MEM", "64MB");
+    let (code, out) = second.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is in use by another pg-entrypoint"), "{out}");
+    assert_eq!(std::fs::read(first.pgdata.join("pg-entrypoint.conf")).unwrap(), conf, "the second one wrote");
+    assert_eq!(first.query_one("1"), "1");
+    assert_eq!(first.stop(), 0);
+}

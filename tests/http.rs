@@ -158,14 +158,21 @@ fn malformed_and_slow_requests_never_stall_the_supervisor() {
     assert_eq!(http_request(node.http_port, "\x16\x03\x01 garbage\r\n\r\n").0, 400);
     let huge = format!("GET /primary HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000));
     assert_eq!(http_request(node.http_port, &huge).0, 431);
-    // Slowloris: a head that never ends gets 408 after 5 s; meanwhile others are served.
-    let slow: Vec<std::net::TcpStream> = (0..20)
+    // Slowloris from another address: heads that never end get 408 after 2 s, a client holds
+    // at most 8 connections (more are closed at once), and others are served meanwhile.
+    let slow: Vec<std::net::TcpStream> = (0..8)
         .map(|_| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", node.http_port)).unwrap();
+            let mut s = connect_from([127, 0, 0, 2], node.http_port);
             s.write_all(b"GET /primary HTTP/1.1\r\nX-Slow: ").unwrap();
             s
         })
         .collect();
+    let mut ninth = connect_from([127, 0, 0, 2], node.http_port);
+    ninth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = ninth.write_all(b"GET /primary HTTP/1.1\r\n\r\n");
+    let mut nothing = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut ninth, &mut nothing);
+    assert!(nothing.is_empty(), "a ninth connection of one client was served");
     let started = Instant::now();
     assert_eq!(node.http("GET", "/primary").0, 200);
     assert!(started.elapsed() < Duration::from_secs(1), "served in {:?}", started.elapsed());
@@ -180,6 +187,16 @@ fn malformed_and_slow_requests_never_stall_the_supervisor() {
     let (code, took) = node.wait_exit(Duration::from_secs(15));
     assert_eq!(code, 0);
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the local address `source` (any 127.x.y.z).
+fn connect_from(source: [u8; 4], port: u16) -> std::net::TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let [a, b, c, d] = source;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(a, b, c, d, 0)).unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, port)).unwrap();
+    std::net::TcpStream::from(fd)
 }
 
 #[test]

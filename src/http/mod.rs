@@ -12,8 +12,9 @@
 
 pub mod routes;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -31,9 +32,13 @@ use crate::observe::{self, Observed};
 use routes::{Answer, Body, Method, Phase, Situation};
 
 /// A client has this long to send its request head; then it gets 408 and is cut off.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Balancers and probes send theirs at once.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once; more are closed at once (balancers open one per check).
 const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once for one client address: a client that holds connections open
+/// cannot take the slots other balancers need.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 8;
 /// Request heads larger than this are refused (431) without being read further.
 const MAX_HEAD: usize = 16 * 1024;
 /// Asking the server (connecting, or the query) takes at most this.
@@ -108,8 +113,9 @@ pub fn start(addresses: &[SocketAddr], target: Target, stopping: Arc<AtomicBool>
 async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_client = Arc::new(std::sync::Mutex::new(HashMap::new()));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of file descriptors and the like: wait a little rather than spin.
             Err(_) => {
@@ -118,14 +124,49 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io:
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue }; // dropped: closed
-        tokio::spawn(serve_one(stream, shared.clone(), slot));
+        let Some(client_slot) = ClientSlot::take(&per_client, peer.ip()) else { continue };
+        tokio::spawn(serve_one(stream, shared.clone(), (slot, client_slot)));
     }
 }
 
 /// One request per connection (what balancers and probes send): its head within
 /// [`HEAD_TIMEOUT`] or 408, then the answer within [`ANSWER_TIMEOUT`], then closed. So no
 /// client, slow or silent, holds a connection slot for long.
-async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>, _slot: tokio::sync::OwnedSemaphorePermit) {
+/// One of a client address's [`MAX_CONNECTIONS_PER_CLIENT`], given back when dropped.
+struct ClientSlot {
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    client: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(counts: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, client: IpAddr) -> Option<ClientSlot> {
+        let mut map = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = map.entry(client).or_insert(0);
+        if *count >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { counts: counts.clone(), client })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = map.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    _slots: (tokio::sync::OwnedSemaphorePermit, ClientSlot),
+) {
     // A second handle on the socket, to answer 408 while hyper still owns the first.
     let Ok(std_stream) = stream.into_std() else { return };
     let Ok(late) = std_stream.try_clone() else { return };
@@ -163,7 +204,8 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
     let path = request.uri().path();
     let query = request.uri().query().unwrap_or_default();
     let phase = shared.phase();
-    let asked = if phase == Phase::Running && routes::asks_server(path) { Some(ask(&shared).await) } else { None };
+    let asks = phase == Phase::Running && method != Method::Other && routes::asks_server(path);
+    let asked = if asks { Some(ask(&shared).await) } else { None };
     if phase == Phase::Stopping {
         // Let postgres's shutdown find no session of ours.
         shared.client.lock().await.take();
@@ -227,6 +269,9 @@ async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
         .user(&target.user)
         .dbname("postgres")
         .application_name("pg-entrypoint http")
+        // The server gives up on a query of ours that it cannot answer in time, so a
+        // timed-out probe leaves no backend behind working for nobody.
+        .options(&format!("-c statement_timeout={}", SERVER_TIMEOUT.as_millis()))
         .connect_timeout(SERVER_TIMEOUT);
     let (client, connection) = tokio::time::timeout(SERVER_TIMEOUT, config.connect(tokio_postgres::NoTls))
         .await

@@ -136,7 +136,8 @@ pub fn answer(method: Method, path: &str, query: &str, situation: &Situation) ->
         Check::Replica => observed.is_some_and(|o| is_replica(o, &query)),
         Check::ReadOnly => observed.is_some_and(|o| is_primary(o) || is_replica(o, &query)),
         Check::Readiness => observed.is_some_and(|o| {
-            health::verdict(situation.expected, false, false, o, query.lag.map(|b| MaxLag::Bytes(b as i64))).is_ok()
+            let lag = query.lag.map(|b| MaxLag::Bytes(i64::try_from(b).unwrap_or(i64::MAX)));
+            health::verdict(situation.expected, false, false, o, lag).is_ok()
         }),
     };
     let status = if situation.phase == Phase::Stopping {
@@ -162,7 +163,7 @@ fn is_primary(o: &Observed) -> bool {
 /// within, as in Patroni), and in `replication_state` when asked.
 fn is_replica(o: &Observed, query: &Query) -> bool {
     let within_lag = match (query.lag, o.lag_bytes) {
-        (Some(max), Some(lag)) => lag <= max as i64,
+        (Some(max), Some(lag)) => lag <= i64::try_from(max).unwrap_or(i64::MAX),
         _ => true,
     };
     let state_matches = query.replication_state.as_deref().is_none_or(|wanted| wanted == replication_state(o));
