@@ -271,7 +271,7 @@ async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
         .application_name("pg-entrypoint http")
         // The server gives up on a query of ours that it cannot answer in time, so a
         // timed-out probe leaves no backend behind working for nobody.
-        .options(&format!("-c statement_timeout={}", SERVER_TIMEOUT.as_millis()))
+        .options(format!("-c statement_timeout={}", SERVER_TIMEOUT.as_millis()))
         .connect_timeout(SERVER_TIMEOUT);
     let (client, connection) = tokio::time::timeout(SERVER_TIMEOUT, config.connect(tokio_postgres::NoTls))
         .await
