@@ -186,11 +186,9 @@ fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<
         }
         Err(e) => return Err(e.to_string()),
     };
-    let expected = expected_role(&local);
-    let role = expected.name();
-    let peers = observe::Peers::default();
-    let row = client.query_one(observe::SQL, &observe::params(&role, &peers)).map_err(|e| describe(&e))?;
+    let row = client.query_one(observe::FACTS_SQL, &[]).map_err(|e| describe(&e))?;
     let observed = observe::observed(&row);
+    let expected = expected_role(&local);
     verdict(expected, liveness, require_sync, &observed, max_lag)
 }
 

@@ -10,19 +10,32 @@ use std::time::Duration;
 use postgres::types::ToSql;
 use postgres::Row;
 
-/// Parameters: $1 the role the environment configures; $2..$5 the peers as a replica sees
-/// them (address, state, timeline, LSN; empty arrays when not asked).
-pub const SQL: &str = "
-WITH f AS (SELECT pg_is_in_recovery() AS in_recovery),
-     r AS (SELECT * FROM pg_stat_wal_receiver)
-SELECT f.in_recovery,
-       current_setting('transaction_read_only') = 'on',
-       r.status,
-       pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
-       extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout'),
-       current_setting('synchronous_standby_names'),
-       (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')),
+/// The facts the verdicts need (columns 0 to 7 of both queries); `r` is the WAL receiver.
+macro_rules! facts {
+    () => {
+        "pg_is_in_recovery(),
+         current_setting('transaction_read_only') = 'on',
+         r.status,
+         pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
+         extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
+         (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout'),
+         current_setting('synchronous_standby_names'),
+         (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))"
+    };
+}
+
+/// The facts alone: what `health` and status-only probes (HEAD, OPTIONS) need. A new
+/// backend (each `health`) pays for every catalog a query names, so this one names few.
+pub const FACTS_SQL: &str =
+    concat!("SELECT ", facts!(), " FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true");
+
+/// The facts and the status document (column 8). Parameters: $1 the role the environment
+/// configures; $2..$5 the peers as a replica sees them (address, state, timeline, LSN; empty
+/// arrays when not asked).
+pub const STATUS_SQL: &str = concat!(
+    "SELECT ",
+    facts!(),
+    ",
        jsonb_pretty(jsonb_strip_nulls(jsonb_build_object(
   'state', 'running',
   'role', CASE WHEN f.in_recovery THEN 'replica' ELSE 'primary' END,
@@ -66,12 +79,13 @@ SELECT f.in_recovery,
   'peers', (SELECT coalesce(jsonb_agg(jsonb_build_object('address', a, 'state', st, 'timeline', tl, 'lsn', l)), '[]'::jsonb)
               FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(a, st, tl, l))
 )))
-  FROM f LEFT JOIN r ON true";
+  FROM (SELECT pg_is_in_recovery() AS in_recovery) f LEFT JOIN pg_stat_wal_receiver r ON true"
+);
 
 /// The peers as a replica sees them: addresses, states, timelines, LSNs.
 pub type Peers = (Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<Option<String>>);
 
-/// The query's parameters, in order.
+/// [`STATUS_SQL`]'s parameters, in order.
 pub fn params<'a>(configured_role: &'a &'a str, peers: &'a Peers) -> [&'a (dyn ToSql + Sync); 5] {
     [configured_role, &peers.0, &peers.1, &peers.2, &peers.3]
 }
@@ -92,7 +106,7 @@ pub struct Observed {
     pub sync_standbys: i64,
 }
 
-/// The facts of a row of [`SQL`].
+/// The facts of a row of either query.
 pub fn observed(row: &Row) -> Observed {
     Observed {
         in_recovery: row.get(0),
@@ -106,7 +120,7 @@ pub fn observed(row: &Row) -> Observed {
     }
 }
 
-/// The status document of a row of [`SQL`] (pretty-printed JSON).
+/// The status document of a row of [`STATUS_SQL`] (pretty-printed JSON).
 pub fn document(row: &Row) -> String {
     row.get(8)
 }

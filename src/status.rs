@@ -42,7 +42,8 @@ pub fn run() -> i32 {
         let configured = crate::health::expected_role(&local).name();
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let peers = peers(config.as_ref());
-        let row = client.query_one(observe::SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;
+        let row =
+            client.query_one(observe::STATUS_SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;
         Ok(observe::document(&row))
     });
     match result {

@@ -205,7 +205,8 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
     let query = request.uri().query().unwrap_or_default();
     let phase = shared.phase();
     let asks = phase == Phase::Running && method != Method::Other && routes::asks_server(path);
-    let asked = if asks { Some(ask(&shared).await) } else { None };
+    // The status document only for GET: HEAD and OPTIONS (HAProxy) need the facts alone.
+    let asked = if asks { Some(ask(&shared, method == Method::Get).await) } else { None };
     if phase == Phase::Stopping {
         // Let postgres's shutdown find no session of ours.
         shared.client.lock().await.take();
@@ -238,8 +239,9 @@ fn expected_now(target: &Target) -> Expected {
     }
 }
 
-/// The server's facts and status document, through the kept connection.
-async fn ask(shared: &Shared) -> Result<(Observed, String), String> {
+/// The server's facts, and its status document when `document` (else empty), through the
+/// kept connection.
+async fn ask(shared: &Shared, document: bool) -> Result<(Observed, String), String> {
     let mut client = shared.client.lock().await;
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = Some(connect(&shared.target).await?);
@@ -247,9 +249,15 @@ async fn ask(shared: &Shared) -> Result<(Observed, String), String> {
     let Some(c) = client.as_ref() else { return Err("not connected".into()) };
     let peers = observe::Peers::default();
     let role = expected_now(&shared.target).name();
-    let result = tokio::time::timeout(SERVER_TIMEOUT, c.query_one(observe::SQL, &observe::params(&role, &peers))).await;
-    match result {
-        Ok(Ok(row)) => Ok((observe::observed(&row), observe::document(&row))),
+    let query = async {
+        if document {
+            c.query_one(observe::STATUS_SQL, &observe::params(&role, &peers)).await
+        } else {
+            c.query_one(observe::FACTS_SQL, &[]).await
+        }
+    };
+    match tokio::time::timeout(SERVER_TIMEOUT, query).await {
+        Ok(Ok(row)) => Ok((observe::observed(&row), if document { observe::document(&row) } else { String::new() })),
         Ok(Err(e)) => {
             client.take();
             Err(crate::local::describe(&e))
