@@ -333,6 +333,16 @@ fn command_contract_and_bad_configuration() {
     let out = run("docker", &["run", "--rm", &image]);
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out).contains("POSTGRES_PASSWORD: is required"), "{}", text(&out));
+    // The plain compose command without docker/up.sh says what to run, before starting anything.
+    let compose = compose_command();
+    let out = Command::new(compose[0])
+        .args(&compose[1..])
+        .args(["-f", concat!(env!("CARGO_MANIFEST_DIR"), "/docker/compose.yaml"), "config"])
+        .env_remove("SECRETS_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("Run docker/up.sh"), "{}", text(&out));
 }
 
 #[test]

@@ -170,6 +170,22 @@ fn version_is_postgres_version_as_in_the_official_image() {
     assert!(out.starts_with("postgres (PostgreSQL) "), "{out}");
 }
 
+#[test]
+fn a_small_dev_shm_is_warned_about() {
+    let mut node = Node::new("shm");
+    // A private mount namespace with Docker's default /dev/shm of 64 MB.
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c"];
+    let mount = "mount -t tmpfs -o size=64m shm /dev/shm && exec \"$@\"";
+    node.spawn_wrapped(&[&wrapper[..], &[mount, "sh"]].concat(), &[]).wait_ready(Duration::from_secs(60));
+    let said = node.output();
+    assert!(said.contains("/dev/shm is small") && said.contains("size_mb=64") && said.contains("--shm-size"), "{said}");
+    assert_eq!(node.stop(), 0);
+    // This machine's own /dev/shm (half its memory) is not.
+    node.start();
+    assert!(!node.output().contains("/dev/shm is small"), "{}", node.output());
+    assert_eq!(node.stop(), 0);
+}
+
 /// Runs as `uid`:`gid` with no supplementary groups, as `docker run --user uid:gid` does.
 fn as_user(uid: u32, gid: u32) -> Vec<String> {
     vec!["setpriv".into(), format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into()]
