@@ -346,7 +346,7 @@ fn is_postgres(pid: i32) -> bool {
 }
 
 /// True when `pid` is a postgres process whose working directory is `pgdata`.
-pub fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
+fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
     let ours = pgdata.canonicalize().ok();
     is_postgres(pid) && cwd.is_some() && cwd == ours

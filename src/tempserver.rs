@@ -108,11 +108,7 @@ impl TempServer {
             return Ok(());
         }
         self.pid = None;
-        let successor = fs::read_to_string(self.dir.join("postmaster.pid"))
-            .ok()
-            .and_then(|text| crate::local::parse_pidfile(&text))
-            .map(|p| Pid::from_raw(p.pid))
-            .filter(|new| *new != pid && crate::datadir::postgres_owns(new.as_raw(), &self.dir));
+        let successor = crate::datadir::live_postmaster(&self.dir).map(Pid::from_raw).filter(|new| *new != pid);
         match successor {
             Some(new) if sup.adopt(new) => {
                 self.pid = Some(new);
