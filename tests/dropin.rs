@@ -244,6 +244,12 @@ fn an_arbitrary_uid_without_a_passwd_entry_gets_a_clear_refusal_then_runs() {
     assert_eq!((meta.uid(), meta.gid()), (ARBITRARY_UID, 0));
     assert_eq!(fs::metadata(&node.pgdata).unwrap().mode() & 0o777, 0o700);
     assert!(node.output().contains("this uid has no entry in /etc/passwd; naming it postgres"), "{}", node.output());
+    // Its own uid cannot read the entrypoint's environment (the passwords): not dumpable.
+    let mut peek = Command::new(wrapper[0]);
+    peek.args(&wrapper[1..]).arg("cat").arg(format!("/proc/{}/environ", node.pid()));
+    let peek = peek.output().unwrap();
+    assert!(!peek.status.success(), "the same uid read PID 1's environment");
+    assert!(!String::from_utf8_lossy(&peek.stdout).contains("POSTGRES_PASSWORD"));
     assert_eq!(node.stop(), 0);
     // Restarts without a password: the volume is initialised.
     node.unset("POSTGRES_PASSWORD");
