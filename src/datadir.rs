@@ -302,8 +302,8 @@ pub fn remove_stale_socket_locks(pgdata: &Path, socket_dirs: &[PathBuf], port: u
 
 fn remove_stale_lock(lock: &Path, pgdata: &Path, live: impl Fn(i32) -> bool) -> Result<(), DataDirError> {
     let Ok(text) = fs::read_to_string(lock) else { return Ok(()) };
-    let pid = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
-    if pid.filter(|p| *p > 0).is_some_and(live) {
+    let pid = lock_pid(&text);
+    if pid.is_some_and(live) {
         return Ok(()); // let postgres report the conflict in its own words
     }
     tracing::info!(pid = ?pid, file = %lock.display(), "removing a stale lock file");
@@ -333,9 +333,13 @@ pub fn lock(pgdata: &Path) -> Result<nix::fcntl::Flock<fs::File>, DataDirError> 
 
 /// The postmaster `postmaster.pid` names, when it is a live postgres working in `pgdata`.
 pub fn live_postmaster(pgdata: &Path) -> Option<i32> {
-    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    let pid = text.lines().next()?.trim().parse::<i32>().ok().filter(|p| *p > 0)?;
+    let pid = lock_pid(&fs::read_to_string(pgdata.join("postmaster.pid")).ok()?)?;
     postgres_owns(pid, pgdata).then_some(pid)
+}
+
+/// The PID a postgres lock file (`postmaster.pid`, `.s.PGSQL.<port>.lock`) starts with.
+fn lock_pid(text: &str) -> Option<i32> {
+    text.lines().next()?.trim().parse::<i32>().ok().filter(|p| *p > 0)
 }
 
 /// True when `pid` is a live postgres process (a zombie has no command line).

@@ -5,6 +5,7 @@
 //! within a lag bound. A temporary server of the entrypoint (bootstrap, promotion) is never
 //! healthy: orchestrators must not see a half-made database as ready.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::local::{describe, Local, LocalError};
@@ -49,12 +50,14 @@ pub enum Expected {
 }
 
 impl Expected {
-    /// From the mode, the configured role, and whether this node was promoted at run time.
-    pub fn of(native: bool, replica: bool, promoted: bool) -> Expected {
-        match (native, replica && !promoted) {
+    /// From the mode and the configured role, as of now: a replica promoted at run time
+    /// (`pg-entrypoint promote` left its marker in `pgdata`) is expected to be a primary.
+    pub fn now(native: bool, replica: bool, pgdata: &Path) -> Expected {
+        let promoted = || pgdata.join(crate::native::promote::PROMOTED_MARKER).exists();
+        match (native, replica) {
             (false, _) => Expected::Standalone,
-            (true, true) => Expected::Replica,
-            (true, false) => Expected::Primary,
+            (true, true) if !promoted() => Expected::Replica,
+            (true, _) => Expected::Primary,
         }
     }
 
@@ -71,8 +74,7 @@ impl Expected {
 pub fn expected_role(local: &Local) -> Expected {
     let var = |n: &str| std::env::var(n).unwrap_or_default().to_ascii_lowercase();
     let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
-    let promoted = local.path(crate::native::promote::PROMOTED_MARKER).exists();
-    Expected::of(var("HA_MODE") == "native", role == "replica", promoted)
+    Expected::now(var("HA_MODE") == "native", role == "replica", &local.pgdata)
 }
 
 /// How many standbys `synchronous_standby_names` needs: `ANY 2 (...)`, `FIRST 2 (...)` and

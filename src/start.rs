@@ -13,7 +13,6 @@ use crate::config::{Config, ProcessInputs, Role};
 use crate::converge;
 use crate::datadir::{self, State};
 use crate::files;
-use crate::health::Expected;
 use crate::http::{self, routes::Phase};
 use crate::native::{fence, promote, replica, slot_keeper};
 use crate::privileges;
@@ -145,9 +144,6 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         },
         Goal::Initialise { .. } => None, // an init container serves nothing
     };
-    if let Some(endpoint) = &endpoint {
-        endpoint.set_phase(phase_at_start(&plan.config));
-    }
     let ctx = Context {
         config: &plan.config,
         bin: &plan.bin,
@@ -155,7 +151,7 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         postgres_args,
         settings: &plan.settings,
     };
-    if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup) {
+    if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup, endpoint.as_ref()) {
         let redone = if datadir::bootstrap_unfinished(&plan.config.pgdata) {
             "; the unfinished bootstrap is redone at the next start"
         } else {
@@ -184,20 +180,12 @@ fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint
         port: plan.endpoint.port,
         user: c.superuser.clone(),
         pgdata: c.pgdata.clone(),
-        expected: Expected::of(c.role != Role::Standalone, matches!(c.role, Role::Replica(_)), false),
+        native: c.role != Role::Standalone,
+        replica: matches!(c.role, Role::Replica(_)),
     };
     http::start(&listen.candidates(), target, sup.stop_flag())
         .map(Some)
         .map_err(|e| format!("HTTP_PORT {}: cannot listen: {e}; set HTTP_PORT to a free port, or to off", listen.port))
-}
-
-/// What the endpoint reports while the data directory is brought to its role.
-fn phase_at_start(config: &Config) -> Phase {
-    match (datadir::inspect(&config.pgdata), &config.role) {
-        (Ok(State::Empty | State::Interrupted), Role::Replica(_)) => Phase::CreatingReplica,
-        (Ok(State::Empty | State::Interrupted), _) => Phase::InitializingNewCluster,
-        _ => Phase::Starting,
-    }
 }
 
 /// Below this, /dev/shm is a known trap: Docker and Kubernetes give containers 64 MB.
@@ -237,8 +225,14 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Steps 4 and 5: bootstrap an empty data directory, or converge an existing one.
-fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
+/// Steps 4 and 5: bootstrap an empty data directory, or converge an existing one. The HTTP
+/// endpoint, if any, says which (it starts as "starting").
+fn bring_data_dir_to_role(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    endpoint: Option<&http::Endpoint>,
+) -> Result<(), StepError> {
+    let report = |phase| endpoint.map_or((), |e| e.set_phase(phase));
     let pgdata = &ctx.config.pgdata;
     if !matches!(ctx.config.role, Role::Replica(_)) {
         // Only a replica keeps the replication password on disk (e.g. left by its life as one).
@@ -270,10 +264,14 @@ fn bring_data_dir_to_role(ctx: &Context, sup: &mut Supervisor) -> Result<(), Ste
     match (state, &ctx.config.role) {
         (State::Foreign(entries), _) => Err(datadir::refuse(pgdata, &entries).into()),
         (State::Empty | State::Interrupted, Role::Replica(replica)) => {
+            report(Phase::CreatingReplica);
             replica::clone(ctx, sup, replica)?;
             replica::converge(ctx, sup, replica, true)
         }
-        (State::Empty | State::Interrupted, _) => bootstrap::initialise(ctx, sup),
+        (State::Empty | State::Interrupted, _) => {
+            report(Phase::InitializingNewCluster);
+            bootstrap::initialise(ctx, sup)
+        }
         (State::Cluster { standby: true }, Role::Replica(replica)) => replica::converge(ctx, sup, replica, false),
         (State::Cluster { standby: false }, Role::Replica(replica)) => {
             replica::rejoin(ctx, sup, replica)?;

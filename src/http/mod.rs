@@ -53,7 +53,9 @@ pub struct Target {
     pub port: u16,
     pub user: String,
     pub pgdata: PathBuf,
-    pub expected: Expected,
+    /// `HA_MODE=native`, and the role configured is replica.
+    pub native: bool,
+    pub replica: bool,
 }
 
 /// The running endpoint: the supervisor tells it where the entrypoint is in its life.
@@ -230,13 +232,8 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
     Ok(response)
 }
 
-/// A replica promoted at run time is expected to be a primary from then on.
 fn expected_now(target: &Target) -> Expected {
-    let promoted = target.pgdata.join(crate::native::promote::PROMOTED_MARKER).exists();
-    match target.expected {
-        Expected::Replica if promoted => Expected::Primary,
-        expected => expected,
-    }
+    Expected::now(target.native, target.replica, &target.pgdata)
 }
 
 /// The server's facts, and its status document when `document` (else empty), through the
