@@ -77,6 +77,8 @@ pub enum Role {
     Standalone,
     Primary(Replication),
     Replica(Replica),
+    /// `HA_MODE=patroni`: Patroni decides who is the primary.
+    Patroni(Box<Patroni>),
 }
 
 impl Role {
@@ -85,8 +87,42 @@ impl Role {
             Role::Standalone => "standalone",
             Role::Primary(_) => "primary",
             Role::Replica(_) => "replica",
+            Role::Patroni(_) => "patroni member",
         }
     }
+}
+
+/// A member of a cluster that Patroni runs on etcd (README "Automatic failover with Patroni").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patroni {
+    /// `PATRONI_SCOPE`: the cluster's name, its key prefix in etcd.
+    pub scope: String,
+    /// `PATRONI_NAME`: this member's name (default: the hostname).
+    pub name: String,
+    /// `ETCD_HOSTS`; empty when the user gives Patroni its own `PATRONI_ETCD3_*` variables.
+    pub etcd_hosts: Vec<Address>,
+    pub replication_user: String,
+    pub replication_password: Secret,
+    pub synchronous: PatroniSync,
+    /// `REPLICATION_SYNCHRONOUS_COUNT`: Patroni's `synchronous_node_count`.
+    pub synchronous_count: u32,
+    /// `ADVERTISE_HOST`: how other members, HAProxy and clients reach this one; `None`: the
+    /// address this host's name resolves to.
+    pub advertise_host: Option<String>,
+    /// Where Patroni's REST API listens (`HTTP_PORT`, `HTTP_LISTEN`).
+    pub rest_api: HttpListen,
+}
+
+/// Patroni's `synchronous_mode` (and `synchronous_mode_strict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatroniSync {
+    Off,
+    /// A commit is acknowledged once a synchronous standby has it, while one is connected;
+    /// with none left, the primary goes on alone (availability first).
+    On,
+    /// Commits wait while no synchronous standby is connected (no acknowledged commit is ever
+    /// on the primary alone).
+    Strict,
 }
 
 /// The replication role and, on a primary, which standbys must confirm commits.
@@ -321,7 +357,7 @@ impl Config {
 
     pub fn replication(&self) -> Option<&Replication> {
         match &self.role {
-            Role::Standalone => None,
+            Role::Standalone | Role::Patroni(_) => None,
             Role::Primary(r) => Some(r),
             Role::Replica(r) => Some(&r.replication),
         }
@@ -523,9 +559,19 @@ impl Parser<'_> {
             self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
         }
         let overrides = self.overrides();
-        let role = self.role(&superuser)?;
-        if matches!(role, Role::Primary(_)) {
+        let role = self.role(&superuser, http.as_ref())?;
+        if matches!(role, Role::Primary(_) | Role::Patroni(_)) {
             self.check_primary_overrides(&overrides);
+        }
+        // Patroni's REST API takes the HTTP port; ours stays off.
+        let http = if matches!(role, Role::Patroni(_)) { None } else { http };
+        if matches!(role, Role::Patroni(_)) && superuser_password.is_none() && host_auth_method != "trust" {
+            // Patroni connects as the superuser over TCP too (pg_rewind from the new leader).
+            self.problem(
+                "POSTGRES_PASSWORD",
+                "is required with HA_MODE=patroni (or POSTGRES_PASSWORD_FILE): Patroni connects to the other \
+                 members as the superuser",
+            );
         }
         Some(Config {
             pgdata,
@@ -602,33 +648,44 @@ impl Parser<'_> {
         }
     }
 
-    fn role(&mut self, superuser: &str) -> Option<Role> {
+    fn role(&mut self, superuser: &str, http: Option<&HttpListen>) -> Option<Role> {
         let ha_mode = self.var("HA_MODE");
-        let native = match ha_mode.as_deref() {
-            None => false,
-            Some("native") => true,
+        let (mut native, mut patroni) = match ha_mode.as_deref() {
+            None => (false, false),
+            Some("native") => (true, false),
+            Some("patroni") => (false, true),
             Some(other) => {
                 self.problem(
                     "HA_MODE",
-                    format!("{other:?} is not accepted; accepted: native, or unset for a standalone server"),
+                    format!("{other:?} is not accepted; accepted: native, patroni, or unset for a standalone server"),
                 );
-                false
+                (false, false)
             }
         };
-        for (enable, alias) in [("USE_PATRONI", "PATRONI_ENABLE"), ("USE_CITUS", "CITUS_ENABLE")] {
-            for var in [enable, alias] {
-                if self.boolean(var) == Some(true) && native {
-                    let why = if var.contains("PATRONI") {
-                        "only one HA method at a time: unset HA_MODE to let Patroni manage replication, or disable Patroni"
-                    } else {
-                        "native HA is not compatible with Citus: unset HA_MODE or disable Citus"
-                    };
-                    self.problem(var, format!("is true while HA_MODE=native; {why}"));
+        // The original image's switches: USE_PATRONI=true means HA_MODE=patroni.
+        for var in ["USE_PATRONI", "PATRONI_ENABLE"] {
+            match (self.boolean(var), ha_mode.as_deref()) {
+                (Some(true), Some("native")) => {
+                    self.problem(var, "is true while HA_MODE=native; only one HA method at a time: set HA_MODE=patroni, or disable Patroni");
+                    native = false;
                 }
+                (Some(false), Some("patroni")) => {
+                    self.problem(var, "is false while HA_MODE=patroni; set one of them");
+                }
+                (Some(true), _) => patroni = true,
+                _ => {}
+            }
+        }
+        for var in ["USE_CITUS", "CITUS_ENABLE"] {
+            if self.boolean(var) == Some(true) {
+                self.problem(var, "is true, but Citus is not in this image; accepted: false, or unset");
             }
         }
 
         let role_name = self.role_name();
+        if patroni {
+            return self.patroni(superuser, role_name, http);
+        }
         if !native {
             if let Some((var, value)) = role_name {
                 if ha_mode.is_none() {
@@ -641,27 +698,10 @@ impl Parser<'_> {
             return Some(Role::Standalone);
         }
         let sync = self.sync_settings();
-        let user = self.identifier("REPLICATION_USER", "replicator");
-        self.role_name_allowed("REPLICATION_USER", &user);
-        if user == superuser {
-            self.problem(
-                "REPLICATION_USER",
-                format!("{user:?} is also POSTGRES_USER; the replication role must be a separate role"),
-            );
-        }
-        let password = self.secret("REPLICATION_PASSWORD");
+        let (user, password) = self.replication_account(superuser, "native");
         let previous_password = self.secret("REPLICATION_PASSWORD_PREVIOUS");
-        for (name, p) in [("REPLICATION_PASSWORD", &password), ("REPLICATION_PASSWORD_PREVIOUS", &previous_password)] {
-            if p.as_ref().is_some_and(|p| p.expose().contains(['\n', '\r'])) {
-                // Replicas read it from a password file, which is line-based.
-                self.problem(name, "contains a line break; any other character is accepted");
-            }
-        }
-        if password.is_none()
-            && self.var("REPLICATION_PASSWORD_FILE").is_none()
-            && self.var("REPLICATION_PASSWORD").is_none()
-        {
-            self.problem("REPLICATION_PASSWORD", "is required with HA_MODE=native (or REPLICATION_PASSWORD_FILE)");
+        if previous_password.as_ref().is_some_and(|p| p.expose().contains(['\n', '\r'])) {
+            self.problem("REPLICATION_PASSWORD_PREVIOUS", "contains a line break; any other character is accepted");
         }
         let role = match role_name {
             None => {
@@ -689,6 +729,148 @@ impl Parser<'_> {
         })
     }
 
+    /// `REPLICATION_USER` and `REPLICATION_PASSWORD`, needed by both HA modes.
+    fn replication_account(&mut self, superuser: &str, mode: &str) -> (String, Option<Secret>) {
+        let user = self.identifier("REPLICATION_USER", "replicator");
+        self.role_name_allowed("REPLICATION_USER", &user);
+        if user == superuser {
+            self.problem(
+                "REPLICATION_USER",
+                format!("{user:?} is also POSTGRES_USER; the replication role must be a separate role"),
+            );
+        }
+        let password = self.secret("REPLICATION_PASSWORD");
+        if password.as_ref().is_some_and(|p| p.expose().contains(['\n', '\r'])) {
+            // Replicas read it from a password file, which is line-based.
+            self.problem("REPLICATION_PASSWORD", "contains a line break; any other character is accepted");
+        }
+        if password.is_none()
+            && self.var("REPLICATION_PASSWORD_FILE").is_none()
+            && self.var("REPLICATION_PASSWORD").is_none()
+        {
+            self.problem(
+                "REPLICATION_PASSWORD",
+                format!("is required with HA_MODE={mode} (or REPLICATION_PASSWORD_FILE)"),
+            );
+        }
+        (user, password)
+    }
+
+    /// `HA_MODE=patroni`: Patroni chooses the primary, so the native role variables are
+    /// refused rather than silently ignored.
+    fn patroni(
+        &mut self,
+        superuser: &str,
+        role_name: Option<(&'static str, String)>,
+        http: Option<&HttpListen>,
+    ) -> Option<Role> {
+        if let Some((var, _)) = role_name {
+            self.problem(var, "is set, but with HA_MODE=patroni Patroni decides which member is the primary; unset it");
+        }
+        for var in ["PRIMARY_HOST", "REPLICATION_PEERS", "REPLICATION_SYNCHRONOUS_REPLICAS"] {
+            if self.var(var).is_some() {
+                self.problem(
+                    var,
+                    "is for HA_MODE=native; with HA_MODE=patroni Patroni finds the members in etcd: unset it",
+                );
+            }
+        }
+        let scope = self.var("PATRONI_SCOPE").unwrap_or_else(|| "pg".to_string());
+        if !scope.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || scope.starts_with('.') {
+            self.problem(
+                "PATRONI_SCOPE",
+                format!("{scope:?} is not accepted; accepted: letters, digits, '-', '_' and '.' (e.g. pg)"),
+            );
+        }
+        let name = self.var("PATRONI_NAME").unwrap_or_else(|| self.inputs.hostname());
+        if name.is_empty() {
+            self.problem("PATRONI_NAME", "is empty and the hostname is unknown; set PATRONI_NAME");
+        } else if !is_application_name(&name) || name.len() > MAX_IDENTIFIER_BYTES {
+            self.problem(
+                "PATRONI_NAME",
+                format!("{name:?} is not accepted; accepted: up to {MAX_IDENTIFIER_BYTES} printable ASCII characters"),
+            );
+        }
+        let etcd_hosts = self.etcd_hosts();
+        let synchronous = match self.var("REPLICATION_SYNCHRONOUS_MODE").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("off") | Some("false") => PatroniSync::Off,
+            Some("on") | Some("true") | Some("first") => PatroniSync::On,
+            Some("strict") => PatroniSync::Strict,
+            Some(other) => {
+                self.problem(
+                    "REPLICATION_SYNCHRONOUS_MODE",
+                    format!("{other:?} is not accepted with HA_MODE=patroni; accepted: off, on, strict"),
+                );
+                PatroniSync::Off
+            }
+        };
+        let synchronous_count = match self.var("REPLICATION_SYNCHRONOUS_COUNT") {
+            None => 1,
+            Some(value) => value.parse::<u32>().ok().filter(|n| (1..=100).contains(n)).unwrap_or_else(|| {
+                self.problem(
+                    "REPLICATION_SYNCHRONOUS_COUNT",
+                    format!("{value:?} is not accepted; accepted: a whole number from 1 to 100"),
+                );
+                1
+            }),
+        };
+        let advertise_host = self.var("ADVERTISE_HOST");
+        if let Some(host) =
+            advertise_host.as_ref().filter(|h| h.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/'))
+        {
+            self.problem("ADVERTISE_HOST", format!("{host:?} is not accepted; accepted: a host name or an IP address"));
+        }
+        let rest_api = match http {
+            Some(listen) => listen.clone(),
+            None => {
+                self.problem(
+                    "HTTP_PORT",
+                    "is off, but Patroni needs its REST API; accepted with HA_MODE=patroni: 1 to 65535",
+                );
+                HttpListen { address: None, port: DEFAULT_HTTP_PORT }
+            }
+        };
+        let (replication_user, password) = self.replication_account(superuser, "patroni");
+        Some(Role::Patroni(Box::new(Patroni {
+            scope,
+            name,
+            etcd_hosts,
+            replication_user,
+            replication_password: password?,
+            synchronous,
+            synchronous_count,
+            advertise_host,
+            rest_api,
+        })))
+    }
+
+    /// `ETCD_HOSTS=host[:port],...` (port 2379 by default). Patroni's own `PATRONI_ETCD3_*`
+    /// variables are read by Patroni itself and win; with one of them, `ETCD_HOSTS` may be unset.
+    fn etcd_hosts(&mut self) -> Vec<Address> {
+        let patronis_own = ["PATRONI_ETCD3_HOSTS", "PATRONI_ETCD3_HOST", "PATRONI_ETCD3_URL", "PATRONI_ETCD3_PROXY"];
+        let Some(value) = self.var("ETCD_HOSTS") else {
+            if !patronis_own.iter().any(|v| self.var(v).is_some()) {
+                self.problem(
+                    "ETCD_HOSTS",
+                    "is required with HA_MODE=patroni: the etcd members, e.g. etcd1:2379,etcd2:2379,etcd3:2379 \
+                     (or Patroni's own PATRONI_ETCD3_HOSTS)",
+                );
+            }
+            return Vec::new();
+        };
+        let mut hosts = Vec::new();
+        for item in value.split(',').map(str::trim) {
+            match parse_address(item, 2379) {
+                Some(address) if !item.contains("://") => hosts.push(address),
+                _ => self.problem(
+                    "ETCD_HOSTS",
+                    format!("{item:?} is not an etcd address; accepted: a comma-separated list of host, host:port or [ipv6]:port"),
+                ),
+            }
+        }
+        hosts
+    }
+
     /// Role names PostgreSQL reserves: `pg_*`, and the special names.
     fn role_name_allowed(&mut self, variable: &str, name: &str) {
         let lower = name.to_ascii_lowercase();
@@ -709,7 +891,7 @@ impl Parser<'_> {
         let Some(value) = self.var("REPLICATION_PEERS") else { return Vec::new() };
         let mut peers = Vec::new();
         for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            match parse_address(item) {
+            match parse_address(item, 5432) {
                 Some(address) => peers.push(address),
                 None => self.problem(
                     "REPLICATION_PEERS",
@@ -902,8 +1084,8 @@ fn is_system_directory(path: &Path) -> bool {
     SYSTEM.iter().any(|s| normal == Path::new(s))
 }
 
-/// `host`, `host:port` or `[ipv6]:port`; the port defaults to 5432.
-pub fn parse_address(text: &str) -> Option<Address> {
+/// `host`, `host:port` or `[ipv6]:port`.
+pub fn parse_address(text: &str, default_port: u16) -> Option<Address> {
     let (host, port) = match text.strip_prefix('[') {
         Some(rest) => {
             let (host, after) = rest.split_once(']')?;
@@ -916,7 +1098,7 @@ pub fn parse_address(text: &str) -> Option<Address> {
         None => (text, None),
     };
     let port = match port {
-        None => 5432,
+        None => default_port,
         Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0)?,
     };
     let printable = !host.is_empty() && !host.chars().any(|c| c.is_control() || c.is_whitespace());
@@ -1154,7 +1336,7 @@ mod tests {
     #[test]
     fn all_problems_are_reported_together() {
         let p = problems(&[
-            ("HA_MODE", "patroni"),
+            ("HA_MODE", "paxos"),
             ("POSTGRES_HOST_AUTH_METHOD", "ident"),
             ("PGDATA", "relative/dir"),
             ("SHUTDOWN_TIMEOUT", "soon"),
@@ -1240,12 +1422,72 @@ mod tests {
         ]);
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].starts_with("PATRONI_ENABLE: is true while HA_MODE=native; only one HA method"));
-        assert!(p[1].starts_with("USE_CITUS: is true while HA_MODE=native; native HA is not compatible with Citus"));
-        assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("USE_PATRONI", "true")]).is_ok());
+        assert_eq!(p[1], "USE_CITUS: is true, but Citus is not in this image; accepted: false, or unset");
+        assert_eq!(
+            problems(&[("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "patroni"), ("USE_PATRONI", "false")])[0],
+            "USE_PATRONI: is false while HA_MODE=patroni; set one of them"
+        );
         assert_eq!(
             problems(&[("POSTGRES_PASSWORD", "pw"), ("USE_CITUS", "maybe")]),
             ["USE_CITUS: \"maybe\" is not a boolean; accepted: true/false, on/off, yes/no, 1/0"]
         );
+    }
+
+    const PATRONI: [(&str, &str); 4] = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("ETCD_HOSTS", "etcd1, etcd2:2390"),
+        ("USE_PATRONI", "yes"),
+    ];
+
+    #[test]
+    fn patroni_member() {
+        let mut vars = PATRONI.to_vec();
+        vars.extend([("REPLICATION_SYNCHRONOUS_MODE", "on"), ("HTTP_PORT", "8009")]);
+        let c = parse(&vars).unwrap();
+        let Role::Patroni(m) = &c.role else { panic!("{:?}", c.role) };
+        assert_eq!((m.scope.as_str(), m.name.as_str()), ("pg", "host-a"));
+        let hosts: Vec<String> = m.etcd_hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["etcd1:2379", "etcd2:2390"]);
+        assert_eq!((m.synchronous, m.synchronous_count, m.rest_api.port), (PatroniSync::On, 1, 8009));
+        assert_eq!(c.http, None, "our endpoint stays off: Patroni's REST API has the port");
+        assert_eq!(c.replication(), None);
+    }
+
+    #[test]
+    fn patroni_refuses_what_it_decides_itself() {
+        let mut vars = PATRONI.to_vec();
+        vars.retain(|(k, _)| *k != "ETCD_HOSTS" && *k != "POSTGRES_PASSWORD");
+        vars.extend([
+            ("ROLE", "replica"),
+            ("PRIMARY_HOST", "pg-0"),
+            ("REPLICATION_SYNCHRONOUS_MODE", "any"),
+            ("HTTP_PORT", "off"),
+            ("PATRONI_SCOPE", "a/b"),
+        ]);
+        let p = problems(&vars);
+        let vars: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(
+            vars,
+            [
+                "ROLE",
+                "PRIMARY_HOST",
+                "PATRONI_SCOPE",
+                "ETCD_HOSTS",
+                "REPLICATION_SYNCHRONOUS_MODE",
+                "HTTP_PORT",
+                "POSTGRES_PASSWORD"
+            ],
+            "{p:?}"
+        );
+        assert!(p[0].contains("Patroni decides which member is the primary"), "{p:?}");
+        let bad_etcd = problems(&[PATRONI[0], PATRONI[1], PATRONI[3], ("ETCD_HOSTS", "http://etcd1:2379")]);
+        assert_eq!(
+            bad_etcd,
+            ["ETCD_HOSTS: \"http://etcd1:2379\" is not an etcd address; accepted: a comma-separated list of host, host:port or [ipv6]:port"]
+        );
+        // Patroni's own variable is enough.
+        assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[3], ("PATRONI_ETCD3_HOSTS", "'e1:2379'")]).is_ok());
     }
 
     #[test]

@@ -193,6 +193,22 @@ fn empty_external_wal(pg_wal: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// What PGDATA is once a move into place or a discard of ours that was interrupted is finished.
+pub fn settle(pgdata: &Path) -> Result<State, DataDirError> {
+    let mut state = inspect(pgdata)?;
+    if state == State::Staged {
+        tracing::info!("finishing the move of a completed bootstrap into PGDATA");
+        finish_staged(pgdata)?;
+        state = inspect(pgdata)?;
+    }
+    if state == State::Discarding {
+        tracing::info!("finishing the discard of a standby that is being cloned again");
+        finish_discard(pgdata)?;
+        state = inspect(pgdata)?;
+    }
+    Ok(state)
+}
+
 /// Moves a finished bootstrap from the staging directory into PGDATA; with `initialising`,
 /// marked so until [`finish_initialising`].
 pub fn install_staging(pgdata: &Path, staging: Staging, initialising: bool) -> Result<(), DataDirError> {
@@ -256,7 +272,7 @@ pub fn empty_standby(pgdata: &Path) -> Result<(), DataDirError> {
 /// Empties PGDATA (a standby, or a bootstrap that did not finish). Resumable: a marker in the
 /// staging directory says a discard is under way, entries are moved into it, then it is
 /// removed; a start that finds the marker finishes the job ([`State::Discarding`]).
-fn discard_all(pgdata: &Path) -> Result<(), DataDirError> {
+pub fn discard_all(pgdata: &Path) -> Result<(), DataDirError> {
     let root = pgdata.join(STAGING);
     fs::create_dir_all(&root).map_err(DataDirError::io(pgdata, "cannot create the staging directory"))?;
     fs::write(root.join(DISCARD_MARK), b"").map_err(DataDirError::io(pgdata, "cannot mark the discard"))?;

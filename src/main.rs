@@ -15,6 +15,7 @@ mod init_scripts;
 mod local;
 mod native;
 mod observe;
+mod patroni;
 mod privileges;
 mod render;
 mod server;
@@ -84,7 +85,8 @@ enum Cmd {
     /// Print the role, timeline, LSNs and replicas as JSON.
     Status,
     /// Promote this running standby to a primary (on a new timeline). Refuses while the
-    /// configured primary accepts writes or a peer has more WAL than this standby.
+    /// configured primary accepts writes or a peer has more WAL than this standby. With
+    /// HA_MODE=patroni: a Patroni switchover (or failover) to this member.
     Promote {
         /// Promote without asking the primary and the peers.
         #[arg(long)]
@@ -150,10 +152,27 @@ fn real_main() -> i32 {
             init_logging();
             check(&postgres_args)
         }
+        Cmd::Health { liveness, readiness: _, max_lag, require_sync } if patroni_mode() => {
+            if max_lag.is_some() || require_sync {
+                eprintln!("health: --max-lag and --require-sync are for HA_MODE=native; Patroni's readiness applies");
+                return 2;
+            }
+            patroni::operate::health(&config::ProcessInputs, liveness)
+        }
         Cmd::Health { liveness, readiness: _, max_lag, require_sync } => health::run(liveness, require_sync, max_lag),
+        Cmd::Status if patroni_mode() => patroni::operate::status(&config::ProcessInputs),
         Cmd::Status => status::run(),
+        Cmd::Promote { force: true } if patroni_mode() => {
+            eprintln!("promote: --force is for HA_MODE=native; Patroni checks the candidate itself");
+            2
+        }
+        Cmd::Promote { .. } if patroni_mode() => patroni::operate::promote(&config::ProcessInputs),
         Cmd::Promote { force } => native::promote::promote_running(force),
     }
+}
+
+fn patroni_mode() -> bool {
+    patroni::operate::selected(&config::ProcessInputs)
 }
 
 fn run(postgres_args: &[String]) -> i32 {
@@ -226,6 +245,18 @@ fn check(postgres_args: &[String]) -> i32 {
             "peers:           {}",
             if peers.is_empty() { "none (REPLICATION_PEERS)".into() } else { peers.join(", ") }
         );
+    }
+    if let config::Role::Patroni(m) = &c.role {
+        let etcd: Vec<String> = m.etcd_hosts.iter().map(ToString::to_string).collect();
+        println!("patroni:         scope {}, member {}, REST API port {}", m.scope, m.name, m.rest_api.port);
+        println!(
+            "etcd:            {}",
+            if etcd.is_empty() { "from PATRONI_ETCD3_* (read by Patroni)".into() } else { etcd.join(", ") }
+        );
+        println!("replication:     user {} (password {})", m.replication_user, password(true));
+        println!("synchronous:     {:?}", m.synchronous);
+        println!("--- {} is written at start (passwords in it) ---", patroni::config_file(c).display());
+        return 0;
     }
     if let config::Role::Replica(r) = &c.role {
         println!(

@@ -72,18 +72,23 @@ pub fn settings(config: &Config) -> Settings {
 }
 
 /// The replication password file (0600): outside PGDATA, since pg_basebackup and pg_rewind
-/// copy what is inside to other nodes. It lives in the first configured socket directory
-/// (`POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES`, else /var/run/postgresql), a directory of
-/// the service account's, and carries the configured port in its name so that servers that
-/// share the directory do not share the file. Rewritten at every start.
+/// copy what is inside to other nodes. Rewritten at every start.
 pub fn passfile(config: &Config) -> std::path::PathBuf {
+    run_file(config, "pgpass")
+}
+
+/// A file of ours outside PGDATA: in the first configured socket directory
+/// (`POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES`, else /var/run/postgresql), a directory of
+/// the service account's, named with the configured port so that servers sharing the
+/// directory do not share the file: `pg-entrypoint-<port>.<suffix>`.
+pub fn run_file(config: &Config, suffix: &str) -> std::path::PathBuf {
     let setting = |name: &str| config.overrides.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let dir = setting("unix_socket_directories")
         .and_then(|dirs| dirs.split(',').map(str::trim).next())
         .filter(|d| d.starts_with('/'))
         .unwrap_or(DEFAULT_SOCKET_DIR);
     let port = setting("port").map(str::trim).unwrap_or("5432");
-    std::path::Path::new(dir).join(format!("pg-entrypoint-{port}.pgpass"))
+    std::path::Path::new(dir).join(format!("pg-entrypoint-{port}.{suffix}"))
 }
 
 /// For servers of our own before the real start (single-user, temporary): no standby can

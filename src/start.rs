@@ -15,6 +15,7 @@ use crate::datadir::{self, State};
 use crate::files;
 use crate::http::{self, routes::Phase};
 use crate::native::{fence, promote, replica, slot_keeper};
+use crate::patroni;
 use crate::privileges;
 use crate::render;
 use crate::server::{Bin, Endpoint};
@@ -123,16 +124,25 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
             return 0;
         }
     }
+    if let Some(problem) = patroni_problem(&plan.config, goal) {
+        tracing::error!("{problem}");
+        return exit::FENCED;
+    }
     if let Err(e) = prepare(&plan) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
     }
-    let _pgdata_lock = match datadir::lock(&plan.config.pgdata) {
-        Ok(lock) => lock,
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::STARTUP_FAILED;
-        }
+    // Under Patroni, its bootstrap runs `enforce-initdb` while our PID 1 holds the lock.
+    let bootstrap_for_patroni = std::env::var_os(patroni::UNDER_PATRONI).is_some();
+    let _pgdata_lock = match bootstrap_for_patroni {
+        true => None,
+        false => match datadir::lock(&plan.config.pgdata) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                tracing::error!("{e}");
+                return exit::STARTUP_FAILED;
+            }
+        },
     };
     let endpoint = match goal {
         Goal::Serve => match start_endpoint(&plan, &sup) {
@@ -151,6 +161,9 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         postgres_args,
         settings: &plan.settings,
     };
+    if let (Role::Patroni(member), Goal::Serve) = (&plan.config.role, goal) {
+        return patroni::serve(&ctx, &mut sup, member);
+    }
     if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup, endpoint.as_ref()) {
         let redone = if datadir::bootstrap_unfinished(&plan.config.pgdata) {
             "; the unfinished bootstrap is redone at the next start"
@@ -168,6 +181,24 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         return 0;
     }
     supervise_postgres(&ctx, &mut sup, endpoint.as_ref())
+}
+
+/// A data directory Patroni has managed is only started by Patroni: started alone, it could
+/// become a second primary beside the leader Patroni elected meanwhile (README "Automatic
+/// failover with Patroni": leaving Patroni).
+fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
+    let alone = !matches!(config.role, Role::Patroni(_)) && goal == Goal::Serve;
+    (alone && patroni::managed_by_patroni(&config.pgdata)).then(|| {
+        format!(
+            "refusing to start: PGDATA {} was managed by Patroni ({} is there) and HA_MODE is {}; started without \
+             Patroni it could become a second primary. Set HA_MODE=patroni, or, to leave Patroni for good, stop every \
+             member, then remove {} from each PGDATA and start the former leader first",
+            config.pgdata.display(),
+            patroni::MANAGED_MARK,
+            if config.role == Role::Standalone { "unset".to_string() } else { "native".to_string() },
+            patroni::MANAGED_MARK
+        )
+    })
 }
 
 /// Step 3b: the HTTP endpoint listens from now on; it answers 503 to role checks until the
@@ -241,17 +272,7 @@ fn bring_data_dir_to_role(
     // Left by a server of an earlier life of this container (`docker restart`); the temporary
     // server of a bootstrap uses the same sockets.
     datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
-    let mut state = datadir::inspect(pgdata)?;
-    if state == State::Staged {
-        tracing::info!("finishing the move of a completed bootstrap into PGDATA");
-        datadir::finish_staged(pgdata)?;
-        state = datadir::inspect(pgdata)?;
-    }
-    if state == State::Discarding {
-        tracing::info!("finishing the discard of a standby that is being cloned again");
-        datadir::finish_discard(pgdata)?;
-        state = datadir::inspect(pgdata)?;
-    }
+    let state = datadir::settle(pgdata)?;
     if let State::Cluster { standby } = state {
         if ctx.config.superuser_password.is_some() {
             // As in the official image; a changed password would otherwise seem applied.
@@ -316,7 +337,7 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
     };
     let mut keep_slot = |sup: &mut Supervisor| keeper.as_mut().map_or((), |k| k.tick(sup));
     let tick: Option<Tick> = matches!(ctx.config.role, Role::Replica(_)).then_some((slot_keeper::TICK, &mut keep_slot));
-    let code = match sup.supervise(pid, tick) {
+    let code = match sup.supervise(pid, crate::supervise::Kind::Postgres, tick) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("lost track of postgres: {e}");

@@ -41,12 +41,17 @@ pub enum Kind {
     /// initdb, psql, init scripts: signals are forwarded as they are; after the shutdown
     /// timeout the child is killed (its work is redone at the next start).
     Tool,
+    /// Patroni: SIGTERM is its clean stop (postgres stopped fast, the leader key released), so
+    /// SIGINT becomes SIGTERM too; SIGHUP reloads its configuration. After the shutdown timeout
+    /// it is killed, and the postgres it leaves is stopped by the caller.
+    Patroni,
 }
 
 impl Kind {
     fn stop_signal(self, received: Signal) -> Signal {
         match (self, received) {
             (Kind::Postgres, Signal::SIGTERM) => Signal::SIGINT,
+            (Kind::Patroni, Signal::SIGINT) => Signal::SIGTERM,
             (_, s) => s,
         }
     }
@@ -54,7 +59,19 @@ impl Kind {
     fn escalation(self) -> Signal {
         match self {
             Kind::Postgres => Signal::SIGQUIT,
-            Kind::Tool => Signal::SIGKILL,
+            Kind::Tool | Kind::Patroni => Signal::SIGKILL,
+        }
+    }
+
+    /// Whether a signal that is not a stop request is passed on. SIGHUP (reload), SIGUSR1 and
+    /// SIGUSR2 mean something to postgres; Python's default for SIGUSR1/2 is to die, and a tool
+    /// (initdb, pg_basebackup, a script) would die of any of them: a reload must never stop
+    /// anything.
+    fn forwards(self, signal: Signal) -> bool {
+        match self {
+            Kind::Postgres => true,
+            Kind::Patroni => signal == Signal::SIGHUP,
+            Kind::Tool => false,
         }
     }
 }
@@ -177,11 +194,12 @@ impl Supervisor {
         self.wait_for(pid, kind, &mut Waiting { what: Some(what), ready: Some(ready), tick: None })
     }
 
-    /// Supervises postgres until it exits; returns its exit code as a shell reports it.
-    /// `tick` runs every `interval` while no stop is under way (periodic work that must not
-    /// block the loop: it may spawn children and collect them later with [`Supervisor::collect`]).
-    pub fn supervise(&mut self, pid: Pid, tick: Option<Tick>) -> io::Result<i32> {
-        match self.wait_for(pid, Kind::Postgres, &mut Waiting { what: None, ready: None, tick })? {
+    /// Supervises the server (postgres, or Patroni) until it exits; returns its exit code as a
+    /// shell reports it. `tick` runs every `interval` while no stop is under way (periodic work
+    /// that must not block the loop: it may spawn children and collect them later with
+    /// [`Supervisor::collect`]).
+    pub fn supervise(&mut self, pid: Pid, kind: Kind, tick: Option<Tick>) -> io::Result<i32> {
+        match self.wait_for(pid, kind, &mut Waiting { what: None, ready: None, tick })? {
             Outcome::Exited(code) => Ok(code),
             Outcome::Ready => unreachable!("there is no readiness check"),
         }
@@ -274,11 +292,8 @@ impl Supervisor {
                         self.note_stop(s);
                         send(pid, kind.stop_signal(s));
                     }
-                    // SIGHUP (reload), SIGUSR1, SIGUSR2 mean something to postgres only; a tool
-                    // (initdb, pg_basebackup, a script) would die of them, and a reload must
-                    // never stop anything.
-                    s if kind == Kind::Postgres => send(pid, s),
-                    s => tracing::info!(signal = %s, "ignored during bootstrap"),
+                    s if kind.forwards(s) => send(pid, s),
+                    s => tracing::info!(signal = %s, "not passed on"),
                 }
             }
         }

@@ -1,0 +1,252 @@
+//! `HA_MODE=patroni`: the cluster is handed to Patroni on etcd, which elects the leader,
+//! clones replicas, fails over and rejoins old leaders with pg_rewind. The entrypoint
+//! validates, prepares the directories and drops root as in every mode; then, instead of
+//! running postgres, it writes `patroni.yml` and supervises Patroni. Patroni's bootstrap
+//! calls back into this binary (`enforce-initdb`), so a new cluster gets the same first boot
+//! as a standalone one: POSTGRES_INITDB_ARGS, POSTGRES_DB, the init scripts.
+//!
+//! A data directory of native mode is taken over with its data (`take_over`); a standby of
+//! native mode waits for a leader first, so it never wins the first election over the
+//! primary that has more WAL.
+
+pub mod operate;
+pub mod render;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::config::{Config, Patroni, SECRET_VARS};
+use crate::datadir::{self, DataDirError, State};
+use crate::files;
+use crate::native::promote::PROMOTED_MARKER;
+use crate::step::{self, exit, Context, StepError};
+use crate::supervise::{Kind, Supervisor};
+
+/// Patroni keeps its copy of the cluster-wide configuration here, in PGDATA: its presence
+/// says Patroni has managed this data directory.
+pub const MANAGED_MARK: &str = "patroni.dynamic.json";
+
+/// True when Patroni has managed this data directory (see [`MANAGED_MARK`]).
+pub fn managed_by_patroni(pgdata: &Path) -> bool {
+    pgdata.join(MANAGED_MARK).exists()
+}
+
+/// Set in Patroni's environment: the `enforce-initdb` its bootstrap runs is ours, under the
+/// lock our PID 1 holds on PGDATA.
+pub const UNDER_PATRONI: &str = "PG_ENTRYPOINT_UNDER_PATRONI";
+
+/// `patroni.yml`, beside the other files of ours outside PGDATA.
+pub fn config_file(config: &Config) -> PathBuf {
+    crate::render::run_file(config, "patroni.yml")
+}
+
+/// Runs Patroni until it exits; returns the exit code (README "Exit codes").
+pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
+    let prepared = take_over(ctx, sup).and_then(|()| write_files(ctx, member));
+    let (config_path, secret_files) = match prepared {
+        Ok(files) => files,
+        Err(e) => {
+            match e {
+                StepError::Stopped(_) => tracing::warn!("{e}"),
+                _ => tracing::error!("{e}"),
+            }
+            return e.exit_code();
+        }
+    };
+    let mut cmd = Command::new("patroni");
+    cmd.arg(&config_path).env(UNDER_PATRONI, "1");
+    // Patroni passes its environment on to postgres: no password in it. The bootstrap it
+    // calls back into (`enforce-initdb`) reads them from files of ours instead.
+    for var in SECRET_VARS {
+        cmd.env_remove(var);
+    }
+    for (var, path) in &secret_files {
+        cmd.env(format!("{var}_FILE"), path);
+    }
+    let child = match sup.spawn(&mut cmd) {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::error!("HA_MODE=patroni needs `patroni` on PATH, and this image has none");
+            return exit::CONFIG;
+        }
+        Err(e) => {
+            tracing::error!("cannot start patroni: {e}");
+            return exit::STARTUP_FAILED;
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    tracing::info!(
+        pid = pid.as_raw(),
+        scope = member.scope,
+        name = member.name,
+        config = %config_path.display(),
+        "patroni started"
+    );
+    crate::supervise::trim_resident_code();
+    let code = match sup.supervise(pid, Kind::Patroni, None) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("lost track of patroni: {e}");
+            return exit::STARTUP_FAILED;
+        }
+    };
+    let stopping = sup.stop_requested().is_some();
+    stop_orphaned_postgres(ctx, sup);
+    match code {
+        0 => tracing::info!(code, "patroni exited"),
+        c if c > 128 => tracing::error!(code, "patroni died of signal {}", c - 128),
+        _ if stopping => tracing::warn!(code, "patroni exited with an error while stopping"),
+        _ => tracing::error!(code, "patroni exited with an error"),
+    }
+    if sup.escalated() {
+        tracing::error!(
+            "patroni did not stop postgres within SHUTDOWN_TIMEOUT; postgres was stopped immediately: nothing \
+             committed is lost, the next start runs crash recovery"
+        );
+        return exit::SHUTDOWN_ESCALATED;
+    }
+    code
+}
+
+/// Steps before Patroni: the data directory settled (a bootstrap of ours that did not finish
+/// is discarded: Patroni sees an empty directory and bootstraps or clones it again), a native
+/// cluster's settings handed over, and a native standby held until the cluster has a leader.
+fn take_over(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
+    let pgdata = &ctx.config.pgdata;
+    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
+    let state = match datadir::settle(pgdata)? {
+        State::Interrupted => {
+            tracing::warn!(pgdata = %pgdata.display(), "discarding a bootstrap that did not finish; Patroni redoes it");
+            datadir::discard_all(pgdata)?;
+            State::Empty
+        }
+        state => state,
+    };
+    match state {
+        State::Foreign(entries) => Err(datadir::refuse(pgdata, &entries).into()),
+        State::Cluster { standby } => {
+            datadir::remove_stale_pidfile(pgdata)?;
+            if managed_by_patroni(pgdata) {
+                return Ok(());
+            }
+            tracing::info!(pgdata = %pgdata.display(), standby, "taking over a cluster of native mode");
+            // The native settings (synchronous_standby_names, primary_conninfo...) would fight
+            // Patroni's: the managed file keeps only the defaults and POSTGRESQL_CONFIG_*.
+            files::write_config(ctx.config, ctx.settings, pgdata)
+                .map_err(DataDirError::io(pgdata, "cannot rewrite the configuration for Patroni"))?;
+            files::remove_passfile(&crate::render::passfile(ctx.config))?;
+            let marker = pgdata.join(PROMOTED_MARKER);
+            std::fs::remove_file(&marker)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .map_err(DataDirError::io(pgdata, "cannot remove the promotion marker"))?;
+            if standby {
+                wait_for_leader(ctx, sup)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `patroni.yml` (0600, outside PGDATA) and, for each password given directly in the
+/// environment, a 0600 file that Patroni's environment names instead (`<VAR>_FILE`).
+fn write_files(ctx: &Context, member: &Patroni) -> Result<(PathBuf, Vec<(String, PathBuf)>), StepError> {
+    let config = ctx.config;
+    let path = config_file(config);
+    let write = |path: &Path, text: &str| -> Result<(), StepError> {
+        Ok(datadir::write_atomic(path, text.as_bytes(), 0o600).map_err(DataDirError::io(path, "cannot write"))?)
+    };
+    let mut secret_files = Vec::new();
+    for var in SECRET_VARS {
+        if let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            let file = crate::render::run_file(config, &var.to_ascii_lowercase().replace('_', "-"));
+            write(&file, &value)?;
+            secret_files.push((var.to_string(), file));
+        }
+    }
+    let advertise = advertise_host(member);
+    let exe = std::env::current_exe().map_err(|e| DataDirError::io(&path, "cannot find this program")(e))?;
+    let text = render::patroni_yml(&render::Inputs {
+        config,
+        member,
+        settings: ctx.settings,
+        port: ctx.endpoint.port,
+        advertise_host: &advertise,
+        bindir: ctx.bin.dir(),
+        pgpass: crate::render::run_file(config, "patroni.pgpass"),
+        exe: &exe,
+    });
+    write(&path, &text)?;
+    Ok((path, secret_files))
+}
+
+/// `ADVERTISE_HOST`, else the address this host's name resolves to (in Docker, the
+/// container's address on its network), else the name itself.
+fn advertise_host(member: &Patroni) -> String {
+    use std::net::ToSocketAddrs;
+    if let Some(host) = &member.advertise_host {
+        return host.clone();
+    }
+    let name = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let addresses: Vec<std::net::IpAddr> =
+        (name.as_str(), 0).to_socket_addrs().map(|a| a.map(|a| a.ip()).collect()).unwrap_or_default();
+    let usable = |ip: &&std::net::IpAddr| !ip.is_loopback();
+    let chosen = addresses.iter().filter(usable).find(|ip| ip.is_ipv4()).or(addresses.iter().find(usable));
+    chosen.map_or(name, ToString::to_string)
+}
+
+/// How often a native standby asks whether the cluster has a leader yet.
+const LEADER_POLL: Duration = Duration::from_secs(2);
+
+/// A standby of native mode must not start Patroni before the cluster has a leader: alone,
+/// it would initialise the cluster in etcd and win the election, and the former primary's
+/// commits that it lacks would be rewound away when that primary joins.
+fn wait_for_leader(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
+    let config_path = config_file(ctx.config);
+    let started = Instant::now();
+    let mut next_notice = Duration::ZERO;
+    loop {
+        // patronictl reads the DCS settings (and PATRONI_* variables) as Patroni would.
+        let mut list = Command::new("patronictl");
+        list.arg("-c").arg(&config_path).args(["list", "--format", "json"]);
+        for var in SECRET_VARS {
+            list.env_remove(var);
+        }
+        let answer = step::run_captured(sup, "patronictl list", &mut list, false)?;
+        if answer.code == 0 && answer.stdout.contains("\"Leader\"") {
+            tracing::info!(waited_s = started.elapsed().as_secs(), "the cluster has a leader; joining it");
+            return Ok(());
+        }
+        if started.elapsed() >= next_notice {
+            tracing::warn!(
+                "this data directory is a standby of native mode: waiting for the cluster to have a leader \
+                 (start the former primary with HA_MODE=patroni first) so that this standby never wins the first \
+                 election with less WAL than that primary"
+            );
+            next_notice += Duration::from_secs(30);
+        }
+        if let Some(sig) = sup.pause(LEADER_POLL).map_err(|e| DataDirError::io(&config_path, "cannot wait")(e))? {
+            return Err(StepError::Stopped(sig));
+        }
+    }
+}
+
+/// Patroni starts postgres through a helper that exits at once, so the postmaster is our
+/// child (we are PID 1 or the subreaper). A Patroni that died or was killed leaves it running:
+/// it is stopped fast here (immediately once SHUTDOWN_TIMEOUT has passed, on a stop request).
+fn stop_orphaned_postgres(ctx: &Context, sup: &mut Supervisor) {
+    let Some(pid) = datadir::live_postmaster(&ctx.config.pgdata) else { return };
+    let pid = Pid::from_raw(pid);
+    if !sup.adopt(pid) {
+        return;
+    }
+    tracing::warn!(pid = pid.as_raw(), "patroni left postgres running; stopping it");
+    let _ = kill(pid, Signal::SIGINT);
+    if let Err(e) = sup.wait(pid, Kind::Postgres, "postgres left by patroni") {
+        tracing::error!("cannot wait for postgres: {e}");
+    }
+}
