@@ -3,19 +3,20 @@
 # cargo, a Debian base with Debian's PostgreSQL made locally with mmdebstrap + docker import
 # (bookworm gives PostgreSQL 15, trixie 17; the mirror is read from this machine's apt
 # sources), then the final image from docker/Dockerfile. An existing base image is reused.
-# `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml (Debian's package) instead.
-# Usage: docker/build-offline.sh [15|17|haproxy]. The last line printed is the image tag.
+# `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml and compose.patroni.yaml,
+# `etcd` the etcd image of docker/compose.patroni.yaml (Debian's packages, bookworm) instead.
+# Usage: docker/build-offline.sh [15|17|haproxy|etcd]. The last line printed is the image tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pg="${1:-15}"
 case "$pg" in
     15) suite=bookworm ;;
     17) suite=trixie ;;
-    haproxy) suite=bookworm ;;
-    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), haproxy" >&2; exit 2 ;;
+    haproxy|etcd) suite=bookworm ;;
+    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), haproxy, etcd" >&2; exit 2 ;;
 esac
 # The tag names the recipe: a base built by an older recipe is not reused.
-base="pg-entrypoint-base:$suite-pg$pg-v2"
+base="pg-entrypoint-base:$suite-pg$pg-v3"
 image="pg-entrypoint:pg$pg"
 
 # The Debian mirror this machine uses (deb822 or one-line sources).
@@ -36,13 +37,14 @@ ensure_mmdebstrap() {
     }
 }
 
-if [ "$pg" = haproxy ]; then
-    image="pg-entrypoint-haproxy:local"
+# A plain Debian with the given packages, for the images beside PostgreSQL.
+tool_image() {
+    local image="$1" packages="$2" tar
     if ! docker image inspect "$image" >/dev/null 2>&1; then
         ensure_mmdebstrap
-        tar="$(mktemp -d)/haproxy.tar"
+        tar="$(mktemp -d)/tool.tar"
         echo "building $image with mmdebstrap from $(mirror)" >&2
-        mmdebstrap --variant=apt --quiet --include=haproxy \
+        mmdebstrap --variant=apt --quiet --include="$packages" \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
             --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
             "$suite" "$tar" "deb $(mirror) $suite main" >&2
@@ -50,8 +52,12 @@ if [ "$pg" = haproxy ]; then
         rm -rf "$(dirname "$tar")"
     fi
     echo "$image"
-    exit 0
-fi
+}
+case "$pg" in
+    haproxy) tool_image pg-entrypoint-haproxy:local haproxy; exit 0 ;;
+    # etcdctl (etcd-client) for `docker exec ... etcdctl endpoint health --cluster`.
+    etcd) tool_image pg-entrypoint-etcd:local etcd-server,etcd-client; exit 0 ;;
+esac
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     ensure_mmdebstrap
@@ -61,9 +67,10 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     # pick another uid (volumes made by the official image keep their owner), the en_US.UTF-8
     # locale exists (their clusters name it in postgresql.conf), and libnss_wrapper is there
     # for uids without a passwd entry. No cluster created by the package (we make our own),
-    # no docs or man pages.
+    # no docs or man pages. Patroni for HA_MODE=patroni, with python3-etcd named because
+    # patroni only depends on one DCS client of several.
     mmdebstrap --variant=apt --quiet \
-        --include="postgresql-$pg,xz-utils,zstd,locales,libnss-wrapper" \
+        --include="postgresql-$pg,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd" \
         --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
         --essential-hook='echo "postgres:x:999:" >> "$1/etc/group" && echo "postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash" >> "$1/etc/passwd"' \
         --essential-hook='if [ -e "$1/etc/shadow" ]; then echo "postgres:*:19000:0:99999:7:::" >> "$1/etc/shadow"; fi; if [ -e "$1/etc/gshadow" ]; then echo "postgres:!::" >> "$1/etc/gshadow"; fi' \

@@ -3,6 +3,9 @@
 # three are healthy.
 # Creates random passwords in docker/secrets/ on first use. Extra arguments go to compose
 # (e.g. `-f docker/compose.sync.yaml` is added by SYNC=1). IMAGE selects the image.
+# PATRONI=1 starts docker/compose.patroni.yaml instead: pg-1..pg-3 under Patroni on three etcd
+# members, HAProxy always in front (HAPROXY is ignored); SYNC=1 there means
+# REPLICATION_SYNCHRONOUS_MODE=on. ETCD_IMAGE / HAPROXY_IMAGE, when not given, are built offline.
 set -euo pipefail
 cd "$(dirname "$0")"
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
@@ -11,17 +14,28 @@ for s in postgres_password replication_password; do
     [ -s "secrets/$s" ] || (umask 077 && head -c 18 /dev/urandom | base64 > "secrets/$s")
 done
 export SECRETS_DIR="${SECRETS_DIR:-$PWD/secrets}"
-files=(-f compose.yaml)
-[ "${SYNC:-0}" = 1 ] && files+=(-f compose.sync.yaml)
-# HAProxy in front (5000 writes, 5001 reads) unless HAPROXY=0; its image is built offline
-# when no HAPROXY_IMAGE is named.
-if [ "${HAPROXY:-1}" = 1 ]; then
-    files+=(-f compose.haproxy.yaml)
+if [ "${PATRONI:-0}" = 1 ]; then
+    files=(-f compose.patroni.yaml)
+    members=(pg-1 pg-2 pg-3)
+    haproxy=1
+    [ "${SYNC:-0}" = 1 ] && export REPLICATION_SYNCHRONOUS_MODE="${REPLICATION_SYNCHRONOUS_MODE:-on}"
+    [ -n "${ETCD_IMAGE:-}" ] || export ETCD_IMAGE="$(./build-offline.sh etcd | tail -n 1)"
     [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
+else
+    files=(-f compose.yaml)
+    members=(primary replica-1 replica-2)
+    haproxy="${HAPROXY:-1}"
+    [ "${SYNC:-0}" = 1 ] && files+=(-f compose.sync.yaml)
+    # HAProxy in front (5000 writes, 5001 reads) unless HAPROXY=0; its image is built offline
+    # when no HAPROXY_IMAGE is named.
+    if [ "$haproxy" = 1 ]; then
+        files+=(-f compose.haproxy.yaml)
+        [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
+    fi
 fi
 project="${PROJECT:-pg}"
 "${compose[@]}" "${files[@]}" -p "$project" up -d "$@"
-for service in primary replica-1 replica-2; do
+for service in "${members[@]}"; do
     id=$("${compose[@]}" "${files[@]}" -p "$project" ps -q "$service")
     until [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ]; do
         [ "$(docker inspect -f '{{.State.Running}}' "$id")" = true ] || { docker logs --tail 30 "$id"; exit 1; }
@@ -29,7 +43,12 @@ for service in primary replica-1 replica-2; do
     done
     echo "$service: $(docker exec "$id" pg-entrypoint health)"
 done
-echo "connect: PGPASSWORD=\$(cat docker/secrets/postgres_password) psql -h 127.0.0.1 -p 5432 -U postgres"
-if [ "${HAPROXY:-1}" = 1 ]; then
-    echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
+if [ "${PATRONI:-0}" = 1 ]; then
+    echo "connect: PGPASSWORD=\$(cat docker/secrets/postgres_password) psql -h 127.0.0.1 -p 5000 -U postgres   (the leader; -p 5001 a replica)"
+    echo "members: docker exec ${id:0:12} patronictl list"
+else
+    echo "connect: PGPASSWORD=\$(cat docker/secrets/postgres_password) psql -h 127.0.0.1 -p 5432 -U postgres"
+    if [ "$haproxy" = 1 ]; then
+        echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
+    fi
 fi

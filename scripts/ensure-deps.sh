@@ -11,6 +11,11 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v bash >/dev/null 2>&1 || need+=(bash)
 # An arbitrary uid without a passwd entry (docker --user 12345) is tested through it.
 ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so >/dev/null 2>&1 || need+=(libnss-wrapper)
+# HA_MODE=patroni is tested with Debian's Patroni on a real etcd; Patroni's etcd3 store needs
+# python3-etcd, which the patroni package does not pull in.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v patroni >/dev/null 2>&1 || need+=(patroni)
+python3 -c 'import etcd' >/dev/null 2>&1 || need+=(python3-etcd)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -565,6 +565,9 @@ impl Parser<'_> {
         }
         // Patroni's REST API takes the HTTP port; ours stays off.
         let http = if matches!(role, Role::Patroni(_)) { None } else { http };
+        if matches!(role, Role::Patroni(_)) {
+            self.patroni_quotable("POSTGRES_PASSWORD", superuser_password.as_ref());
+        }
         if matches!(role, Role::Patroni(_)) && superuser_password.is_none() && host_auth_method != "trust" {
             // Patroni connects as the superuser over TCP too (pg_rewind from the new leader).
             self.problem(
@@ -831,6 +834,7 @@ impl Parser<'_> {
             }
         };
         let (replication_user, password) = self.replication_account(superuser, "patroni");
+        self.patroni_quotable("REPLICATION_PASSWORD", password.as_ref());
         Some(Role::Patroni(Box::new(Patroni {
             scope,
             name,
@@ -842,6 +846,19 @@ impl Parser<'_> {
             advertise_host,
             rest_api,
         })))
+    }
+
+    /// Patroni sets the passwords with SQL it quotes as Latin-1 and then decodes as UTF-8
+    /// (Patroni 3.0's `quote_literal`), which fails on any other character than ASCII: refused
+    /// here rather than as a failed bootstrap.
+    fn patroni_quotable(&mut self, variable: &str, password: Option<&Secret>) {
+        if password.is_some_and(|p| !p.expose().is_ascii()) {
+            self.problem(
+                variable,
+                "contains a character outside ASCII, which Patroni cannot set as a password; accepted with \
+                 HA_MODE=patroni: ASCII characters",
+            );
+        }
     }
 
     /// `ETCD_HOSTS=host[:port],...` (port 2379 by default). Patroni's own `PATRONI_ETCD3_*`

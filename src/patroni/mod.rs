@@ -46,7 +46,8 @@ pub fn config_file(config: &Config) -> PathBuf {
 
 /// Runs Patroni until it exits; returns the exit code (README "Exit codes").
 pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
-    let prepared = take_over(ctx, sup).and_then(|()| write_files(ctx, member));
+    // The files first: a native standby's wait for a leader asks with patroni.yml.
+    let prepared = write_files(ctx, member).and_then(|files| take_over(ctx, sup).map(|()| files));
     let (config_path, secret_files) = match prepared {
         Ok(files) => files,
         Err(e) => {
@@ -222,7 +223,9 @@ fn wait_for_leader(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError>
             return Ok(());
         }
         if started.elapsed() >= next_notice {
+            let answer = if answer.code == 0 { "no leader yet".into() } else { answer.stderr.trim().to_string() };
             tracing::warn!(
+                %answer,
                 "this data directory is a standby of native mode: waiting for the cluster to have a leader \
                  (start the former primary with HA_MODE=patroni first) so that this standby never wins the first \
                  election with less WAL than that primary"

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod docker;
+pub mod etcd;
 
 use std::fs;
 use std::io::Read;
