@@ -91,7 +91,9 @@ fn a_killed_leader_is_replaced_without_losing_acknowledged_commits_and_rejoins()
     }
     let old = settled_leader(&nodes, Duration::from_secs(120));
     // Synchronous mode: wait until Patroni has named a synchronous standby.
-    wait_until(Duration::from_secs(30), || nodes[old].query_one("current_setting('synchronous_standby_names')") != "");
+    wait_until(Duration::from_secs(30), || {
+        !nodes[old].query_one("current_setting('synchronous_standby_names')").is_empty()
+    });
     let mut acknowledged = 0;
     let mut client = nodes[old].client();
     for i in 0..200 {
