@@ -21,7 +21,8 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
 fi
 
 PGEP_HAPROXY_IMAGE=$(docker/build-offline.sh haproxy | tail -n 1)
-export PGEP_HAPROXY_IMAGE
+PGEP_ETCD_IMAGE=$(docker/build-offline.sh etcd | tail -n 1)
+export PGEP_HAPROXY_IMAGE PGEP_ETCD_IMAGE
 for pg in ${PG_VERSIONS:-15 17}; do
     image=$(docker/build-offline.sh "$pg" | tail -n 1)
     base=$(docker inspect -f '{{index .Config.Labels "org.opencontainers.image.base.name"}}' "$image")

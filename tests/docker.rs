@@ -16,6 +16,11 @@ fn haproxy_image() -> String {
     std::env::var("PGEP_HAPROXY_IMAGE").unwrap_or_else(|_| "pg-entrypoint-haproxy:local".into())
 }
 
+/// The etcd image of docker/compose.patroni.yaml (docker/e2e.sh builds it offline).
+fn etcd_image() -> String {
+    std::env::var("PGEP_ETCD_IMAGE").unwrap_or_else(|_| "pg-entrypoint-etcd:local".into())
+}
+
 fn compose_command() -> Vec<&'static str> {
     if run("docker", &["compose", "version"]).status.success() {
         vec!["docker", "compose"]
@@ -29,6 +34,8 @@ struct Project {
     name: String,
     secrets: std::path::PathBuf,
     files: Vec<&'static str>,
+    /// Variables the compose files read (e.g. REPLICATION_SYNCHRONOUS_MODE).
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Project {
@@ -38,7 +45,20 @@ impl Project {
         std::fs::create_dir_all(&secrets).unwrap();
         std::fs::write(secrets.join("postgres_password"), format!("{SECRET}\n")).unwrap();
         std::fs::write(secrets.join("replication_password"), format!("rep-{SECRET}\n")).unwrap();
-        Project { name, secrets, files: files.to_vec() }
+        Project { name, secrets, files: files.to_vec(), env: Vec::new() }
+    }
+
+    /// The Patroni stack (docker/compose.patroni.yaml) with these variables.
+    fn patroni(tag: &str, env: &[(&'static str, &'static str)]) -> Project {
+        let mut p = Project::new(tag, &["compose.patroni.yaml"]);
+        p.env = env.to_vec();
+        p
+    }
+
+    /// The host port where the service's container port is published.
+    fn published(&self, service: &str, port: u16) -> u16 {
+        let mapping = self.compose(&["port", service, &port.to_string()]);
+        mapping.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("not published: {mapping}"))
     }
 
     fn compose(&self, args: &[&str]) -> String {
@@ -58,6 +78,8 @@ impl Project {
             .env("RW_PUBLISH", "127.0.0.1:")
             .env("RO_PUBLISH", "127.0.0.1:")
             .env("HAPROXY_IMAGE", haproxy_image())
+            .env("ETCD_IMAGE", etcd_image())
+            .envs(self.env.iter().copied())
             .output()
             .unwrap();
         assert!(out.status.success(), "compose {args:?} failed:\n{}", text(&out));
@@ -147,8 +169,8 @@ struct AckedWriter {
 }
 
 impl AckedWriter {
-    /// Writes into `acks` on `host`:5432 until stopped (at most 5 minutes), reconnecting after errors.
-    fn start(host: String) -> AckedWriter {
+    /// Writes into `acks` on `host`:`port` until stopped (at most 5 minutes), reconnecting after errors.
+    fn start(host: String, port: u16) -> AckedWriter {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let (stop2, acked2) = (stop.clone(), acked.clone());
@@ -161,7 +183,7 @@ impl AckedWriter {
                 if client.is_none() {
                     client = postgres::Config::new()
                         .host(&host)
-                        .port(5432)
+                        .port(port)
                         .user("postgres")
                         .password(SECRET)
                         .dbname("postgres")
@@ -221,7 +243,7 @@ fn synchronous_stack_restarts_fails_over_and_loses_no_acknowledged_commit() {
         "replica-1=quorum,replica-2=quorum",
     );
     sql(&primary, "CREATE TABLE acks (n int PRIMARY KEY)");
-    let writer = AckedWriter::start(address(&primary));
+    let writer = AckedWriter::start(address(&primary), 5432);
     wait_for("acknowledged commits", Duration::from_secs(60), || writer.count() >= 200);
 
     // A synchronous primary restarted under load comes back (it used to hang for ever).
@@ -430,4 +452,159 @@ fn haproxy_routes_writes_to_the_primary_and_reads_to_replicas_across_a_promotion
     eprintln!("writes through HAProxy resumed {:.1} s after the promotion", promoted.elapsed().as_secs_f64());
     assert_eq!(through("5000", "SELECT inet_server_addr()").unwrap(), address(&r1));
     assert_eq!(through("5000", "SELECT string_agg(v, ',' ORDER BY v) FROM routed").unwrap(), "after,before");
+}
+
+/// The member Patroni made the leader: the one that is not in recovery.
+fn patroni_leader(ids: &[String]) -> String {
+    let mut leader = None;
+    wait_for("one leader", Duration::from_secs(60), || {
+        let primaries: Vec<&String> =
+            ids.iter().filter(|id| run_sql(id, "SELECT pg_is_in_recovery()").as_deref() == Some("f")).collect();
+        leader = (primaries.len() == 1).then(|| primaries[0].clone());
+        leader.is_some()
+    });
+    leader.unwrap()
+}
+
+/// psql in the container; `None` when it fails (e.g. postgres restarting under Patroni).
+fn run_sql(id: &str, query: &str) -> Option<String> {
+    let out = run("docker", &["exec", "-u", "postgres", id, "psql", "-X", "-A", "-t", "-c", query]);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Three Patroni members on three etcd members, healthy; their container ids.
+fn patroni_stack(p: &Project) -> Vec<String> {
+    let started = Instant::now();
+    p.compose(&["up", "-d"]);
+    let ids: Vec<String> = ["pg-1", "pg-2", "pg-3"].iter().map(|s| p.id(s)).collect();
+    for id in &ids {
+        wait_healthy(id, Duration::from_secs(180));
+    }
+    eprintln!("patroni stack: three healthy members {:.1} s after compose up", started.elapsed().as_secs_f64());
+    ids
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
+    let p = Project::patroni("patkill", &[("REPLICATION_SYNCHRONOUS_MODE", "on")]);
+    let ids = patroni_stack(&p);
+    let leader = patroni_leader(&ids);
+    // Through HAProxy's write port, as a client would.
+    let port = p.published("haproxy", 5000);
+    wait_for("writes through 5000", Duration::from_secs(30), || {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password(SECRET)
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .and_then(|mut c| c.batch_execute("CREATE TABLE IF NOT EXISTS acks (n int PRIMARY KEY)"))
+            .is_ok()
+    });
+    eventually_sql(&leader, "SELECT count(*) > 0 FROM pg_stat_replication WHERE sync_state = 'sync'", "t");
+    for id in &ids {
+        eventually_sql(id, "SELECT count(*) FROM acks", "0");
+    }
+    let writer = AckedWriter::start("127.0.0.1".into(), port);
+    wait_for("acknowledged commits", Duration::from_secs(60), || writer.count() >= 300);
+    docker(&["kill", &leader]);
+    let killed = Instant::now();
+    let at_kill = writer.count();
+    wait_for("writes through 5000 after the kill", Duration::from_secs(90), || writer.count() > at_kill + 10);
+    eprintln!(
+        "patroni: writes through HAProxy resumed {:.1} s after docker kill of the leader",
+        killed.elapsed().as_secs_f64()
+    );
+    let acked = writer.finish();
+    let others: Vec<String> = ids.iter().filter(|id| **id != leader).cloned().collect();
+    let new = patroni_leader(&others);
+    let missing = missing_acks(&new, &acked);
+    eprintln!("patroni: acknowledged commits {}, missing on the new leader: {missing}", acked.len());
+    assert_eq!(missing, 0);
+    // The old leader, started again, rejoins as a replica with every commit.
+    docker(&["start", &leader]);
+    wait_healthy(&leader, Duration::from_secs(120));
+    assert_eq!(run_sql(&leader, "SELECT pg_is_in_recovery()").as_deref(), Some("t"));
+    eventually_sql(&leader, "SELECT count(*) FROM acks", &sql(&new, "SELECT count(*) FROM acks"));
+    let listing = docker(&["exec", &new, "patronictl", "list"]);
+    assert!(
+        listing.contains("Leader") && listing.matches("running").count() + listing.matches("streaming").count() >= 3,
+        "{listing}"
+    );
+    // docker stop of every member: a clean shutdown, exit 0.
+    for id in &ids {
+        docker(&["stop", "-t", "10", id]);
+        assert_eq!(
+            docker(&["inspect", "-f", "{{.State.ExitCode}}", id]),
+            "0",
+            "{}",
+            text(&run("docker", &["logs", id]))
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn a_partitioned_patroni_leader_stops_taking_writes_before_another_is_elected() {
+    let p = Project::patroni("patpart", &[]);
+    let ids = patroni_stack(&p);
+    let old = patroni_leader(&ids);
+    run_sql(&old, "CREATE TABLE fence (n int)").expect("table created");
+    // Inside the old leader (over its socket, which the partition does not cut): a write every
+    // 50 ms, each acknowledged one logged with the time.
+    docker(&[
+        "exec",
+        "-d",
+        "-u",
+        "postgres",
+        &old,
+        "bash",
+        "-c",
+        "for i in $(seq 100000); do psql -X -q -c \"INSERT INTO fence VALUES ($i)\" >/dev/null 2>&1 \
+         && echo \"$(date +%s%N) $i\" >> /tmp/acked; sleep 0.05; done",
+    ]);
+    wait_for("writes on the old leader", Duration::from_secs(30), || {
+        run("docker", &["exec", &old, "test", "-s", "/tmp/acked"]).status.success()
+    });
+    let network = format!("{}_default", p.name);
+    docker(&["network", "disconnect", &network, &old]);
+    let cut = Instant::now();
+    let others: Vec<String> = ids.iter().filter(|id| **id != old).cloned().collect();
+    // The new leader's first write, on the host's clock (the containers share it).
+    let mut first_write_ns: u128 = 0;
+    wait_for("a new leader takes a write", Duration::from_secs(90), || {
+        others.iter().any(|id| {
+            let ok = run_sql(id, "INSERT INTO fence VALUES (-1)").is_some();
+            if ok {
+                first_write_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            }
+            ok
+        })
+    });
+    eprintln!("patroni: partitioned leader replaced, first write {:.1} s after the cut", cut.elapsed().as_secs_f64());
+    let acked = docker(&["exec", &old, "cat", "/tmp/acked"]);
+    let last_ns: u128 = acked.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).max().unwrap_or(0);
+    let late = acked
+        .lines()
+        .filter_map(|l| l.split(' ').next()?.parse::<u128>().ok())
+        .filter(|t| *t >= first_write_ns)
+        .count();
+    eprintln!(
+        "patroni: the old leader's last acknowledged write was {:.1} s before the new leader's first; {late} after it",
+        (first_write_ns.saturating_sub(last_ns)) as f64 / 1e9
+    );
+    assert_eq!(
+        late,
+        0,
+        "writes acknowledged by the old leader after the new leader's first (at {first_write_ns}):\n{acked}\n{}",
+        text(&run("docker", &["logs", "--tail", "80", &old]))
+    );
+    // Reconnected, it follows the new leader (rewound if needed).
+    docker(&["network", "connect", &network, &old]);
+    wait_for("the old leader rejoins as a replica", Duration::from_secs(120), || {
+        run_sql(&old, "SELECT pg_is_in_recovery()").as_deref() == Some("t")
+            && run_sql(&old, "SELECT count(*) FROM fence WHERE n = -1").as_deref() == Some("1")
+    });
 }

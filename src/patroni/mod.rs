@@ -68,6 +68,13 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
     for (var, path) in &secret_files {
         cmd.env(format!("{var}_FILE"), path);
     }
+    // A leader cut off from etcd must demote itself before its key expires (TTL), but with
+    // the resolver's defaults (5 s, 2 attempts) each failed lookup of an etcd name blocked
+    // Patroni's loop for 10 s: measured in Docker, the cut-off leader still took writes when
+    // the new leader took its first. One second, once (glibc reads RES_OPTIONS).
+    if std::env::var_os("RES_OPTIONS").is_none() {
+        cmd.env("RES_OPTIONS", "timeout:1 attempts:1");
+    }
     let child = match sup.spawn(&mut cmd) {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
