@@ -4,7 +4,9 @@
 //! round, and the report gives its median and interquartile range, with a verdict only when
 //! the whole range is on one side of the target; these machines are too noisy for one
 //! median against another. Prints a table and writes BENCHMARKS.md. `BENCH_ROUNDS` (default
-//! 15), `BENCH_CLONE_ROUNDS` (default 5) and `BENCH_CLONE_MB` (default 1024) scale it.
+//! 15), `BENCH_CLONE_ROUNDS` (default 5) and `BENCH_CLONE_MB` (default 1024) scale it;
+//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni` runs and
+//! prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -212,6 +214,13 @@ fn side_by_side(case: &str, ours: Vec<f64>, bare: Vec<f64>, target: &str) -> Row
 
 fn main() {
     assert!(nix::unistd::geteuid().is_root(), "run the benchmark as root, as the entrypoint runs in a container");
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("patroni") {
+        // Printed only: BENCHMARKS.md keeps the table of a full run.
+        for r in patroni_failover(env_count("BENCH_FAILOVERS", 3)) {
+            println!("| {} | {} | {} | {} |", r.case, r.ours, r.bare, r.target);
+        }
+        return;
+    }
     let mut rows = Vec::new();
 
     // 1: first boot, a new cluster each time on both sides.
@@ -253,6 +262,9 @@ fn main() {
 
     // 7: the HTTP endpoint: probe latency, and its cost to the supervisor under probes.
     rows.extend(http_endpoint());
+
+    // 8: HA_MODE=patroni: a killed leader under synchronous load, BENCH_FAILOVERS times.
+    rows.extend(patroni_failover(env_count("BENCH_FAILOVERS", 3)));
 
     let binary = fs::metadata(release_binary()).map(|m| m.len()).unwrap_or(0);
     print_and_write(&rows, binary);
@@ -608,4 +620,93 @@ fn print_and_write(rows: &[Row], binary: u64) {
         .unwrap_or_default();
     fs::write(out, format!("{md}{notes}")).unwrap();
     eprintln!("written to {out}");
+}
+
+/// Three Patroni members (synchronous mode) on a real etcd. Each round: commits on the leader,
+/// the leader's whole process group killed (as `docker kill`), the time until another member
+/// takes a write, the acknowledged commits that member lacks; the killed one rejoins before
+/// the next round. The baseline is Patroni's own bound: the leader key's TTL plus one loop.
+fn patroni_failover(rounds: usize) -> Vec<Row> {
+    use common::etcd::Etcd;
+    let etcd = Etcd::start();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let mut node = Node::new(&format!("bench-patroni-{i}"));
+            node.as_patroni_member(&etcd, "bench", &format!("m{i}")).set("REPLICATION_SYNCHRONOUS_MODE", "on");
+            node.spawn(&[]);
+            node
+        })
+        .collect();
+    let leader = |nodes: &[Node]| (0..nodes.len()).find(|i| nodes[*i].patroni("/primary") == 200);
+    let settled = |nodes: &[Node]| {
+        leader(nodes).is_some() && (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count() == 2
+    };
+    wait_until(Duration::from_secs(180), || settled(&nodes));
+    let old = leader(&nodes).unwrap();
+    nodes[old].client().batch_execute("CREATE TABLE acks (n int PRIMARY KEY)").unwrap();
+    let (mut times, mut acked, mut missing) = (Vec::new(), 0usize, 0usize);
+    for round in 0..rounds {
+        wait_until(Duration::from_secs(180), || settled(&nodes));
+        let old = leader(&nodes).unwrap();
+        wait_until(Duration::from_secs(30), || {
+            nodes[old].try_connect().is_ok_and(|mut c| {
+                c.query_one("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'", &[])
+                    .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+            })
+        });
+        let mut client = nodes[old].client();
+        let mut mine = Vec::new();
+        for i in 0..300 {
+            let n = (round * 1000 + i) as i32;
+            client.execute("INSERT INTO acks VALUES ($1)", &[&n]).unwrap();
+            mine.push(n);
+        }
+        nodes[old].kill_all();
+        let killed = Instant::now();
+        // The first write another member takes (Patroni's /primary may say 200 a moment
+        // before the promotion makes it writable).
+        let marker = format!("INSERT INTO acks VALUES ({})", -(round as i32) - 1);
+        let new = loop {
+            let taken = (0..3).filter(|i| *i != old).find(|i| {
+                nodes[*i].patroni("/primary") == 200
+                    && nodes[*i].try_connect().is_ok_and(|mut c| c.batch_execute(&marker).is_ok())
+            });
+            if let Some(i) = taken {
+                break i;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(120), "no new leader");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        times.push(killed.elapsed().as_secs_f64());
+        let mut c = nodes[new].client();
+        let present: std::collections::HashSet<i32> =
+            c.query("SELECT n FROM acks", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        acked += mine.len();
+        missing += mine.iter().filter(|n| !present.contains(n)).count();
+        nodes[old].spawn(&[]);
+    }
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+    let spread = {
+        let mut t = times.clone();
+        t.sort_by(f64::total_cmp);
+        format!("{:.1}–{:.1} s", t[0], t[t.len() - 1])
+    };
+    vec![
+        Row {
+            case: format!("Patroni: killed leader to a write on the new one ({rounds} kills, median; range {spread})"),
+            ours: format!("{:.1} s", median(times)),
+            bare: "25 s (ttl 20 + loop_wait 5)".into(),
+            ratio: String::new(),
+            target: "≤ ttl + loop_wait".into(),
+        },
+        Row {
+            case: "Patroni: acknowledged commits missing after the failovers (synchronous mode)".into(),
+            ours: format!("{missing} of {acked}"),
+            bare: String::new(),
+            ratio: String::new(),
+            target: "0".into(),
+        },
+    ]
 }
