@@ -674,7 +674,16 @@ fn patroni_failover(rounds: usize) -> Vec<Row> {
             if let Some(i) = taken {
                 break i;
             }
-            assert!(killed.elapsed() < Duration::from_secs(120), "no new leader");
+            if killed.elapsed() > Duration::from_secs(120) {
+                let tails: Vec<String> = (0..3)
+                    .filter(|i| *i != old)
+                    .map(|i| nodes[i].output().lines().rev().take(25).collect::<Vec<_>>().join("\n"))
+                    .collect();
+                panic!(
+                    "round {round}: no new leader 120 s after the kill; last lines, newest first:\n{}",
+                    tails.join("\n-----\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         };
         times.push(killed.elapsed().as_secs_f64());
