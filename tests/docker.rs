@@ -503,7 +503,11 @@ fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
             .and_then(|mut c| c.batch_execute("CREATE TABLE IF NOT EXISTS acks (n int PRIMARY KEY)"))
             .is_ok()
     });
-    eventually_sql(&leader, "SELECT count(*) > 0 FROM pg_stat_replication WHERE sync_state = 'sync'", "t");
+    // Only the synchronous standby Patroni recorded in etcd may take over.
+    wait_for("a synchronous standby recorded", Duration::from_secs(60), || {
+        run("docker", &["exec", &leader, "pg-entrypoint", "status"]).status.success()
+            && docker(&["exec", &leader, "pg-entrypoint", "status"]).contains("\"sync_standby\"")
+    });
     for id in &ids {
         eventually_sql(id, "SELECT count(*) FROM acks", "0");
     }
@@ -523,6 +527,11 @@ fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
     let missing = missing_acks(&new, &acked);
     eprintln!("patroni: acknowledged commits {}, missing on the new leader: {missing}", acked.len());
     assert_eq!(missing, 0);
+    // The other survivor follows the new leader and has every row.
+    let total = sql(&new, "SELECT count(*) FROM acks");
+    for id in others.iter().filter(|id| **id != new) {
+        eventually_sql(id, "SELECT count(*) FROM acks", &total);
+    }
     // The old leader, started again, rejoins as a replica with every commit.
     docker(&["start", &leader]);
     wait_healthy(&leader, Duration::from_secs(120));
@@ -536,12 +545,9 @@ fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
     // docker stop of every member: a clean shutdown, exit 0.
     for id in &ids {
         docker(&["stop", "-t", "10", id]);
-        assert_eq!(
-            docker(&["inspect", "-f", "{{.State.ExitCode}}", id]),
-            "0",
-            "{}",
-            text(&run("docker", &["logs", id]))
-        );
+        let logs = text(&run("docker", &["logs", "--tail", "20", id]));
+        assert_eq!(docker(&["inspect", "-f", "{{.State.ExitCode}}", id]), "0", "{logs}");
+        assert!(logs.contains("database system is shut down") && logs.contains("patroni exited code=0"), "{logs}");
     }
 }
 

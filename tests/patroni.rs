@@ -90,17 +90,15 @@ fn a_killed_leader_is_replaced_without_losing_acknowledged_commits_and_rejoins()
         node.set("REPLICATION_SYNCHRONOUS_MODE", "on").spawn(&[]);
     }
     let old = settled_leader(&nodes, Duration::from_secs(120));
-    // Synchronous mode: wait until Patroni has named a synchronous standby.
-    wait_until(Duration::from_secs(30), || {
-        !nodes[old].query_one("current_setting('synchronous_standby_names')").is_empty()
-    });
+    // Synchronous mode: wait until Patroni has recorded a synchronous standby.
+    wait_until(Duration::from_secs(30), || nodes[old].has_sync_standby());
     let mut acknowledged = 0;
     let mut client = nodes[old].client();
     for i in 0..200 {
         client.execute("INSERT INTO seed VALUES ($1)", &[&(i + 100)]).unwrap();
         acknowledged += 1;
     }
-    nodes[old].kill_all();
+    nodes[old].kill_member();
     let killed = Instant::now();
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
     // The first member to take a write (Patroni's /primary may say 200 a moment before the

@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, http_request, wait_until, Node, TempDir};
+use super::{free_port, http_request, processes, wait_until, Node, TempDir};
 
 /// Patroni sets passwords only if they are ASCII (README "Automatic failover with Patroni").
 pub const PATRONI_PASSWORD: &str = "pw-1 'q' \"d\" \\b $x `t` #: y";
@@ -57,6 +57,31 @@ impl Node {
             .set("ADVERTISE_HOST", "127.0.0.1")
             .set("POSTGRES_PASSWORD", PATRONI_PASSWORD)
             .set("REPLICATION_PASSWORD", PATRONI_PASSWORD)
+    }
+
+    /// Kills the member as `docker kill` does: the entrypoint's process group (it and Patroni)
+    /// and the postmaster, which Patroni starts in a session of its own (in a container, the
+    /// death of PID 1 takes it too; here it would live on as a primary without Patroni).
+    pub fn kill_member(&mut self) {
+        let pidfile = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap_or_default();
+        let postmaster = pidfile.lines().next().and_then(|l| l.trim().parse::<i32>().ok());
+        self.kill_all();
+        if let Some(pid) = postmaster {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let data = self.pgdata.display().to_string();
+            wait_until(Duration::from_secs(10), || {
+                !processes()
+                    .iter()
+                    .any(|p| p.state != 'Z' && p.cmdline.contains("postgres") && p.cmdline.contains(&data))
+            });
+        }
+    }
+
+    /// True once Patroni has recorded a synchronous standby in etcd (`sync_standby` in its
+    /// `/cluster`): in synchronous mode only that member may take over from a dead leader, so
+    /// until then a leader's death leaves the cluster without one.
+    pub fn has_sync_standby(&self) -> bool {
+        http_request(self.http_port, "GET /cluster HTTP/1.0\r\n\r\n").1.contains("\"sync_standby\"")
     }
 
     /// The HTTP status Patroni's REST API gives `path` (0 when it does not answer).
