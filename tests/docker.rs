@@ -574,13 +574,25 @@ fn a_partitioned_patroni_leader_stops_taking_writes_before_another_is_elected() 
     wait_for("writes on the old leader", Duration::from_secs(30), || {
         run("docker", &["exec", &old, "test", "-s", "/tmp/acked"]).status.success()
     });
+    // Both replicas stream (Patroni makes their slots within a loop of the bootstrap):
+    // otherwise the cut would also lose the table, asynchronous as this stack is.
+    let others: Vec<String> = ids.iter().filter(|id| **id != old).cloned().collect();
+    for id in &others {
+        eventually_sql(id, "SELECT count(*) > 0 FROM fence", "t");
+    }
     let network = format!("{}_default", p.name);
     docker(&["network", "disconnect", &network, &old]);
     let cut = Instant::now();
-    let others: Vec<String> = ids.iter().filter(|id| **id != old).cloned().collect();
     // The new leader's first write, on the host's clock (the containers share it).
     let mut first_write_ns: u128 = 0;
-    wait_for("a new leader takes a write", Duration::from_secs(90), || {
+    let diagnose = |others: &[String]| {
+        let logs: Vec<String> = others.iter().map(|id| text(&run("docker", &["logs", "--tail", "40", id]))).collect();
+        let listing = text(&run("docker", &["exec", &others[0], "patronictl", "list"]));
+        format!("{listing}\n{}", logs.join("\n=====\n"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    wait_for("a new leader takes a write", Duration::from_secs(95), || {
+        assert!(Instant::now() < deadline, "no new leader took a write:\n{}", diagnose(&others));
         others.iter().any(|id| {
             let ok = run_sql(id, "INSERT INTO fence VALUES (-1)").is_some();
             if ok {
