@@ -298,6 +298,18 @@ pub struct MapInputs {
 }
 
 #[cfg(test)]
+impl MapInputs {
+    /// These variables and this hostname, no secret files.
+    pub fn with(vars: &[(&str, &str)], hostname: &str) -> MapInputs {
+        MapInputs {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            files: BTreeMap::new(),
+            hostname: hostname.into(),
+        }
+    }
+}
+
+#[cfg(test)]
 impl Inputs for MapInputs {
     fn var(&self, name: &str) -> Option<String> {
         self.vars.get(name).cloned()
@@ -1148,11 +1160,7 @@ mod tests {
     use super::*;
 
     fn inputs(vars: &[(&str, &str)]) -> MapInputs {
-        MapInputs {
-            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            files: BTreeMap::new(),
-            hostname: "host-a".into(),
-        }
+        MapInputs::with(vars, "host-a")
     }
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {

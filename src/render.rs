@@ -274,6 +274,25 @@ pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// A JSON string: quotes, backslashes and control characters escaped. Also a YAML
+/// double-quoted scalar (YAML reads the same escapes), so no value can change the structure
+/// of either document.
+pub fn quote_json(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A libpq connection-string value.
 pub fn quote_conninfo(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -329,12 +348,7 @@ mod tests {
     use crate::config::MapInputs;
 
     fn config(vars: &[(&str, &str)]) -> Config {
-        let inputs = MapInputs {
-            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            hostname: "3f2a9c".into(),
-            ..Default::default()
-        };
-        Config::from_inputs(&inputs).unwrap()
+        Config::from_inputs(&MapInputs::with(vars, "3f2a9c")).unwrap()
     }
 
     const PRIMARY: &[(&str, &str)] =
@@ -485,6 +499,7 @@ mod tests {
         assert_eq!(quote_identifier("we\"ird name"), "\"we\"\"ird name\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_conninfo("a b'c\\"), "'a b\\'c\\\\'");
+        assert_eq!(quote_json("a\"b\\c\n\u{7f}é"), r#""a\"b\\c\u000a\u007fé""#);
         assert_eq!(pgpass("rep", "p:w\\"), "*:*:*:rep:p\\:w\\\\\n");
         assert_eq!(slot_name("Replica-2.example"), "replica_2_example");
     }

@@ -133,16 +133,16 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         return exit::STARTUP_FAILED;
     }
     // Under Patroni, its bootstrap runs `enforce-initdb` while our PID 1 holds the lock.
-    let bootstrap_for_patroni = std::env::var_os(patroni::UNDER_PATRONI).is_some();
-    let _pgdata_lock = match bootstrap_for_patroni {
-        true => None,
-        false => match datadir::lock(&plan.config.pgdata) {
+    let _pgdata_lock = if std::env::var_os(patroni::UNDER_PATRONI).is_some() {
+        None
+    } else {
+        match datadir::lock(&plan.config.pgdata) {
             Ok(lock) => Some(lock),
             Err(e) => {
                 tracing::error!("{e}");
                 return exit::STARTUP_FAILED;
             }
-        },
+        }
     };
     let endpoint = match goal {
         Goal::Serve => match start_endpoint(&plan, &sup) {
@@ -195,7 +195,7 @@ fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
              member, then remove {} from each PGDATA and start the former leader first",
             config.pgdata.display(),
             patroni::MANAGED_MARK,
-            if config.role == Role::Standalone { "unset".to_string() } else { "native".to_string() },
+            if config.role == Role::Standalone { "unset" } else { "native" },
             patroni::MANAGED_MARK
         )
     })

@@ -189,26 +189,12 @@ fn document(situation: &Situation) -> String {
                 (phase, _) => phase.name(),
             };
             let error = match server {
-                Some(Err(why)) => format!(", \"error\": {}", json_string(why)),
+                Some(Err(why)) => format!(", \"error\": {}", crate::render::quote_json(why)),
                 _ => String::new(),
             };
             format!("{{\"state\": \"{state}\", \"configured_role\": \"{}\"{error}}}", situation.expected.name())
         }
     }
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The query parameters we read; `tag_*` (Patroni's member tags) and others are ignored:
@@ -358,6 +344,5 @@ mod tests {
         assert_eq!(answer(Method::Get, "/replica", "lag=x", &s).status, 400);
         assert_eq!(answer(Method::Get, "/sync", "", &s).status, 503);
         assert!(asks_server("/primary") && !asks_server("/liveness") && !asks_server("/nope"));
-        assert_eq!(json_string("a\"b\\c\n"), r#""a\"b\\c\u000a""#);
     }
 }

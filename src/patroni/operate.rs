@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::config::{parse_bool, var_or_file, Inputs};
+use crate::render::quote_json;
 
 /// True when the environment selects Patroni mode (`HA_MODE=patroni`, or the original image's
 /// `USE_PATRONI` / `PATRONI_ENABLE`).
@@ -120,9 +121,9 @@ pub fn promote(inputs: &dyn Inputs) -> i32 {
                 inputs,
                 "POST",
                 "/switchover",
-                Some(&format!("{{\"leader\": {}, \"candidate\": {}}}", json_str(leader), json_str(&name))),
+                Some(&format!("{{\"leader\": {}, \"candidate\": {}}}", quote_json(leader), quote_json(&name))),
             )?,
-            None => request(inputs, "POST", "/failover", Some(&format!("{{\"candidate\": {}}}", json_str(&name))))?,
+            None => request(inputs, "POST", "/failover", Some(&format!("{{\"candidate\": {}}}", quote_json(&name))))?,
         };
         match status {
             200 => Ok(body.trim().to_string()),
@@ -144,22 +145,6 @@ pub fn promote(inputs: &dyn Inputs) -> i32 {
 /// The member whose role is `leader` in Patroni's `/cluster` answer.
 fn leader_of(cluster: &str) -> Option<String> {
     cluster.split('{').find(|m| field(m, "role").as_deref() == Some("leader")).and_then(|m| field(m, "name"))
-}
-
-fn json_str(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -197,6 +182,5 @@ mod tests {
         assert_eq!(base64(b"patroni:s3cret"), "cGF0cm9uaTpzM2NyZXQ=");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 }

@@ -7,7 +7,8 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Patroni, PatroniSync};
-use crate::render::{Settings, Source};
+// Every string as a YAML double-quoted scalar, with JSON's escapes (YAML reads them too).
+use crate::render::{quote_json as q, Settings, Source};
 
 /// The DCS timings (seconds), chosen for containers on one network: a dead leader's key
 /// expires after `TTL`; Patroni requires `LOOP_WAIT + 2 * RETRY_TIMEOUT <= TTL`. Shorter
@@ -148,23 +149,6 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// A YAML double-quoted scalar.
-fn q(value: &str) -> String {
-    let mut out = String::from("\"");
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// One word for Patroni's `shlex.split`.
 fn shell_word(word: &str) -> String {
     if word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
@@ -180,12 +164,7 @@ mod tests {
     use crate::config::{MapInputs, Role};
 
     fn config(vars: &[(&str, &str)]) -> Config {
-        let inputs = MapInputs {
-            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            hostname: "pg-1".into(),
-            ..Default::default()
-        };
-        Config::from_inputs(&inputs).unwrap()
+        Config::from_inputs(&MapInputs::with(vars, "pg-1")).unwrap()
     }
 
     fn render(c: &Config) -> String {
