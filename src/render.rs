@@ -335,6 +335,16 @@ pub fn replication_role_sql(user: &str, verifier: &str) -> Vec<String> {
              pg_catalog.pg_stat_file(text, boolean), pg_catalog.pg_read_binary_file(text), \
              pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {ident}"
         ),
+        // CHECKPOINT before pg_rewind (see native::replica::checkpoint_source); the role is
+        // PostgreSQL 15's, so older servers skip it.
+        format!(
+            "DO {}",
+            quote_literal(&format!(
+                "BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pg_checkpoint') \
+                 THEN EXECUTE {}; END IF; END",
+                quote_literal(&format!("GRANT pg_checkpoint TO {ident}"))
+            ))
+        ),
     ]
 }
 
@@ -509,6 +519,11 @@ mod tests {
         let sql = replication_role_sql("o'brien\"x", "SCRAM-SHA-256$4096:abc$def:ghi");
         assert!(sql[2].starts_with("GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir"), "{}", sql[2]);
         assert!(sql[2].ends_with(" TO \"o'brien\"\"x\""), "{}", sql[2]);
+        assert_eq!(
+            sql[3],
+            "DO 'BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = ''pg_checkpoint'') \
+             THEN EXECUTE ''GRANT pg_checkpoint TO \"o''''brien\"\"x\"''; END IF; END'"
+        );
         assert_eq!(
             sql[..2],
             [

@@ -182,6 +182,39 @@ fn failover_promotes_the_replica_and_the_old_primary_rewinds_and_follows() {
     assert_eq!(replica.stop(), 0);
 }
 
+/// PostgreSQL 15's pg_rewind reads the source's timeline from its control file, which a
+/// promoted server rewrites only at its first checkpoint after the promotion: with a long
+/// checkpoint_timeout that is many minutes away. An old primary rejoining in between must
+/// still be rewound, not told "no rewind required" and left unable to follow.
+#[test]
+fn an_old_primary_rejoins_a_primary_promoted_moments_ago() {
+    let mut old_primary = Node::new("p-fresh-promotion");
+    old_primary.as_primary().start();
+    let mut replica = Node::new("r-fresh-promotion");
+    replica
+        .as_replica_of(&old_primary, "r1")
+        .set("POSTGRESQL_CONFIG_CHECKPOINT_TIMEOUT", "3600")
+        .start_with_timeout(CLONE_TIMEOUT);
+    // Written after the clone, so the replica's replay leaves buffers for that checkpoint.
+    old_primary.client().batch_execute("CREATE TABLE f (v text); INSERT INTO f VALUES ('before');").unwrap();
+    eventually(&replica, "(SELECT count(*) FROM f)", "1");
+
+    // Promoted without any checkpoint of ours (as an operator's pg_ctl promote would).
+    assert_eq!(replica.query_one("pg_promote(true, 60)"), "true");
+    replica.client().batch_execute("INSERT INTO f VALUES ('after')").unwrap();
+    old_primary.client().batch_execute("INSERT INTO f VALUES ('lost on failover')").unwrap();
+    assert_eq!(old_primary.stop(), 0);
+    // The premise: the new primary's control file still names the old timeline.
+    assert_eq!(replica.query_one("(SELECT timeline_id FROM pg_control_checkpoint())"), "1");
+
+    old_primary.as_replica_of(&replica, "old-primary");
+    old_primary.start_with_timeout(CLONE_TIMEOUT);
+    eventually(&old_primary, "(SELECT string_agg(v, ',' ORDER BY v) FROM f)", "after,before");
+    assert_eq!(old_primary.query_one("pg_is_in_recovery()"), "true");
+    assert_eq!(old_primary.stop(), 0);
+    assert_eq!(replica.stop(), 0);
+}
+
 #[test]
 fn a_replica_switched_to_standalone_becomes_writable() {
     let mut primary = Node::new("p-standalone");

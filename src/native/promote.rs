@@ -127,6 +127,11 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
             return Err(e);
         }
     }
+    // A checkpoint now writes the new timeline into the control file, which PostgreSQL 15's
+    // pg_rewind reads when the old primary rejoins (native::replica::checkpoint_source).
+    if let Err(e) = client.batch_execute("CHECKPOINT") {
+        println!("promote: warning: CHECKPOINT after the promotion failed: {}", describe(&e));
+    }
     let row = client
         .query_one(
             "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,

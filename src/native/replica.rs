@@ -308,10 +308,31 @@ pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<
     );
     // pg_rewind reads files through SQL functions: an ordinary connection to a database.
     let source = format!("{} dbname=postgres", render::primary_conninfo(replica, &passfile.to_string_lossy(), false));
+    checkpoint_source(ctx, sup, &source)?;
     let mut cmd: Command = step::tool(ctx.bin, "pg_rewind");
     cmd.arg("--target-pgdata").arg(pgdata).arg("--source-server").arg(source).arg("--progress");
     // pg_rewind copies the primary's files, ours included; `converge` writes ours again.
     step::run(sup, "pg_rewind (rejoining as a replica)", &mut cmd, Kind::Tool)
+}
+
+/// PostgreSQL 15's pg_rewind takes the source's timeline from its control file, which a
+/// just-promoted primary rewrites only at its first checkpoint after the promotion (a spread
+/// one, minutes with a long checkpoint_timeout). Until then pg_rewind sees one timeline, says
+/// "no rewind required", and the old primary's diverged WAL stops it from ever following.
+/// A CHECKPOINT on the source first (the replication role has pg_checkpoint) closes that gap;
+/// PostgreSQL 16 reads the timeline correctly, so a refusal there is only worth a warning.
+fn checkpoint_source(ctx: &Context, sup: &mut Supervisor, source: &str) -> Result<(), StepError> {
+    let mut psql = step::tool(ctx.bin, "psql");
+    psql.args(["-X", "-q", "--no-password", "-d", source, "-c", "CHECKPOINT"]).stdin(Stdio::null());
+    let out = step::run_captured(sup, "psql (CHECKPOINT on the new primary)", &mut psql, false)?;
+    if out.code != 0 {
+        tracing::warn!(
+            "could not run CHECKPOINT on the new primary before pg_rewind ({}); on PostgreSQL 15 a primary \
+             promoted moments ago may then look as if no rewind were needed",
+            out.stderr.trim()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
