@@ -31,10 +31,7 @@ mirror() {
 }
 
 ensure_mmdebstrap() {
-    command -v mmdebstrap >/dev/null 2>&1 || {
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq && apt-get install -y -qq mmdebstrap >/dev/null
-    }
+    command -v mmdebstrap >/dev/null 2>&1 || scripts/apt-install.sh mmdebstrap
 }
 
 # A plain Debian with the given packages, for the images beside PostgreSQL.

@@ -16,8 +16,7 @@ if ! docker info >/dev/null 2>&1; then
     fi
 fi
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null
+    scripts/apt-install.sh docker-compose
 fi
 
 PGEP_HAPROXY_IMAGE=$(docker/build-offline.sh haproxy | tail -n 1)

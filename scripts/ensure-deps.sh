@@ -18,7 +18,5 @@ command -v patroni >/dev/null 2>&1 || need+=(patroni)
 python3 -c 'import etcd' >/dev/null 2>&1 || need+=(python3-etcd)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing ${need[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
+    "$(dirname "$0")/apt-install.sh" "${need[@]}"
 fi
