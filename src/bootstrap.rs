@@ -125,7 +125,7 @@ mod tests {
         };
         let config = Config::from_inputs(&inputs).unwrap();
         let sql = bootstrap_sql(&config);
-        assert_eq!(sql.len(), 4, "{sql:?}");
+        assert_eq!(sql.len(), 5, "{sql:?}");
         assert_eq!(sql[0], "CREATE DATABASE \"app db\" OWNER \"ad min\"");
         assert!(sql[2].starts_with("ALTER ROLE \"replicator\" WITH LOGIN REPLICATION PASSWORD 'SCRAM-SHA-256$"));
         let all = sql.join("\n");

@@ -77,8 +77,21 @@ pub enum Role {
     Standalone,
     Primary(Replication),
     Replica(Replica),
+    /// `REPLICATION_ROLE=auto`: primary or replica, decided at start from the StatefulSet
+    /// ordinal, the data directory and the peers (`native::auto`).
+    Auto(Box<Auto>),
     /// `HA_MODE=patroni`: Patroni decides who is the primary.
     Patroni(Box<Patroni>),
+}
+
+/// A member of a StatefulSet whose role is decided at start (README "Kubernetes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auto {
+    /// From the host name `<set>-<ordinal>`.
+    pub ordinal: u32,
+    /// How it follows when it is a replica; `primary_host` is the default primary
+    /// (`PRIMARY_HOST`, or `<set>-0.<POD_SERVICE>`), and the peers exclude this pod.
+    pub replica: Replica,
 }
 
 impl Role {
@@ -87,6 +100,7 @@ impl Role {
             Role::Standalone => "standalone",
             Role::Primary(_) => "primary",
             Role::Replica(_) => "replica",
+            Role::Auto(_) => "auto",
             Role::Patroni(_) => "patroni member",
         }
     }
@@ -372,6 +386,16 @@ impl Config {
             Role::Standalone | Role::Patroni(_) => None,
             Role::Primary(r) => Some(r),
             Role::Replica(r) => Some(&r.replication),
+            Role::Auto(a) => Some(&a.replica.replication),
+        }
+    }
+
+    /// How this node follows a primary when it is (or may become) a replica.
+    pub fn follower(&self) -> Option<&Replica> {
+        match &self.role {
+            Role::Replica(r) => Some(r),
+            Role::Auto(a) => Some(&a.replica),
+            _ => None,
         }
     }
 }
@@ -722,26 +746,72 @@ impl Parser<'_> {
             None => {
                 self.problem(
                     "REPLICATION_ROLE",
-                    "is required with HA_MODE=native; accepted: primary, replica (alias ROLE)",
+                    "is required with HA_MODE=native; accepted: primary, replica, auto (alias ROLE)",
                 );
                 return None;
             }
             Some((_, value)) if value == "primary" => "primary",
             Some((_, value)) if value == "replica" => "replica",
+            Some((_, value)) if value == "auto" => "auto",
             Some((var, value)) => {
-                self.problem(var, format!("{value:?} is not accepted; accepted: primary, replica"));
+                self.problem(var, format!("{value:?} is not accepted; accepted: primary, replica, auto"));
                 return None;
             }
         };
-        let replica = if role == "replica" { self.replica_settings() } else { None };
-        let peers = self.peers();
-        let replication = Replication { user, password: password?, sync, peers, previous_password };
-        Some(match replica {
-            None => Role::Primary(replication),
-            Some((primary_host, primary_port, name, wait_timeout, reclone)) => {
-                Role::Replica(Replica { replication, primary_host, primary_port, name, wait_timeout, reclone })
+        let hostname = self.inputs.hostname();
+        let ordinal = if role == "auto" { self.ordinal(&hostname) } else { None };
+        let replica = match role {
+            "replica" => self.replica_settings(None),
+            "auto" => {
+                let default_host = ordinal
+                    .as_ref()
+                    .and_then(|(set, _)| self.var("POD_SERVICE").map(|service| format!("{set}-0.{service}")));
+                self.replica_settings(Some(default_host))
             }
+            _ => None,
+        };
+        let mut peers = self.peers();
+        if role == "auto" {
+            // One REPLICATION_PEERS for the whole pod template: each pod skips itself.
+            let short = hostname.split('.').next().unwrap_or_default();
+            peers.retain(|p| p.host != short && !p.host.starts_with(&format!("{short}.")));
+            if peers.is_empty() {
+                self.problem(
+                    "REPLICATION_PEERS",
+                    "is required with REPLICATION_ROLE=auto: every member's address (e.g. pg-0.pg,pg-1.pg,pg-2.pg; \
+                     each pod skips its own), so that a restarted pod finds a member promoted meanwhile",
+                );
+            }
+        }
+        let replication = Replication { user, password: password?, sync, peers, previous_password };
+        let replica = replica.map(|(primary_host, primary_port, name, wait_timeout, reclone)| Replica {
+            replication: replication.clone(),
+            primary_host,
+            primary_port,
+            name,
+            wait_timeout,
+            reclone,
+        });
+        Some(match (role, replica) {
+            ("auto", Some(replica)) => Role::Auto(Box::new(Auto { ordinal: ordinal?.1, replica })),
+            (_, Some(replica)) => Role::Replica(replica),
+            (_, None) => Role::Primary(replication),
         })
+    }
+
+    /// The StatefulSet ordinal in the host name, for REPLICATION_ROLE=auto: (set, ordinal).
+    fn ordinal(&mut self, hostname: &str) -> Option<(String, u32)> {
+        let found = statefulset_ordinal(hostname);
+        if found.is_none() {
+            self.problem(
+                "REPLICATION_ROLE",
+                format!(
+                    "is auto, but the host name {hostname:?} has no StatefulSet ordinal; accepted: auto in a \
+                     StatefulSet pod (host name <name>-<ordinal>, e.g. pg-0), else primary or replica"
+                ),
+            );
+        }
+        found
     }
 
     /// `REPLICATION_USER` and `REPLICATION_PASSWORD`, needed by both HA modes.
@@ -948,9 +1018,19 @@ impl Parser<'_> {
         }
     }
 
-    fn replica_settings(&mut self) -> Option<(String, u16, String, Duration, bool)> {
-        let host = self.var("PRIMARY_HOST");
+    /// `auto_default`: for REPLICATION_ROLE=auto, the primary host when PRIMARY_HOST is unset
+    /// (`None` inside: POD_SERVICE is unset too).
+    fn replica_settings(
+        &mut self,
+        auto_default: Option<Option<String>>,
+    ) -> Option<(String, u16, String, Duration, bool)> {
+        let host = self.var("PRIMARY_HOST").or(auto_default.clone().flatten());
         match &host {
+            None if auto_default.is_some() => self.problem(
+                "PRIMARY_HOST",
+                "is required with REPLICATION_ROLE=auto unless POD_SERVICE names the StatefulSet's headless \
+                 service (the default primary is then <name>-0.<POD_SERVICE>)",
+            ),
             None => self.problem("PRIMARY_HOST", "is required for a replica: the host name or address of the primary"),
             Some(h) if h.chars().any(|c| c.is_control() || c.is_whitespace()) => self.problem(
                 "PRIMARY_HOST",
@@ -1042,6 +1122,14 @@ impl Parser<'_> {
 }
 
 /// A physical slot name from a replica name: lower-case letters, digits and `_`, at most 63.
+/// `pg-2` (or `pg-2.pg.default.svc...`) → `("pg", 2)`: a StatefulSet pod's set name and ordinal.
+pub fn statefulset_ordinal(hostname: &str) -> Option<(String, u32)> {
+    let short = hostname.split('.').next()?;
+    let (set, digits) = short.rsplit_once('-')?;
+    let ordinal = digits.parse().ok().filter(|_| !set.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))?;
+    Some((set.to_string(), ordinal))
+}
+
 pub fn slot_name(replica_name: &str) -> String {
     let mut slot: String =
         replica_name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
@@ -1335,6 +1423,43 @@ mod tests {
     }
 
     #[test]
+    fn auto_takes_the_ordinal_from_the_host_name() {
+        let vars: &[(&str, &str)] = &[
+            ("POSTGRES_PASSWORD", "pw"),
+            ("HA_MODE", "native"),
+            ("REPLICATION_ROLE", "auto"),
+            ("REPLICATION_PASSWORD", "r"),
+            ("POD_SERVICE", "pg"),
+            ("REPLICATION_PEERS", "pg-0.pg,pg-1.pg:5433,pg-2.pg"),
+        ];
+        let auto = |hostname: &str| Config::from_inputs(&MapInputs::with(vars, hostname));
+        let Role::Auto(one) = auto("pg-1").unwrap().role else { panic!("not auto") };
+        assert_eq!(one.ordinal, 1);
+        assert_eq!((one.replica.primary_host.as_str(), one.replica.name.as_str()), ("pg-0.pg", "pg-1"));
+        let peers: Vec<String> = one.replica.replication.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers, ["pg-0.pg:5432", "pg-2.pg:5432"], "its own entry is skipped");
+        let Role::Auto(zero) = auto("pg-0").unwrap().role else { panic!("not auto") };
+        assert_eq!(zero.ordinal, 0);
+        assert_eq!(statefulset_ordinal("db-cluster-12.pg.ns.svc"), Some(("db-cluster".into(), 12)));
+        for hostname in ["pg-x", "web", "pg-", "-3", "pg-+1"] {
+            let err = auto(hostname).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("REPLICATION_ROLE: is auto, but the host name {hostname:?} has no StatefulSet")),
+                "{err}"
+            );
+        }
+        // No POD_SERVICE and no PRIMARY_HOST; no peers but itself.
+        let mut bare: Vec<(&str, &str)> = vars.iter().filter(|(k, _)| *k != "POD_SERVICE").copied().collect();
+        let err = Config::from_inputs(&MapInputs::with(&bare, "pg-1")).unwrap_err().to_string();
+        assert!(err.contains("PRIMARY_HOST: is required with REPLICATION_ROLE=auto unless POD_SERVICE"), "{err}");
+        bare.push(("PRIMARY_HOST", "db-main"));
+        bare.retain(|(k, _)| *k != "REPLICATION_PEERS");
+        bare.push(("REPLICATION_PEERS", "pg-1"));
+        let err = Config::from_inputs(&MapInputs::with(&bare, "pg-1")).unwrap_err().to_string();
+        assert!(err.contains("REPLICATION_PEERS: is required with REPLICATION_ROLE=auto"), "{err}");
+    }
+
+    #[test]
     fn secret_from_file_loses_trailing_newlines_only() {
         let mut i = inputs(&[("POSTGRES_PASSWORD_FILE", "/run/secrets/pw")]);
         i.files.insert("/run/secrets/pw".into(), " p a$s\n\n".into());
@@ -1392,7 +1517,7 @@ mod tests {
             p,
             [
                 "REPLICATION_PASSWORD: is required with HA_MODE=native (or REPLICATION_PASSWORD_FILE)",
-                "REPLICATION_ROLE: is required with HA_MODE=native; accepted: primary, replica (alias ROLE)",
+                "REPLICATION_ROLE: is required with HA_MODE=native; accepted: primary, replica, auto (alias ROLE)",
             ]
         );
     }

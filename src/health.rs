@@ -74,7 +74,9 @@ impl Expected {
 pub fn expected_role(local: &Local) -> Expected {
     let var = |n: &str| std::env::var(n).unwrap_or_default().to_ascii_lowercase();
     let role = if var("REPLICATION_ROLE").is_empty() { var("ROLE") } else { var("REPLICATION_ROLE") };
-    Expected::now(var("HA_MODE") == "native", role == "replica", &local.pgdata)
+    // Under auto the role is decided at each start; a standby's data directory says which.
+    let replica = role == "replica" || (role == "auto" && local.pgdata.join("standby.signal").exists());
+    Expected::now(var("HA_MODE") == "native", replica, &local.pgdata)
 }
 
 /// How many standbys `synchronous_standby_names` needs: `ANY 2 (...)`, `FIRST 2 (...)` and

@@ -258,7 +258,15 @@ fn check(postgres_args: &[String]) -> i32 {
         println!("--- {} is written at start (passwords in it) ---", patroni::config_file(c).display());
         return 0;
     }
-    if let config::Role::Replica(r) = &c.role {
+    if let config::Role::Auto(a) = &c.role {
+        println!(
+            "auto:            ordinal {}: decided at start from PGDATA and the peers; with an empty volume and no \
+             primary answering, {}",
+            a.ordinal,
+            if a.ordinal == 0 { "the primary" } else { "a replica of the default primary" }
+        );
+    }
+    if let Some(r) = c.follower() {
         println!(
             "primary:         {}:{} as {} (wait up to {:?})",
             r.primary_host, r.primary_port, r.name, r.wait_timeout

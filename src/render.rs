@@ -182,7 +182,7 @@ pub fn hba_block(config: &Config) -> String {
     let mut out = format!("{HBA_BEGIN}\nhost all all 0.0.0.0/0 {method}\nhost all all ::/0 {method}\n");
     // Only a primary serves replication; a replica keeps the lines so it can serve as the
     // source of a rewind or a cascade after a promotion without a restart of its config.
-    if let Role::Primary(r) | Role::Replica(Replica { replication: r, .. }) = &config.role {
+    if let Some(r) = config.replication() {
         let user = quote_identifier(&r.user);
         out.push_str(&format!("host replication {user} 0.0.0.0/0 scram-sha-256\n"));
         out.push_str(&format!("host replication {user} ::/0 scram-sha-256\n"));

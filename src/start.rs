@@ -14,7 +14,7 @@ use crate::converge;
 use crate::datadir::{self, State};
 use crate::files;
 use crate::http::{self, routes::Phase};
-use crate::native::{fence, promote, replica, slot_keeper};
+use crate::native::{auto, fence, promote, replica, slot_keeper};
 use crate::patroni;
 use crate::privileges;
 use crate::render;
@@ -28,6 +28,18 @@ pub struct Plan {
     pub settings: render::Settings,
     pub endpoint: Endpoint,
     pub bin: Bin,
+}
+
+impl Plan {
+    pub fn context<'a>(&'a self, postgres_args: &'a [String]) -> Context<'a> {
+        Context {
+            config: &self.config,
+            bin: &self.bin,
+            endpoint: &self.endpoint,
+            postgres_args,
+            settings: &self.settings,
+        }
+    }
 }
 
 /// Step 1: the environment and the postgres arguments become a plan, or every problem is
@@ -77,7 +89,7 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
             return exit::STARTUP_FAILED;
         }
     };
-    let plan = match plan(postgres_args) {
+    let mut plan = match plan(postgres_args) {
         Ok(plan) => plan,
         Err(message) => {
             tracing::error!("{message}");
@@ -144,6 +156,19 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
             }
         }
     };
+    // REPLICATION_ROLE=auto becomes primary or replica here, before anything follows the role.
+    if matches!(plan.config.role, Role::Auto(_)) {
+        match auto::resolve(&plan.context(postgres_args), &mut sup) {
+            Ok(role) => {
+                plan.config.role = role;
+                plan.settings = render::settings(&plan.config);
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return e.exit_code();
+            }
+        }
+    }
     let endpoint = match goal {
         Goal::Serve => match start_endpoint(&plan, &sup) {
             Ok(endpoint) => endpoint,
@@ -154,13 +179,7 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         },
         Goal::Initialise { .. } => None, // an init container serves nothing
     };
-    let ctx = Context {
-        config: &plan.config,
-        bin: &plan.bin,
-        endpoint: &plan.endpoint,
-        postgres_args,
-        settings: &plan.settings,
-    };
+    let ctx = plan.context(postgres_args);
     if let (Role::Patroni(member), Goal::Serve) = (&plan.config.role, goal) {
         return patroni::serve(&ctx, &mut sup, member);
     }

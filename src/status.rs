@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, ProcessInputs, Role};
+use crate::config::{Config, ProcessInputs};
 use crate::local::{describe, Local};
 use crate::native::member::{self, Answer};
 use crate::observe::{self, Peers};
@@ -15,7 +15,7 @@ use crate::observe::{self, Peers};
 fn peers(config: Option<&Config>) -> Peers {
     let mut out: Peers = Default::default();
     let Some(config) = config else { return out };
-    let Role::Replica(replica) = &config.role else { return out };
+    let Some(replica) = config.follower() else { return out };
     let Ok(answers) = member::ask_members_now(config, replica) else { return out };
     for (address, answer) in answers {
         let (state, timeline, lsn) = match answer {

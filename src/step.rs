@@ -85,6 +85,8 @@ pub enum StepError {
     NoSpace { pgdata: std::path::PathBuf },
     #[error("refusing to start as a writable primary: {0}")]
     Fenced(String),
+    #[error("REPLICATION_ROLE=auto: refusing to start: {0}")]
+    AutoRefused(String),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
 }
@@ -96,7 +98,7 @@ impl StepError {
             StepError::Stopped(sig) => 128 + *sig as i32,
             StepError::PrimaryRejected { .. } => exit::CONFIG,
             StepError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
-            StepError::Fenced(_) => exit::FENCED,
+            StepError::Fenced(_) | StepError::AutoRefused(_) => exit::FENCED,
             _ => exit::STARTUP_FAILED,
         }
     }

@@ -147,7 +147,7 @@ fn ask_peers(
 }
 
 /// This data directory's system identifier and timeline, from pg_controldata.
-fn local_identity(ctx: &Context, sup: &mut Supervisor) -> Result<Me, StepError> {
+pub fn local_identity(ctx: &Context, sup: &mut Supervisor) -> Result<Me, StepError> {
     let mut cmd: Command = step::tool(ctx.bin, "pg_controldata");
     // Its labels are translated in other locales.
     cmd.arg("-D").arg(&ctx.config.pgdata).env("LC_ALL", "C");

@@ -30,7 +30,7 @@ pub fn check_runtime_promotion(ctx: &Context, standby: bool) -> Result<(), StepE
         return Ok(());
     }
     match (&ctx.config.role, standby) {
-        (crate::config::Role::Replica(r), false) => Err(StepError::PromotedButReplica { host: r.primary_host.clone() }),
+        (Role::Replica(r), false) => Err(StepError::PromotedButReplica { host: r.primary_host.clone() }),
         // The environment now agrees (primary/standalone), or the promotion never happened.
         _ => {
             fs::remove_file(&marker)
@@ -157,7 +157,7 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
 /// Asks the configured primary and the peers; `Err` when promoting would make a second
 /// primary or lose acknowledged commits.
 fn ask_before_promoting(config: &Config, me: &Me) -> Result<(), String> {
-    let Role::Replica(replica) = &config.role else {
+    let Some(replica) = config.follower() else {
         return Err(
             "the environment does not configure this node as a replica (HA_MODE=native, REPLICATION_ROLE=replica); \
                     use --force to promote without asking the other members"

@@ -1,0 +1,126 @@
+//! Kubernetes: `REPLICATION_ROLE=auto` between real processes, each with its own host name
+//! (`unshare --uts`, as a StatefulSet pod has), and the manifests in `deploy/kubernetes/`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs the entrypoint (and its children) with `hostname` as the host name.
+fn as_host(hostname: &str) -> Vec<String> {
+    ["unshare", "--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", hostname].map(String::from).to_vec()
+}
+
+fn start_as(node: &mut Node, hostname: &str) {
+    let wrapper = as_host(hostname);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    node.spawn_wrapped(&wrapper, &[]).wait_ready(CLONE_TIMEOUT);
+}
+
+fn eventually(node: &Node, sql: &str, expected: &str) {
+    let mut last = String::new();
+    wait_until(Duration::from_secs(30), || {
+        last = node
+            .try_connect()
+            .ok()
+            .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        last == expected
+    });
+    assert_eq!(last, expected, "{sql}:\n{}", node.output());
+}
+
+/// Three members of one pod template: `pg-0`, `pg-1`, `pg-2`.
+fn members(name: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(&format!("{name}-{i}"))).collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let others: Vec<String> = peers.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.clone()).collect();
+        node.set("HA_MODE", "native")
+            .set("REPLICATION_ROLE", "auto")
+            .set("REPLICATION_PASSWORD", PASSWORD)
+            // The default primary, as POD_SERVICE would make it (pg-0.<service>).
+            .set("PRIMARY_HOST", "127.0.0.1")
+            .set("PRIMARY_PORT", &ports[0].to_string())
+            .set("REPLICATION_PEERS", &others.join(","));
+    }
+    nodes
+}
+
+#[test]
+fn auto_follows_the_data_not_the_ordinal_after_a_failover() {
+    let mut nodes = members("auto");
+    // Empty volumes: the ordinal decides.
+    start_as(&mut nodes[0], "pg-0");
+    nodes[0].client().batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('before')").unwrap();
+    start_as(&mut nodes[1], "pg-1");
+    start_as(&mut nodes[2], "pg-2");
+    for node in &nodes[1..] {
+        eventually(node, "(SELECT string_agg(v, ',') FROM t)", "before");
+        assert_eq!(node.query_one("pg_is_in_recovery()"), "true");
+    }
+    // Named by their host names, as pods are.
+    let standbys = "(SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication)";
+    eventually(&nodes[0], standbys, "pg-1,pg-2");
+    let (code, out) = nodes[2].tool(&["health"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("healthy: replica"), "{out}");
+
+    // pg-0 is lost; pg-1 is promoted and takes writes.
+    assert_eq!(nodes[0].stop(), 0);
+    assert_eq!(nodes[1].query_one("pg_promote(true, 60)"), "true");
+    nodes[1].client().batch_execute("INSERT INTO t VALUES ('after')").unwrap();
+
+    // Restarted, the promoted pg-1 stays the primary: its ordinal does not demote it.
+    assert_eq!(nodes[1].stop(), 0);
+    start_as(&mut nodes[1], "pg-1");
+    assert_eq!(nodes[1].query_one("pg_is_in_recovery()"), "false");
+    assert!(nodes[1].output().contains("REPLICATION_ROLE=auto: primary"), "{}", nodes[1].output());
+    let (code, out) = nodes[1].tool(&["health"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("healthy: primary"), "{out}");
+
+    // pg-2, restarted, follows the writable peer instead of its default primary pg-0.
+    assert_eq!(nodes[2].stop(), 0);
+    start_as(&mut nodes[2], "pg-2");
+    eventually(&nodes[2], "(SELECT string_agg(v, ',' ORDER BY v) FROM t)", "after,before");
+    let pg1 = format!("of 127.0.0.1:{}", nodes[1].port);
+    assert!(nodes[2].output().contains(&format!("REPLICATION_ROLE=auto: replica {pg1}")), "{}", nodes[2].output());
+
+    // The old primary pg-0 comes back: it rejoins pg-1 with pg_rewind and streams.
+    start_as(&mut nodes[0], "pg-0");
+    assert!(nodes[0].output().contains(&format!("REPLICATION_ROLE=auto: replica {pg1}")), "{}", nodes[0].output());
+    assert!(nodes[0].output().contains("rewinding it with pg_rewind"), "{}", nodes[0].output());
+    eventually(&nodes[0], "(SELECT string_agg(v, ',' ORDER BY v) FROM t)", "after,before");
+    assert_eq!(nodes[0].query_one("pg_is_in_recovery()"), "true");
+    let (code, out) = nodes[0].tool(&["health"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("healthy: replica"), "{out}");
+    for node in nodes.iter_mut().rev() {
+        assert_eq!(node.stop(), 0);
+    }
+}
+
+#[test]
+fn auto_needs_a_statefulset_host_name() {
+    let mut nodes = members("auto-name");
+    for hostname in ["web", "pg-x"] {
+        let wrapper = as_host(hostname);
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let status = nodes[0].wrapped_command(&wrapper, &[]).status().unwrap();
+        assert_eq!(status.code(), Some(78), "{hostname}");
+        let out = nodes[0].output();
+        assert!(
+            out.contains(&format!(
+                "REPLICATION_ROLE: is auto, but the host name {hostname:?} has no StatefulSet ordinal"
+            )),
+            "{out}"
+        );
+        assert!(!nodes[0].pgdata.join("PG_VERSION").exists(), "nothing is initialised");
+    }
+}
