@@ -16,7 +16,14 @@ ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so >/dev/null 2>&1 || ne
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v patroni >/dev/null 2>&1 || need+=(patroni)
 python3 -c 'import etcd' >/dev/null 2>&1 || need+=(python3-etcd)
+# tests/kubernetes.rs validates deploy/kubernetes offline against Kubernetes' schemas.
+python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1 || need_pip=1
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing ${need[*]}" >&2
     "$(dirname "$0")/apt-install.sh" "${need[@]}"
+fi
+if [ "${need_pip:-0}" = 1 ]; then
+    echo "installing kubernetes-validate (PyPI)" >&2
+    python3 -m pip install --quiet --root-user-action=ignore kubernetes-validate ||
+        python3 -m pip install --quiet --root-user-action=ignore --break-system-packages kubernetes-validate
 fi

@@ -113,7 +113,8 @@ pub struct Patroni {
     pub scope: String,
     /// `PATRONI_NAME`: this member's name (default: the hostname).
     pub name: String,
-    /// `ETCD_HOSTS`; empty when the user gives Patroni its own `PATRONI_ETCD3_*` variables.
+    /// `ETCD_HOSTS`; empty when the user gives Patroni its own `PATRONI_ETCD3_*` or
+    /// `PATRONI_KUBERNETES_*` variables.
     pub etcd_hosts: Vec<Address>,
     pub replication_user: String,
     pub replication_password: Secret,
@@ -944,19 +945,29 @@ impl Parser<'_> {
     }
 
     /// `ETCD_HOSTS=host[:port],...` (port 2379 by default). Patroni's own `PATRONI_ETCD3_*`
-    /// variables are read by Patroni itself and win; with one of them, `ETCD_HOSTS` may be unset.
+    /// variables are read by Patroni itself and win; with one of them, or with
+    /// `PATRONI_KUBERNETES_*` (the Kubernetes API as the store), `ETCD_HOSTS` may be unset.
     fn etcd_hosts(&mut self) -> Vec<Address> {
-        let patronis_own = ["PATRONI_ETCD3_HOSTS", "PATRONI_ETCD3_HOST", "PATRONI_ETCD3_URL", "PATRONI_ETCD3_PROXY"];
+        let etcd3 = ["PATRONI_ETCD3_HOSTS", "PATRONI_ETCD3_HOST", "PATRONI_ETCD3_URL", "PATRONI_ETCD3_PROXY"];
+        let kubernetes = ["NAMESPACE", "LABELS", "USE_ENDPOINTS", "POD_IP", "PORTS", "SCOPE_LABEL", "ROLE_LABEL"]
+            .map(|suffix| format!("PATRONI_KUBERNETES_{suffix}"));
+        let on_kubernetes = kubernetes.iter().find(|v| self.var(v).is_some()).cloned();
         let Some(value) = self.var("ETCD_HOSTS") else {
-            if !patronis_own.iter().any(|v| self.var(v).is_some()) {
+            if on_kubernetes.is_none() && !etcd3.iter().any(|v| self.var(v).is_some()) {
                 self.problem(
                     "ETCD_HOSTS",
                     "is required with HA_MODE=patroni: the etcd members, e.g. etcd1:2379,etcd2:2379,etcd3:2379 \
-                     (or Patroni's own PATRONI_ETCD3_HOSTS)",
+                     (or Patroni's own PATRONI_ETCD3_HOSTS, or PATRONI_KUBERNETES_* for the Kubernetes API)",
                 );
             }
             return Vec::new();
         };
+        if let Some(variable) = on_kubernetes {
+            self.problem(
+                "ETCD_HOSTS",
+                format!("is set, and so is {variable}: Patroni keeps its state in one store; unset one of them"),
+            );
+        }
         let mut hosts = Vec::new();
         for item in value.split(',').map(str::trim) {
             match parse_address(item, 2379) {
@@ -1638,6 +1649,19 @@ mod tests {
         );
         // Patroni's own variable is enough.
         assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[3], ("PATRONI_ETCD3_HOSTS", "'e1:2379'")]).is_ok());
+        // Or the Kubernetes API as Patroni's store, but not both stores.
+        assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[3], ("PATRONI_KUBERNETES_NAMESPACE", "db")]).is_ok());
+        let both = problems(&[
+            PATRONI[0],
+            PATRONI[1],
+            PATRONI[3],
+            ("ETCD_HOSTS", "etcd1"),
+            ("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
+        ]);
+        assert_eq!(
+            both,
+            ["ETCD_HOSTS: is set, and so is PATRONI_KUBERNETES_USE_ENDPOINTS: Patroni keeps its state in one store; unset one of them"]
+        );
     }
 
     #[test]

@@ -251,7 +251,11 @@ fn check(postgres_args: &[String]) -> i32 {
         println!("patroni:         scope {}, member {}, REST API port {}", m.scope, m.name, m.rest_api.port);
         println!(
             "etcd:            {}",
-            if etcd.is_empty() { "from PATRONI_ETCD3_* (read by Patroni)".into() } else { etcd.join(", ") }
+            if etcd.is_empty() {
+                "none: Patroni's own PATRONI_ETCD3_* or PATRONI_KUBERNETES_* (the Kubernetes API) name its store".into()
+            } else {
+                etcd.join(", ")
+            }
         );
         println!("replication:     user {} (password {})", m.replication_user, password(true));
         println!("synchronous:     {:?}", m.synchronous);

@@ -124,3 +124,139 @@ fn auto_needs_a_statefulset_host_name() {
         assert!(!nodes[0].pgdata.join("PG_VERSION").exists(), "nothing is initialised");
     }
 }
+
+/// Runs Python with PyYAML (installed with kubernetes-validate by scripts/ensure-deps.sh).
+fn python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const MANIFEST_DIRS: [&str; 2] = ["deploy/kubernetes", "deploy/kubernetes/patroni"];
+
+/// `kubernetes-validate --strict` against two Kubernetes versions: `(passed, output)`.
+fn validate(files: &[std::path::PathBuf]) -> Vec<(bool, String)> {
+    ["1.30.0", "1.37.0"]
+        .iter()
+        .map(|version| {
+            let out = std::process::Command::new("python3")
+                .args(["-m", "kubernetes_validate", "--strict", "--quiet", "--no-warn", "-k", version])
+                .args(files)
+                .output()
+                .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text)
+        })
+        .collect()
+}
+
+fn manifests(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_manifests_validate_strictly_against_two_kubernetes_versions() {
+    for dir in MANIFEST_DIRS {
+        let files = manifests(dir);
+        for (passed, out) in validate(&files) {
+            assert!(passed, "{dir}: {out}");
+        }
+        // kubectl apply -k applies what kustomization.yaml lists: every manifest, nothing else.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let listed = python(
+            "import sys, yaml; print('\\n'.join(yaml.safe_load(open(sys.argv[1]))['resources']))",
+            &[root.join("kustomization.yaml").to_str().unwrap()],
+        );
+        let mut listed: Vec<&str> = listed.lines().collect();
+        listed.sort();
+        let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(listed, names, "{dir}/kustomization.yaml");
+    }
+    // The validator is strict: a misspelt field fails.
+    let dir = TempDir::new("k8s-typo");
+    let statefulset = manifests("deploy/kubernetes").into_iter().find(|f| f.ends_with("statefulset.yaml")).unwrap();
+    let source = std::fs::read_to_string(statefulset).unwrap();
+    assert!(source.contains("readinessProbe:"));
+    let typo = dir.0.join("statefulset.yaml");
+    std::fs::write(&typo, source.replace("readinessProbe:", "readinesProbe:")).unwrap();
+    for (passed, out) in validate(&[typo.clone()]) {
+        assert!(!passed && out.contains("readinesProbe"), "{out}");
+    }
+}
+
+#[test]
+fn haproxy_in_kubernetes_runs_the_docker_configuration() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let embedded = python(
+        "import sys, yaml; sys.stdout.write(next(yaml.safe_load_all(open(sys.argv[1])))['data']['haproxy.cfg'])",
+        &[&format!("{root}/deploy/kubernetes/haproxy.yaml")],
+    );
+    assert_eq!(embedded, std::fs::read_to_string(format!("{root}/docker/haproxy.cfg")).unwrap());
+}
+
+/// The pod template's environment as a pod named `pod` gets it: the downward API's fields
+/// filled in, `$(VAR)` expanded, the Secret's mount at `secrets`.
+fn pod_env(file: &str, pod: &str, secrets: &std::path::Path) -> Vec<(String, String)> {
+    let script = "import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d['kind'] == 'StatefulSet':
+        for e in d['spec']['template']['spec']['containers'][0]['env']:
+            field = (e.get('valueFrom') or {}).get('fieldRef', {}).get('fieldPath')
+            print(e['name'] + '\\t' + ('@' + field if field else e['value']))";
+    let text = python(script, &[&format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))]);
+    let mut env: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let (name, value) = line.split_once('\t').unwrap();
+        let mut value = match value {
+            "@metadata.namespace" => "default".to_string(),
+            "@metadata.name" => pod.to_string(),
+            "@status.podIP" => "127.0.0.1".to_string(),
+            field if field.starts_with('@') => panic!("{name}: no test value for {field}"),
+            plain => plain.replace("/run/secrets/pg", &secrets.display().to_string()),
+        };
+        for (earlier, v) in &env {
+            value = value.replace(&format!("$({earlier})"), v);
+        }
+        env.push((name.to_string(), value));
+    }
+    env
+}
+
+fn check_as_pod(file: &str, pod: &str) -> (i32, String) {
+    let dir = TempDir::new("k8s-check");
+    std::fs::write(dir.0.join("postgres-password"), "pw\n").unwrap();
+    std::fs::write(dir.0.join("replication-password"), "rpw\n").unwrap();
+    let mut argv = as_host(pod);
+    argv.extend([env!("CARGO_BIN_EXE_pg-entrypoint").to_string(), "check".to_string()]);
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(pod_env(file, pod, &dir.0))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_accepts_the_pod_templates_environment() {
+    let (code, out) = check_as_pod("deploy/kubernetes/statefulset.yaml", "pg-0");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("role:            auto") && out.contains("ordinal 0:"), "{out}");
+    assert!(out.contains("peers:           pg-1.pg:5432, pg-2.pg:5432\n"), "{out}");
+    let (code, out) = check_as_pod("deploy/kubernetes/statefulset.yaml", "pg-1");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("primary:         pg-0.pg:5432 as pg-1"), "{out}");
+    assert!(out.contains("peers:           pg-0.pg:5432, pg-2.pg:5432\n"), "{out}");
+    let (code, out) = check_as_pod("deploy/kubernetes/patroni/statefulset.yaml", "pgp-1");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("scope pgp, member pgp-1"), "{out}");
+}
