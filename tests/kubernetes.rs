@@ -186,7 +186,7 @@ fn the_manifests_validate_strictly_against_two_kubernetes_versions() {
     assert!(source.contains("readinessProbe:"));
     let typo = dir.0.join("statefulset.yaml");
     std::fs::write(&typo, source.replace("readinessProbe:", "readinesProbe:")).unwrap();
-    for (passed, out) in validate(&[typo.clone()]) {
+    for (passed, out) in validate(&[typo]) {
         assert!(!passed && out.contains("readinesProbe"), "{out}");
     }
 }
