@@ -45,10 +45,13 @@ pub fn check_runtime_promotion(ctx: &Context, standby: bool) -> Result<(), StepE
 /// primary still accepts writes or another standby has more WAL than this one.
 pub fn promote_running(force: bool) -> i32 {
     match try_promote_running(force) {
-        Ok(timeline) => {
-            println!(
-                "promoted: now a primary on timeline {timeline}; set REPLICATION_ROLE=primary before the next restart"
-            );
+        Ok((timeline, auto)) => {
+            let next = if auto {
+                "with REPLICATION_ROLE=auto it stays the primary across restarts"
+            } else {
+                "set REPLICATION_ROLE=primary before the next restart"
+            };
+            println!("promoted: now a primary on timeline {timeline}; {next}");
             0
         }
         Err(e) => {
@@ -92,9 +95,11 @@ const STANDBY_POSITION_SQL: &str = "SELECT (SELECT system_identifier FROM pg_con
                 (SELECT received_tli FROM pg_stat_wal_receiver))::int,
        greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text";
 
-fn try_promote_running(force: bool) -> Result<i32, String> {
+/// The new timeline, and whether the role is `auto` (decided by the data at the next start).
+fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
     // The configuration (and any secret file only root may read) first, then no more root.
     let config = Config::from_inputs(&ProcessInputs);
+    let auto = config.as_ref().is_ok_and(|c| matches!(c.role, Role::Auto(_)));
     let local = Local::open().map_err(|e| e.to_string())?;
     let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| describe(&e))?.get(0);
@@ -151,7 +156,7 @@ fn try_promote_running(force: bool) -> Result<i32, String> {
              (PRIMARY_HOST, restart)"
         );
     }
-    Ok(timeline)
+    Ok((timeline, auto))
 }
 
 /// Asks the configured primary and the peers; `Err` when promoting would make a second
