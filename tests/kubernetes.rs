@@ -20,20 +20,6 @@ fn start_as(node: &mut Node, hostname: &str) {
     node.spawn_wrapped(&wrapper, &[]).wait_ready(CLONE_TIMEOUT);
 }
 
-fn eventually(node: &Node, sql: &str, expected: &str) {
-    let mut last = String::new();
-    wait_until(Duration::from_secs(30), || {
-        last = node
-            .try_connect()
-            .ok()
-            .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
-            .map(|r| r.get(0))
-            .unwrap_or_default();
-        last == expected
-    });
-    assert_eq!(last, expected, "{sql}:\n{}", node.output());
-}
-
 /// Three members of one pod template: `pg-0`, `pg-1`, `pg-2`.
 fn members(name: &str) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(&format!("{name}-{i}"))).collect();
@@ -61,12 +47,12 @@ fn auto_follows_the_data_not_the_ordinal_after_a_failover() {
     start_as(&mut nodes[1], "pg-1");
     start_as(&mut nodes[2], "pg-2");
     for node in &nodes[1..] {
-        eventually(node, "(SELECT string_agg(v, ',') FROM t)", "before");
+        node.eventually_equals("(SELECT string_agg(v, ',') FROM t)", "before");
         assert_eq!(node.query_one("pg_is_in_recovery()"), "true");
     }
     // Named by their host names, as pods are.
     let standbys = "(SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication)";
-    eventually(&nodes[0], standbys, "pg-1,pg-2");
+    nodes[0].eventually_equals(standbys, "pg-1,pg-2");
     let (code, out) = nodes[2].tool(&["health"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("healthy: replica"), "{out}");
@@ -88,7 +74,7 @@ fn auto_follows_the_data_not_the_ordinal_after_a_failover() {
     // pg-2, restarted, follows the writable peer instead of its default primary pg-0.
     assert_eq!(nodes[2].stop(), 0);
     start_as(&mut nodes[2], "pg-2");
-    eventually(&nodes[2], "(SELECT string_agg(v, ',' ORDER BY v) FROM t)", "after,before");
+    nodes[2].eventually_equals("(SELECT string_agg(v, ',' ORDER BY v) FROM t)", "after,before");
     let pg1 = format!("of 127.0.0.1:{}", nodes[1].port);
     assert!(nodes[2].output().contains(&format!("REPLICATION_ROLE=auto: replica {pg1}")), "{}", nodes[2].output());
 
@@ -96,7 +82,7 @@ fn auto_follows_the_data_not_the_ordinal_after_a_failover() {
     start_as(&mut nodes[0], "pg-0");
     assert!(nodes[0].output().contains(&format!("REPLICATION_ROLE=auto: replica {pg1}")), "{}", nodes[0].output());
     assert!(nodes[0].output().contains("rewinding it with pg_rewind"), "{}", nodes[0].output());
-    eventually(&nodes[0], "(SELECT string_agg(v, ',' ORDER BY v) FROM t)", "after,before");
+    nodes[0].eventually_equals("(SELECT string_agg(v, ',' ORDER BY v) FROM t)", "after,before");
     assert_eq!(nodes[0].query_one("pg_is_in_recovery()"), "true");
     let (code, out) = nodes[0].tool(&["health"]);
     assert_eq!(code, 0, "{out}");

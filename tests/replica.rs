@@ -10,25 +10,6 @@ use common::*;
 
 const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Waits until `sql` returns `expected` on `node` (replication is asynchronous).
-fn eventually(node: &Node, sql: &str, expected: &str) {
-    let mut last = String::new();
-    let ok = (0..1500).any(|_| {
-        last = node
-            .try_connect()
-            .ok()
-            .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
-            .map(|r| r.get(0))
-            .unwrap_or_default();
-        if last == expected {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        false
-    });
-    assert!(ok, "{sql} = {last:?}, expected {expected:?} within 30 s:\n{}", node.output());
-}
-
 #[test]
 fn replicas_started_before_the_primary_wait_then_stream() {
     let mut primary = Node::new("p");
@@ -48,7 +29,7 @@ fn replicas_started_before_the_primary_wait_then_stream() {
     r2.wait_ready(CLONE_TIMEOUT);
     primary.client().batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('from the primary');").unwrap();
     for r in [&r1, &r2] {
-        eventually(r, "(SELECT v FROM t)", "from the primary");
+        r.eventually_equals("(SELECT v FROM t)", "from the primary");
         assert_eq!(r.query_one("pg_is_in_recovery()"), "true");
     }
     let streaming = primary.query_one(
@@ -72,7 +53,7 @@ fn replicas_started_before_the_primary_wait_then_stream() {
     assert_eq!(r1.stop(), 0);
     primary.client().batch_execute("INSERT INTO t VALUES ('while it was down')").unwrap();
     r1.start();
-    eventually(&r1, "(SELECT count(*) FROM t)", "2");
+    r1.eventually_equals("(SELECT count(*) FROM t)", "2");
     assert!(!r1.output().contains("cloning"), "re-cloned:\n{}", r1.output());
     assert_eq!(r1.stop(), 0);
     assert_eq!(r1.controldata_state(), "shut down in recovery");
@@ -127,7 +108,7 @@ fn a_clone_killed_midway_is_redone_at_the_next_start() {
     replica.kill_all();
     assert!(!replica.pgdata.join("PG_VERSION").exists(), "a half-cloned cluster is in PGDATA");
     replica.start_with_timeout(CLONE_TIMEOUT);
-    eventually(&replica, "(SELECT count(*) FROM big)", "200000");
+    replica.eventually_equals("(SELECT count(*) FROM big)", "200000");
     assert!(replica.output().contains("removing an interrupted bootstrap"), "{}", replica.output());
     assert_eq!(replica.stop(), 0);
     assert_eq!(primary.stop(), 0);
@@ -146,7 +127,7 @@ fn a_stale_primary_conninfo_in_auto_conf_does_not_win() {
     fs::write(&auto, text).unwrap();
     replica.start();
     primary.client().batch_execute("CREATE TABLE s (x int); INSERT INTO s VALUES (7);").unwrap();
-    eventually(&replica, "(SELECT x FROM s)", "7");
+    replica.eventually_equals("(SELECT x FROM s)", "7");
     assert_eq!(replica.stop(), 0);
     assert_eq!(primary.stop(), 0);
 }
@@ -158,7 +139,7 @@ fn failover_promotes_the_replica_and_the_old_primary_rewinds_and_follows() {
     old_primary.client().batch_execute("CREATE TABLE f (v text); INSERT INTO f VALUES ('before');").unwrap();
     let mut replica = Node::new("r-failover");
     replica.as_replica_of(&old_primary, "r1").start_with_timeout(CLONE_TIMEOUT);
-    eventually(&replica, "(SELECT count(*) FROM f)", "1");
+    replica.eventually_equals("(SELECT count(*) FROM f)", "1");
     assert_eq!(replica.stop(), 0);
     // The old primary writes something the replica never sees: its history diverges.
     old_primary.client().batch_execute("INSERT INTO f VALUES ('lost on failover')").unwrap();
@@ -176,7 +157,7 @@ fn failover_promotes_the_replica_and_the_old_primary_rewinds_and_follows() {
     old_primary.as_replica_of(&replica, "old-primary");
     old_primary.start_with_timeout(CLONE_TIMEOUT);
     assert!(old_primary.output().contains("rewinding it with pg_rewind"), "{}", old_primary.output());
-    eventually(&old_primary, "(SELECT string_agg(v, ',' ORDER BY v) FROM f)", "after,before");
+    old_primary.eventually_equals("(SELECT string_agg(v, ',' ORDER BY v) FROM f)", "after,before");
     assert_eq!(old_primary.query_one("pg_is_in_recovery()"), "true");
     assert_eq!(old_primary.stop(), 0);
     assert_eq!(replica.stop(), 0);
@@ -197,7 +178,7 @@ fn an_old_primary_rejoins_a_primary_promoted_moments_ago() {
         .start_with_timeout(CLONE_TIMEOUT);
     // Written after the clone, so the replica's replay leaves buffers for that checkpoint.
     old_primary.client().batch_execute("CREATE TABLE f (v text); INSERT INTO f VALUES ('before');").unwrap();
-    eventually(&replica, "(SELECT count(*) FROM f)", "1");
+    replica.eventually_equals("(SELECT count(*) FROM f)", "1");
 
     // Promoted without any checkpoint of ours (as an operator's pg_ctl promote would).
     assert_eq!(replica.query_one("pg_promote(true, 60)"), "true");
@@ -209,7 +190,7 @@ fn an_old_primary_rejoins_a_primary_promoted_moments_ago() {
 
     old_primary.as_replica_of(&replica, "old-primary");
     old_primary.start_with_timeout(CLONE_TIMEOUT);
-    eventually(&old_primary, "(SELECT string_agg(v, ',' ORDER BY v) FROM f)", "after,before");
+    old_primary.eventually_equals("(SELECT string_agg(v, ',' ORDER BY v) FROM f)", "after,before");
     assert_eq!(old_primary.query_one("pg_is_in_recovery()"), "true");
     assert_eq!(old_primary.stop(), 0);
     assert_eq!(replica.stop(), 0);
@@ -258,7 +239,7 @@ fn a_replica_whose_slot_was_invalidated_says_so_and_reclones_when_allowed() {
     replica.set("REPLICA_RECLONE", "true");
     replica.start_with_timeout(CLONE_TIMEOUT);
     let expected = primary.query_one("(SELECT count(*) FROM churn)");
-    eventually(&replica, "(SELECT count(*) FROM churn)", &expected);
+    replica.eventually_equals("(SELECT count(*) FROM churn)", &expected);
     assert_eq!(primary.query_one("(SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'r1')"), "reserved");
     assert_eq!(replica.stop(), 0);
     assert_eq!(primary.stop(), 0);

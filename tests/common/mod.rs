@@ -269,6 +269,28 @@ impl Node {
         row.get(0)
     }
 
+    /// Waits until `sql` returns `expected` here (replication is asynchronous), up to 30 s.
+    pub fn eventually_equals(&self, sql: &str, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let last: String = self
+                .try_connect()
+                .ok()
+                .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .unwrap_or_default();
+            if last == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql} = {last:?}, expected {expected:?} within 30 s:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
