@@ -73,7 +73,10 @@ fn health_is_false_while_bootstrap_runs_a_temporary_server() {
 #[test]
 fn status_reports_roles_lsns_and_replicas_as_json() {
     let (mut primary, mut replicas) = cluster("status", &["replica-1"]);
-    eventually(|| sync_states(&primary) == "replica-1=async");
+    // The standby's replay position (hence lag_bytes) is known from its first reply on, which
+    // may come after it shows as streaming (failed once so in a fresh-clone CI run).
+    let replied = "(SELECT bool_and(replay_lsn IS NOT NULL) FROM pg_stat_replication)";
+    eventually(|| sync_states(&primary) == "replica-1=async" && primary.query_one(replied) == "true");
     let (code, out) = primary.tool(&["status"]);
     assert_eq!(code, 0, "{out}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
