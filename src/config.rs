@@ -10,6 +10,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod tls;
+pub use tls::{ServerCert, Tls, TlsMode};
+
 /// A password. Its `Debug`/`Display` never show the value, so it cannot leak through a log.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -45,6 +48,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Where the HTTP endpoint listens (`HTTP_PORT`, `HTTP_LISTEN`); `None` when disabled.
     pub http: Option<HttpListen>,
+    pub tls: Tls,
 }
 
 /// The HTTP endpoint's address: `address` when `HTTP_LISTEN` names one, else every
@@ -596,7 +600,14 @@ impl Parser<'_> {
             self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
         }
         let overrides = self.overrides();
+        let tls = self.tls();
         let role = self.role(&superuser, http.as_ref())?;
+        if matches!(role, Role::Patroni(_)) && tls.mode != TlsMode::Off {
+            self.problem(
+                "TLS_MODE",
+                "TLS is not yet managed with HA_MODE=patroni; accepted there: off (unset TLS_* variables)",
+            );
+        }
         if matches!(role, Role::Primary(_) | Role::Patroni(_)) {
             self.check_primary_overrides(&overrides);
         }
@@ -627,6 +638,7 @@ impl Parser<'_> {
             bindir,
             shutdown_timeout,
             http,
+            tls,
         })
     }
 

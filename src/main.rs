@@ -25,6 +25,7 @@ mod status;
 mod step;
 mod supervise;
 mod tempserver;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -262,6 +263,7 @@ fn check(postgres_args: &[String]) -> i32 {
         println!("--- {} is written at start (passwords in it) ---", patroni::config_file(c).display());
         return 0;
     }
+    println!("TLS:             {}", tls_plan(&c.tls));
     if let config::Role::Auto(a) = &c.role {
         println!(
             "auto:            ordinal {}: decided at start from PGDATA and the peers; with an empty volume and no \
@@ -279,4 +281,20 @@ fn check(postgres_args: &[String]) -> i32 {
     println!("\n--- {} ---\n{}", render::MANAGED_CONF, render::managed_conf(&plan.settings));
     println!("--- pg_hba.conf (managed block) ---\n{}", render::hba_block(c));
     0
+}
+
+/// `check`'s one line about TLS.
+fn tls_plan(tls: &config::Tls) -> String {
+    let server = match (&tls.server, tls.mode) {
+        (_, config::TlsMode::Off) | (None, _) => "off".to_string(),
+        (Some(config::ServerCert::SelfSigned), _) => "on, self-signed certificate made at start".to_string(),
+        (Some(config::ServerCert::Files { cert, .. }), mode) => format!(
+            "{}, certificate {}",
+            if mode == config::TlsMode::Required { "required (plaintext TCP rejected)" } else { "on" },
+            cert.path.display()
+        ),
+    };
+    let ca = tls.ca.as_ref().map_or(String::new(), |ca| format!(", CA {}", ca.path.display()));
+    let client = if tls.replication_client.is_some() { ", replication user by client certificate" } else { "" };
+    format!("{server}{ca}; members reached with sslmode={}{client}", tls.replication_sslmode)
 }

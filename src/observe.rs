@@ -74,8 +74,10 @@ pub const STATUS_SQL: &str = concat!(
                'sync_state', p.sync_state,
                'lag_bytes', CASE WHEN NOT f.in_recovery THEN pg_wal_lsn_diff(pg_current_wal_lsn(), p.replay_lsn) END,
                'replay_lag_seconds', extract(epoch FROM p.replay_lag),
-               'slot', s.slot_name) ORDER BY p.application_name)
-        FROM pg_stat_replication p LEFT JOIN pg_replication_slots s ON s.active_pid = p.pid), '[]'::jsonb),
+               'slot', s.slot_name, 'ssl', coalesce(t.ssl, false), 'ssl_version', t.version)
+               ORDER BY p.application_name)
+        FROM pg_stat_replication p LEFT JOIN pg_replication_slots s ON s.active_pid = p.pid
+             LEFT JOIN pg_stat_ssl t ON t.pid = p.pid), '[]'::jsonb),
   'peers', (SELECT coalesce(jsonb_agg(jsonb_build_object('address', a, 'state', st, 'timeline', tl, 'lsn', l)), '[]'::jsonb)
               FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(a, st, tl, l))
 )))

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{slot_name, Config, Replica, Role, SyncMode, SyncSettings};
+use crate::config::{slot_name, Config, Replica, Role, SyncMode, SyncSettings, TlsMode};
 
 /// The managed include file, inside PGDATA.
 pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
@@ -56,10 +56,19 @@ pub fn settings(config: &Config) -> Settings {
         // shutdown never waits on an unreachable standby past SHUTDOWN_TIMEOUT.
         set("wal_sender_timeout", wal_sender_timeout(config.shutdown_timeout), Source::Role);
     }
+    if config.tls.mode != TlsMode::Off {
+        let paths = tls_paths(config);
+        set("ssl", "on".into(), Source::Role);
+        set("ssl_cert_file", paths.cert.to_string_lossy().into_owned(), Source::Role);
+        set("ssl_key_file", paths.key.to_string_lossy().into_owned(), Source::Role);
+        if config.tls.ca.is_some() {
+            set("ssl_ca_file", paths.ca.to_string_lossy().into_owned(), Source::Role);
+        }
+    }
     if let Role::Replica(replica) = &config.role {
         set("hot_standby_feedback", "on".into(), Source::Role);
         let passfile = passfile(config);
-        set("primary_conninfo", primary_conninfo(replica, &passfile.to_string_lossy(), false), Source::Role);
+        set("primary_conninfo", primary_conninfo(config, replica, &passfile.to_string_lossy(), false), Source::Role);
         set("primary_slot_name", slot_name(&replica.name), Source::Role);
         // Silence from the primary is noticed (the standby pings it after half of this)
         // and a dead connection is dropped and retried after this long.
@@ -75,6 +84,48 @@ pub fn settings(config: &Config) -> Settings {
 /// copy what is inside to other nodes. Rewritten at every start.
 pub fn passfile(config: &Config) -> std::path::PathBuf {
     run_file(config, "pgpass")
+}
+
+/// Our private copies of the TLS files (`crate::tls` writes them), beside the password file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
+impl TlsPaths {
+    pub fn all(&self) -> [&std::path::Path; 5] {
+        [&self.cert, &self.key, &self.ca, &self.client_cert, &self.client_key]
+    }
+}
+
+pub fn tls_paths(config: &Config) -> TlsPaths {
+    TlsPaths {
+        cert: run_file(config, "server.crt"),
+        key: run_file(config, "server.key"),
+        ca: run_file(config, "ca.crt"),
+        client_cert: run_file(config, "replication.crt"),
+        client_key: run_file(config, "replication.key"),
+    }
+}
+
+/// The TLS part of every connection to another member: `sslmode` (REPLICATION_SSLMODE), the
+/// CA that verifies it, and the replication user's client certificate when there is one.
+pub fn client_tls(config: &Config) -> Vec<(&'static str, String)> {
+    let tls = &config.tls;
+    let paths = tls_paths(config);
+    let mut params = vec![("sslmode", tls.replication_sslmode.clone())];
+    if tls.ca.is_some() {
+        params.push(("sslrootcert", paths.ca.to_string_lossy().into_owned()));
+    }
+    if tls.replication_client.is_some() {
+        params.push(("sslcert", paths.client_cert.to_string_lossy().into_owned()));
+        params.push(("sslkey", paths.client_key.to_string_lossy().into_owned()));
+    }
+    params
 }
 
 /// A file of ours outside PGDATA: in the first configured socket directory
@@ -118,7 +169,7 @@ pub fn synchronous_standby_names(sync: &SyncSettings) -> String {
 
 /// How a replica reaches its primary; the password comes from `passfile`, never from here.
 /// With `replication`, a physical replication connection (for psql).
-pub fn primary_conninfo(replica: &Replica, passfile: &str, replication: bool) -> String {
+pub fn primary_conninfo(config: &Config, replica: &Replica, passfile: &str, replication: bool) -> String {
     conninfo(
         &replica.primary_host,
         replica.primary_port,
@@ -126,6 +177,7 @@ pub fn primary_conninfo(replica: &Replica, passfile: &str, replication: bool) ->
         &replica.name,
         passfile,
         replication,
+        &client_tls(config),
     )
 }
 
@@ -139,6 +191,7 @@ pub fn conninfo(
     application_name: &str,
     passfile: &str,
     replication: bool,
+    tls: &[(&'static str, String)],
 ) -> String {
     let port = port.to_string();
     let mut params = vec![
@@ -156,6 +209,7 @@ pub fn conninfo(
     if replication {
         params.push(("replication", "true"));
     }
+    params.extend(tls.iter().map(|(k, v)| (*k, v.as_str())));
     params.iter().map(|(k, v)| format!("{k}={}", quote_conninfo(v))).collect::<Vec<_>>().join(" ")
 }
 
@@ -179,13 +233,30 @@ pub fn managed_conf(settings: &Settings) -> String {
 /// The managed `pg_hba.conf` lines.
 pub fn hba_block(config: &Config) -> String {
     let method = &config.host_auth_method;
-    let mut out = format!("{HBA_BEGIN}\nhost all all 0.0.0.0/0 {method}\nhost all all ::/0 {method}\n");
+    let required = config.tls.mode == TlsMode::Required;
+    let mut out = format!("{HBA_BEGIN}\n");
+    let mut both = |kind: &str, database: &str, user: &str, method: &str| {
+        for net in ["0.0.0.0/0", "::/0"] {
+            out.push_str(&format!("{kind} {database} {user} {net} {method}\n"));
+        }
+    };
+    if required {
+        // First match wins: plaintext TCP is refused before any other line is read.
+        both("hostnossl", "all", "all", "reject");
+        both("hostnossl", "replication", "all", "reject");
+    }
+    let host = if required { "hostssl" } else { "host" };
+    both(host, "all", "all", method);
     // Only a primary serves replication; a replica keeps the lines so it can serve as the
     // source of a rewind or a cascade after a promotion without a restart of its config.
     if let Some(r) = config.replication() {
         let user = quote_identifier(&r.user);
-        out.push_str(&format!("host replication {user} 0.0.0.0/0 scram-sha-256\n"));
-        out.push_str(&format!("host replication {user} ::/0 scram-sha-256\n"));
+        if config.tls.replication_client.is_some() {
+            // The client certificate's CN is the replication user, verified by TLS_CA_FILE.
+            both("hostssl", "replication", &user, "cert");
+        } else {
+            both(host, "replication", &user, "scram-sha-256");
+        }
     }
     out.push_str(HBA_END);
     out.push('\n');
@@ -415,7 +486,7 @@ mod tests {
             s["primary_conninfo"].0,
             "host='db\\'1' port='5432' user='rep user' application_name='3f2a9c' \
              passfile='/var/run/postgresql/pg-entrypoint-5432.pgpass' connect_timeout='5' keepalives='1' \
-             keepalives_idle='5' keepalives_interval='2' keepalives_count='3'"
+             keepalives_idle='5' keepalives_interval='2' keepalives_count='3' sslmode='prefer'"
         );
         assert_eq!(s["primary_slot_name"].0, "3f2a9c");
         assert_eq!(s["hot_standby_feedback"].0, "on");
@@ -461,6 +532,68 @@ mod tests {
         );
         let standalone = hba_block(&config(&[("POSTGRES_HOST_AUTH_METHOD", "md5"), ("POSTGRES_PASSWORD", "x")]));
         assert!(standalone.contains("host all all ::/0 md5\n") && !standalone.contains("replication"));
+    }
+
+    /// A primary with TLS required and the replication user on client certificates.
+    fn tls_primary() -> Config {
+        let pem = [
+            ("/s/tls.crt", "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n"),
+            ("/s/tls.key", "-----BEGIN PRIVATE KEY-----\nB\n-----END PRIVATE KEY-----\n"),
+        ];
+        let mut vars = PRIMARY.to_vec();
+        vars.extend([
+            ("TLS_MODE", "required"),
+            ("TLS_CERT_FILE", "/s/tls.crt"),
+            ("TLS_KEY_FILE", "/s/tls.key"),
+            ("TLS_CA_FILE", "/s/tls.crt"),
+            ("REPLICATION_TLS_CERT_FILE", "/s/tls.crt"),
+            ("REPLICATION_TLS_KEY_FILE", "/s/tls.key"),
+        ]);
+        let mut inputs = MapInputs::with(&vars, "db-1");
+        inputs.files.extend(pem.map(|(p, t)| (p.into(), t.into())));
+        Config::from_inputs(&inputs).unwrap()
+    }
+
+    #[test]
+    fn tls_required_rejects_plaintext_first_and_asks_members_for_certificates() {
+        let c = tls_primary();
+        assert_eq!(
+            hba_block(&c),
+            "# BEGIN pg-entrypoint managed block: rewritten at every start, edit outside it\n\
+             hostnossl all all 0.0.0.0/0 reject\n\
+             hostnossl all all ::/0 reject\n\
+             hostnossl replication all 0.0.0.0/0 reject\n\
+             hostnossl replication all ::/0 reject\n\
+             hostssl all all 0.0.0.0/0 scram-sha-256\n\
+             hostssl all all ::/0 scram-sha-256\n\
+             hostssl replication \"replicator\" 0.0.0.0/0 cert\n\
+             hostssl replication \"replicator\" ::/0 cert\n\
+             # END pg-entrypoint managed block\n"
+        );
+        let s = settings(&c);
+        let value = |name: &str| s[name].0.as_str();
+        assert_eq!(
+            [value("ssl"), value("ssl_cert_file"), value("ssl_key_file"), value("ssl_ca_file")],
+            [
+                "on",
+                "/var/run/postgresql/pg-entrypoint-5432.server.crt",
+                "/var/run/postgresql/pg-entrypoint-5432.server.key",
+                "/var/run/postgresql/pg-entrypoint-5432.ca.crt"
+            ]
+        );
+        let conninfo = conninfo("db", 5432, "replicator", "r1", "/p", true, &client_tls(&c));
+        assert!(
+            conninfo.ends_with(
+                " replication='true' sslmode='verify-full' \
+                 sslrootcert='/var/run/postgresql/pg-entrypoint-5432.ca.crt' \
+                 sslcert='/var/run/postgresql/pg-entrypoint-5432.replication.crt' \
+                 sslkey='/var/run/postgresql/pg-entrypoint-5432.replication.key'"
+            ),
+            "{conninfo}"
+        );
+        // Without TLS settings, members are asked with libpq's default, prefer.
+        assert_eq!(client_tls(&config(PRIMARY)), [("sslmode", "prefer".to_string())]);
+        assert!(!settings(&config(PRIMARY)).contains_key("ssl"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::render;
 use crate::server::{Bin, Endpoint};
 use crate::step::{self, exit, Context, StepError};
 use crate::supervise::{Supervisor, Tick};
+use crate::tls;
 
 /// Everything `check` and `run` decide before touching anything.
 pub struct Plan {
@@ -272,6 +273,8 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
         arbitrary_uid::prepare(pgdata, &plan.endpoint.socket_dirs)?;
         arbitrary_uid::provide_user_name(pgdata, &plan.endpoint.socket_dir, plan.endpoint.port)?;
     }
+    // The configuration read the TLS files as root; the copies belong to the account.
+    tls::install(&plan.config, true).map_err(|e| format!("cannot write the TLS files beside the socket: {e}"))?;
     Ok(())
 }
 
@@ -343,6 +346,9 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
+    if ctx.config.tls.mode != crate::config::TlsMode::Off {
+        sup.set_before_reload(Box::new(tls::refresh));
+    }
     if let Some(endpoint) = endpoint {
         endpoint.set_phase(Phase::Running);
     }
@@ -350,7 +356,8 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
     crate::supervise::trim_resident_code();
     let mut keeper = match &ctx.config.role {
         Role::Replica(replica) => {
-            Some(slot_keeper::SlotKeeper::new(ctx.bin, replica, &ctx.config.pgdata, render::passfile(ctx.config)))
+            let (passfile, tls) = (render::passfile(ctx.config), render::client_tls(ctx.config));
+            Some(slot_keeper::SlotKeeper::new(ctx.bin, replica, &ctx.config.pgdata, passfile, tls))
         }
         _ => None,
     };

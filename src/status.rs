@@ -25,6 +25,7 @@ fn peers(config: Option<&Config>) -> Peers {
             }
             Answer::Unreachable(why) => (format!("unreachable: {why}"), None, None),
             Answer::Rejected { variable, reason } => (format!("refused (check {variable}): {reason}"), None, None),
+            Answer::Untrusted(reason) => (format!("not trusted (TLS): {reason}"), None, None),
         };
         out.0.push(address.to_string());
         out.1.push(state);

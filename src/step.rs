@@ -83,6 +83,11 @@ pub enum StepError {
          plus the WAL written meanwhile; free space or enlarge the volume. Retried with a growing delay"
     )]
     NoSpace { pgdata: std::path::PathBuf },
+    #[error(
+        "the primary {host}:{port} is not trusted: {reason}. Check REPLICATION_SSLMODE, TLS_CA_FILE (the CA that \
+         signed the primary's certificate) and that the certificate names PRIMARY_HOST"
+    )]
+    PrimaryUntrusted { host: String, port: u16, reason: String },
     #[error("refusing to start as a writable primary: {0}")]
     Fenced(String),
     #[error("REPLICATION_ROLE=auto: refusing to start: {0}")]
@@ -96,7 +101,7 @@ impl StepError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StepError::Stopped(sig) => 128 + *sig as i32,
-            StepError::PrimaryRejected { .. } => exit::CONFIG,
+            StepError::PrimaryRejected { .. } | StepError::PrimaryUntrusted { .. } => exit::CONFIG,
             StepError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
             StepError::Fenced(_) | StepError::AutoRefused(_) => exit::FENCED,
             _ => exit::STARTUP_FAILED,

@@ -112,6 +112,9 @@ pub struct Supervisor {
     escalated: bool,
     /// Set with the first stop signal, for other threads (the HTTP endpoint answers 503).
     stopping: Arc<AtomicBool>,
+    /// Runs when SIGHUP arrives, before it is passed on (the TLS copies are refreshed first,
+    /// so that postgres's reload reads the new certificate).
+    before_reload: Option<Box<dyn FnMut()>>,
 }
 
 impl Supervisor {
@@ -137,6 +140,7 @@ impl Supervisor {
             exited: HashMap::new(),
             escalated: false,
             stopping: Arc::new(AtomicBool::new(false)),
+            before_reload: None,
         })
     }
 
@@ -203,6 +207,11 @@ impl Supervisor {
             Outcome::Exited(code) => Ok(code),
             Outcome::Ready => unreachable!("there is no readiness check"),
         }
+    }
+
+    /// What to do on SIGHUP before postgres is told to reload.
+    pub fn set_before_reload(&mut self, before: Box<dyn FnMut()>) {
+        self.before_reload = Some(before);
     }
 
     /// True once a child had to be stopped with the escalation signal (README "Exit codes").
@@ -292,7 +301,12 @@ impl Supervisor {
                         self.note_stop(s);
                         send(pid, kind.stop_signal(s));
                     }
-                    s if kind.forwards(s) => send(pid, s),
+                    s if kind.forwards(s) => {
+                        if let (Signal::SIGHUP, Some(before)) = (s, self.before_reload.as_mut()) {
+                            before();
+                        }
+                        send(pid, s)
+                    }
                     s => tracing::info!(signal = %s, "not passed on"),
                 }
             }

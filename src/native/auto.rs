@@ -105,7 +105,13 @@ pub fn resolve(ctx: &Context, sup: &mut Supervisor) -> Result<Role, StepError> {
 fn ask_peers(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<Vec<(Address, Answer)>, StepError> {
     let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, &replica.replication)?;
-    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
+    let tls = render::client_tls(ctx.config);
+    let creds = Credentials {
+        user: &replica.replication.user,
+        passfile: &passfile,
+        application_name: "pg-entrypoint",
+        tls: &tls,
+    };
     let mut answers = Vec::new();
     for address in &replica.replication.peers {
         let what = format!("psql (asking the peer {address})");

@@ -38,6 +38,12 @@ pub fn verdict(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
             Answer::Unreachable(_) => continue,
             // It knows no such role, or has no pg_hba line for us: not a member of ours.
             Answer::Rejected { variable: "REPLICATION_USER", .. } => continue,
+            Answer::Untrusted(reason) => {
+                return Err(format!(
+                    "{address} answered but its certificate is not trusted ({reason}): it is alive and may be a \
+                     primary; fix REPLICATION_SSLMODE/TLS_CA_FILE or its certificate"
+                ))
+            }
             Answer::Rejected { variable, reason } => {
                 return Err(format!(
                     "{address} answered but refused this node's {variable} ({reason}): it may be a primary whose \
@@ -88,6 +94,7 @@ pub fn describe(address: &Address, answer: &Answer) -> String {
         ),
         Answer::Unreachable(why) => format!("{address}: not reachable ({why})"),
         Answer::Rejected { variable, reason } => format!("{address}: refused us (check {variable}): {reason}"),
+        Answer::Untrusted(reason) => format!("{address}: not trusted (TLS): {reason}"),
     }
 }
 
@@ -120,7 +127,8 @@ fn ask_peers(
     replication: &Replication,
     passfile: &std::path::Path,
 ) -> Result<Vec<(Address, Answer)>, StepError> {
-    let creds = Credentials { user: &replication.user, passfile, application_name: "pg-entrypoint" };
+    let tls = render::client_tls(ctx.config);
+    let creds = Credentials { user: &replication.user, passfile, application_name: "pg-entrypoint", tls: &tls };
     let ask = |sup: &mut Supervisor, address: &Address| -> Result<Answer, StepError> {
         let what = format!("psql (asking the peer {address})");
         let out = step::run_captured(sup, &what, &mut member::ask(ctx.bin, address, &creds, None), false)?;

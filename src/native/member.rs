@@ -65,6 +65,9 @@ pub enum Answer {
         variable: &'static str,
         reason: String,
     },
+    /// Its TLS certificate did not pass REPLICATION_SSLMODE's checks (wrong CA, wrong host
+    /// name, expired), or it offers no TLS where it is required: not to be trusted.
+    Untrusted(String),
 }
 
 /// How we reach members: as which user, through which password file, under which name.
@@ -72,6 +75,8 @@ pub struct Credentials<'a> {
     pub user: &'a str,
     pub passfile: &'a Path,
     pub application_name: &'a str,
+    /// `render::client_tls`: sslmode and the files that go with it.
+    pub tls: &'a [(&'static str, String)],
 }
 
 /// The psql run that asks `address` who it is (and about `slot`).
@@ -98,6 +103,7 @@ pub fn replication_psql(bin: &Bin, address: &Address, creds: &Credentials, comma
         creds.application_name,
         &creds.passfile.to_string_lossy(),
         true,
+        creds.tls,
     );
     psql.args(["-X", "-q", "-A", "-t", "--no-password", "-d"]).arg(conninfo).stdin(Stdio::null());
     for command in commands {
@@ -145,7 +151,15 @@ pub fn classify_failure(stderr: &str) -> Answer {
         || (stderr.contains("role") && stderr.contains("does not exist"))
         || stderr.contains("permission denied to start WAL sender")
         || stderr.contains("must be superuser or replication role");
-    if stderr.contains("password authentication failed") || stderr.contains("no password supplied") {
+    let untrusted = stderr.contains("certificate verify failed")
+        || stderr.contains("does not match host name")
+        || stderr.contains("server does not support SSL, but SSL was required")
+        || stderr.contains("SSL error: tlsv1 alert");
+    if untrusted {
+        Answer::Untrusted(reason)
+    } else if stderr.contains("rejects connection") && stderr.contains("no encryption") {
+        Answer::Rejected { variable: "REPLICATION_SSLMODE", reason }
+    } else if stderr.contains("password authentication failed") || stderr.contains("no password supplied") {
         Answer::Rejected { variable: "REPLICATION_PASSWORD", reason }
     } else if user_refused {
         Answer::Rejected { variable: "REPLICATION_USER", reason }
@@ -159,7 +173,13 @@ pub fn classify_failure(stderr: &str) -> Answer {
 pub fn ask_members_now(config: &Config, replica: &Replica) -> Result<Vec<(Address, Answer)>, BinError> {
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())?;
     let passfile = render::passfile(config);
-    let creds = Credentials { user: &replica.replication.user, passfile: &passfile, application_name: "pg-entrypoint" };
+    let tls = render::client_tls(config);
+    let creds = Credentials {
+        user: &replica.replication.user,
+        passfile: &passfile,
+        application_name: "pg-entrypoint",
+        tls: &tls,
+    };
     let answer = |address: &Address| match ask(&bin, address, &creds, None).output() {
         Ok(out) => parse(
             out.status.code().unwrap_or(1),

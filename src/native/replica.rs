@@ -38,14 +38,15 @@ pub fn clone_backoff(failures: u32) -> Duration {
     }
 }
 
-fn credentials<'a>(replica: &'a Replica, passfile: &'a Path) -> Credentials<'a> {
-    Credentials { user: &replica.replication.user, passfile, application_name: &replica.name }
+fn credentials<'a>(replica: &'a Replica, passfile: &'a Path, tls: &'a [(&'static str, String)]) -> Credentials<'a> {
+    Credentials { user: &replica.replication.user, passfile, application_name: &replica.name, tls }
 }
 
 /// One question to the primary: who it is, and the state of our slot.
 fn ask_primary(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<Answer, StepError> {
     let slot = slot_name(&replica.name);
-    let mut cmd = member::ask(ctx.bin, &replica.primary(), &credentials(replica, passfile), Some(&slot));
+    let tls = render::client_tls(ctx.config);
+    let mut cmd = member::ask(ctx.bin, &replica.primary(), &credentials(replica, passfile, &tls), Some(&slot));
     let out = step::run_captured(sup, "psql (asking the primary)", &mut cmd, false)?;
     Ok(member::parse(out.code, &out.stdout, &out.stderr))
 }
@@ -70,6 +71,7 @@ fn wait_for_primary(
                 return Ok(identity);
             }
             Answer::Rejected { variable, reason } => return Err(StepError::PrimaryRejected { variable, reason }),
+            Answer::Untrusted(reason) => return Err(untrusted(replica, reason)),
             Answer::Unreachable(reason) => {
                 let elapsed = started.elapsed();
                 if elapsed >= replica.wait_timeout {
@@ -100,6 +102,10 @@ fn wait_for_primary(
         }
     }
     unreachable!("the loop returns")
+}
+
+fn untrusted(replica: &Replica, reason: String) -> StepError {
+    StepError::PrimaryUntrusted { host: replica.primary_host.clone(), port: replica.primary_port, reason }
 }
 
 /// The primary must be of this data directory's cluster (when there is one).
@@ -133,7 +139,9 @@ fn ensure_slot(
             vec![format!("DROP_REPLICATION_SLOT {}", render::quote_identifier(&name)), member::create_slot(&name)]
         }
     };
-    let mut cmd = member::replication_psql(ctx.bin, &replica.primary(), &credentials(replica, passfile), &commands);
+    let tls = render::client_tls(ctx.config);
+    let mut cmd =
+        member::replication_psql(ctx.bin, &replica.primary(), &credentials(replica, passfile, &tls), &commands);
     let out = step::run_captured(sup, "psql (creating the slot on the primary)", &mut cmd, false)?;
     if out.code != 0 || !out.stderr.trim().is_empty() {
         tracing::warn!(slot = %name, "could not create the replication slot on the primary: {}", out.stderr.trim());
@@ -194,7 +202,7 @@ fn clone_into(
     cmd.arg("-D")
         .arg(&staging.cluster)
         .arg("-d")
-        .arg(render::primary_conninfo(replica, &passfile.to_string_lossy(), false))
+        .arg(render::primary_conninfo(ctx.config, replica, &passfile.to_string_lossy(), false))
         .args(["--wal-method=stream", "--checkpoint=fast", "--no-password", "--progress", "--verbose", "-S"])
         .arg(slot_name(&replica.name))
         .stdin(Stdio::null());
@@ -267,6 +275,7 @@ pub fn converge(ctx: &Context, sup: &mut Supervisor, replica: &Replica, just_clo
             }
         }
         Answer::Rejected { variable, reason } => Err(StepError::PrimaryRejected { variable, reason }),
+        Answer::Untrusted(reason) => Err(untrusted(replica, reason)),
         Answer::Unreachable(reason) => {
             tracing::warn!(
                 host = %replica.primary_host,
@@ -307,7 +316,10 @@ pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<
         "PGDATA holds a primary but the configured role is replica: rewinding it with pg_rewind to follow the new primary"
     );
     // pg_rewind reads files through SQL functions: an ordinary connection to a database.
-    let source = format!("{} dbname=postgres", render::primary_conninfo(replica, &passfile.to_string_lossy(), false));
+    let source = format!(
+        "{} dbname=postgres",
+        render::primary_conninfo(ctx.config, replica, &passfile.to_string_lossy(), false)
+    );
     checkpoint_source(ctx, sup, &source)?;
     let mut cmd: Command = step::tool(ctx.bin, "pg_rewind");
     cmd.arg("--target-pgdata").arg(pgdata).arg("--source-server").arg(source).arg("--progress");

@@ -44,6 +44,8 @@ pub struct SlotKeeper {
     name: String,
     slot: String,
     passfile: PathBuf,
+    /// `render::client_tls`.
+    tls: Vec<(&'static str, String)>,
     pgdata: PathBuf,
     running: Option<Running>,
     next: Instant,
@@ -52,7 +54,13 @@ pub struct SlotKeeper {
 }
 
 impl SlotKeeper {
-    pub fn new(bin: &Bin, replica: &Replica, pgdata: &std::path::Path, passfile: PathBuf) -> SlotKeeper {
+    pub fn new(
+        bin: &Bin,
+        replica: &Replica,
+        pgdata: &std::path::Path,
+        passfile: PathBuf,
+        tls: Vec<(&'static str, String)>,
+    ) -> SlotKeeper {
         SlotKeeper {
             bin: bin.clone(),
             primary: replica.primary(),
@@ -60,6 +68,7 @@ impl SlotKeeper {
             name: replica.name.clone(),
             slot: slot_name(&replica.name),
             passfile,
+            tls,
             pgdata: pgdata.to_path_buf(),
             running: None,
             next: Instant::now() + TICK,
@@ -96,7 +105,8 @@ impl SlotKeeper {
     }
 
     fn ask(&mut self, sup: &mut Supervisor, question: Question) {
-        let creds = Credentials { user: &self.user, passfile: &self.passfile, application_name: &self.name };
+        let creds =
+            Credentials { user: &self.user, passfile: &self.passfile, application_name: &self.name, tls: &self.tls };
         let mut cmd: Command = match question {
             Question::WhoAreYou => member::ask(&self.bin, &self.primary, &creds, Some(&self.slot)),
             Question::CreateSlot => {
@@ -168,6 +178,13 @@ impl SlotKeeper {
             Answer::Rejected { variable, reason } => self.report(
                 false,
                 format!("the primary {} refused this replica; check {variable}: {reason}", self.primary),
+            ),
+            Answer::Untrusted(reason) => self.report(
+                false,
+                format!(
+                    "the primary {} is not trusted (TLS); check REPLICATION_SSLMODE, TLS_CA_FILE: {reason}",
+                    self.primary
+                ),
             ),
         }
     }

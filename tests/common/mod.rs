@@ -3,6 +3,7 @@
 //! `postgres` user; the temp directories are made traversable for it.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod certs;
 pub mod docker;
 pub mod etcd;
 
@@ -248,9 +249,16 @@ impl Node {
         self.connect_as(&user, &self.get("POSTGRES_PASSWORD").unwrap_or_default(), &db)
     }
 
+    /// Over TCP, or the Unix socket where TLS_MODE=required rejects plaintext TCP (this client
+    /// has no TLS; the TLS tests use psql).
     pub fn connect_as(&self, user: &str, password: &str, db: &str) -> Result<postgres::Client, postgres::Error> {
-        postgres::Config::new()
-            .host("127.0.0.1")
+        let mut config = postgres::Config::new();
+        if self.get("TLS_MODE").as_deref() == Some("required") {
+            config.host_path(self.socket_dir());
+        } else {
+            config.host("127.0.0.1");
+        }
+        config
             .port(self.port)
             .user(user)
             .password(password)
