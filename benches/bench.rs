@@ -5,8 +5,8 @@
 //! the whole range is on one side of the target; these machines are too noisy for one
 //! median against another. Prints a table and writes BENCHMARKS.md. `BENCH_ROUNDS` (default
 //! 15), `BENCH_CLONE_ROUNDS` (default 5) and `BENCH_CLONE_MB` (default 1024) scale it;
-//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni` runs and
-//! prints those alone.
+//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni` or
+//! `BENCH_ONLY=tls` runs and prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -214,10 +214,15 @@ fn side_by_side(case: &str, ours: Vec<f64>, bare: Vec<f64>, target: &str) -> Row
 
 fn main() {
     assert!(nix::unistd::geteuid().is_root(), "run the benchmark as root, as the entrypoint runs in a container");
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("patroni") {
-        // Printed only: BENCHMARKS.md keeps the table of a full run.
-        for r in patroni_failover(env_count("BENCH_FAILOVERS", 3)) {
-            println!("| {} | {} | {} | {} |", r.case, r.ours, r.bare, r.target);
+    // Printed only: BENCHMARKS.md keeps the table of a full run.
+    let only = match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("patroni") => Some(patroni_failover(env_count("BENCH_FAILOVERS", 3))),
+        Ok("tls") => Some(tls_cost()),
+        _ => None,
+    };
+    if let Some(rows) = only {
+        for r in rows {
+            println!("| {} | {} | {} | {} | {} |", r.case, r.ours, r.bare, r.ratio, r.target);
         }
         return;
     }
@@ -266,8 +271,76 @@ fn main() {
     // 8: HA_MODE=patroni: a killed leader under synchronous load, BENCH_FAILOVERS times.
     rows.extend(patroni_failover(env_count("BENCH_FAILOVERS", 3)));
 
+    // 9: TLS: first boot and a clone with TLS next to the same without.
+    rows.extend(tls_cost());
+
     let binary = fs::metadata(release_binary()).map(|m| m.len()).unwrap_or(0);
     print_and_write(&rows, binary);
+}
+
+/// TLS next to no TLS, both ours, in paired rounds: a first boot with certificate files (the
+/// "ours" column) against one without, and a clone of BENCH_CLONE_MB over verify-full against
+/// one over plaintext from the same primary (TLS on, plaintext still allowed).
+fn tls_cost() -> Vec<Row> {
+    let certs = TempDir::new("bench-tls-certs");
+    let ca = common::certs::Ca::new("bench CA");
+    let ca_file = ca.write(&certs.0, "ca.crt").display().to_string();
+    let pair = ca.issue(&certs.0, "server", "db", &["localhost", "127.0.0.1"], false);
+    let (cert, key) = (pair.cert.display().to_string(), pair.key.display().to_string());
+    let tls = |node: &mut Node| {
+        node.set("TLS_MODE", "on").set("TLS_CERT_FILE", &cert).set("TLS_KEY_FILE", &key).set("TLS_CA_FILE", &ca_file);
+    };
+    let boot = |with_tls: bool| {
+        let mut node = Node::new("bench-tls-boot");
+        if with_tls {
+            tls(&mut node);
+        }
+        let started = Instant::now();
+        node.spawn(&[]);
+        wait_login(node.port, Duration::from_secs(60));
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(node.stop(), 0);
+        took
+    };
+    let first_boot = Paired::run(rounds(), || boot(true), || boot(false));
+
+    let mb: u64 = std::env::var("BENCH_CLONE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mut primary = Node::new("bench-tls-primary");
+    primary.as_primary();
+    tls(&mut primary);
+    primary.start();
+    fill(&primary, mb);
+    let size = primary.query_one("pg_size_pretty(pg_database_size('postgres'))");
+    let round = std::cell::Cell::new(0);
+    let clone = |with_tls: bool| {
+        round.set(round.get() + 1);
+        let slot = format!("bench_tls{}", round.get());
+        let mut replica = Node::new("bench-tls-replica");
+        replica.as_replica_of(&primary, &slot);
+        if with_tls {
+            tls(&mut replica); // verify-full: a CA is given
+        } else {
+            replica.set("REPLICATION_SSLMODE", "disable");
+        }
+        let started = Instant::now();
+        replica.spawn(&[]);
+        wait_streaming_login(replica.port, Duration::from_secs(120), &|| replica.output());
+        let took = started.elapsed().as_secs_f64();
+        let encrypted = primary.query_one(&format!(
+            "(SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE application_name = '{slot}')"
+        ));
+        assert_eq!(encrypted, with_tls.to_string(), "the clone's stream is {encrypted}");
+        assert_eq!(replica.stop(), 0);
+        drop(replica);
+        primary.client().batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')")).unwrap();
+        took
+    };
+    let clones = Paired::run(clone_rounds(), || clone(true), || clone(false));
+    assert_eq!(primary.stop(), 0);
+    vec![
+        first_boot.row("first boot, TLS on (ours with TLS; bare column: ours without)", None, "—"),
+        clones.row(&format!("replica bootstrap, verify-full TLS vs plaintext ({size} primary)"), None, "—"),
+    ]
 }
 
 /// About `mb` MB of data: 200 rows of 5 kB per MB, stored uncompressed (EXTERNAL), so the

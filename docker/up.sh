@@ -2,7 +2,8 @@
 # Starts the compose stack (primary + two replicas, HAProxy in front) and waits until all
 # three are healthy.
 # Creates random passwords in docker/secrets/ on first use. Extra arguments go to compose
-# (e.g. `-f docker/compose.sync.yaml` is added by SYNC=1). IMAGE selects the image.
+# (e.g. `-f docker/compose.sync.yaml` is added by SYNC=1; TLS=1 adds compose.tls.yaml with
+# certificates made by docker/tls-certs.sh in docker/tls). IMAGE selects the image.
 # PATRONI=1 starts docker/compose.patroni.yaml instead: pg-1..pg-3 under Patroni on three etcd
 # members, HAProxy always in front (HAPROXY is ignored); SYNC=1 there means
 # REPLICATION_SYNCHRONOUS_MODE=on. ETCD_IMAGE / HAPROXY_IMAGE, when not given, are built offline.
@@ -26,6 +27,11 @@ else
     members=(primary replica-1 replica-2)
     haproxy="${HAPROXY:-1}"
     [ "${SYNC:-0}" = 1 ] && files+=(-f compose.sync.yaml)
+    # TLS=1: TLS required everywhere, replicas verifying their primary (compose.tls.yaml).
+    if [ "${TLS:-0}" = 1 ]; then
+        files+=(-f compose.tls.yaml)
+        export TLS_DIR="${TLS_DIR:-$(./tls-certs.sh "$PWD/tls" | tail -n 1)}"
+    fi
     # HAProxy in front (5000 writes, 5001 reads) unless HAPROXY=0; its image is built offline
     # when no HAPROXY_IMAGE is named.
     if [ "$haproxy" = 1 ]; then
@@ -48,6 +54,9 @@ if [ "${PATRONI:-0}" = 1 ]; then
     echo "members: docker exec ${id:0:12} patronictl list"
 else
     echo "connect: PGPASSWORD=\$(cat docker/secrets/postgres_password) psql -h 127.0.0.1 -p 5432 -U postgres"
+    if [ "${TLS:-0}" = 1 ]; then
+        echo "TLS is required: add \"sslmode=verify-full sslrootcert=$TLS_DIR/ca.crt host=localhost\""
+    fi
     if [ "$haproxy" = 1 ]; then
         echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
     fi

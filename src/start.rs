@@ -347,7 +347,8 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
     };
     let pid = Pid::from_raw(child.id() as i32);
     if ctx.config.tls.mode != crate::config::TlsMode::Off {
-        sup.set_before_reload(Box::new(tls::refresh));
+        let config = ctx.config.clone();
+        sup.set_before_reload(Box::new(move || tls::refresh(&config)));
     }
     if let Some(endpoint) = endpoint {
         endpoint.set_phase(Phase::Running);

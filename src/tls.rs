@@ -9,7 +9,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::config::{Config, ProcessInputs, ServerCert, TlsMode};
+use crate::config::{Config, ServerCert, TlsMode};
 use crate::datadir;
 use crate::render;
 
@@ -54,20 +54,18 @@ pub fn install(config: &Config, fresh_self_signed: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// On SIGHUP: the files the environment names, read again (they may have been rotated) and
-/// checked as at start; on any problem the copies in place stay and the reason is logged.
-pub fn refresh() {
-    let config = match Config::from_inputs(&ProcessInputs) {
-        Ok(config) => config,
+/// On SIGHUP: the files the environment names, read again as the service account (they may
+/// have been rotated) and checked as at start; on any problem the copies in place stay and the
+/// reason is logged.
+pub fn refresh(config: &Config) {
+    let fresh = match config.tls.reread() {
+        Ok(tls) => Config { tls, ..config.clone() },
         Err(e) => {
-            tracing::warn!("reload: the TLS files were not refreshed: {e}");
+            tracing::warn!("reload: the TLS copies were kept: {e}");
             return;
         }
     };
-    if config.tls.mode == TlsMode::Off {
-        return;
-    }
-    match install(&config, false) {
+    match install(&fresh, false) {
         Ok(()) => tracing::info!("reload: TLS certificates and keys refreshed from the files the environment names"),
         Err(e) => tracing::warn!("reload: cannot refresh the TLS copies: {e}"),
     }

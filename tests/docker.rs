@@ -104,7 +104,12 @@ impl Drop for Project {
             args.extend(["-f".into(), format!("{dir}/{f}")]);
         }
         args.extend(["-p".into(), self.name.clone(), "down".into(), "-v".into(), "-t".into(), "1".into()]);
-        let _ = Command::new(cmd[0]).args(&args).env("IMAGE", image()).env("SECRETS_DIR", &self.secrets).output();
+        let _ = Command::new(cmd[0])
+            .args(&args)
+            .env("IMAGE", image())
+            .env("SECRETS_DIR", &self.secrets)
+            .envs(self.env.iter().copied())
+            .output();
         let _ = std::fs::remove_dir_all(&self.secrets);
     }
 }
@@ -217,6 +222,52 @@ impl AckedWriter {
 }
 
 /// Acknowledged numbers that `id`'s `acks` table does not have.
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn tls_stack_requires_tls_and_replicates_over_verified_connections() {
+    let certs = std::env::temp_dir().join(format!("pgeptls{}", std::process::id())).join("tls");
+    let made = run(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/tls-certs.sh"), &[certs.to_str().unwrap()]);
+    assert!(made.status.success(), "{}", text(&made));
+    let mut p = Project::new("tls", &["compose.yaml", "compose.tls.yaml"]);
+    p.env.push(("TLS_DIR", String::leak(certs.display().to_string())));
+    let started = Instant::now();
+    p.compose(&["up", "-d"]);
+    let (primary, r1, r2) = (p.id("primary"), p.id("replica-1"), p.id("replica-2"));
+    for id in [&primary, &r1, &r2] {
+        wait_healthy(id, Duration::from_secs(180));
+    }
+    eprintln!("TLS stack: three healthy containers {:.1} s after compose up", started.elapsed().as_secs_f64());
+    sql(&primary, "CREATE TABLE t (v text); INSERT INTO t VALUES ('over tls')");
+    for r in [&r1, &r2] {
+        eventually_sql(r, "SELECT v FROM t", "over tls");
+    }
+    // Both replicas verified the primary (verify-full) and stream encrypted.
+    assert_eq!(
+        sql(
+            &primary,
+            "SELECT string_agg(r.application_name || ':' || s.ssl, ',' ORDER BY r.application_name) \
+             FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"
+        ),
+        "replica-1:true,replica-2:true"
+    );
+    let status = docker(&["exec", &r1, "pg-entrypoint", "check"]);
+    assert!(status.contains("sslmode=verify-full"), "{status}");
+    // From the host, through the published port: verified TLS works, plaintext is refused.
+    let port = p.published("primary", 5432);
+    let client = |settings: &str| {
+        Command::new(common::pg_bindir().join("psql"))
+            .arg(format!("host=localhost port={port} user=postgres dbname=postgres {settings}"))
+            .args(["-X", "-A", "-t", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+            .env("PGPASSWORD", SECRET)
+            .output()
+            .unwrap()
+    };
+    let verified = client(&format!("sslmode=verify-full sslrootcert={}/ca.crt", certs.display()));
+    assert_eq!(text(&verified).trim(), "t");
+    let plain = client("sslmode=disable");
+    assert!(!plain.status.success() && text(&plain).contains("no encryption"), "{}", text(&plain));
+}
+
 fn missing_acks(id: &str, acked: &[i32]) -> usize {
     let present: std::collections::HashSet<i32> =
         sql(id, "SELECT n FROM acks").lines().filter_map(|l| l.trim().parse().ok()).collect();

@@ -57,6 +57,45 @@ enum Pem {
     Key,
 }
 
+impl Pem {
+    /// `None` when `text` is this kind of PEM, else what was expected.
+    fn problem(self, text: &str) -> Option<&'static str> {
+        match self {
+            Pem::Certificate if text.contains("-----BEGIN CERTIFICATE-----") => None,
+            Pem::Key if text.lines().any(|l| l.starts_with("-----BEGIN ") && l.ends_with("PRIVATE KEY-----")) => None,
+            Pem::Certificate => Some("a PEM certificate (-----BEGIN CERTIFICATE-----)"),
+            Pem::Key => Some("a PEM private key (-----BEGIN PRIVATE KEY----- or an RSA/EC one)"),
+        }
+    }
+}
+
+impl Tls {
+    /// The same files read again and checked as at start (a reload after a rotation), as
+    /// whoever we are now; the other variables are not read again.
+    pub fn reread(&self) -> Result<Tls, String> {
+        let read = |file: &TlsFile, kind: Pem| -> Result<TlsFile, String> {
+            let text = std::fs::read_to_string(&file.path)
+                .map_err(|e| format!("{}: cannot read {:?}: {e}", file.variable, file.path))?;
+            match kind.problem(&text) {
+                None => Ok(TlsFile { pem: Secret(text), ..file.clone() }),
+                Some(what) => Err(format!("{}: {:?} is not {what}", file.variable, file.path)),
+            }
+        };
+        let server = match &self.server {
+            Some(ServerCert::Files { cert, key }) => {
+                Some(ServerCert::Files { cert: read(cert, Pem::Certificate)?, key: read(key, Pem::Key)? })
+            }
+            other => other.clone(),
+        };
+        let ca = self.ca.as_ref().map(|ca| read(ca, Pem::Certificate)).transpose()?;
+        let replication_client = match &self.replication_client {
+            Some((cert, key)) => Some((read(cert, Pem::Certificate)?, read(key, Pem::Key)?)),
+            None => None,
+        };
+        Ok(Tls { server, ca, replication_client, ..self.clone() })
+    }
+}
+
 impl Parser<'_> {
     pub(super) fn tls(&mut self) -> Tls {
         let mode_name = self.aliased("TLS_MODE", None).map(|(_, v)| v.to_ascii_lowercase());
@@ -187,15 +226,7 @@ impl Parser<'_> {
                 return None;
             }
         };
-        let ok = match kind {
-            Pem::Certificate => text.contains("-----BEGIN CERTIFICATE-----"),
-            Pem::Key => text.lines().any(|l| l.starts_with("-----BEGIN ") && l.ends_with("PRIVATE KEY-----")),
-        };
-        if !ok {
-            let what = match kind {
-                Pem::Certificate => "a PEM certificate (-----BEGIN CERTIFICATE-----)",
-                Pem::Key => "a PEM private key (-----BEGIN PRIVATE KEY----- or an RSA/EC one)",
-            };
+        if let Some(what) = kind.problem(&text) {
             self.problem(&variable, format!("{path:?} is not {what}"));
             return None;
         }
