@@ -602,12 +602,6 @@ impl Parser<'_> {
         let overrides = self.overrides();
         let tls = self.tls();
         let role = self.role(&superuser, http.as_ref())?;
-        if matches!(role, Role::Patroni(_)) && tls.mode != TlsMode::Off {
-            self.problem(
-                "TLS_MODE",
-                "TLS is not yet managed with HA_MODE=patroni; accepted there: off (unset TLS_* variables)",
-            );
-        }
         if matches!(role, Role::Primary(_) | Role::Patroni(_)) {
             self.check_primary_overrides(&overrides);
         }

@@ -232,35 +232,47 @@ pub fn managed_conf(settings: &Settings) -> String {
 
 /// The managed `pg_hba.conf` lines.
 pub fn hba_block(config: &Config) -> String {
-    let method = &config.host_auth_method;
+    let user = config.replication().map(|r| r.user.as_str());
+    let lines = hba_tcp_lines(config, user, "scram-sha-256", &["0.0.0.0/0", "::/0"]);
+    format!("{HBA_BEGIN}\n{}\n{HBA_END}\n", lines.join("\n"))
+}
+
+/// The TCP lines of `pg_hba.conf`, for each of `networks`: clients with
+/// `POSTGRES_HOST_AUTH_METHOD`, and `replication_user` (when given) with `replication_method`,
+/// or with its client certificate when one is configured. With `TLS_MODE=required`, plaintext
+/// is rejected first (the first matching line wins) and the rest are `hostssl`. Ours and
+/// Patroni's `pg_hba` both come from here.
+pub fn hba_tcp_lines(
+    config: &Config,
+    replication_user: Option<&str>,
+    replication_method: &str,
+    networks: &[&str],
+) -> Vec<String> {
     let required = config.tls.mode == TlsMode::Required;
-    let mut out = format!("{HBA_BEGIN}\n");
-    let mut both = |kind: &str, database: &str, user: &str, method: &str| {
-        for net in ["0.0.0.0/0", "::/0"] {
-            out.push_str(&format!("{kind} {database} {user} {net} {method}\n"));
-        }
-    };
-    if required {
-        // First match wins: plaintext TCP is refused before any other line is read.
-        both("hostnossl", "all", "all", "reject");
-        both("hostnossl", "replication", "all", "reject");
-    }
     let host = if required { "hostssl" } else { "host" };
-    both(host, "all", "all", method);
-    // Only a primary serves replication; a replica keeps the lines so it can serve as the
-    // source of a rewind or a cascade after a promotion without a restart of its config.
-    if let Some(r) = config.replication() {
-        let user = quote_identifier(&r.user);
+    let mut rules: Vec<(&str, &str, String, &str)> = Vec::new();
+    if required {
+        rules.push(("hostnossl", "all", "all".into(), "reject"));
+        rules.push(("hostnossl", "replication", "all".into(), "reject"));
+    }
+    rules.push((host, "all", "all".into(), &config.host_auth_method));
+    // A replica keeps its replication lines too, so it can serve as the source of a rewind or
+    // a cascade after a promotion without a restart of its configuration.
+    if let Some(user) = replication_user {
+        let user = quote_identifier(user);
         if config.tls.replication_client.is_some() {
             // The client certificate's CN is the replication user, verified by TLS_CA_FILE.
-            both("hostssl", "replication", &user, "cert");
+            rules.push(("hostssl", "replication", user, "cert"));
         } else {
-            both(host, "replication", &user, "scram-sha-256");
+            rules.push((host, "replication", user, replication_method));
         }
     }
-    out.push_str(HBA_END);
-    out.push('\n');
-    out
+    rules
+        .iter()
+        .flat_map(|(kind, database, user, method)| {
+            networks.iter().map(move |net| format!("{kind} {database} {user} {net} {method}"))
+        })
+        .collect()
 }
 
 /// `pg_hba.conf` with the managed block replaced where it stands, or appended.

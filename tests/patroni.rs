@@ -83,6 +83,42 @@ fn three_members_bootstrap_once_replicate_and_stop_cleanly() {
 }
 
 #[test]
+fn tls_required_under_patroni_is_verified_and_encrypts_replication() {
+    let etcd = Etcd::start();
+    let certs = TempDir::new("pat-tls-certs");
+    let ca = common::certs::Ca::new("test CA");
+    let ca_file = ca.write(&certs.0, "ca.crt").display().to_string();
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let mut node = Node::new(&format!("pat-tls-{i}"));
+            let pair = ca.issue(&certs.0, &format!("m{i}"), &format!("m{i}"), &["localhost", "127.0.0.1"], false);
+            node.as_patroni_member(&etcd, "pgtls", &format!("m{i}"))
+                .set("TLS_MODE", "required")
+                .set("TLS_CERT_FILE", &pair.cert.display().to_string())
+                .set("TLS_KEY_FILE", &pair.key.display().to_string())
+                .set("TLS_CA_FILE", &ca_file);
+            node
+        })
+        .collect();
+    for node in nodes.iter_mut() {
+        node.spawn(&[]);
+    }
+    let leader = settled_leader(&nodes, Duration::from_secs(120));
+    // The replica verified the leader (verify-full against the CA) and streams encrypted.
+    let encrypted = "(SELECT string_agg(s.ssl::text, ',') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid))";
+    wait_until(Duration::from_secs(30), || nodes[leader].query_one(encrypted) == "true");
+    let (ok, out) = psql(&nodes[leader], "user=postgres dbname=postgres sslmode=disable", PATRONI_PASSWORD, "SELECT 1");
+    assert!(!ok && out.contains("no encryption"), "{out}");
+    let verified = format!("user=postgres dbname=postgres sslmode=verify-full sslrootcert={ca_file}");
+    let (ok, out) =
+        psql(&nodes[leader], &verified, PATRONI_PASSWORD, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+    assert!(ok && out.trim() == "t", "{out}");
+    for node in nodes.iter_mut() {
+        assert_eq!(node.stop(), 0, "{}", node.output());
+    }
+}
+
+#[test]
 fn a_killed_leader_is_replaced_without_losing_acknowledged_commits_and_rejoins() {
     let etcd = Etcd::start();
     let mut nodes = members(&etcd, "pat-fail");

@@ -295,12 +295,5 @@ mod tests {
         assert!(err.contains("REPLICATION_TLS_CERT_FILE: and REPLICATION_TLS_KEY_FILE go together"), "{err}");
         let err = problems(&[("TLS_MODE", "on"), ("TLS_CERT_FILE", "/s/junk"), ("TLS_KEY_FILE", "/s/tls.key")]);
         assert!(err.contains("TLS_CERT_FILE: \"/s/junk\" is not a PEM certificate"), "{err}");
-        let err = problems(&[
-            ("TLS_MODE", "self-signed"),
-            ("HA_MODE", "patroni"),
-            ("ETCD_HOSTS", "e"),
-            ("REPLICATION_PASSWORD", "r"),
-        ]);
-        assert!(err.contains("TLS_MODE: TLS is not yet managed with HA_MODE=patroni"), "{err}");
     }
 }

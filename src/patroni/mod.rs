@@ -95,6 +95,11 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
         "patroni started"
     );
     crate::supervise::trim_resident_code();
+    if ctx.config.tls.mode != crate::config::TlsMode::Off {
+        // Patroni passes SIGHUP on to postgres, which then reads the refreshed copies.
+        let config = ctx.config.clone();
+        sup.set_before_reload(Box::new(move || crate::tls::refresh(&config)));
+    }
     let code = match sup.supervise(pid, Kind::Patroni, None) {
         Ok(code) => code,
         Err(e) => {

@@ -87,15 +87,26 @@ pub fn patroni_yml(i: &Inputs) -> String {
     line(2, format!("connect_address: {}", q(&host_port(i.advertise_host, i.port))));
     line(2, "use_unix_socket: true".into());
     line(2, format!("pgpass: {}", q(&i.pgpass.to_string_lossy())));
+    // Patroni's connections to other members (replication, and pg_rewind as the superuser)
+    // with REPLICATION_SSLMODE and the CA; the client certificate is the replication user's.
+    // libpq's default alone (nothing about TLS configured) adds nothing.
+    let tls = crate::render::client_tls(c);
+    let tls = if matches!(&tls[..], [(_, mode)] if mode == "prefer") { Vec::new() } else { tls };
     line(2, "authentication:".into());
     line(4, "superuser:".into());
     line(6, format!("username: {}", q(&c.superuser)));
     if let Some(password) = &c.superuser_password {
         line(6, format!("password: {}", q(password.expose())));
     }
+    for (key, value) in tls.iter().filter(|(k, _)| !matches!(*k, "sslcert" | "sslkey")) {
+        line(6, format!("{key}: {}", q(value)));
+    }
     line(4, "replication:".into());
     line(6, format!("username: {}", q(&m.replication_user)));
     line(6, format!("password: {}", q(m.replication_password.expose())));
+    for (key, value) in &tls {
+        line(6, format!("{key}: {}", q(value)));
+    }
     parameters(&mut line, 2, i.settings, false);
     // A new replica's clone starts at once instead of waiting for the next checkpoint.
     line(2, "basebackup:".into());
@@ -128,17 +139,14 @@ fn parameters(line: &mut impl FnMut(usize, String), indent: usize, settings: &Se
     }
 }
 
-/// As the official image: local connections trusted, TCP with `POSTGRES_HOST_AUTH_METHOD`.
+/// As the official image: local connections trusted, TCP with `POSTGRES_HOST_AUTH_METHOD`
+/// (and TLS as configured, the same lines as native mode's).
 fn pg_hba(c: &Config, m: &Patroni) -> Vec<String> {
-    let method = &c.host_auth_method;
     // Replication always with a password (trust would let anyone on the network copy the data).
-    let replication = if method == "trust" { "trust" } else { "scram-sha-256" };
-    let user = crate::render::quote_identifier(&m.replication_user);
-    vec![
-        "local all all trust".into(),
-        format!("host replication {user} all {replication}"),
-        format!("host all all all {method}"),
-    ]
+    let replication = if c.host_auth_method == "trust" { "trust" } else { "scram-sha-256" };
+    let mut lines = vec!["local all all trust".to_string()];
+    lines.extend(crate::render::hba_tcp_lines(c, Some(&m.replication_user), replication, &["all"]));
+    lines
 }
 
 fn host_port(host: &str, port: u16) -> String {
@@ -240,8 +248,8 @@ postgresql:
     checkpoint: "fast"
   pg_hba:
     - "local all all trust"
-    - "host replication \"replicator\" all scram-sha-256"
     - "host all all all scram-sha-256"
+    - "host replication \"replicator\" all scram-sha-256"
 watchdog:
   mode: "off"
 "#;
@@ -260,5 +268,34 @@ watchdog:
         assert!(y.contains(r#"      password: "a\"b: c # d\\\u000ae""#), "{y}");
         assert!(!y.contains("etcd3:"), "Patroni's own variable is left to Patroni: {y}");
         assert_eq!(shell_word("/opt/my dir/pg-entrypoint"), "'/opt/my dir/pg-entrypoint'");
+    }
+
+    #[test]
+    fn tls_reaches_postgres_patronis_connections_and_pg_hba() {
+        let mut inputs = MapInputs::with(
+            &[
+                ("HA_MODE", "patroni"),
+                ("POSTGRES_PASSWORD", "pw"),
+                ("REPLICATION_PASSWORD", "r"),
+                ("ETCD_HOSTS", "e"),
+                ("TLS_MODE", "required"),
+                ("TLS_CERT_FILE", "/s/c"),
+                ("TLS_KEY_FILE", "/s/k"),
+                ("TLS_CA_FILE", "/s/c"),
+            ],
+            "pg-1",
+        );
+        inputs.files.insert("/s/c".into(), "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n".into());
+        inputs.files.insert("/s/k".into(), "-----BEGIN PRIVATE KEY-----\nB\n-----END PRIVATE KEY-----\n".into());
+        let y = render(&Config::from_inputs(&inputs).unwrap());
+        let ca = "      sslrootcert: \"/var/run/postgresql/pg-entrypoint-5432.ca.crt\"\n";
+        assert_eq!(y.matches("      sslmode: \"verify-full\"\n").count(), 2, "superuser and replication: {y}");
+        assert_eq!(y.matches(ca).count(), 2, "{y}");
+        assert!(y.contains("    ssl: \"on\"\n    ssl_ca_file:"), "{y}");
+        assert!(
+            y.contains("    - \"hostnossl all all all reject\"\n    - \"hostnossl replication all all reject\"\n"),
+            "{y}"
+        );
+        assert!(y.contains("    - \"hostssl replication \\\"replicator\\\" all scram-sha-256\""), "{y}");
     }
 }
