@@ -245,9 +245,11 @@ pub fn var_or_file(inputs: &dyn Inputs, name: &str) -> Option<String> {
     let set = |n: &str| inputs.var(n).filter(|v| !v.is_empty());
     match (set(name), set(&format!("{name}_FILE"))) {
         (Some(value), None) => Some(value),
-        (None, Some(path)) => {
-            inputs.read_file(Path::new(&path)).ok().map(|t| without_newlines(&t)).filter(|v| !v.is_empty())
-        }
+        (None, Some(path)) => inputs
+            .read_file(Path::new(&path), MAX_SECRET_FILE)
+            .ok()
+            .map(|t| without_newlines(&t))
+            .filter(|v| !v.is_empty()),
         _ => None,
     }
 }
@@ -261,7 +263,8 @@ fn without_newlines(text: &str) -> String {
 pub trait Inputs {
     fn var(&self, name: &str) -> Option<String>;
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
-    fn read_file(&self, path: &Path) -> std::io::Result<String>;
+    /// A file of at most `max` bytes.
+    fn read_file(&self, path: &Path, max: u64) -> std::io::Result<String>;
     fn hostname(&self) -> String;
     /// True when the variable is set to bytes that are not UTF-8 (`var` gives them lossily).
     fn not_utf8(&self, _name: &str) -> bool {
@@ -283,8 +286,8 @@ impl Inputs for ProcessInputs {
             .collect()
     }
     /// A secret file: a regular file (symbolic links followed, as Kubernetes mounts them) of at
-    /// most [`MAX_SECRET_FILE`] bytes. Opened without blocking, so a FIFO cannot hang the start.
-    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+    /// most `max` bytes. Opened without blocking, so a FIFO cannot hang the start.
+    fn read_file(&self, path: &Path, max: u64) -> std::io::Result<String> {
         use std::io::{Error, ErrorKind, Read};
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
@@ -293,9 +296,9 @@ impl Inputs for ProcessInputs {
             return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
         }
         let mut text = String::new();
-        file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text)?;
-        if text.len() as u64 > MAX_SECRET_FILE {
-            return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {MAX_SECRET_FILE} bytes")));
+        file.take(max + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > max {
+            return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {max} bytes")));
         }
         Ok(text)
     }
@@ -336,7 +339,7 @@ impl Inputs for MapInputs {
     fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
         self.vars.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
-    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+    fn read_file(&self, path: &Path, _max: u64) -> std::io::Result<String> {
         self.files.get(path).cloned().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
     fn hostname(&self) -> String {
@@ -436,7 +439,7 @@ impl Parser<'_> {
                 None
             }
             (Some(value), None) => Some(Secret(value)),
-            (None, Some(path)) => match self.inputs.read_file(Path::new(&path)) {
+            (None, Some(path)) => match self.inputs.read_file(Path::new(&path), MAX_SECRET_FILE) {
                 Ok(text) => {
                     let value = without_newlines(&text);
                     if value.is_empty() {

@@ -195,12 +195,14 @@ fn bad_tls_input_is_refused_before_anything_is_touched() {
     std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
     let (cert, key, bad) =
         (pair.cert.display().to_string(), pair.key.display().to_string(), not_pem.display().to_string());
+    let dir = certs.0.display().to_string();
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
         (
             vec![("TLS_MODE", "on"), ("TLS_CERT_FILE", "/nonexistent/server.crt"), ("TLS_KEY_FILE", &key)],
             "TLS_CERT_FILE: cannot read",
         ),
         (vec![("TLS_MODE", "on"), ("TLS_KEY_FILE", &key)], "TLS_CERT_FILE: and TLS_KEY_FILE are both required"),
+        (vec![("TLS_CERT_FILE", &dir), ("TLS_KEY_FILE", &key)], "TLS_CERT_FILE: cannot read"),
         (vec![("TLS_CERT_FILE", &bad), ("TLS_KEY_FILE", &key)], "is not a PEM certificate"),
         (vec![("TLS_CERT_FILE", &cert), ("TLS_KEY_FILE", &cert)], "TLS_KEY_FILE: "),
         (
@@ -224,9 +226,13 @@ fn bad_tls_input_is_refused_before_anything_is_touched() {
         assert!(!node.pgdata.exists() || std::fs::read_dir(&node.pgdata).unwrap().next().is_none(), "{vars:?}");
         assert!(!out.contains(&key_body), "no key material in messages: {out}");
     }
-    // Only root may read it here, and we are root: it is read, and the copy is private.
+    // Only root may read it here, and we are root: it is read, and the copy is private. A CA
+    // bundle above the 64 KiB of a password file is fine.
+    let bundle = certs.0.join("bundle.crt");
+    std::fs::write(&bundle, std::fs::read_to_string(ca.write(&certs.0, "ca.crt")).unwrap().repeat(200)).unwrap();
+    assert!(bundle.metadata().unwrap().len() > 64 * 1024);
     let mut node = Node::new("tls-root-only");
-    with_tls(&mut node, "on", &Pair { cert: pair.cert.clone(), key: unreadable }, None);
+    with_tls(&mut node, "on", &Pair { cert: pair.cert.clone(), key: unreadable }, Some(&bundle));
     node.start();
     assert_eq!(client(&node, "sslmode=require", MY_SSL), (true, "t\n".to_string()));
     assert_eq!(node.stop(), 0);

@@ -49,6 +49,9 @@ pub struct Tls {
     pub replication_client: Option<(TlsFile, TlsFile)>,
 }
 
+/// A CA bundle can be large (Debian's ca-certificates.crt is about 220 kB).
+const MAX_TLS_FILE: u64 = 4 << 20;
+
 const SSLMODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
 #[derive(Clone, Copy)]
@@ -219,7 +222,7 @@ impl Parser<'_> {
     /// A PEM file named by `ours` (or its alias `theirs`, "" for none), read and checked.
     fn tls_file(&mut self, ours: &str, theirs: &str, kind: Pem) -> Option<TlsFile> {
         let (variable, path) = self.aliased(ours, Some(theirs).filter(|t| !t.is_empty()))?;
-        let text = match self.inputs.read_file(std::path::Path::new(&path)) {
+        let text = match self.inputs.read_file(std::path::Path::new(&path), MAX_TLS_FILE) {
             Ok(text) => text,
             Err(e) => {
                 self.problem(&variable, format!("cannot read {path:?}: {e}"));
