@@ -583,18 +583,25 @@ fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
     for id in others.iter().filter(|id| **id != new) {
         eventually_sql(id, "SELECT count(*) FROM acks", &total);
     }
-    // The old leader, started again, rejoins as a replica with every commit.
-    // Healthy can come before Patroni is done with it: it may start postgres, find that it
-    // must rewind, and restart it (seen on PostgreSQL 17: the query right after healthy failed).
+    // The old leader, started again, rejoins as a replica with every commit. Healthy can come
+    // before Patroni is done with it: it may start postgres, find that its WAL went past the
+    // fork and must be rewound, stop it and start it again (seen twice on PostgreSQL 17: the
+    // first query after healthy failed; patronictl then showed it "stopped"). So: wait until
+    // both replicas stream (Patroni 4 says "streaming"; 3.0 says "running" for any replica).
     docker(&["start", &leader]);
     wait_healthy(&leader, Duration::from_secs(120));
+    let settled = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listing = docker(&["exec", &new, "patronictl", "list"]);
+        let (streaming, running) = (listing.matches("streaming").count(), listing.matches("running").count());
+        if listing.contains("Leader") && (streaming >= 2 || (streaming == 0 && running >= 3)) {
+            break;
+        }
+        assert!(Instant::now() < settled, "the old leader did not settle as a replica:\n{listing}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     eventually_sql(&leader, "SELECT pg_is_in_recovery()", "t");
     eventually_sql(&leader, "SELECT count(*) FROM acks", &sql(&new, "SELECT count(*) FROM acks"));
-    let listing = docker(&["exec", &new, "patronictl", "list"]);
-    assert!(
-        listing.contains("Leader") && listing.matches("running").count() + listing.matches("streaming").count() >= 3,
-        "{listing}"
-    );
     // docker stop of every member: a clean shutdown, exit 0.
     for id in &ids {
         docker(&["stop", "-t", "10", id]);
