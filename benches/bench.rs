@@ -186,12 +186,17 @@ fn bare_first_boot() -> (f64, TempDir, PathBuf, u16) {
 
 fn ours_first_boot() -> (f64, Node) {
     let mut node = Node::new("bench-ours");
+    (timed_start(&mut node), node)
+}
+
+/// Seconds from starting the entrypoint to a password login over TCP; then a clean stop.
+fn timed_start(node: &mut Node) -> f64 {
     let started = Instant::now();
     node.spawn(&[]);
     wait_login(node.port, Duration::from_secs(60));
     let took = started.elapsed().as_secs_f64();
     assert_eq!(node.stop(), 0);
-    (took, node)
+    took
 }
 
 struct Row {
@@ -237,14 +242,7 @@ fn main() {
     let (_, _bare_tmp, data, port) = bare_first_boot();
     let restart = Paired::run(
         rounds(),
-        || {
-            let started = Instant::now();
-            node.spawn(&[]);
-            wait_login(node.port, Duration::from_secs(60));
-            let took = started.elapsed().as_secs_f64();
-            assert_eq!(node.stop(), 0);
-            took
-        },
+        || timed_start(&mut node),
         || {
             let started = Instant::now();
             let server = bare_postgres(&data, port, &[]);
@@ -295,12 +293,7 @@ fn tls_cost() -> Vec<Row> {
         if with_tls {
             tls(&mut node);
         }
-        let started = Instant::now();
-        node.spawn(&[]);
-        wait_login(node.port, Duration::from_secs(60));
-        let took = started.elapsed().as_secs_f64();
-        assert_eq!(node.stop(), 0);
-        took
+        timed_start(&mut node)
     };
     let first_boot = Paired::run(rounds(), || boot(true), || boot(false));
 

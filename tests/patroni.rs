@@ -105,8 +105,7 @@ fn tls_required_under_patroni_is_verified_and_encrypts_replication() {
     }
     let leader = settled_leader(&nodes, Duration::from_secs(120));
     // The replica verified the leader (verify-full against the CA) and streams encrypted.
-    let encrypted = "(SELECT string_agg(s.ssl::text, ',') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid))";
-    wait_until(Duration::from_secs(30), || nodes[leader].query_one(encrypted) == "true");
+    wait_until(Duration::from_secs(30), || nodes[leader].query_one(REPLICATION_SSL) == "true");
     let (ok, out) = psql(&nodes[leader], "user=postgres dbname=postgres sslmode=disable", PATRONI_PASSWORD, "SELECT 1");
     assert!(!ok && out.contains("no encryption"), "{out}");
     let verified = format!("user=postgres dbname=postgres sslmode=verify-full sslrootcert={ca_file}");

@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pg-entrypoint");
+/// On a primary: whether each replica's connection is encrypted, joined by commas.
+pub const REPLICATION_SSL: &str =
+    "(SELECT string_agg(s.ssl::text, ',') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid))";
+
 pub const PASSWORD: &str = "pw-1 'q' \"d\" \\b $x `t` ü";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
