@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pg-entrypoint");
-/// On a primary: whether each replica's connection is encrypted, joined by commas.
+/// On a primary: whether each replica's connection is encrypted, joined by commas ("" while
+/// none is connected).
 pub const REPLICATION_SSL: &str =
-    "(SELECT string_agg(s.ssl::text, ',') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid))";
+    "(SELECT coalesce(string_agg(s.ssl::text, ','), '') FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid))";
 
 pub const PASSWORD: &str = "pw-1 'q' \"d\" \\b $x `t` ü";
 
