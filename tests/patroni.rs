@@ -21,14 +21,19 @@ fn members(etcd: &Etcd, name: &str) -> Vec<Node> {
         .collect()
 }
 
-/// The index of the member Patroni's REST API calls the primary, once exactly one does and
-/// every other one is a running replica.
+/// The index of the member Patroni's REST API calls the primary, once exactly one does, every
+/// other one is a running replica, and the primary takes writes (Patroni 3.0 answers 200 on
+/// /primary while its promotion is still under way: an INSERT right then failed as read-only).
 fn settled_leader(nodes: &[Node], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
+    let writable = |node: &Node| {
+        let Ok(mut client) = node.try_connect() else { return false };
+        client.query_one("SELECT NOT pg_is_in_recovery()", &[]).map(|r| r.get::<_, bool>(0)).unwrap_or(false)
+    };
     loop {
         let primaries: Vec<usize> = (0..nodes.len()).filter(|i| nodes[*i].patroni("/primary") == 200).collect();
         let replicas = (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count();
-        if primaries.len() == 1 && replicas == nodes.len() - 1 {
+        if primaries.len() == 1 && replicas == nodes.len() - 1 && writable(&nodes[primaries[0]]) {
             return primaries[0];
         }
         assert!(
