@@ -16,11 +16,10 @@
 
 use crate::config::{Address, Auto, Replica, Role};
 use crate::datadir::{self, State};
-use crate::files;
 use crate::native::fence;
-use crate::native::member::{self, Answer, Credentials};
+use crate::native::member::Answer;
 use crate::render;
-use crate::step::{self, Context, StepError};
+use crate::step::{Context, StepError};
 use crate::supervise::Supervisor;
 
 /// What the data directory holds, as far as the decision goes.
@@ -87,7 +86,7 @@ pub fn resolve(ctx: &Context, sup: &mut Supervisor) -> Result<Role, StepError> {
         State::Foreign(entries) => return Err(datadir::refuse(&ctx.config.pgdata, &entries).into()),
         _ => Volume::Empty,
     };
-    let answers = ask_peers(ctx, sup, &auto.replica)?;
+    let answers = fence::ask_peers(ctx, sup, &auto.replica.replication, &render::passfile(ctx.config))?;
     let role = match decide(auto, volume, &answers).map_err(StepError::AutoRefused)? {
         None => Role::Primary(auto.replica.replication.clone()),
         Some(primary) => {
@@ -100,27 +99,6 @@ pub fn resolve(ctx: &Context, sup: &mut Supervisor) -> Result<Role, StepError> {
     };
     tracing::info!(ordinal = auto.ordinal, volume = ?volume, "REPLICATION_ROLE=auto: {}{following}", role.name());
     Ok(role)
-}
-
-fn ask_peers(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<Vec<(Address, Answer)>, StepError> {
-    let passfile = render::passfile(ctx.config);
-    files::write_passfile(&passfile, &replica.replication)?;
-    let tls = render::client_tls(ctx.config);
-    let creds = Credentials {
-        user: &replica.replication.user,
-        passfile: &passfile,
-        application_name: "pg-entrypoint",
-        tls: &tls,
-    };
-    let mut answers = Vec::new();
-    for address in &replica.replication.peers {
-        let what = format!("psql (asking the peer {address})");
-        let out = step::run_captured(sup, &what, &mut member::ask(ctx.bin, address, &creds, None), false)?;
-        let answer = member::parse(out.code, &out.stdout, &out.stderr);
-        tracing::info!("peer {}", fence::describe(address, &answer));
-        answers.push((address.clone(), answer));
-    }
-    Ok(answers)
 }
 
 #[cfg(test)]

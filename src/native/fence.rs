@@ -121,7 +121,7 @@ pub fn before_writable(
 /// Each peer's answer; a peer refusing the password is asked again with
 /// `REPLICATION_PASSWORD_PREVIOUS` when it is set (a rotation: the peers learn the new
 /// password only once this primary has applied it and they have replicated it).
-fn ask_peers(
+pub fn ask_peers(
     ctx: &Context,
     sup: &mut Supervisor,
     replication: &Replication,
