@@ -3,18 +3,24 @@
 # cargo, a Debian base with Debian's PostgreSQL made locally with mmdebstrap + docker import
 # (bookworm gives PostgreSQL 15, trixie 17; the mirror is read from this machine's apt
 # sources), then the final image from docker/Dockerfile. An existing base image is reused.
+# `17-upgrade` is the upgrade image (README "Upgrading PostgreSQL"): trixie's PostgreSQL 17
+# with bookworm's postgresql-15 beside it (both suites in the sources; apt takes 15 and the
+# libraries only bookworm has, e.g. libicu72, from bookworm).
 # `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml and compose.patroni.yaml,
 # `etcd` the etcd image of docker/compose.patroni.yaml (Debian's packages, bookworm) instead.
-# Usage: docker/build-offline.sh [15|17|haproxy|etcd]. The last line printed is the image tag.
+# Usage: docker/build-offline.sh [15|17|17-upgrade|haproxy|etcd]. The last line printed is the image tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pg="${1:-15}"
+old_major=
 case "$pg" in
     15) suite=bookworm ;;
     17) suite=trixie ;;
+    17-upgrade) suite=trixie; old_major=15 ;;
     haproxy|etcd) suite=bookworm ;;
-    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), haproxy, etcd" >&2; exit 2 ;;
+    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), 17-upgrade, haproxy, etcd" >&2; exit 2 ;;
 esac
+major="${pg%-upgrade}"
 # The tag names the recipe: a base built by an older recipe is not reused.
 base="pg-entrypoint-base:$suite-pg$pg-v3"
 image="pg-entrypoint:pg$pg"
@@ -58,6 +64,12 @@ esac
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     ensure_mmdebstrap
+    packages="postgresql-$major,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd"
+    sources=("deb $(mirror) $suite main")
+    if [ -n "$old_major" ]; then
+        packages="$packages,postgresql-$old_major/bookworm"
+        sources+=("deb $(mirror) bookworm main")
+    fi
     tar="$(mktemp -d)/base.tar"
     echo "building $base with mmdebstrap from $(mirror)" >&2
     # As the official image: the postgres account is 999:999, made before the package would
@@ -67,7 +79,7 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     # no docs or man pages. Patroni for HA_MODE=patroni, with python3-etcd named because
     # patroni only depends on one DCS client of several.
     mmdebstrap --variant=apt --quiet \
-        --include="postgresql-$pg,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd" \
+        --include="$packages" \
         --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
         --essential-hook='echo "postgres:x:999:" >> "$1/etc/group" && echo "postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash" >> "$1/etc/passwd"' \
         --essential-hook='if [ -e "$1/etc/shadow" ]; then echo "postgres:*:19000:0:99999:7:::" >> "$1/etc/shadow"; fi; if [ -e "$1/etc/gshadow" ]; then echo "postgres:!::" >> "$1/etc/gshadow"; fi' \
@@ -75,13 +87,13 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
         --customize-hook='chroot "$1" localedef -i en_US -c -f UTF-8 -A /usr/share/locale/locale.alias en_US.UTF-8' \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
-        "$suite" "$tar" "deb $(mirror) $suite main" >&2
+        "$suite" "$tar" "${sources[@]}" >&2
     docker import "$tar" "$base" >&2
     rm -rf "$(dirname "$tar")"
 fi
 
 cargo build --release --quiet
-docker build --quiet -f docker/Dockerfile --build-arg PG_MAJOR="$pg" \
+docker build --quiet -f docker/Dockerfile --build-arg PG_MAJOR="$major" --build-arg UPGRADE_FROM="$old_major" \
     --build-arg BUILDER_IMAGE="$base" --build-arg BASE_IMAGE="$base" \
     --build-arg PREBUILT=target/x86_64-unknown-linux-gnu/release/pg-entrypoint \
     -t "$image" . >&2

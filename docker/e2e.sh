@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Docker suite: builds the PostgreSQL 15 and 17 images offline (docker/build-offline.sh)
-# and runs tests/docker.rs and tests/docker_dropin.rs against each on this machine's Docker engine. Starts dockerd if
-# it is not running; only if that fails too are the tests skipped, said on the last line.
+# and runs tests/docker.rs and tests/docker_dropin.rs against each on this machine's Docker
+# engine, then tests/docker_upgrade.rs from the 15 image to the 17 upgrade image. Starts
+# dockerd if it is not running; only if that fails too are the tests skipped, said on the
+# last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,13 +24,23 @@ fi
 PGEP_HAPROXY_IMAGE=$(docker/build-offline.sh haproxy | tail -n 1)
 PGEP_ETCD_IMAGE=$(docker/build-offline.sh etcd | tail -n 1)
 export PGEP_HAPROXY_IMAGE PGEP_ETCD_IMAGE
+# The Docker tests of `binaries` (a nextest filter, or the cargo test --test names).
+suite() {
+    local filter="$1"; shift
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --run-ignored only -E "$filter" --no-fail-fast --no-capture
+    else
+        cargo test "$@" -- --ignored --test-threads 1 --nocapture
+    fi
+}
 for pg in ${PG_VERSIONS:-15 17}; do
     image=$(docker/build-offline.sh "$pg" | tail -n 1)
     base=$(docker inspect -f '{{index .Config.Labels "org.opencontainers.image.base.name"}}' "$image")
     echo "=== Docker suite on $image (base $base) ==="
-    if cargo nextest --version >/dev/null 2>&1; then
-        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo nextest run --run-ignored only -E 'binary(docker) | binary(docker_dropin)' --no-fail-fast --no-capture
-    else
-        PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" cargo test --test docker --test docker_dropin -- --ignored --test-threads 1 --nocapture
-    fi
+    PGEP_IMAGE="$image" PGEP_BASE_IMAGE="$base" suite 'binary(docker) | binary(docker_dropin)' --test docker --test docker_dropin
 done
+PGEP_OLD_IMAGE=$(docker/build-offline.sh 15 | tail -n 1)
+PGEP_UPGRADE_IMAGE=$(docker/build-offline.sh 17-upgrade | tail -n 1)
+export PGEP_OLD_IMAGE PGEP_UPGRADE_IMAGE
+echo "=== Upgrade suite: $PGEP_OLD_IMAGE to $PGEP_UPGRADE_IMAGE ==="
+PGEP_IMAGE="$PGEP_UPGRADE_IMAGE" suite 'binary(docker_upgrade)' --test docker_upgrade

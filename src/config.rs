@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod tls;
+mod upgrade;
 pub use tls::{ServerCert, Tls, TlsMode};
+pub use upgrade::Upgrade;
 
 /// A password. Its `Debug`/`Display` never show the value, so it cannot leak through a log.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,6 +51,7 @@ pub struct Config {
     /// Where the HTTP endpoint listens (`HTTP_PORT`, `HTTP_LISTEN`); `None` when disabled.
     pub http: Option<HttpListen>,
     pub tls: Tls,
+    pub upgrade: Upgrade,
 }
 
 /// The HTTP endpoint's address: `address` when `HTTP_LISTEN` names one, else every
@@ -604,6 +607,7 @@ impl Parser<'_> {
         }
         let overrides = self.overrides();
         let tls = self.tls();
+        let upgrade = self.upgrade();
         let role = self.role(&superuser, http.as_ref())?;
         if matches!(role, Role::Primary(_) | Role::Patroni(_)) {
             self.check_primary_overrides(&overrides);
@@ -636,6 +640,7 @@ impl Parser<'_> {
             shutdown_timeout,
             http,
             tls,
+            upgrade,
         })
     }
 

@@ -15,6 +15,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+mod upgrade_work;
+pub use upgrade_work::{move_entries, Stage as UpgradeStage, Work as UpgradeWork, UPGRADE_WORK};
+
 /// A bootstrap in progress. Never started as a server outside of bootstrap.
 pub const STAGING: &str = ".pg-entrypoint-bootstrap";
 /// A finished bootstrap being moved into PGDATA.
@@ -39,6 +42,8 @@ pub enum State {
     Staged,
     /// A standby being emptied for a new clone (REPLICA_RECLONE) whose emptying did not finish.
     Discarding,
+    /// A major-version upgrade that did not finish (`crate::upgrade` resumes or rolls it back).
+    Upgrading,
     /// Something we did not make: these entries.
     Foreign(Vec<String>),
 }
@@ -102,20 +107,32 @@ pub fn inspect(pgdata: &Path) -> Result<State, DataDirError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(DataDirError::io(pgdata, "cannot list")(e)),
     };
+    let upgrade = if entries.iter().any(|e| e == UPGRADE_WORK) { UpgradeWork::of(pgdata).stage()? } else { None };
     Ok(classify(
         &entries,
         pgdata.join("global/pg_control").is_file(),
         pgdata.join("standby.signal").exists(),
         pgdata.join(STAGING).join(DISCARD_MARK).exists(),
+        upgrade,
     ))
 }
 
-/// The decision of [`inspect`], from the top-level names and three facts about them.
-pub fn classify(entries: &[String], has_pg_control: bool, has_standby_signal: bool, discarding: bool) -> State {
-    let mut names: Vec<&str> = entries.iter().map(String::as_str).filter(|n| *n != LOST_AND_FOUND).collect();
+/// The decision of [`inspect`], from the top-level names and four facts about them. A
+/// finished upgrade's work directory (the old cluster kept) is not part of the cluster.
+pub fn classify(
+    entries: &[String],
+    has_pg_control: bool,
+    has_standby_signal: bool,
+    discarding: bool,
+    upgrade: Option<UpgradeStage>,
+) -> State {
+    let mut names: Vec<&str> =
+        entries.iter().map(String::as_str).filter(|n| *n != LOST_AND_FOUND && *n != UPGRADE_WORK).collect();
     names.sort_unstable();
     if discarding {
         State::Discarding
+    } else if upgrade.is_some_and(UpgradeStage::unfinished) {
+        State::Upgrading
     } else if names.contains(&STAGED) {
         State::Staged
     } else if names.contains(&INITIALISING) {
@@ -284,14 +301,7 @@ pub fn discard_all(pgdata: &Path) -> Result<(), DataDirError> {
 pub fn finish_discard(pgdata: &Path) -> Result<(), DataDirError> {
     let err = |action: &str| DataDirError::io(pgdata, action.to_string());
     let discard = pgdata.join(STAGING).join("discarded");
-    fs::create_dir_all(&discard).map_err(err("cannot create the discard directory"))?;
-    for entry in fs::read_dir(pgdata).map_err(err("cannot list"))? {
-        let name = entry.map_err(err("cannot list"))?.file_name();
-        if name != STAGING && name != LOST_AND_FOUND {
-            fs::rename(pgdata.join(&name), discard.join(&name)).map_err(err("cannot move an entry aside"))?;
-        }
-    }
-    sync_dir(pgdata).map_err(err("cannot sync"))?;
+    move_entries(pgdata, &discard, STAGING).map_err(err("cannot move the entries aside"))?;
     fs::remove_dir_all(pgdata.join(STAGING)).map_err(err("cannot remove the discarded standby"))
 }
 
@@ -419,33 +429,55 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify(&[], false, false, false), State::Empty);
-        assert_eq!(classify(&names(&["lost+found"]), false, false, false), State::Empty);
+        assert_eq!(classify(&[], false, false, false, None), State::Empty);
+        assert_eq!(classify(&names(&["lost+found"]), false, false, false, None), State::Empty);
         assert_eq!(
-            classify(&names(&["PG_VERSION", "base", "global"]), true, false, false),
+            classify(&names(&["PG_VERSION", "base", "global"]), true, false, false, None),
             State::Cluster { standby: false }
         );
-        assert_eq!(classify(&names(&["PG_VERSION", "global"]), true, true, false), State::Cluster { standby: true });
-        assert_eq!(classify(&names(&[STAGING, "lost+found"]), false, false, false), State::Interrupted);
+        assert_eq!(
+            classify(&names(&["PG_VERSION", "global"]), true, true, false, None),
+            State::Cluster { standby: true }
+        );
+        assert_eq!(classify(&names(&[STAGING, "lost+found"]), false, false, false, None), State::Interrupted);
         // A new cluster whose init scripts did not finish: complete-looking, yet unfinished.
         assert_eq!(
-            classify(&names(&["PG_VERSION", "base", "global", INITIALISING]), true, false, false),
+            classify(&names(&["PG_VERSION", "base", "global", INITIALISING]), true, false, false, None),
             State::Interrupted
         );
-        assert_eq!(classify(&names(&["base", STAGED]), false, false, false), State::Staged);
-        assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false, false), State::Staged);
+        assert_eq!(classify(&names(&["base", STAGED]), false, false, false, None), State::Staged);
+        assert_eq!(classify(&names(&["PG_VERSION", STAGED]), true, false, false, None), State::Staged);
         // PG_VERSION without pg_control is not a cluster we can start: refuse, never delete.
-        assert_eq!(classify(&names(&["PG_VERSION"]), false, false, false), State::Foreign(names(&["PG_VERSION"])));
         assert_eq!(
-            classify(&names(&["notes.txt", STAGING]), false, false, false),
+            classify(&names(&["PG_VERSION"]), false, false, false, None),
+            State::Foreign(names(&["PG_VERSION"]))
+        );
+        assert_eq!(
+            classify(&names(&["notes.txt", STAGING]), false, false, false, None),
             State::Foreign(names(&[STAGING, "notes.txt"]))
         );
-        assert_eq!(classify(&names(&[".hidden"]), false, false, false), State::Foreign(names(&[".hidden"])));
+        assert_eq!(classify(&names(&[".hidden"]), false, false, false, None), State::Foreign(names(&[".hidden"])));
     }
 
     #[test]
     fn a_discard_under_way_wins_over_everything() {
-        assert_eq!(classify(&names(&["PG_VERSION", "base", STAGING]), true, true, true), State::Discarding);
+        assert_eq!(classify(&names(&["PG_VERSION", "base", STAGING]), true, true, true, None), State::Discarding);
+    }
+
+    #[test]
+    fn an_upgrade_directory_is_an_unfinished_upgrade_or_else_not_part_of_the_cluster() {
+        let cluster = names(&["PG_VERSION", "base", "global", UPGRADE_WORK]);
+        assert_eq!(classify(&cluster, true, false, false, Some(UpgradeStage::Done)), State::Cluster { standby: false });
+        assert_eq!(classify(&cluster, true, false, false, Some(UpgradeStage::Installed)), State::Upgrading);
+        let only_work = names(&[UPGRADE_WORK]);
+        for stage in [UpgradeStage::MovingOld, UpgradeStage::Upgrading, UpgradeStage::Installing] {
+            assert_eq!(classify(&only_work, false, false, false, Some(stage)), State::Upgrading);
+        }
+        assert_eq!(classify(&only_work, false, false, false, Some(UpgradeStage::Recloning)), State::Empty);
+        assert_eq!(
+            classify(&names(&[UPGRADE_WORK, STAGING]), false, false, false, Some(UpgradeStage::Recloning)),
+            State::Interrupted
+        );
     }
 
     #[test]

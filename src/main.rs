@@ -26,6 +26,7 @@ mod step;
 mod supervise;
 mod tempserver;
 mod tls;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 

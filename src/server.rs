@@ -59,6 +59,23 @@ impl Bin {
     pub fn dir(&self) -> &Path {
         &self.0
     }
+
+    /// The major version of this `postgres` (`postgres -V`: "postgres (PostgreSQL) 17.6 ...").
+    pub fn major(&self) -> Result<u32, String> {
+        let what = self.tool("postgres");
+        let out = std::process::Command::new(&what)
+            .arg("-V")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", what.display()))?;
+        parse_major(&String::from_utf8_lossy(&out.stdout))
+            .ok_or_else(|| format!("{} -V did not print a version", what.display()))
+    }
+}
+
+/// The major of a `postgres -V` line, or of PG_VERSION's "15".
+pub fn parse_major(text: &str) -> Option<u32> {
+    let version = text.rsplit_once("(PostgreSQL)").map_or(text, |(_, v)| v).split_whitespace().next()?;
+    version.split('.').next()?.parse().ok()
 }
 
 fn is_server_dir(dir: &Path) -> bool {
@@ -254,6 +271,15 @@ fn normalise(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn majors_are_read_from_postgres_v_and_pg_version() {
+        assert_eq!(parse_major("postgres (PostgreSQL) 17.6 (Debian 17.6-0+deb13u1)\n"), Some(17));
+        assert_eq!(parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(parse_major("15\n"), Some(15));
+        assert_eq!(parse_major("9.6\n"), Some(9));
+        assert_eq!(parse_major("garbage"), None);
+    }
     use crate::render::Source;
 
     #[test]

@@ -22,6 +22,7 @@ use crate::server::{Bin, Endpoint};
 use crate::step::{self, exit, Context, StepError};
 use crate::supervise::{Supervisor, Tick};
 use crate::tls;
+use crate::upgrade;
 
 /// Everything `check` and `run` decide before touching anything.
 pub struct Plan {
@@ -124,6 +125,10 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
     }
+    if let Err(message) = upgrade::check(&plan.config, &plan.bin) {
+        tracing::error!("{message}");
+        return exit::CONFIG;
+    }
     if let Goal::Initialise { enforce } = goal {
         if let Ok(State::Cluster { .. }) = datadir::inspect(&plan.config.pgdata) {
             let pgdata = plan.config.pgdata.display();
@@ -155,6 +160,15 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
                 tracing::error!("{e}");
                 return exit::STARTUP_FAILED;
             }
+        }
+    };
+    // A cluster of an older major is upgraded (or an interrupted upgrade resolved) before
+    // anything reads it.
+    let upgraded = match upgrade::settle(&plan.context(postgres_args), &mut sup) {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::error!("{e}");
+            return e.exit_code();
         }
     };
     // REPLICATION_ROLE=auto becomes primary or replica here, before anything follows the role.
@@ -196,11 +210,15 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         }
         return e.exit_code();
     }
+    if let Err(e) = upgrade::after_clone(&plan.config.pgdata) {
+        tracing::error!("{e}");
+        return e.exit_code();
+    }
     if goal != Goal::Serve {
         tracing::info!("PGDATA is initialised; exiting without starting postgres");
         return 0;
     }
-    supervise_postgres(&ctx, &mut sup, endpoint.as_ref())
+    supervise_postgres(&ctx, &mut sup, endpoint.as_ref(), upgraded)
 }
 
 /// A data directory Patroni has managed is only started by Patroni: started alone, it could
@@ -330,12 +348,12 @@ fn bring_data_dir_to_role(
             }
             converge::existing_cluster(ctx, sup)
         }
-        (State::Staged | State::Discarding, _) => unreachable!("finished above"),
+        (State::Staged | State::Discarding | State::Upgrading, _) => unreachable!("finished above"),
     }
 }
 
 /// Step 6: run postgres and pass its exit status through (README "Exit codes").
-fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&http::Endpoint>) -> i32 {
+fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&http::Endpoint>, upgraded: bool) -> i32 {
     let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
     let child = match sup.spawn(&mut cmd) {
@@ -362,8 +380,17 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
         }
         _ => None,
     };
-    let mut keep_slot = |sup: &mut Supervisor| keeper.as_mut().map_or((), |k| k.tick(sup));
-    let tick: Option<Tick> = matches!(ctx.config.role, Role::Replica(_)).then_some((slot_keeper::TICK, &mut keep_slot));
+    let mut analyzer = upgraded.then(|| upgrade::Analyzer::new(ctx));
+    let mut turn = |sup: &mut Supervisor| {
+        if let Some(keeper) = keeper.as_mut() {
+            keeper.tick(sup);
+        }
+        if let Some(analyzer) = analyzer.as_mut() {
+            analyzer.tick(sup);
+        }
+    };
+    let ticking = matches!(ctx.config.role, Role::Replica(_)) || upgraded;
+    let tick: Option<Tick> = ticking.then_some((slot_keeper::TICK, &mut turn));
     let code = match sup.supervise(pid, crate::supervise::Kind::Postgres, tick) {
         Ok(code) => code,
         Err(e) => {

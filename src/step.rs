@@ -92,6 +92,10 @@ pub enum StepError {
     Fenced(String),
     #[error("REPLICATION_ROLE=auto: refusing to start: {0}")]
     AutoRefused(String),
+    #[error("major-version upgrade: {0}")]
+    Upgrade(String),
+    #[error("{0}")]
+    UpgradeRefused(String),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
 }
@@ -101,7 +105,9 @@ impl StepError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StepError::Stopped(sig) => 128 + *sig as i32,
-            StepError::PrimaryRejected { .. } | StepError::PrimaryUntrusted { .. } => exit::CONFIG,
+            StepError::PrimaryRejected { .. } | StepError::PrimaryUntrusted { .. } | StepError::UpgradeRefused(_) => {
+                exit::CONFIG
+            }
             StepError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
             StepError::Fenced(_) | StepError::AutoRefused(_) => exit::FENCED,
             _ => exit::STARTUP_FAILED,

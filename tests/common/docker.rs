@@ -99,12 +99,17 @@ impl Cluster {
 
     /// Starts container `name` on volume `volume` with the given role variables.
     pub fn start(&mut self, name: &str, volume: &str, env: &[(&str, &str)]) -> String {
+        self.start_image(&image(), name, volume, env)
+    }
+
+    /// [`Cluster::start`] with another image (the upgrade suite's two majors).
+    pub fn start_image(&mut self, image: &str, name: &str, volume: &str, env: &[(&str, &str)]) -> String {
         let base = [("POSTGRES_PASSWORD", SECRET), ("REPLICATION_PASSWORD", "rep pw"), ("HA_MODE", "native")];
         let mut args: Vec<String> = vec!["-v".into(), format!("{}:/var/lib/postgresql/data", self.volume(volume))];
         for (k, v) in base.iter().chain(env) {
             args.extend(["-e".into(), format!("{k}={v}")]);
         }
-        self.run_detached(name, &args, &image(), &[])
+        self.run_detached(name, &args, image, &[])
     }
 
     /// `docker run -d` of `image` as container `name` on this network, with `docker_args`
