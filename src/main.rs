@@ -228,6 +228,10 @@ fn check(postgres_args: &[String]) -> i32 {
         eprintln!("{problem}");
         return step::exit::CONFIG;
     }
+    if let Err(problem) = upgrade::check(c, &plan.bin) {
+        eprintln!("{problem}");
+        return step::exit::CONFIG;
+    }
     let state = match datadir::inspect(&c.pgdata) {
         Ok(state) => format!("{state:?}"),
         Err(e) => format!("unreadable ({e})"),
@@ -265,6 +269,20 @@ fn check(postgres_args: &[String]) -> i32 {
         return 0;
     }
     println!("TLS:             {}", tls_plan(&c.tls));
+    let u = &c.upgrade;
+    println!(
+        "upgrade:         {}",
+        if u.auto {
+            format!(
+                "POSTGRES_UPGRADE=auto ({}, old cluster {}, indexes on changed collations {})",
+                u.method.flag(),
+                if u.keep_old { "kept" } else { "removed" },
+                if u.reindex { "rebuilt" } else { "refused" }
+            )
+        } else {
+            "off: a cluster of an older major is refused".into()
+        }
+    );
     if let config::Role::Auto(a) = &c.role {
         println!(
             "auto:            ordinal {}: decided at start from PGDATA and the peers; with an empty volume and no \

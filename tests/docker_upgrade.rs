@@ -29,8 +29,8 @@ const FACTS: &str = "SELECT concat_ws(' | ', \
 
 /// A PostgreSQL 15 volume with pgbench tables, a table of words with a (collation-sensitive)
 /// index, a sequence, an hstore column (an extension of both majors), an `ALTER SYSTEM`
-/// setting and a postgresql.conf edit; stopped cleanly. Returns the facts.
-fn populate(c: &mut Cluster, volume: &str, name: &str, words: u32) -> String {
+/// setting, a postgresql.conf edit and `extra`; stopped cleanly. Returns the facts.
+fn populate(c: &mut Cluster, volume: &str, name: &str, words: u32, extra: &str) -> String {
     let id = c.start_image(&old_image(), name, volume, &[PRIMARY]);
     wait_healthy(&id, Duration::from_secs(120));
     docker(&["exec", &id, "pgbench", "-i", "-q", "-s", "2", "-U", "postgres", "postgres"]);
@@ -41,7 +41,7 @@ fn populate(c: &mut Cluster, volume: &str, name: &str, words: u32) -> String {
            FROM generate_series(1, {words}) i; \
          CREATE INDEX words_w ON words (w); \
          CREATE SEQUENCE ids; SELECT nextval('ids') FROM generate_series(1, 3); \
-         CREATE EXTENSION hstore; CREATE TABLE kv (h hstore); INSERT INTO kv VALUES ('k=>v1');"
+         CREATE EXTENSION hstore; CREATE TABLE kv (h hstore); INSERT INTO kv VALUES ('k=>v1'); {extra}"
     );
     let alter = "ALTER SYSTEM SET work_mem = '12MB'";
     docker(&["exec", &id, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-c", &setup, "-c", alter]);
@@ -113,7 +113,7 @@ fn logs(id: &str) -> String {
 #[ignore = "needs Docker and the 15 and 17-upgrade images: docker/e2e.sh"]
 fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place() {
     let mut c = Cluster::new("upg");
-    let facts = populate(&mut c, "data", "p15", 20_000);
+    let facts = populate(&mut c, "data", "p15", 20_000, "");
     let before = checksum(&c, "data");
 
     let refused = c.start_image(&upgrade_image(), "refused", "data", &[PRIMARY]);
@@ -135,6 +135,7 @@ fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place() {
     assert_eq!(sql(&id, "SELECT h -> 'k' FROM kv WHERE h ? 'k'"), "v1", "hstore works on 17");
     // The planner statistics come back in the background.
     eventually_sql(&id, "SELECT count(*) > 0 FROM pg_stats WHERE tablename = 'pgbench_accounts'", "t");
+    wait_for("vacuumdb's end in the log", Duration::from_secs(60), || logs(&id).contains("planner statistics rebuilt"));
     let said = logs(&id);
     assert!(said.contains("rebuilding indexes whose collation version changed"), "{said}");
     // A client is no longer warned about the collation version.
@@ -148,6 +149,23 @@ fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place() {
     docker(&["restart", &id]);
     wait_healthy(&id, Duration::from_secs(120));
     assert_upgraded(&id, &facts, "5");
+}
+
+#[test]
+#[ignore = "needs Docker and the 15 and 17-upgrade images: docker/e2e.sh"]
+fn an_extension_17_lacks_fails_the_check_and_the_15_cluster_stays() {
+    let mut c = Cluster::new("upgext");
+    // adminpack was removed in PostgreSQL 17.
+    let facts = populate(&mut c, "data", "p15", 1_000, "CREATE EXTENSION adminpack;");
+    let id = c.start_image(&upgrade_image(), "p17", "data", &[PRIMARY, AUTO]);
+    assert_eq!(wait_exit(&id, Duration::from_secs(120)), 1);
+    let said = logs(&id);
+    assert!(said.contains("could not load library \"$libdir/adminpack\""), "pg_upgrade's list is shown: {said}");
+    assert!(said.contains("pg_upgrade --check failed") && said.contains("the PostgreSQL 15 cluster is back in PGDATA"), "{said}");
+    let back = c.start_image(&old_image(), "back15", "data", &[PRIMARY]);
+    wait_healthy(&back, Duration::from_secs(120));
+    assert_eq!(sql(&back, FACTS), facts);
+    assert_eq!(sql(&back, "SELECT extname FROM pg_extension WHERE extname = 'adminpack'"), "adminpack");
 }
 
 /// Polls the volume (from this machine, every 5 ms) until `ready`, then `docker kill`s `id`.
@@ -167,7 +185,7 @@ fn kill_when(id: &str, what: &str, timeout: Duration, ready: impl Fn() -> bool) 
 fn kills_during_pg_upgrade_and_during_the_first_start_end_in_the_old_cluster_or_a_finished_upgrade() {
     let mut c = Cluster::new("upgkill");
     // Enough words that rebuilding their index keeps the first start busy for a while.
-    let facts = populate(&mut c, "data", "p15", 400_000);
+    let facts = populate(&mut c, "data", "p15", 400_000, "");
     let work = mountpoint(&c, "data").join(WORK);
 
     // Killed while pg_upgrade links the files (the old pg_control is renamed meanwhile).
