@@ -161,7 +161,10 @@ fn an_extension_17_lacks_fails_the_check_and_the_15_cluster_stays() {
     assert_eq!(wait_exit(&id, Duration::from_secs(120)), 1);
     let said = logs(&id);
     assert!(said.contains("could not load library \"$libdir/adminpack\""), "pg_upgrade's list is shown: {said}");
-    assert!(said.contains("pg_upgrade --check failed") && said.contains("the PostgreSQL 15 cluster is back in PGDATA"), "{said}");
+    assert!(
+        said.contains("pg_upgrade --check failed") && said.contains("the PostgreSQL 15 cluster is back in PGDATA"),
+        "{said}"
+    );
     let back = c.start_image(&old_image(), "back15", "data", &[PRIMARY]);
     wait_healthy(&back, Duration::from_secs(120));
     assert_eq!(sql(&back, FACTS), facts);

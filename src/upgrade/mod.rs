@@ -181,13 +181,17 @@ fn upgrade(ctx: &Context, sup: &mut Supervisor, work: &Work, old: u32) -> Result
         .and_then(|()| pg_upgrade(ctx, sup, &old_bin, work, true))
         .and_then(|()| pg_upgrade(ctx, sup, &old_bin, work, false));
     if let Err(e) = attempt {
-        if !matches!(e, StepError::Stopped(_)) {
-            show_upgrade_reports(&work.new);
+        if let StepError::Stopped(_) = e {
+            // pg_upgrade, stopped, may leave a server of its own running in old/ or new/:
+            // those go with this container, and the next start rolls back.
+            tracing::warn!("stopped during the upgrade; the next start restores the old cluster and starts over");
+            return Err(e);
         }
+        show_upgrade_reports(&work.new);
         roll_back(pgdata, work)?;
         return Err(match e {
             StepError::Failed { what, .. } => StepError::Upgrade(format!(
-                "{what} failed (its reasons are above); the PostgreSQL {old} cluster is back in PGDATA, unchanged. \
+                "{what} failed (its reasons are above); the PostgreSQL {old} cluster is back in PGDATA, its data untouched. \
                  Fix what it names and start again, or start the PostgreSQL {old} image"
             )),
             other => other,
@@ -362,6 +366,14 @@ fn show_upgrade_reports(new: &Path) {
 /// ran, renaming it back makes the old cluster usable again.
 fn roll_back(pgdata: &Path, work: &Work) -> Result<(), StepError> {
     let io = |action: &'static str| DataDirError::io(pgdata, action);
+    for dir in [&work.old, &work.new] {
+        if let Some(pid) = datadir::live_postmaster(dir) {
+            return Err(StepError::Upgrade(format!(
+                "a postgres started by pg_upgrade (pid {pid}) still runs in {}; stop it, then start again",
+                dir.display()
+            )));
+        }
+    }
     let control = work.old.join("global/pg_control");
     if !control.exists() && control.with_file_name("pg_control.old").exists() {
         fs::rename(control.with_file_name("pg_control.old"), &control).map_err(io("cannot restore pg_control"))?;
