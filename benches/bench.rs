@@ -4,9 +4,11 @@
 //! round, and the report gives its median and interquartile range, with a verdict only when
 //! the whole range is on one side of the target; these machines are too noisy for one
 //! median against another. Prints a table and writes BENCHMARKS.md. `BENCH_ROUNDS` (default
-//! 15), `BENCH_CLONE_ROUNDS` (default 5) and `BENCH_CLONE_MB` (default 1024) scale it;
-//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni` or
-//! `BENCH_ONLY=tls` runs and prints those alone.
+//! 15), `BENCH_CLONE_ROUNDS` (default 5), `BENCH_CLONE_MB` (default 1024, the TLS clone) and
+//! `BENCH_CLONE_SIZES` (default 100,1024,4096 MB: clone cost as the primary grows) scale it;
+//! `BENCH_FILES` (default 30000) relation files for the restart and ownership cases;
+//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni`,
+//! `BENCH_ONLY=tls` or `BENCH_ONLY=growth` runs and prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -28,7 +30,7 @@ fn rounds() -> usize {
     env_count("BENCH_ROUNDS", 15)
 }
 
-/// Rounds of the replica bootstrap (a clone of BENCH_CLONE_MB each, twice per round).
+/// Rounds of each clone case (two clones per round).
 fn clone_rounds() -> usize {
     env_count("BENCH_CLONE_ROUNDS", 5)
 }
@@ -223,6 +225,7 @@ fn main() {
     let only = match std::env::var("BENCH_ONLY").as_deref() {
         Ok("patroni") => Some(patroni_failover(env_count("BENCH_FAILOVERS", 3))),
         Ok("tls") => Some(tls_cost()),
+        Ok("growth") => Some(growth()),
         _ => None,
     };
     if let Some(rows) = only {
@@ -235,7 +238,7 @@ fn main() {
 
     // 1: first boot, a new cluster each time on both sides.
     let first_boot = Paired::run(rounds(), || ours_first_boot().0, || bare_first_boot().0);
-    rows.push(first_boot.row("first boot to ready (TCP password login)", Some(1.05), "≤ 1.05"));
+    rows.push(first_boot.row("first boot to ready, no init scripts (TCP password login)", Some(1.05), "≤ 1.05"));
 
     // 2: restart of one standalone cluster on each side.
     let (_, mut node) = ours_first_boot();
@@ -254,8 +257,9 @@ fn main() {
     );
     rows.push(restart.row("restart to ready (standalone)", Some(1.05), "≤ 1.05"));
 
-    // 3: replica bootstrap to streaming from a primary of BENCH_CLONE_MB.
-    rows.push(replica_bootstrap(clone_rounds()));
+    // 3: as the work grows: clones of larger primaries, many relation files, init scripts,
+    // the ownership repair of a foreign-owned volume.
+    rows.extend(growth());
 
     // 4: SIGTERM with 50 idle clients and one in a long transaction.
     rows.push(shutdown(rounds()));
@@ -339,29 +343,197 @@ fn tls_cost() -> Vec<Row> {
 /// About `mb` MB of data: 200 rows of 5 kB per MB, stored uncompressed (EXTERNAL), so the
 /// clone copies what the size says.
 fn fill(node: &Node, mb: u64) {
+    if mb == 0 {
+        return;
+    }
     node.client()
         .batch_execute(&format!(
-            "CREATE TABLE fill (g int, pad text); ALTER TABLE fill ALTER pad SET STORAGE EXTERNAL;
+            "CREATE TABLE IF NOT EXISTS fill (g int, pad text); ALTER TABLE fill ALTER pad SET STORAGE EXTERNAL;
              INSERT INTO fill SELECT g, repeat(md5(g::text), 156) FROM generate_series(1, {}) g; CHECKPOINT;",
             mb * 200
         ))
         .unwrap();
 }
 
-fn replica_bootstrap(n: usize) -> Row {
-    let mb: u64 = std::env::var("BENCH_CLONE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+/// The cases whose cost grows with the work, each next to the bare tools doing the same work.
+fn growth() -> Vec<Row> {
+    let mut rows = replica_bootstrap(clone_rounds());
+    rows.extend(many_files(rounds()));
+    // With none, a first boot is case 1.
+    for scripts in [10, 100] {
+        rows.push(init_scripts(rounds(), scripts));
+    }
+    rows
+}
+
+/// `count` empty tables (a relation file each), in transactions of 1000 (each holds a lock
+/// per table until it commits).
+fn create_tables(port: u16, count: usize) {
+    let mut client = login(port).unwrap();
+    for start in (0..count).step_by(1000) {
+        let end = (start + 1000).min(count) - 1;
+        client
+            .batch_execute(&format!(
+                "DO $$ BEGIN FOR i IN {start}..{end} LOOP EXECUTE format('CREATE TABLE f_%s (a int)', i); END LOOP; END $$"
+            ))
+            .unwrap();
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| if e.file_type().unwrap().is_dir() { 1 + count_files(&e.path()) } else { 1 })
+        .sum()
+}
+
+/// `chown -R` of `dir` to `owner`, as a volume made elsewhere arrives.
+fn chown_tree(dir: &Path, owner: &str) {
+    assert!(Command::new("chown").arg("-R").arg(owner).arg(dir).status().unwrap().success());
+}
+
+/// A restart with BENCH_FILES relation files (start-up must do no per-file work while the
+/// ownership is right), and the ownership repair of that volume owned by another uid next to
+/// `chown -R` and a start.
+fn many_files(n: usize) -> Vec<Row> {
+    let tables = env_count("BENCH_FILES", 30_000);
+    let (_, mut node) = ours_first_boot();
+    let (_, _bare_tmp, data, port) = bare_first_boot();
+    node.start();
+    create_tables(node.port, tables);
+    assert_eq!(node.stop(), 0);
+    let server = bare_postgres(&data, port, &[]);
+    wait_login(port, Duration::from_secs(60));
+    create_tables(port, tables);
+    stop_bare(server);
+    let bare_start = || {
+        let started = Instant::now();
+        let server = bare_postgres(&data, port, &[]);
+        wait_login(port, Duration::from_secs(60));
+        let took = started.elapsed().as_secs_f64();
+        stop_bare(server);
+        took
+    };
+    let files = count_files(&node.pgdata);
+    let restart = Paired::run(n, || timed_start(&mut node), bare_start);
+    let restart = restart.row(&format!("restart to ready, {files} files in PGDATA"), Some(1.05), "≤ 1.05");
+    let repair = Paired::run(
+        n,
+        || {
+            chown_tree(&node.pgdata, "1000:1000");
+            timed_start(&mut node)
+        },
+        || {
+            chown_tree(&data, "1000:1000");
+            let started = Instant::now();
+            chown_tree(&data, "postgres:postgres");
+            started.elapsed().as_secs_f64() + bare_start()
+        },
+    );
+    let per_second = files as f64 / median(repair.ours.clone());
+    let mut repair = repair.row(
+        &format!("ownership repair + start, {files} files of another uid (bare: chown -R + start)"),
+        Some(1.05),
+        "≤ 1.05",
+    );
+    repair.ours = format!("{} ({per_second:.0} files/s)", repair.ours);
+    vec![restart, repair]
+}
+
+/// First boot with `scripts` init scripts (`.sql`, one table each), next to what the official
+/// image's script does by hand: initdb, a temporary server on the socket only, psql per
+/// script, a stop, the real start.
+fn init_scripts(n: usize, scripts: usize) -> Row {
+    let sql = |i: usize| format!("CREATE TABLE s{i} (a int);\n");
+    let ours = || {
+        let mut node = Node::new("bench-scripts");
+        for i in 0..scripts {
+            node.script(&format!("{i:03}.sql"), sql(i).as_bytes());
+        }
+        timed_start(&mut node)
+    };
+    let bare = || {
+        let tmp = TempDir::new("bench-bare-scripts");
+        let data = bare_dir(&tmp);
+        let pwfile = tmp.0.join("pw");
+        fs::write(&pwfile, PASSWORD).unwrap();
+        chown_postgres(&pwfile);
+        for i in 0..scripts {
+            fs::write(tmp.0.join(format!("{i:03}.sql")), sql(i)).unwrap();
+        }
+        let (port, run) = (free_port(), tmp.0.join("run"));
+        let started = Instant::now();
+        let ok = as_postgres("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=trust", "--pwfile"])
+            .arg(&pwfile)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "bare initdb failed");
+        if scripts > 0 {
+            let temp = bare_postgres(&data, port, &["-c", "listen_addresses="]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while postgres::Config::new().host_path(&run).port(port).user("postgres").connect(postgres::NoTls).is_err()
+            {
+                assert!(Instant::now() < deadline, "the bare temporary server did not start");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            for i in 0..scripts {
+                let ok = as_postgres("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+                    .arg(&run)
+                    .args(["-p", &port.to_string(), "-f"])
+                    .arg(tmp.0.join(format!("{i:03}.sql")))
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "bare psql failed");
+            }
+            stop_bare(temp);
+        }
+        let server = bare_postgres(&data, port, &[]);
+        wait_login(port, Duration::from_secs(60));
+        let took = started.elapsed().as_secs_f64();
+        stop_bare(server);
+        took
+    };
+    Paired::run(n, ours, bare).row(&format!("first boot with {scripts} init scripts"), Some(1.05), "≤ 1.05")
+}
+
+/// Clone to streaming from one primary filled up to each of `BENCH_CLONE_SIZES` in turn.
+fn replica_bootstrap(n: usize) -> Vec<Row> {
+    let sizes: Vec<u64> = std::env::var("BENCH_CLONE_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .filter(|v: &Vec<u64>| !v.is_empty())
+        .unwrap_or(vec![100, 1024, 4096]);
     let mut primary = Node::new("bench-primary");
     primary.as_primary().start();
-    fill(&primary, mb);
-    let size = primary.query_one("pg_size_pretty(pg_database_size('postgres'))");
+    let mut filled = 0;
     let mut round = 0;
+    let mut rows = Vec::new();
+    for mb in sizes {
+        fill(&primary, mb.saturating_sub(filled));
+        filled = filled.max(mb);
+        rows.push(clone_rounds_of(&primary, n, &mut round));
+    }
+    assert_eq!(primary.stop(), 0);
+    rows
+}
+
+fn clone_rounds_of(primary: &Node, n: usize, round: &mut usize) -> Row {
+    let bytes: f64 = primary.query_one("(SELECT sum(pg_database_size(oid)) FROM pg_database)::float8").parse().unwrap();
+    let mb = bytes / (1024.0 * 1024.0);
     let clones = Paired::run(
         n,
         || {
-            round += 1;
+            *round += 1;
             let slot = format!("bench_r{round}");
             let mut replica = Node::new("bench-replica");
-            replica.as_replica_of(&primary, &slot);
+            replica.as_replica_of(primary, &slot);
             let started = Instant::now();
             replica.spawn(&[]);
             wait_streaming_login(replica.port, Duration::from_secs(60), &|| replica.output());
@@ -373,8 +545,11 @@ fn replica_bootstrap(n: usize) -> Row {
         },
         || bare_clone(primary.port),
     );
-    assert_eq!(primary.stop(), 0);
-    clones.row(&format!("replica bootstrap to streaming ({size} primary)"), Some(1.05), "≤ 1.05")
+    let speed = |seconds: f64| format!("{} ms ({:.0} MB/s)", (seconds * 1000.0).round(), mb / seconds);
+    let (ours, bare) = (median(clones.ours.clone()), median(clones.bare.clone()));
+    let mut row = clones.row(&format!("replica bootstrap to streaming ({mb:.0} MB primary)"), Some(1.05), "≤ 1.05");
+    (row.ours, row.bare) = (speed(ours), speed(bare));
+    row
 }
 
 /// Bare: pg_basebackup with the same options, standby.signal and conninfo, postgres, until

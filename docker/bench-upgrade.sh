@@ -7,6 +7,7 @@
 # medians and ranges over ROUNDS (default 3). Needs Docker; builds the images offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. docker/bench-lib.sh
 rounds="${ROUNDS:-3}"
 old=$(docker/build-offline.sh 15 | tail -n 1)
 new=$(docker/build-offline.sh 17-upgrade | tail -n 1)
@@ -19,14 +20,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-healthy() { # waits until the container's postgres answers as the role it should
-    until docker exec "$1" pg-entrypoint health >/dev/null 2>&1; do
-        [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ] || { docker logs "$1" | tail -n 20 >&2; exit 1; }
-        sleep 0.1
-    done
-}
-
 echo "making the PostgreSQL 15 volume..." >&2
 docker run -d --name "$tag-src" -e POSTGRES_PASSWORD=x -v "$tag-src:$data" "$old" >/dev/null
 healthy "$tag-src"
@@ -37,17 +30,18 @@ docker stop "$tag-src" >/dev/null
 
 # One case on a fresh copy of the volume; prints its seconds.
 run_case() {
-    local case="$1" vol="$tag-r" start end
+    local case="$1" vol="$tag-r" took
     docker volume rm "$vol" >/dev/null 2>&1 || true
     docker run --rm -v "$tag-src:/from" -v "$vol:/to" "$old" sh -c 'cp -a /from/. /to/'
     sync
+    local start
     start=$(now)
     case "$case" in
         ours-link|ours-copy)
             docker run -d --name "$tag-run" -e POSTGRES_PASSWORD=x -e POSTGRES_UPGRADE=auto \
                 -e POSTGRES_UPGRADE_METHOD="${case#ours-}" -v "$vol:$data" "$new" >/dev/null
             healthy "$tag-run"
-            end=$(now)
+            took=$(since "$start")
             docker rm -f "$tag-run" >/dev/null ;;
         bare-link|bare-copy)
             # What a user does by hand: a new cluster beside the old one on the same volume,
@@ -58,10 +52,10 @@ run_case() {
                 /usr/lib/postgresql/17/bin/pg_upgrade -b /usr/lib/postgresql/15/bin -B /usr/lib/postgresql/17/bin \
                     -d /v -D /v/new -U postgres -s /tmp $M >/dev/null
                 /usr/lib/postgresql/17/bin/pg_ctl -D /v/new -o "-k /tmp -c listen_addresses=" -w start >/dev/null'
-            end=$(now) ;;
+            took=$(since "$start") ;;
     esac
     docker volume rm "$vol" >/dev/null
-    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }'
+    echo "$took"
 }
 
 declare -A times
@@ -76,19 +70,12 @@ for round in $(seq "$rounds"); do
     done
 done
 
-stats() { # median, min and max of the numbers given
-    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f s (%.1f-%.1f)", m, a[1], a[NR]}'
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
-
 echo
 echo "Upgrade 15 -> 17 of a $size volume, $rounds rounds, $(nproc) cores, $(date -u +%Y-%m-%d)"
 echo "| method | pg-entrypoint (docker run to healthy) | bare initdb + pg_upgrade + start | ratio of medians |"
 echo "|---|---|---|---|"
 for m in link copy; do
     # shellcheck disable=SC2086
-    ours=$(stats ${times[ours-$m]}); bare=$(stats ${times[bare-$m]})
-    # shellcheck disable=SC2086
-    ratio=$(awk -v a="$(median ${times[ours-$m]})" -v b="$(median ${times[bare-$m]})" 'BEGIN { print a / b }')
-    printf '| %s | %s | %s | %.2f |\n' "$m" "$ours" "$bare" "$ratio"
+    printf '| %s | %s | %s | %s |\n' "$m" "$(stats ${times[ours-$m]})" "$(stats ${times[bare-$m]})" \
+        "$(ratio "${times[ours-$m]}" "${times[bare-$m]}")"
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Docker suite: builds the PostgreSQL 15 and 17 images offline (docker/build-offline.sh)
 # and runs tests/docker.rs and tests/docker_dropin.rs against each on this machine's Docker
-# engine, then tests/docker_upgrade.rs from the 15 image to the 17 upgrade image. Starts
+# engine, then tests/docker_upgrade.rs from the 15 image to the 17 upgrade image, and ends
+# with the Docker-level figures of docker/bench.sh (3 rounds) on the 17 image. Starts
 # dockerd if it is not running; only if that fails too are the tests skipped, said on the
 # last line.
 set -euo pipefail
@@ -44,3 +45,5 @@ PGEP_UPGRADE_IMAGE=$(docker/build-offline.sh 17-upgrade | tail -n 1)
 export PGEP_OLD_IMAGE PGEP_UPGRADE_IMAGE
 echo "=== Upgrade suite: $PGEP_OLD_IMAGE to $PGEP_UPGRADE_IMAGE ==="
 PGEP_IMAGE="$PGEP_UPGRADE_IMAGE" suite 'binary(docker_upgrade)' --test docker_upgrade
+echo "=== Docker-level figures (docker/bench.sh) ==="
+ROUNDS="${BENCH_ROUNDS:-3}" IMAGE=$(docker/build-offline.sh 17 | tail -n 1) docker/bench.sh

@@ -111,7 +111,7 @@ fn logs(id: &str) -> String {
 
 #[test]
 #[ignore = "needs Docker and the 15 and 17-upgrade images: docker/e2e.sh"]
-fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place() {
+fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place_its_indexes_rebuilt() {
     let mut c = Cluster::new("upg");
     let facts = populate(&mut c, "data", "p15", 20_000, "");
     let before = checksum(&c, "data");
@@ -127,10 +127,24 @@ fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place() {
     assert!(!said.contains("FATAL"), "refused before postgres ran: {said}");
     assert_eq!(checksum(&c, "data"), before, "the volume is unchanged");
 
+    // POSTGRES_UPGRADE_REINDEX=false: upgraded, then stopped at the indexes to rebuild.
+    let no_reindex =
+        c.start_image(&upgrade_image(), "noreindex", "data", &[PRIMARY, AUTO, ("POSTGRES_UPGRADE_REINDEX", "false")]);
+    assert_eq!(wait_exit(&no_reindex, Duration::from_secs(120)), 1);
+    let said = logs(&no_reindex);
+    assert!(
+        said.contains(
+            "1 index(es) use a collation whose version changed and may return wrong results: postgres: public.words_w"
+        ),
+        "{said}"
+    );
+    let stage = mountpoint(&c, "data").join(WORK).join("stage");
+    assert_eq!(std::fs::read_to_string(&stage).unwrap(), "installed");
+
     let started = Instant::now();
     let id = c.start_image(&upgrade_image(), "p17", "data", &[PRIMARY, AUTO]);
     wait_healthy(&id, Duration::from_secs(300));
-    println!("upgrade of a small volume: healthy after {:.1} s", started.elapsed().as_secs_f64());
+    println!("the upgrade's first start finished: healthy after {:.1} s", started.elapsed().as_secs_f64());
     assert_upgraded(&id, &facts, "4");
     assert_eq!(sql(&id, "SELECT h -> 'k' FROM kv WHERE h ? 'k'"), "v1", "hstore works on 17");
     // The planner statistics come back in the background.
