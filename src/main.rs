@@ -228,7 +228,7 @@ fn check(postgres_args: &[String]) -> i32 {
         eprintln!("{problem}");
         return step::exit::CONFIG;
     }
-    if let Err(problem) = upgrade::check(c, &plan.bin) {
+    if let Err(problem) = upgrade::check(c, plan.server_major) {
         eprintln!("{problem}");
         return step::exit::CONFIG;
     }

@@ -59,23 +59,11 @@ impl Bin {
     pub fn dir(&self) -> &Path {
         &self.0
     }
-
-    /// The major version of this `postgres` (`postgres -V`: "postgres (PostgreSQL) 17.6 ...").
-    pub fn major(&self) -> Result<u32, String> {
-        let what = self.tool("postgres");
-        let out = std::process::Command::new(&what)
-            .arg("-V")
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", what.display()))?;
-        parse_major(&String::from_utf8_lossy(&out.stdout))
-            .ok_or_else(|| format!("{} -V did not print a version", what.display()))
-    }
 }
 
-/// The major of a `postgres -V` line, or of PG_VERSION's "15".
-pub fn parse_major(text: &str) -> Option<u32> {
-    let version = text.rsplit_once("(PostgreSQL)").map_or(text, |(_, v)| v).split_whitespace().next()?;
-    version.split('.').next()?.parse().ok()
+/// The major of `server_version_num` ("170012" is 17).
+fn major_of(version_num: &str) -> Option<u32> {
+    version_num.trim().parse::<u32>().ok().map(|n| n / 10000)
 }
 
 fn is_server_dir(dir: &Path) -> bool {
@@ -104,13 +92,14 @@ pub fn check_managed_args(postgres_args: &[String]) -> Result<(), String> {
 /// anything is written: `postgres -C` reads them (names, values, options) against no data
 /// directory. The settings go in as the configuration file, an in-memory file (memfd) it
 /// reads as /dev/fd/N: so every bad one is reported at once, and no value is on a command
-/// line. `Err` lists postgres's own words, naming our variable where a setting came from one.
-pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) -> Result<(), String> {
+/// line. `Err` lists postgres's own words, naming our variable where a setting came from one;
+/// `Ok` is the server's major version, which it prints.
+pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) -> Result<u32, String> {
     let conf = in_memory_file(&crate::render::managed_conf(settings))
         .map_err(|e| format!("cannot prepare the settings for postgres to check: {e}"))?;
     let mut cmd = std::process::Command::new(bin.tool("postgres"));
     crate::supervise::clean_signals_on_exec(&mut cmd);
-    cmd.args(["-C", "data_directory", "-c"]).arg(format!("config_file=/dev/fd/{}", conf.as_raw_fd()));
+    cmd.args(["-C", "server_version_num", "-c"]).arg(format!("config_file=/dev/fd/{}", conf.as_raw_fd()));
     // A data directory that cannot exist: nothing on disk is read.
     for fixed in ["hba_file=/dev/null", "ident_file=/dev/null", "data_directory=/dev/null/none"] {
         cmd.arg("-c").arg(fixed);
@@ -124,7 +113,8 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("postgres").display()))?;
     drop(conf);
     if out.status.success() {
-        return Ok(());
+        let printed = String::from_utf8_lossy(&out.stdout);
+        return major_of(&printed).ok_or_else(|| format!("postgres -C server_version_num printed {printed:?}"));
     }
     Err(format!(
         "postgres refuses these settings or arguments:\n  {}",
@@ -273,12 +263,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn majors_are_read_from_postgres_v_and_pg_version() {
-        assert_eq!(parse_major("postgres (PostgreSQL) 17.6 (Debian 17.6-0+deb13u1)\n"), Some(17));
-        assert_eq!(parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
-        assert_eq!(parse_major("15\n"), Some(15));
-        assert_eq!(parse_major("9.6\n"), Some(9));
-        assert_eq!(parse_major("garbage"), None);
+    fn the_major_is_read_from_server_version_num() {
+        assert_eq!(major_of("170012\n"), Some(17));
+        assert_eq!(major_of("150018"), Some(15));
+        assert_eq!(major_of("garbage"), None);
     }
     use crate::render::Source;
 

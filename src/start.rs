@@ -30,6 +30,7 @@ pub struct Plan {
     pub settings: render::Settings,
     pub endpoint: Endpoint,
     pub bin: Bin,
+    pub server_major: u32,
 }
 
 impl Plan {
@@ -37,6 +38,7 @@ impl Plan {
         Context {
             config: &self.config,
             bin: &self.bin,
+            server_major: self.server_major,
             endpoint: &self.endpoint,
             postgres_args,
             settings: &self.settings,
@@ -53,14 +55,15 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     crate::server::check_managed_args(postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())
         .map_err(|e| format!("invalid configuration: {e}"))?;
-    crate::server::judge_settings(&bin, &settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
+    let server_major = crate::server::judge_settings(&bin, &settings, postgres_args)
+        .map_err(|e| format!("invalid configuration: {e}"))?;
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
             "invalid configuration: INIT_SCRIPTS_DIR: {:?} is not a directory; accepted: a directory of scripts",
             config.init_scripts_dir
         ));
     }
-    Ok(Plan { config, settings, endpoint, bin })
+    Ok(Plan { config, settings, endpoint, bin, server_major })
 }
 
 /// The superuser password, when this start would create a cluster without one (PGDATA read,
@@ -125,7 +128,7 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
     }
-    if let Err(message) = upgrade::check(&plan.config, &plan.bin) {
+    if let Err(message) = upgrade::check(&plan.config, plan.server_major) {
         tracing::error!("{message}");
         return exit::CONFIG;
     }

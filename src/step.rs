@@ -119,6 +119,8 @@ impl StepError {
 pub struct Context<'a> {
     pub config: &'a Config,
     pub bin: &'a Bin,
+    /// The major version of `bin`'s postgres.
+    pub server_major: u32,
     pub endpoint: &'a Endpoint,
     pub postgres_args: &'a [String],
     pub settings: &'a render::Settings,

@@ -29,7 +29,7 @@ use crate::datadir::{self, move_entries, DataDirError, State, UpgradeStage as St
 use crate::files;
 use crate::native::member;
 use crate::render;
-use crate::server::{parse_major, Bin};
+use crate::server::Bin;
 use crate::step::{self, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
 use crate::tempserver::TempServer;
@@ -40,18 +40,17 @@ pub fn old_bindir(major: u32) -> PathBuf {
     PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
 }
 
-/// The major of the cluster in `dir`, from its PG_VERSION.
+/// The major of the cluster in `dir`, from its PG_VERSION ("15").
 fn cluster_major(dir: &Path) -> Option<u32> {
-    parse_major(&fs::read_to_string(dir.join("PG_VERSION")).ok()?)
+    fs::read_to_string(dir.join("PG_VERSION")).ok()?.trim().parse().ok()
 }
 
 /// Step 2 (read only, before root touches PGDATA): a cluster of another major is refused
 /// unless this start can upgrade it.
-pub fn check(config: &Config, bin: &Bin) -> Result<(), String> {
+pub fn check(config: &Config, ours: u32) -> Result<(), String> {
     let pgdata = &config.pgdata;
     let Ok(State::Cluster { .. }) = datadir::inspect(pgdata) else { return Ok(()) };
     let Some(theirs) = cluster_major(pgdata) else { return Ok(()) };
-    let ours = bin.major()?;
     let volume = format!(
         "PGDATA {} holds a PostgreSQL {theirs} cluster and this image runs PostgreSQL {ours}",
         pgdata.display()
@@ -65,13 +64,6 @@ pub fn check(config: &Config, bin: &Bin) -> Result<(), String> {
             "{volume}: a cluster cannot be moved to an older major. Start the PostgreSQL {theirs} image. {untouched}"
         ));
     }
-    if !config.upgrade.auto {
-        return Err(format!(
-            "{volume}: refusing to start it (postgres would refuse its files). To upgrade it in place, start an \
-             image that also carries PostgreSQL {theirs} (pg-entrypoint:pg{ours}-upgrade) with POSTGRES_UPGRADE=auto \
-             (README \"Upgrading PostgreSQL\"), or go back to the PostgreSQL {theirs} image. {untouched}"
-        ));
-    }
     let unsupported = match &config.role {
         Role::Patroni(_) => Some("HA_MODE=patroni"),
         Role::Auto(_) => Some("REPLICATION_ROLE=auto"),
@@ -79,8 +71,15 @@ pub fn check(config: &Config, bin: &Bin) -> Result<(), String> {
     };
     if let Some(mode) = unsupported {
         return Err(format!(
-            "POSTGRES_UPGRADE=auto: {volume}, and the upgrade at start is not offered with {mode}; upgrade with the \
-             native roles (README \"Upgrading PostgreSQL\"). {untouched}"
+            "{volume}, and the upgrade at start is not offered with {mode}: upgrade it with the native roles \
+             (README \"Upgrading PostgreSQL\"), or go back to the PostgreSQL {theirs} image. {untouched}"
+        ));
+    }
+    if !config.upgrade.auto {
+        return Err(format!(
+            "{volume}: refusing to start it (postgres would refuse its files). To upgrade it in place, start an \
+             image that also carries PostgreSQL {theirs} (pg-entrypoint:pg{ours}-upgrade) with POSTGRES_UPGRADE=auto \
+             (README \"Upgrading PostgreSQL\"), or go back to the PostgreSQL {theirs} image. {untouched}"
         ));
     }
     let old = old_bindir(theirs);
@@ -126,11 +125,10 @@ pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
     }
     let State::Cluster { standby } = datadir::settle(pgdata)? else { return Ok(installed) };
     // Again: a rolled-back cluster was not a cluster when step 2 checked.
-    check(ctx.config, ctx.bin).map_err(StepError::UpgradeRefused)?;
+    check(ctx.config, ctx.server_major).map_err(StepError::UpgradeRefused)?;
     datadir::remove_stale_pidfile(pgdata)?;
     let Some(theirs) = cluster_major(pgdata) else { return Ok(installed) };
-    let ours = ctx.bin.major().map_err(StepError::Upgrade)?;
-    if theirs >= ours {
+    if theirs >= ctx.server_major {
         return Ok(installed);
     }
     match (&ctx.config.role, standby) {
@@ -451,7 +449,7 @@ fn set_aside_for_clone(
     work: &Work,
     theirs: u32,
 ) -> Result<(), StepError> {
-    let ours = ctx.bin.major().map_err(StepError::Upgrade)?;
+    let ours = ctx.server_major;
     let primary = replica.primary();
     let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, &replica.replication)?;
