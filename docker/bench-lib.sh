@@ -6,10 +6,16 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 # Waits until the container's postgres answers as its role should (`pg-entrypoint health`,
-# polled every 0.1 s); a container that stops meanwhile ends the bench with its log.
+# polled every 0.1 s); a container that stops meanwhile, or is not healthy within 300 s, ends
+# the bench with its log.
 healthy() {
+    local deadline=$((SECONDS + 300))
     until docker exec "$1" pg-entrypoint health >/dev/null 2>&1; do
-        [ "$(docker inspect -f '{{.State.Running}}' "$1")" = true ] || { docker logs "$1" 2>&1 | tail -n 20 >&2; exit 1; }
+        if [ "$(docker inspect -f '{{.State.Running}}' "$1")" != true ] || [ "$SECONDS" -ge "$deadline" ]; then
+            docker logs "$1" 2>&1 | tail -n 20 >&2
+            echo "bench: $1 not healthy" >&2
+            exit 1
+        fi
         sleep 0.1
     done
 }

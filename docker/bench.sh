@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Docker-level figures (README "Benchmarks"), part of the Docker suite's report: the image's
-# size next to its base; `docker run` to healthy (`pg-entrypoint health`) on an empty volume
-# for a standalone server, a primary and a replica of it; `docker stop` of the primary while
-# pgbench writes (8 clients), to its exit, with its exit code. ROUNDS rounds (default 5),
-# median and range. Usage: IMAGE=<tag> docker/bench.sh (default: the 17 image, built offline).
+# Docker-level figures (README "The two commands"), part of the Docker suite's report: the
+# image's size next to its base; `docker run` to healthy (`pg-entrypoint health`) on an empty
+# volume for a standalone server, a primary and a replica of it; `docker stop` of the primary
+# while pgbench writes (8 clients), to its exit, with its exit code. ROUNDS rounds (default
+# 5), median and range. Usage: IMAGE=<tag> docker/bench.sh (default: the 17 image, built
+# offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . docker/bench-lib.sh
@@ -42,7 +43,9 @@ for round in $(seq "$rounds"); do
     docker exec "$tag-p" pgbench -i -q -s 5 -U postgres postgres >/dev/null 2>&1
     docker exec -d "$tag-p" pgbench -c 8 -T 300 -U postgres postgres
     # Under load: a few hundred commits before the stop.
+    deadline=$((SECONDS + 60))
     until [ "$(docker exec "$tag-p" psql -X -A -t -U postgres -c 'SELECT count(*) >= 500 FROM pgbench_history')" = t ]; do
+        [ "$SECONDS" -lt "$deadline" ] || { echo "bench.sh: pgbench wrote too little within 60 s" >&2; exit 1; }
         sleep 0.1
     done
     start=$(now)
