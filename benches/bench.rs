@@ -161,14 +161,24 @@ fn bare_dir(tmp: &TempDir) -> PathBuf {
     data
 }
 
-/// Bare first boot: initdb with a password file, then postgres, until a password login works.
-fn bare_first_boot() -> (f64, TempDir, PathBuf, u16) {
+/// Init script number `i`: one table.
+fn script_sql(i: usize) -> String {
+    format!("CREATE TABLE s{i} (a int);\n")
+}
+
+/// Bare first boot: initdb with a password file; with `scripts` init scripts, what the
+/// official image's script does by hand (a temporary server on the socket only, one psql per
+/// script, a stop); then postgres, until a password login works.
+fn bare_first_boot(scripts: usize) -> (f64, TempDir, PathBuf, u16) {
     let tmp = TempDir::new("bench-bare");
     let data = bare_dir(&tmp);
     let pwfile = tmp.0.join("pw");
     fs::write(&pwfile, PASSWORD).unwrap();
     chown_postgres(&pwfile);
-    let port = free_port();
+    for i in 0..scripts {
+        fs::write(tmp.0.join(format!("{i:03}.sql")), script_sql(i)).unwrap();
+    }
+    let (port, run) = (free_port(), tmp.0.join("run"));
     let started = Instant::now();
     let ok = as_postgres("initdb")
         .arg("-D")
@@ -179,11 +189,41 @@ fn bare_first_boot() -> (f64, TempDir, PathBuf, u16) {
         .unwrap()
         .success();
     assert!(ok, "bare initdb failed");
+    if scripts > 0 {
+        let temp = bare_postgres(&data, port, &["-c", "listen_addresses="]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while postgres::Config::new().host_path(&run).port(port).user("postgres").connect(postgres::NoTls).is_err() {
+            assert!(Instant::now() < deadline, "the bare temporary server did not start");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for i in 0..scripts {
+            let ok = as_postgres("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+                .arg(&run)
+                .args(["-p", &port.to_string(), "-f"])
+                .arg(tmp.0.join(format!("{i:03}.sql")))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "bare psql failed");
+        }
+        stop_bare(temp);
+    }
     let server = bare_postgres(&data, port, &[]);
     wait_login(port, Duration::from_secs(60));
     let took = started.elapsed().as_secs_f64();
     stop_bare(server);
     (took, tmp, data, port)
+}
+
+/// Seconds from starting a bare postgres on `data` to a password login over TCP; then a stop.
+fn bare_restart(data: &Path, port: u16) -> f64 {
+    let started = Instant::now();
+    let server = bare_postgres(data, port, &[]);
+    wait_login(port, Duration::from_secs(60));
+    let took = started.elapsed().as_secs_f64();
+    stop_bare(server);
+    took
 }
 
 fn ours_first_boot() -> (f64, Node) {
@@ -237,24 +277,13 @@ fn main() {
     let mut rows = Vec::new();
 
     // 1: first boot, a new cluster each time on both sides.
-    let first_boot = Paired::run(rounds(), || ours_first_boot().0, || bare_first_boot().0);
+    let first_boot = Paired::run(rounds(), || ours_first_boot().0, || bare_first_boot(0).0);
     rows.push(first_boot.row("first boot to ready, no init scripts (TCP password login)", Some(1.05), "≤ 1.05"));
 
     // 2: restart of one standalone cluster on each side.
     let (_, mut node) = ours_first_boot();
-    let (_, _bare_tmp, data, port) = bare_first_boot();
-    let restart = Paired::run(
-        rounds(),
-        || timed_start(&mut node),
-        || {
-            let started = Instant::now();
-            let server = bare_postgres(&data, port, &[]);
-            wait_login(port, Duration::from_secs(60));
-            let took = started.elapsed().as_secs_f64();
-            stop_bare(server);
-            took
-        },
-    );
+    let (_, _bare_tmp, data, port) = bare_first_boot(0);
+    let restart = Paired::run(rounds(), || timed_start(&mut node), || bare_restart(&data, port));
     rows.push(restart.row("restart to ready (standalone)", Some(1.05), "≤ 1.05"));
 
     // 3: as the work grows: clones of larger primaries, many relation files, init scripts,
@@ -399,7 +428,7 @@ fn chown_tree(dir: &Path, owner: &str) {
 fn many_files(n: usize) -> Vec<Row> {
     let tables = env_count("BENCH_FILES", 30_000);
     let (_, mut node) = ours_first_boot();
-    let (_, _bare_tmp, data, port) = bare_first_boot();
+    let (_, _bare_tmp, data, port) = bare_first_boot(0);
     node.start();
     create_tables(node.port, tables);
     assert_eq!(node.stop(), 0);
@@ -407,16 +436,8 @@ fn many_files(n: usize) -> Vec<Row> {
     wait_login(port, Duration::from_secs(60));
     create_tables(port, tables);
     stop_bare(server);
-    let bare_start = || {
-        let started = Instant::now();
-        let server = bare_postgres(&data, port, &[]);
-        wait_login(port, Duration::from_secs(60));
-        let took = started.elapsed().as_secs_f64();
-        stop_bare(server);
-        took
-    };
     let files = count_files(&node.pgdata);
-    let restart = Paired::run(n, || timed_start(&mut node), bare_start);
+    let restart = Paired::run(n, || timed_start(&mut node), || bare_restart(&data, port));
     let restart = restart.row(&format!("restart to ready, {files} files in PGDATA"), Some(1.05), "≤ 1.05");
     let repair = Paired::run(
         n,
@@ -428,7 +449,7 @@ fn many_files(n: usize) -> Vec<Row> {
             chown_tree(&data, "1000:1000");
             let started = Instant::now();
             chown_tree(&data, "postgres:postgres");
-            started.elapsed().as_secs_f64() + bare_start()
+            started.elapsed().as_secs_f64() + bare_restart(&data, port)
         },
     );
     let per_second = files as f64 / median(repair.ours.clone());
@@ -441,66 +462,21 @@ fn many_files(n: usize) -> Vec<Row> {
     vec![restart, repair]
 }
 
-/// First boot with `scripts` init scripts (`.sql`, one table each), next to what the official
-/// image's script does by hand: initdb, a temporary server on the socket only, psql per
-/// script, a stop, the real start.
+/// First boot with `scripts` init scripts (`.sql`, one table each), next to the official
+/// image's way done by hand ([`bare_first_boot`]).
 fn init_scripts(n: usize, scripts: usize) -> Row {
-    let sql = |i: usize| format!("CREATE TABLE s{i} (a int);\n");
     let ours = || {
         let mut node = Node::new("bench-scripts");
         for i in 0..scripts {
-            node.script(&format!("{i:03}.sql"), sql(i).as_bytes());
+            node.script(&format!("{i:03}.sql"), script_sql(i).as_bytes());
         }
         timed_start(&mut node)
     };
-    let bare = || {
-        let tmp = TempDir::new("bench-bare-scripts");
-        let data = bare_dir(&tmp);
-        let pwfile = tmp.0.join("pw");
-        fs::write(&pwfile, PASSWORD).unwrap();
-        chown_postgres(&pwfile);
-        for i in 0..scripts {
-            fs::write(tmp.0.join(format!("{i:03}.sql")), sql(i)).unwrap();
-        }
-        let (port, run) = (free_port(), tmp.0.join("run"));
-        let started = Instant::now();
-        let ok = as_postgres("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=trust", "--pwfile"])
-            .arg(&pwfile)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "bare initdb failed");
-        if scripts > 0 {
-            let temp = bare_postgres(&data, port, &["-c", "listen_addresses="]);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while postgres::Config::new().host_path(&run).port(port).user("postgres").connect(postgres::NoTls).is_err()
-            {
-                assert!(Instant::now() < deadline, "the bare temporary server did not start");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            for i in 0..scripts {
-                let ok = as_postgres("psql")
-                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
-                    .arg(&run)
-                    .args(["-p", &port.to_string(), "-f"])
-                    .arg(tmp.0.join(format!("{i:03}.sql")))
-                    .status()
-                    .unwrap()
-                    .success();
-                assert!(ok, "bare psql failed");
-            }
-            stop_bare(temp);
-        }
-        let server = bare_postgres(&data, port, &[]);
-        wait_login(port, Duration::from_secs(60));
-        let took = started.elapsed().as_secs_f64();
-        stop_bare(server);
-        took
-    };
-    Paired::run(n, ours, bare).row(&format!("first boot with {scripts} init scripts"), Some(1.05), "≤ 1.05")
+    Paired::run(n, ours, || bare_first_boot(scripts).0).row(
+        &format!("first boot with {scripts} init scripts"),
+        Some(1.05),
+        "≤ 1.05",
+    )
 }
 
 /// Clone to streaming from one primary filled up to each of `BENCH_CLONE_SIZES` in turn.
