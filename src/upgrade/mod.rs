@@ -251,8 +251,9 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, old_bin: &Bin, work: &Work) -> Re
 }
 
 /// Entries of a data directory that belong to the cluster's own format or state, not to the
-/// user's configuration.
-fn cluster_entry(name: &str, is_dir: bool) -> bool {
+/// user's configuration: `base`, `global`, every `pg_*` but the `.conf` files (`pg_wal` may
+/// be a link to POSTGRES_INITDB_WALDIR), and the state files.
+fn cluster_entry(name: &str) -> bool {
     const STATE_FILES: [&str; 10] = [
         "PG_VERSION",
         "postmaster.pid",
@@ -265,7 +266,10 @@ fn cluster_entry(name: &str, is_dir: bool) -> bool {
         "standby.signal",
         "recovery.signal",
     ];
-    (is_dir && (name == "base" || name == "global" || name.starts_with("pg_"))) || STATE_FILES.contains(&name)
+    name == "base"
+        || name == "global"
+        || (name.starts_with("pg_") && !name.ends_with(".conf"))
+        || STATE_FILES.contains(&name)
 }
 
 /// The user's files in the old data directory (postgresql.conf and its edits,
@@ -275,8 +279,7 @@ fn carry_files(old: &Path, new: &Path) -> io::Result<()> {
     for entry in fs::read_dir(old)? {
         let entry = entry?;
         let name = entry.file_name();
-        let kind = entry.file_type()?;
-        if !cluster_entry(&name.to_string_lossy(), kind.is_dir()) {
+        if !cluster_entry(&name.to_string_lossy()) {
             copy_tree(&entry.path(), &new.join(&name))?;
         }
     }
@@ -553,6 +556,31 @@ impl Analyzer {
                 self.state = AnalyzerState::Finished;
             }
             AnalyzerState::Finished => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_entry;
+
+    #[test]
+    fn the_users_files_are_carried_and_the_clusters_own_are_not() {
+        for ours in
+            ["base", "global", "pg_wal", "pg_xact", "pg_tblspc", "PG_VERSION", "postmaster.opts", "backup_label"]
+        {
+            assert!(cluster_entry(ours), "{ours}");
+        }
+        for users in [
+            "postgresql.conf",
+            "postgresql.auto.conf",
+            "pg_hba.conf",
+            "pg_ident.conf",
+            "pg-entrypoint.conf",
+            "conf.d",
+            "server.crt",
+        ] {
+            assert!(!cluster_entry(users), "{users}");
         }
     }
 }
