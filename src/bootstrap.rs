@@ -7,7 +7,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Stdio;
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag};
 
@@ -17,7 +16,7 @@ use crate::files;
 use crate::init_scripts;
 use crate::render;
 use crate::single_user;
-use crate::step::{run, tool, Context, StepError};
+use crate::step::{self, run, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
 
 /// Builds a new cluster in the staging directory, moves it into PGDATA and runs the init
@@ -48,8 +47,7 @@ pub fn initialise(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> 
 
 fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), StepError> {
     let config = ctx.config;
-    let mut cmd = tool(ctx.bin, "initdb");
-    cmd.arg("-D").arg(&staging.cluster).arg("--username").arg(&config.superuser);
+    let mut cmd = step::initdb(ctx, &staging.cluster);
     // The superuser password goes in as a SCRAM verifier (postgres stores a verifier as given,
     // so the plaintext never leaves this process), through a pipe initdb reads as /dev/fd/N:
     // it is never on disk, so a kill at any moment leaves no password file behind.
@@ -60,16 +58,10 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, staging: &Staging) -> Result<(), 
         cmd.arg(format!("--pwfile=/dev/fd/{}", read.as_raw_fd()));
         pipe = Some(read);
     }
-    // Local socket trust as in the official image (the managed pg_hba block decides TCP).
-    // The user's POSTGRES_INITDB_ARGS come later and win.
-    cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
-    if ["LC_ALL", "LC_CTYPE", "LANG"].iter().all(|v| std::env::var_os(v).is_none()) {
-        cmd.arg("--encoding=UTF8"); // the C locale would otherwise give SQL_ASCII
-    }
     if let Some(waldir) = &config.initdb_waldir {
         cmd.arg("--waldir").arg(waldir);
     }
-    cmd.args(&config.initdb_args).stdout(Stdio::null());
+    cmd.args(&config.initdb_args);
     let result = run(sup, "initdb", &mut cmd, Kind::Tool);
     drop(pipe);
     result

@@ -382,7 +382,7 @@ fn postgres_owns(pid: i32, pgdata: &Path) -> bool {
     is_postgres(pid) && cwd.is_some() && cwd == ours
 }
 
-fn ignore_not_found(e: io::Error) -> io::Result<()> {
+pub fn ignore_not_found(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotFound {
         Ok(())
     } else {

@@ -38,6 +38,24 @@ pub enum LocalError {
     Privileges(String),
 }
 
+/// A connection as `user` to `database` over the Unix socket in `socket_dir`, no password.
+pub fn socket_client(
+    socket_dir: &std::path::Path,
+    port: u16,
+    user: &str,
+    database: &str,
+    timeout: Duration,
+) -> Result<postgres::Client, postgres::Error> {
+    postgres::Config::new()
+        .host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname(database)
+        .application_name("pg-entrypoint")
+        .connect_timeout(timeout)
+        .connect(postgres::NoTls)
+}
+
 /// Run as root, becomes the service account (read from /etc/passwd); otherwise stays as is.
 /// Callers read any secret they need (a `_FILE` only root may read) before this.
 fn become_service_account() -> Result<(), LocalError> {
@@ -52,6 +70,11 @@ fn become_service_account() -> Result<(), LocalError> {
 /// our temporary pg_hba.conf).
 pub fn is_temporary_server(pid: i32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(TEMPORARY_SERVER_MARK))
+}
+
+/// postmaster.pid's status: "starting", "ready", "standby" or "stopping".
+pub fn pidfile_status(pidfile: &std::path::Path) -> Option<String> {
+    parse_pidfile(&fs::read_to_string(pidfile).ok()?).map(|p| p.status)
 }
 
 /// What postmaster.pid says.
@@ -110,15 +133,7 @@ impl Local {
 
     /// A connection over the Unix socket, as POSTGRES_USER, without a password.
     pub fn connect(&self, timeout: Duration) -> Result<postgres::Client, LocalError> {
-        let mut config = postgres::Config::new();
-        config
-            .host_path(&self.pidfile.socket_dir)
-            .port(self.pidfile.port)
-            .user(&self.user)
-            .dbname("postgres")
-            .application_name("pg-entrypoint")
-            .connect_timeout(timeout);
-        config.connect(postgres::NoTls).map_err(|e| {
+        socket_client(&self.pidfile.socket_dir, self.pidfile.port, &self.user, "postgres", timeout).map_err(|e| {
             let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source());
             if chain.map(|e| e.to_string()).any(|m| m.contains("password missing")) {
                 LocalError::WantsPassword

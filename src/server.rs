@@ -62,7 +62,7 @@ impl Bin {
 }
 
 /// The major of `server_version_num` ("170012" is 17).
-fn major_of(version_num: &str) -> Option<u32> {
+pub fn major_of(version_num: &str) -> Option<u32> {
     version_num.trim().parse::<u32>().ok().map(|n| n / 10000)
 }
 
@@ -261,6 +261,7 @@ fn normalise(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::Source;
 
     #[test]
     fn the_major_is_read_from_server_version_num() {
@@ -268,7 +269,6 @@ mod tests {
         assert_eq!(major_of("150018"), Some(15));
         assert_eq!(major_of("garbage"), None);
     }
-    use crate::render::Source;
 
     #[test]
     fn a_refusal_names_our_variables() {

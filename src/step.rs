@@ -3,6 +3,7 @@
 //! Lifecycle steps (bootstrap, converge, native/*) depend on this module, never the reverse.
 
 use std::io;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
@@ -133,6 +134,21 @@ pub fn tool(bin: &Bin, name: &str) -> Command {
         c.env_remove(var);
     }
     c
+}
+
+/// initdb of a new cluster in `dir`, as the official image makes one: POSTGRES_USER as the
+/// superuser, local socket trust (the managed pg_hba block decides TCP), UTF8 where no locale
+/// is set (the C locale would give SQL_ASCII). Callers add their options, then
+/// POSTGRES_INITDB_ARGS last, so that the user's win.
+pub fn initdb(ctx: &Context, dir: &Path) -> Command {
+    let mut cmd = tool(ctx.bin, "initdb");
+    cmd.arg("-D").arg(dir).arg("--username").arg(&ctx.config.superuser);
+    cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
+    if ["LC_ALL", "LC_CTYPE", "LANG"].iter().all(|v| std::env::var_os(v).is_none()) {
+        cmd.arg("--encoding=UTF8");
+    }
+    cmd.stdout(Stdio::null());
+    cmd
 }
 
 /// Runs a child under the supervisor and checks that it succeeded.

@@ -71,7 +71,7 @@ impl TempServer {
         let pidfile = self.dir.join("postmaster.pid");
         let outcome = sup
             .wait_until(pid, Kind::Postgres, WHAT, &mut || {
-                server_status(&pidfile).is_some_and(|s| statuses.contains(&s.as_str()))
+                crate::local::pidfile_status(&pidfile).is_some_and(|s| statuses.contains(&s.as_str()))
             })
             .map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;
         match outcome {
@@ -134,9 +134,4 @@ impl TempServer {
         fs::remove_file(self.dir.join(HBA)).ok();
         result
     }
-}
-
-/// postmaster.pid's status: "starting", "ready", "standby" or "stopping".
-fn server_status(pidfile: &Path) -> Option<String> {
-    crate::local::parse_pidfile(&fs::read_to_string(pidfile).ok()?).map(|p| p.status)
 }

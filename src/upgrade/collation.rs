@@ -98,16 +98,8 @@ pub fn refresh(ctx: &Context, reindex: bool) -> Result<(), String> {
 }
 
 fn connect(ctx: &Context, database: &str) -> Result<postgres::Client, String> {
-    let mut config = postgres::Config::new();
-    config
-        .host_path(&ctx.endpoint.socket_dir)
-        .port(ctx.endpoint.port)
-        .user(&ctx.config.superuser)
-        .dbname(database)
-        .application_name("pg-entrypoint")
-        .connect_timeout(Duration::from_secs(10));
-    config
-        .connect(postgres::NoTls)
+    let (dir, port, user) = (&ctx.endpoint.socket_dir, ctx.endpoint.port, &ctx.config.superuser);
+    crate::local::socket_client(dir, port, user, database, Duration::from_secs(10))
         .map_err(|e| format!("cannot connect to {database:?}: {}", crate::local::describe(&e)))
 }
 

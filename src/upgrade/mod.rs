@@ -29,7 +29,7 @@ use crate::datadir::{self, move_entries, DataDirError, State, UpgradeStage as St
 use crate::files;
 use crate::native::member;
 use crate::render;
-use crate::server::Bin;
+use crate::server::{major_of, Bin};
 use crate::step::{self, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
 use crate::tempserver::TempServer;
@@ -101,11 +101,11 @@ pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
     let pgdata = &ctx.config.pgdata;
     let work = Work::of(pgdata);
     let mut installed = false;
-    // A kill leaves lock files whose PIDs a new container may reuse; pg_upgrade also refuses
-    // an old cluster with a postmaster.pid.
-    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
-    datadir::remove_stale_pidfile(pgdata)?;
-    match work.stage()? {
+    let stage = work.stage()?;
+    if stage.is_some_and(Stage::unfinished) {
+        remove_stale_locks(ctx)?;
+    }
+    match stage {
         Some(stage @ (Stage::MovingOld | Stage::Upgrading)) => {
             tracing::warn!(stage = stage.name(), "an upgrade did not finish; restoring the old cluster first");
             roll_back(pgdata, &work)?;
@@ -126,11 +126,11 @@ pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
     let State::Cluster { standby } = datadir::settle(pgdata)? else { return Ok(installed) };
     // Again: a rolled-back cluster was not a cluster when step 2 checked.
     check(ctx.config, ctx.server_major).map_err(StepError::UpgradeRefused)?;
-    datadir::remove_stale_pidfile(pgdata)?;
     let Some(theirs) = cluster_major(pgdata) else { return Ok(installed) };
     if theirs >= ctx.server_major {
         return Ok(installed);
     }
+    remove_stale_locks(ctx)?;
     match (&ctx.config.role, standby) {
         (Role::Replica(replica), true) => set_aside_for_clone(ctx, sup, replica, &work, theirs).map(|()| installed),
         (Role::Replica(replica), false) => Err(StepError::Upgrade(format!(
@@ -144,6 +144,16 @@ pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
         ))),
         (_, false) => upgrade(ctx, sup, &work, theirs).map(|()| true),
     }
+}
+
+/// A kill leaves lock files whose PIDs a new container may reuse, before the servers this
+/// module starts (pg_upgrade's, the first start's); pg_upgrade also refuses an old cluster
+/// with a postmaster.pid. (An ordinary start removes them in the role steps.)
+fn remove_stale_locks(ctx: &Context) -> Result<(), StepError> {
+    let pgdata = &ctx.config.pgdata;
+    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
+    datadir::remove_stale_pidfile(pgdata)?;
+    Ok(())
 }
 
 /// After the role steps succeeded: a standby set aside for a clone is no longer needed.
@@ -232,21 +242,16 @@ fn initdb(ctx: &Context, sup: &mut Supervisor, old_bin: &Bin, work: &Work) -> Re
     let checksums = control_field(sup, old_bin, &work.old, "Data page checksum version")?;
     let segment = control_field(sup, old_bin, &work.old, "Bytes per WAL segment")?;
     fs::remove_dir_all(&work.new)
-        .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .or_else(datadir::ignore_not_found)
         .map_err(DataDirError::io(&config.pgdata, "cannot remove an unfinished new cluster"))?;
-    let mut cmd = step::tool(ctx.bin, "initdb");
-    cmd.arg("-D").arg(&work.new).arg("--username").arg(&config.superuser);
-    cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
-    if ["LC_ALL", "LC_CTYPE", "LANG"].iter().all(|v| std::env::var_os(v).is_none()) {
-        cmd.arg("--encoding=UTF8");
-    }
+    let mut cmd = step::initdb(ctx, &work.new);
     if checksums.as_deref().is_some_and(|v| v != "0") {
         cmd.arg("--data-checksums");
     }
     if let Some(mb) = segment.and_then(|s| s.parse::<u64>().ok()).map(|bytes| bytes >> 20) {
         cmd.arg(format!("--wal-segsize={mb}"));
     }
-    cmd.args(&config.initdb_args).stdout(Stdio::null());
+    cmd.args(&config.initdb_args);
     step::run(sup, "initdb (the new cluster)", &mut cmd, Kind::Tool)
 }
 
@@ -464,7 +469,7 @@ fn set_aside_for_clone(
     };
     let mut psql = member::replication_psql(ctx.bin, &primary, &creds, &["SHOW server_version_num".into()]);
     let out = step::run_captured(sup, "psql (asking the primary its version)", &mut psql, false)?;
-    let primary_major = out.stdout.trim().parse::<u32>().ok().map(|n| n / 10000);
+    let primary_major = major_of(&out.stdout);
     if primary_major != Some(ours) {
         let what = match primary_major {
             Some(m) => format!("runs PostgreSQL {m}"),
@@ -520,11 +525,7 @@ impl Analyzer {
     pub fn tick(&mut self, sup: &mut Supervisor) {
         match self.state {
             AnalyzerState::Waiting => {
-                let ready = fs::read_to_string(self.pgdata.join("postmaster.pid"))
-                    .ok()
-                    .and_then(|t| crate::local::parse_pidfile(&t))
-                    .is_some_and(|p| p.status == "ready");
-                if !ready {
+                if crate::local::pidfile_status(&self.pgdata.join("postmaster.pid")).as_deref() != Some("ready") {
                     return;
                 }
                 let mut cmd = step::tool(&self.bin, "vacuumdb");
