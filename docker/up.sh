@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 mkdir -p secrets
-for s in postgres_password replication_password; do
+for s in postgres_password replication_password patroni_restapi_password; do
     [ -s "secrets/$s" ] || (umask 077 && head -c 18 /dev/urandom | base64 > "secrets/$s")
 done
 export SECRETS_DIR="${SECRETS_DIR:-$PWD/secrets}"

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod tls;
 mod upgrade;
-pub use tls::{ServerCert, Tls, TlsMode};
+pub use tls::{ServerCert, Tls, TlsFile, TlsMode};
 pub use upgrade::Upgrade;
 
 /// A password. Its `Debug`/`Display` never show the value, so it cannot leak through a log.
@@ -133,6 +133,11 @@ pub struct Patroni {
     pub advertise_host: Option<String>,
     /// Where Patroni's REST API listens (`HTTP_PORT`, `HTTP_LISTEN`).
     pub rest_api: HttpListen,
+    /// `PATRONI_RESTAPI_USERNAME` (default `patroni`) and `PATRONI_RESTAPI_PASSWORD`: what
+    /// Patroni's state-changing calls (configuration, restart, switchover) require. GETs (the
+    /// health paths HAProxy and probes use) stay open.
+    pub rest_api_user: String,
+    pub rest_api_password: Secret,
 }
 
 /// Patroni's `synchronous_mode` (and `synchronous_mode_strict`).
@@ -232,7 +237,10 @@ const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "tr
 const MAX_IDENTIFIER_BYTES: usize = 63;
 pub const OVERRIDE_PREFIX: &str = "POSTGRESQL_CONFIG_";
 /// Variables that hold secrets: never passed to postgres, the PostgreSQL tools or a decompressor.
-pub const SECRET_VARS: [&str; 3] = ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REPLICATION_PASSWORD_PREVIOUS"];
+pub const SECRET_VARS: [&str; 4] =
+    ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REPLICATION_PASSWORD_PREVIOUS", "PATRONI_RESTAPI_PASSWORD"];
+/// Patroni's REST API user when `PATRONI_RESTAPI_USERNAME` is not set.
+pub const DEFAULT_PATRONI_RESTAPI_USER: &str = "patroni";
 /// Below Docker's 10 s grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
 /// A secret file larger than this is a mistake (`/dev/zero`, a disk image).
@@ -399,6 +407,27 @@ impl Config {
             Role::Replica(r) => Some(&r.replication),
             Role::Auto(a) => Some(&a.replica.replication),
         }
+    }
+
+    /// Each secret this configuration holds, by its variable (one of [`SECRET_VARS`]),
+    /// whether it came from the variable or from its `_FILE`.
+    pub fn secrets(&self) -> Vec<(&'static str, &Secret)> {
+        let [superuser, replication, previous, rest_api] = SECRET_VARS;
+        let mut secrets: Vec<(&'static str, &Secret)> = Vec::new();
+        if let Some(password) = &self.superuser_password {
+            secrets.push((superuser, password));
+        }
+        if let Some(r) = self.replication() {
+            secrets.push((replication, &r.password));
+            if let Some(old) = &r.previous_password {
+                secrets.push((previous, old));
+            }
+        }
+        if let Role::Patroni(m) = &self.role {
+            secrets.push((replication, &m.replication_password));
+            secrets.push((rest_api, &m.rest_api_password));
+        }
+        secrets
     }
 
     /// How this node follows a primary when it is (or may become) a replica.
@@ -932,6 +961,7 @@ impl Parser<'_> {
         };
         let (replication_user, password) = self.replication_account(superuser, "patroni");
         self.patroni_quotable("REPLICATION_PASSWORD", password.as_ref());
+        let (rest_api_user, rest_api_password) = self.patroni_rest_api_credentials();
         Some(Role::Patroni(Box::new(Patroni {
             scope,
             name,
@@ -942,7 +972,39 @@ impl Parser<'_> {
             synchronous_count,
             advertise_host,
             rest_api,
+            rest_api_user,
+            // Missing is a problem already reported; the other checks still run.
+            rest_api_password: rest_api_password.unwrap_or_else(|| Secret(String::new())),
         })))
+    }
+
+    /// Without credentials, anyone who reaches Patroni's REST API could change the cluster's
+    /// configuration (an `archive_command` runs any shell command), restart it or fail it over:
+    /// a Patroni member never starts without them.
+    fn patroni_rest_api_credentials(&mut self) -> (String, Option<Secret>) {
+        let user =
+            self.var_or_file("PATRONI_RESTAPI_USERNAME").unwrap_or_else(|| DEFAULT_PATRONI_RESTAPI_USER.to_string());
+        if user.contains(':') || user.chars().any(char::is_control) || user.len() > MAX_IDENTIFIER_BYTES {
+            self.problem(
+                "PATRONI_RESTAPI_USERNAME",
+                format!(
+                    "{user:?} is not accepted; accepted: up to {MAX_IDENTIFIER_BYTES} printable characters without ':'"
+                ),
+            );
+        }
+        let password = self.secret("PATRONI_RESTAPI_PASSWORD");
+        if password.as_ref().is_some_and(|p| p.expose().chars().any(char::is_control)) {
+            self.problem("PATRONI_RESTAPI_PASSWORD", "contains a control character; printable characters are accepted");
+        }
+        if password.is_none() && self.var("PATRONI_RESTAPI_PASSWORD_FILE").is_none() {
+            self.problem(
+                "PATRONI_RESTAPI_PASSWORD",
+                "is required with HA_MODE=patroni (or PATRONI_RESTAPI_PASSWORD_FILE): without it anyone who reaches \
+                 Patroni's REST API could change the configuration, restart or fail over the cluster \
+                 (docker/up.sh generates one)",
+            );
+        }
+        (user, password)
     }
 
     /// Patroni sets the passwords with SQL it quotes as Latin-1 and then decodes as UTF-8
@@ -1608,9 +1670,10 @@ mod tests {
         );
     }
 
-    const PATRONI: [(&str, &str); 4] = [
+    const PATRONI: [(&str, &str); 5] = [
         ("POSTGRES_PASSWORD", "pw"),
         ("REPLICATION_PASSWORD", "r"),
+        ("PATRONI_RESTAPI_PASSWORD", "api"),
         ("ETCD_HOSTS", "etcd1, etcd2:2390"),
         ("USE_PATRONI", "yes"),
     ];
@@ -1627,6 +1690,21 @@ mod tests {
         assert_eq!((m.synchronous, m.synchronous_count, m.rest_api.port), (PatroniSync::On, 1, 8009));
         assert_eq!(c.http, None, "our endpoint stays off: Patroni's REST API has the port");
         assert_eq!(c.replication(), None);
+        assert_eq!((m.rest_api_user.as_str(), m.rest_api_password.expose()), ("patroni", "api"));
+    }
+
+    #[test]
+    fn patroni_needs_rest_api_credentials() {
+        let mut vars = PATRONI.to_vec();
+        vars.retain(|(k, _)| *k != "PATRONI_RESTAPI_PASSWORD");
+        let p = problems(&vars);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("PATRONI_RESTAPI_PASSWORD: is required with HA_MODE=patroni"), "{p:?}");
+        vars.extend([("PATRONI_RESTAPI_PASSWORD", "a\u{7}b"), ("PATRONI_RESTAPI_USERNAME", "ad:min")]);
+        let p = problems(&vars);
+        assert!(p[0].starts_with("PATRONI_RESTAPI_USERNAME: \"ad:min\" is not accepted"), "{p:?}");
+        assert!(p[1].starts_with("PATRONI_RESTAPI_PASSWORD: contains a control character"), "{p:?}");
+        assert!(!p.iter().any(|p| p.contains("a\u{7}b")), "the password is never echoed: {p:?}");
     }
 
     #[test]
@@ -1656,19 +1734,22 @@ mod tests {
             "{p:?}"
         );
         assert!(p[0].contains("Patroni decides which member is the primary"), "{p:?}");
-        let bad_etcd = problems(&[PATRONI[0], PATRONI[1], PATRONI[3], ("ETCD_HOSTS", "http://etcd1:2379")]);
+        let bad_etcd = problems(&[PATRONI[0], PATRONI[1], PATRONI[2], PATRONI[4], ("ETCD_HOSTS", "http://etcd1:2379")]);
         assert_eq!(
             bad_etcd,
             ["ETCD_HOSTS: \"http://etcd1:2379\" is not an etcd address; accepted: a comma-separated list of host, host:port or [ipv6]:port"]
         );
         // Patroni's own variable is enough.
-        assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[3], ("PATRONI_ETCD3_HOSTS", "'e1:2379'")]).is_ok());
+        assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[2], PATRONI[4], ("PATRONI_ETCD3_HOSTS", "'e1:2379'")]).is_ok());
         // Or the Kubernetes API as Patroni's store, but not both stores.
-        assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[3], ("PATRONI_KUBERNETES_NAMESPACE", "db")]).is_ok());
+        assert!(
+            parse(&[PATRONI[0], PATRONI[1], PATRONI[2], PATRONI[4], ("PATRONI_KUBERNETES_NAMESPACE", "db")]).is_ok()
+        );
         let both = problems(&[
             PATRONI[0],
             PATRONI[1],
-            PATRONI[3],
+            PATRONI[2],
+            PATRONI[4],
             ("ETCD_HOSTS", "etcd1"),
             ("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
         ]);

@@ -196,7 +196,9 @@ fn initialise_only(postgres_args: &[String], enforce: bool) -> i32 {
     // `[postgres] [ARGS]`, as the official script takes them.
     let args = postgres_args.strip_prefix(&[String::from("postgres")]).unwrap_or(postgres_args);
     init_logging();
-    start::run(args, start::Goal::Initialise { enforce })
+    let code = start::run(args, start::Goal::Initialise { enforce });
+    patroni::note_failed_bootstrap(code);
+    code
 }
 
 /// `LOG_FORMAT=json` for one JSON object per line; text otherwise. `LOG_LEVEL` is `error`,
@@ -206,7 +208,14 @@ fn init_logging() {
     let var = |name: &str| std::env::var(name).ok();
     let level = var("LOG_LEVEL").as_deref().and_then(config::parse_log_level).unwrap_or(tracing::Level::INFO);
     let json = var("LOG_FORMAT").as_deref().and_then(config::parse_log_format).unwrap_or(false);
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_max_level(level);
+    // A failed write to stderr (its reader gone) is dropped: by default the subscriber reports
+    // it with `eprintln!`, which panics on the same broken pipe, and a panicking PID 1 exits
+    // before forwarding the stop to postgres.
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(level)
+        .log_internal_errors(false);
     if json {
         builder.json().init();
     } else {
@@ -254,7 +263,14 @@ fn check(postgres_args: &[String]) -> i32 {
     }
     if let config::Role::Patroni(m) = &c.role {
         let etcd: Vec<String> = m.etcd_hosts.iter().map(ToString::to_string).collect();
-        println!("patroni:         scope {}, member {}, REST API port {}", m.scope, m.name, m.rest_api.port);
+        println!(
+            "patroni:         scope {}, member {}, REST API port {} (changes need user {}, password {})",
+            m.scope,
+            m.name,
+            m.rest_api.port,
+            m.rest_api_user,
+            password(true)
+        );
         println!(
             "etcd:            {}",
             if etcd.is_empty() {

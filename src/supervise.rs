@@ -6,7 +6,7 @@
 //! steals them (e.g. a decompressor that exits while we wait for the psql it feeds).
 
 use std::collections::{HashMap, HashSet};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -438,7 +438,8 @@ pub fn trim_resident_code() {
 /// with the shell's exit code: 127 when not found, 126 when it cannot be executed.
 pub fn exec<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> i32 {
     let err = Command::new(&argv[0]).args(&argv[1..]).exec();
-    eprintln!("pg-entrypoint: cannot execute {:?}: {err}", argv[0].as_ref());
+    // Not eprintln!: it panics when stderr is gone, and the exit code must still come out.
+    let _ = writeln!(io::stderr(), "pg-entrypoint: cannot execute {:?}: {err}", argv[0].as_ref());
     if err.kind() == io::ErrorKind::NotFound {
         127
     } else {

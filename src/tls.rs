@@ -82,3 +82,27 @@ fn self_signed() -> io::Result<(String, String)> {
     tracing::info!("TLS_MODE=self-signed: made a key and a certificate for this start");
     Ok((made.cert.pem(), made.key_pair.serialize_pem()))
 }
+
+/// Each variable that names a TLS file (and its alias), with the copy made of that file: what
+/// a process that may not read the user's files (Patroni's bootstrap, which runs this binary
+/// again as the service account) is given instead.
+pub fn copies_by_variable(config: &Config) -> Vec<(String, std::path::PathBuf)> {
+    let paths = render::tls_paths(config);
+    let tls = &config.tls;
+    let mut files: Vec<(&crate::config::TlsFile, &Path)> = Vec::new();
+    if let Some(ServerCert::Files { cert, key }) = &tls.server {
+        files.extend([(cert, paths.cert.as_path()), (key, paths.key.as_path())]);
+    }
+    if let Some(ca) = &tls.ca {
+        files.push((ca, &paths.ca));
+    }
+    if let Some((cert, key)) = &tls.replication_client {
+        files.extend([(cert, paths.client_cert.as_path()), (key, paths.client_key.as_path())]);
+    }
+    let mut out = Vec::new();
+    for (file, copy) in files {
+        out.push((file.variable.clone(), copy.to_path_buf()));
+        out.extend(file.alias.map(|alias| (alias.to_string(), copy.to_path_buf())));
+    }
+    out
+}

@@ -43,8 +43,16 @@ impl Project {
         let name = format!("pgep{tag}{}", std::process::id());
         let secrets = std::env::temp_dir().join(format!("{name}-secrets"));
         std::fs::create_dir_all(&secrets).unwrap();
-        std::fs::write(secrets.join("postgres_password"), format!("{SECRET}\n")).unwrap();
-        std::fs::write(secrets.join("replication_password"), format!("rep-{SECRET}\n")).unwrap();
+        // As docker/up.sh writes them (umask 077): 0600, root's, the test running as root.
+        for (name, value) in [
+            ("postgres_password", SECRET.to_string()),
+            ("replication_password", format!("rep-{SECRET}")),
+            ("patroni_restapi_password", format!("api-{SECRET}")),
+        ] {
+            let path = secrets.join(name);
+            std::fs::write(&path, format!("{value}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        }
         Project { name, secrets, files: files.to_vec(), env: Vec::new() }
     }
 
@@ -532,6 +540,26 @@ fn patroni_stack(p: &Project) -> Vec<String> {
         wait_healthy(id, Duration::from_secs(180));
     }
     eprintln!("patroni stack: three healthy members {:.1} s after compose up", started.elapsed().as_secs_f64());
+    // Another container on the network changes nothing through Patroni's REST API without the
+    // password: an archive_command set this way would run any shell command.
+    let patch = "import urllib.request, urllib.error
+body = b'{\"postgresql\":{\"parameters\":{\"archive_mode\":\"on\",\"archive_command\":\"id\"}}}'
+request = urllib.request.Request('http://pg-1:8008/config', data=body, method='PATCH')
+try:
+    print(urllib.request.urlopen(request, timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code)";
+    assert_eq!(docker(&["exec", &ids[1], "python3", "-c", patch]), "401");
+    assert_eq!(
+        docker(&[
+            "exec",
+            &ids[1],
+            "python3",
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://pg-1:8008/health').status)"
+        ]),
+        "200"
+    );
     ids
 }
 

@@ -185,10 +185,11 @@ fn init_scripts_and_file_variables_written_for_the_official_image_work() {
     let image = image();
     let mut c = Cluster::new("official-scripts");
     let secrets = HostDir::new("file-secrets");
-    secrets.write("password", &format!("{SECRET}\n"), 0o644);
-    secrets.write("user", "boss\n", 0o644);
-    secrets.write("db", "shop\n", 0o644);
-    secrets.write("initdb_args", "--data-checksums\n", 0o644);
+    // Root's and 0600, as docker/up.sh writes its secrets.
+    secrets.write("password", &format!("{SECRET}\n"), 0o600);
+    secrets.write("user", "boss\n", 0o600);
+    secrets.write("db", "shop\n", 0o600);
+    secrets.write("initdb_args", "--data-checksums\n", 0o600);
     let scripts = HostDir::new("official-initdb");
     // Sourced (not executable), bash, the official helper.
     scripts.write(

@@ -298,3 +298,27 @@ fn a_second_entrypoint_on_the_same_pgdata_is_refused_before_it_changes_anything(
     assert_eq!(first.query_one("1"), "1");
     assert_eq!(first.stop(), 0);
 }
+
+#[test]
+fn a_stop_is_forwarded_after_the_reader_of_stderr_went_away() {
+    use std::io::{BufRead, BufReader};
+    let mut node = Node::new("broken-stderr");
+    let mut cmd = node.command(&[]);
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Read the log until the server is up, then close the pipe: every later write fails.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    while !seen.contains("ready to accept connections") {
+        let line = lines.next().expect("the log ended before the server was ready").unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    drop(lines);
+    node.child = Some(child);
+    node.wait_ready(Duration::from_secs(30));
+    // Something to log after the break: a reload, then the stop.
+    node.signal(nix::sys::signal::Signal::SIGHUP as i32);
+    assert_eq!(node.stop(), 0, "exit code after SIGTERM with a broken stderr:\n{seen}");
+    assert_eq!(node.controldata_state(), "shut down");
+}

@@ -219,6 +219,7 @@ fn check_as_pod(file: &str, pod: &str) -> (i32, String) {
     let dir = TempDir::new("k8s-check");
     std::fs::write(dir.0.join("postgres-password"), "pw\n").unwrap();
     std::fs::write(dir.0.join("replication-password"), "rpw\n").unwrap();
+    std::fs::write(dir.0.join("patroni-restapi-password"), "apw\n").unwrap();
     let mut argv = as_host(pod);
     argv.extend([env!("CARGO_BIN_EXE_pg-entrypoint").to_string(), "check".to_string()]);
     let out = std::process::Command::new(&argv[0])

@@ -6,19 +6,51 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::etcd::{Etcd, PATRONI_PASSWORD};
+use common::etcd::{Etcd, PATRONI_PASSWORD, REST_API_PASSWORD};
 use common::*;
 
-/// Three members of one cluster on `etcd`; the first has an init script and POSTGRES_DB.
+/// Three members of one cluster on `etcd`, with an init script and POSTGRES_DB; every secret
+/// (and POSTGRES_DB) in a root-only file, as docker/up.sh writes them.
 fn members(etcd: &Etcd, name: &str) -> Vec<Node> {
     (1..=3)
         .map(|i| {
             let mut node = Node::new(&format!("{name}-{i}"));
-            node.as_patroni_member(etcd, "pg", &format!("m{i}")).set("POSTGRES_DB", "app");
+            node.as_patroni_member(etcd, "pg", &format!("m{i}"));
+            for (var, value) in [
+                ("POSTGRES_PASSWORD", PATRONI_PASSWORD),
+                ("REPLICATION_PASSWORD", PATRONI_PASSWORD),
+                ("PATRONI_RESTAPI_PASSWORD", REST_API_PASSWORD),
+                ("POSTGRES_DB", "app"),
+            ] {
+                let file = node.root_secret(&var.to_ascii_lowercase(), value);
+                node.unset(var).set(&format!("{var}_FILE"), &file.display().to_string());
+            }
             node.script("10-seed.sql", b"CREATE TABLE seed (x int); INSERT INTO seed VALUES (1);");
             node
         })
         .collect()
+}
+
+/// A call on Patroni's REST API of `node`, with `credentials` (user:password) if given: the status.
+fn rest_call(node: &Node, method: &str, path: &str, body: &str, credentials: Option<&str>) -> u16 {
+    let auth = credentials.map_or(String::new(), |c| format!("Authorization: Basic {}\r\n", base64(c.as_bytes())));
+    let raw = format!(
+        "{method} {path} HTTP/1.0\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http_request(node.http_port, &raw).0
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
 }
 
 /// The index of the member Patroni's REST API calls the primary, once exactly one does, every
@@ -59,7 +91,9 @@ fn three_members_bootstrap_once_replicate_and_stop_cleanly() {
         node.spawn(&[]);
     }
     let leader = settled_leader(&nodes, Duration::from_secs(120));
-    // Our first boot ran once, on the member that bootstrapped: POSTGRES_DB and the script.
+    // Our first boot ran once, on the member that bootstrapped: POSTGRES_DB and the script,
+    // though every secret is a 0600 root file (docker/up.sh's) that the bootstrap Patroni runs
+    // as postgres cannot read: it was given copies.
     let bootstrapped = nodes.iter().filter(|n| n.output().contains("cluster initialised")).count();
     assert_eq!(bootstrapped, 1);
     assert_eq!(nodes[leader].query_one("(SELECT count(*) FROM pg_database WHERE datname = 'app')"), "1");
@@ -80,11 +114,62 @@ fn three_members_bootstrap_once_replicate_and_stop_cleanly() {
     let pid = std::fs::read_to_string(nodes[leader].pgdata.join("postmaster.pid")).unwrap();
     let environ = std::fs::read(format!("/proc/{}/environ", pid.lines().next().unwrap())).unwrap();
     assert!(!String::from_utf8_lossy(&environ).contains(PATRONI_PASSWORD), "a password in postgres's environment");
-    // docker stop of every member: exit 0, postgres shut down cleanly.
+    assert!(!String::from_utf8_lossy(&environ).contains(REST_API_PASSWORD), "a password in postgres's environment");
+
+    // Patroni's REST API: nothing changes without the credentials; the health paths stay open.
+    let evil = r#"{"postgresql":{"parameters":{"archive_mode":"on","archive_command":"touch /tmp/pwned"}}}"#;
+    let wrong = format!("patroni:{REST_API_PASSWORD}x");
+    for (method, path, body) in [
+        ("PATCH", "/config", evil),
+        ("POST", "/restart", "{}"),
+        ("POST", "/reinitialize", "{}"),
+        ("POST", "/reload", ""),
+    ] {
+        assert_eq!(rest_call(&nodes[leader], method, path, body, None), 401, "{method} {path} without credentials");
+        assert_eq!(rest_call(&nodes[leader], method, path, body, Some(&wrong)), 401, "{method} {path}, wrong password");
+    }
+    assert_eq!(rest_call(&nodes[leader], "POST", "/switchover", r#"{"leader":"m1"}"#, None), 401);
+    assert_eq!(rest_call(&nodes[leader], "POST", "/failover", r#"{"candidate":"m2"}"#, None), 401);
+    assert_eq!(nodes[leader].patroni("/health"), 200);
+    assert_eq!(nodes[leader].patroni("/primary"), 200);
+    assert_eq!(nodes[leader].query_one("current_setting('archive_mode')"), "off");
+    // promote (a switchover to this member) goes through with the credentials from the _FILE.
+    let (code, said) = nodes[replica].tool(&["promote"]);
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(settled_leader(&nodes, Duration::from_secs(60)), replica, "the switchover went to the promoted member");
+
+    // docker stop of every member: exit 0, postgres shut down cleanly, no password file left.
     for node in nodes.iter_mut() {
         assert_eq!(node.stop(), 0, "{}", node.output());
         assert!(node.controldata_state().starts_with("shut down"), "{}", node.controldata_state());
+        let left: Vec<String> = std::fs::read_dir(node.socket_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let text = std::fs::read(p).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text);
+                text.contains(PATRONI_PASSWORD) || text.contains(REST_API_PASSWORD)
+            })
+            .map(|p| p.display().to_string())
+            .collect();
+        assert!(left.is_empty(), "files with a password outlived the member: {left:?}");
     }
+}
+
+#[test]
+fn a_failed_bootstrap_under_patroni_ends_with_one_line_and_exit_1() {
+    let etcd = Etcd::start();
+    let mut nodes = members(&etcd, "pat-failinit");
+    let mut node = nodes.remove(0);
+    node.script("20-broken.sh", b"echo 'broken init script' >&2; exit 3\n");
+    node.spawn(&[]);
+    let (code, took) = node.wait_exit(Duration::from_secs(120));
+    let out = node.output();
+    assert_eq!(code, 1, "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains("ERROR Patroni's bootstrap of a new cluster failed"), "{out}");
+    assert!(out.contains("broken init script"), "{out}");
+    eprintln!("failed bootstrap: exit {code} after {:.1} s", took.as_secs_f64());
 }
 
 #[test]
@@ -217,6 +302,7 @@ fn bad_patroni_settings_are_refused_before_anything_is_touched() {
     let (code, out) = node.run_to_exit(&[]);
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("ETCD_HOSTS: is required with HA_MODE=patroni"), "{out}");
+    assert!(out.contains("PATRONI_RESTAPI_PASSWORD: is required with HA_MODE=patroni"), "{out}");
     assert!(out.contains("ROLE: is set, but with HA_MODE=patroni Patroni decides"), "{out}");
     assert!(out.contains("POSTGRES_PASSWORD: contains a character outside ASCII"), "{out}");
     assert!(!node.pgdata.exists() && !node.socket_dir().exists(), "something was created");

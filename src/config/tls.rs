@@ -21,6 +21,8 @@ pub enum TlsMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFile {
     pub variable: String,
+    /// The other name of the same setting (Bitnami's, or ours), if it has one.
+    pub alias: Option<&'static str>,
     pub path: PathBuf,
     pub pem: Secret,
 }
@@ -220,7 +222,7 @@ impl Parser<'_> {
     }
 
     /// A PEM file named by `ours` (or its alias `theirs`, "" for none), read and checked.
-    fn tls_file(&mut self, ours: &str, theirs: &str, kind: Pem) -> Option<TlsFile> {
+    fn tls_file(&mut self, ours: &'static str, theirs: &'static str, kind: Pem) -> Option<TlsFile> {
         let (variable, path) = self.aliased(ours, Some(theirs).filter(|t| !t.is_empty()))?;
         let text = match self.inputs.read_file(std::path::Path::new(&path), MAX_TLS_FILE) {
             Ok(text) => text,
@@ -233,7 +235,8 @@ impl Parser<'_> {
             self.problem(&variable, format!("{path:?} is not {what}"));
             return None;
         }
-        Some(TlsFile { variable, path: PathBuf::from(path), pem: Secret(text) })
+        let alias = [ours, theirs].into_iter().find(|name| !name.is_empty() && *name != variable);
+        Some(TlsFile { variable, alias, path: PathBuf::from(path), pem: Secret(text) })
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod operate;
 pub mod render;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,7 +37,8 @@ pub fn managed_by_patroni(pgdata: &Path) -> bool {
 }
 
 /// Set in Patroni's environment: the `enforce-initdb` its bootstrap runs is ours, under the
-/// lock our PID 1 holds on PGDATA.
+/// lock our PID 1 holds on PGDATA. Its value is where that bootstrap notes its failure
+/// ([`note_failed_bootstrap`]).
 pub const UNDER_PATRONI: &str = "PG_ENTRYPOINT_UNDER_PATRONI";
 
 /// `patroni.yml`, beside the other files of ours outside PGDATA.
@@ -44,11 +46,27 @@ pub fn config_file(config: &Config) -> PathBuf {
     crate::render::run_file(config, "patroni.yml")
 }
 
+/// Where Patroni's bootstrap, run by Patroni as `enforce-initdb`, notes that it failed.
+fn failure_note(config: &Config) -> PathBuf {
+    crate::render::run_file(config, "patroni-bootstrap-failed")
+}
+
+/// Called at the end of `enforce-initdb`: under Patroni, a failure is noted where our PID 1
+/// looks for it when Patroni exits (Patroni gives up after a failed bootstrap, once it has
+/// tried to rename PGDATA, which fails on a mounted volume with a traceback).
+pub fn note_failed_bootstrap(code: i32) {
+    if let Some(note) = std::env::var_os(UNDER_PATRONI).filter(|_| code != 0) {
+        if let Err(e) = std::fs::write(&note, format!("{code}\n")) {
+            tracing::error!(note = %Path::new(&note).display(), "cannot note the failed bootstrap: {e}");
+        }
+    }
+}
+
 /// Runs Patroni until it exits; returns the exit code (README "Exit codes").
 pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
     // The files first: a native standby's wait for a leader asks with patroni.yml.
     let prepared = write_files(ctx, member).and_then(|files| take_over(ctx, sup).map(|()| files));
-    let (config_path, secret_files) = match prepared {
+    let files = match prepared {
         Ok(files) => files,
         Err(e) => {
             match e {
@@ -58,15 +76,26 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
             return e.exit_code();
         }
     };
-    let mut cmd = Command::new("patroni");
-    cmd.arg(&config_path).env(UNDER_PATRONI, "1");
-    // Patroni passes its environment on to postgres: no password in it. The bootstrap it
-    // calls back into (`enforce-initdb`) reads them from files of ours instead.
-    for var in SECRET_VARS {
-        cmd.env_remove(var);
+    let code = run_patroni(ctx, sup, member, &files);
+    // Every file with a password in it goes with the process that needed it.
+    for path in files.with_passwords() {
+        if let Err(e) = files::remove_passfile(&path) {
+            tracing::warn!("{e}");
+        }
     }
-    for (var, path) in &secret_files {
-        cmd.env(format!("{var}_FILE"), path);
+    code
+}
+
+/// Starts Patroni and supervises it; the exit code (README "Exit codes").
+fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Files) -> i32 {
+    let note = failure_note(ctx.config);
+    let mut cmd = Command::new("patroni");
+    cmd.arg(&files.config).env(UNDER_PATRONI, &note);
+    for (var, value) in callback_env(ctx.config, &files.secrets) {
+        match value {
+            Some(value) => cmd.env(var, value),
+            None => cmd.env_remove(var),
+        };
     }
     // A leader cut off from etcd must demote itself before its key expires (TTL), but with
     // the resolver's defaults (5 s, 2 attempts) each failed lookup of an etcd name blocked
@@ -91,7 +120,7 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
         pid = pid.as_raw(),
         scope = member.scope,
         name = member.name,
-        config = %config_path.display(),
+        config = %files.config.display(),
         "patroni started"
     );
     crate::supervise::trim_resident_code();
@@ -109,6 +138,15 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
     };
     let stopping = sup.stop_requested().is_some();
     stop_orphaned_postgres(ctx, sup);
+    if let Ok(callback_code) = std::fs::read_to_string(&note) {
+        tracing::error!(
+            "Patroni's bootstrap of a new cluster failed: pg-entrypoint enforce-initdb exited with code {} (its \
+             messages are above; Patroni's traceback about renaming PGDATA follows from it); the next start \
+             redoes the bootstrap",
+            callback_code.trim()
+        );
+        return exit::STARTUP_FAILED;
+    }
     match code {
         0 => tracing::info!(code, "patroni exited"),
         c if c > 128 => tracing::error!(code, "patroni died of signal {}", c - 128),
@@ -123,6 +161,51 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
         return exit::SHUTDOWN_ESCALATED;
     }
     code
+}
+
+/// What Patroni's environment says instead of the user's: no password (Patroni passes its
+/// environment on to postgres), and nothing only root may read. Its bootstrap calls back into
+/// this binary (`enforce-initdb`) as the service account, which reads the configuration again:
+/// each secret from a 0600 copy of ours (`<VAR>_FILE`), each TLS file from the copy postgres
+/// uses, and POSTGRES_USER, POSTGRES_DB and POSTGRES_INITDB_ARGS as values. `None`: removed.
+fn callback_env(config: &Config, secrets: &[(&'static str, PathBuf)]) -> Vec<(String, Option<OsString>)> {
+    let mut env: Vec<(String, Option<OsString>)> = Vec::new();
+    for var in SECRET_VARS {
+        env.push((var.to_string(), None));
+        let copy = secrets.iter().find(|(v, _)| *v == var).map(|(_, path)| path.clone().into_os_string());
+        env.push((format!("{var}_FILE"), copy));
+    }
+    let initdb_args = config.initdb_args.join(" ");
+    for (var, value) in [
+        ("POSTGRES_USER", &config.superuser),
+        ("POSTGRES_DB", &config.database),
+        ("POSTGRES_INITDB_ARGS", &initdb_args),
+    ] {
+        env.push((format!("{var}_FILE"), None));
+        env.push((var.to_string(), Some(value.into())));
+    }
+    for (var, path) in crate::tls::copies_by_variable(config) {
+        env.push((var, Some(path.into_os_string())));
+    }
+    env
+}
+
+/// The files of ours Patroni runs with.
+struct Files {
+    /// `patroni.yml` (passwords in it).
+    config: PathBuf,
+    /// The 0600 copy of each secret, by variable, for the bootstrap's `enforce-initdb`.
+    secrets: Vec<(&'static str, PathBuf)>,
+    /// The password file Patroni writes for its own connections.
+    pgpass: PathBuf,
+}
+
+impl Files {
+    fn with_passwords(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.config.clone(), self.pgpass.clone()];
+        all.extend(self.secrets.iter().map(|(_, path)| path.clone()));
+        all
+    }
 }
 
 /// Steps before Patroni: the data directory settled (a bootstrap of ours that did not finish
@@ -165,24 +248,24 @@ fn take_over(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     }
 }
 
-/// Writes `patroni.yml` (0600, outside PGDATA) and, for each password given directly in the
-/// environment, a 0600 file that Patroni's environment names instead (`<VAR>_FILE`).
-fn write_files(ctx: &Context, member: &Patroni) -> Result<(PathBuf, Vec<(String, PathBuf)>), StepError> {
+/// Writes `patroni.yml` (0600, outside PGDATA) and a 0600 copy of each secret for the
+/// bootstrap Patroni calls back into (see [`callback_env`]); clears an old failure note.
+fn write_files(ctx: &Context, member: &Patroni) -> Result<Files, StepError> {
     let config = ctx.config;
     let path = config_file(config);
     let write = |path: &Path, text: &str| -> Result<(), StepError> {
         Ok(datadir::write_atomic(path, text.as_bytes(), 0o600).map_err(DataDirError::io(path, "cannot write"))?)
     };
-    let mut secret_files = Vec::new();
-    for var in SECRET_VARS {
-        if let Some(value) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
-            let file = crate::render::run_file(config, &var.to_ascii_lowercase().replace('_', "-"));
-            write(&file, &value)?;
-            secret_files.push((var.to_string(), file));
-        }
+    files::remove_passfile(&failure_note(config))?;
+    let mut secrets = Vec::new();
+    for (var, value) in config.secrets() {
+        let file = crate::render::run_file(config, &var.to_ascii_lowercase().replace('_', "-"));
+        write(&file, value.expose())?;
+        secrets.push((var, file));
     }
     let advertise = advertise_host(member);
     let exe = std::env::current_exe().map_err(|e| DataDirError::io(&path, "cannot find this program")(e))?;
+    let pgpass = crate::render::run_file(config, "patroni.pgpass");
     let text = render::patroni_yml(&render::Inputs {
         config,
         member,
@@ -190,11 +273,11 @@ fn write_files(ctx: &Context, member: &Patroni) -> Result<(PathBuf, Vec<(String,
         port: ctx.endpoint.port,
         advertise_host: &advertise,
         bindir: ctx.bin.dir(),
-        pgpass: crate::render::run_file(config, "patroni.pgpass"),
+        pgpass: pgpass.clone(),
         exe: &exe,
     });
     write(&path, &text)?;
-    Ok((path, secret_files))
+    Ok(Files { config: path, secrets, pgpass })
 }
 
 /// `ADVERTISE_HOST`, else the address this host's name resolves to (in Docker, the

@@ -35,10 +35,12 @@ fn request(inputs: &dyn Inputs, method: &str, path: &str, body: Option<&str>) ->
         .map_err(|e| format!("Patroni's REST API at {address} does not answer: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\n");
-    // Patroni protects its POST endpoints with these when they are set.
-    let user = var_or_file(inputs, "PATRONI_RESTAPI_USERNAME");
+    // Patroni asks for these on every call that changes something (the start refuses a
+    // member without them); GETs are open.
+    let user = var_or_file(inputs, "PATRONI_RESTAPI_USERNAME")
+        .unwrap_or_else(|| crate::config::DEFAULT_PATRONI_RESTAPI_USER.to_string());
     let password = var_or_file(inputs, "PATRONI_RESTAPI_PASSWORD");
-    if let (Some(user), Some(password), "POST") = (user, password, method) {
+    if let (Some(password), false) = (password, method == "GET") {
         head.push_str(&format!("Authorization: Basic {}\r\n", base64(format!("{user}:{password}").as_bytes())));
     }
     let body = body.unwrap_or("");

@@ -52,6 +52,11 @@ pub fn patroni_yml(i: &Inputs) -> String {
     let rest_listen = m.rest_api.address.map_or_else(|| "0.0.0.0".to_string(), |a| a.to_string());
     line(2, format!("listen: {}", q(&host_port(&rest_listen, m.rest_api.port))));
     line(2, format!("connect_address: {}", q(&host_port(i.advertise_host, m.rest_api.port))));
+    // Patroni asks for these on every state-changing call (PATCH /config, POST /restart,
+    // /switchover...); its GETs stay open for HAProxy and the probes. patronictl reads them here.
+    line(2, "authentication:".into());
+    line(4, format!("username: {}", q(&m.rest_api_user)));
+    line(4, format!("password: {}", q(m.rest_api_password.expose())));
     if !m.etcd_hosts.is_empty() {
         let hosts: Vec<String> = m.etcd_hosts.iter().map(|h| q(&h.to_string())).collect();
         line(0, "etcd3:".into());
@@ -196,6 +201,7 @@ mod tests {
             ("HA_MODE", "patroni"),
             ("POSTGRES_PASSWORD", "s3cret"),
             ("REPLICATION_PASSWORD", "r"),
+            ("PATRONI_RESTAPI_PASSWORD", "api s3cret"),
             ("ETCD_HOSTS", "etcd1,etcd2:2390,[::1]"),
             ("REPLICATION_SYNCHRONOUS_MODE", "strict"),
             ("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "200"),
@@ -207,6 +213,9 @@ name: "pg-1"
 restapi:
   listen: "0.0.0.0:8008"
   connect_address: "10.0.0.5:8008"
+  authentication:
+    username: "patroni"
+    password: "api s3cret"
 etcd3:
   hosts: ["etcd1:2379", "etcd2:2390", "[::1]:2379"]
 bootstrap:
@@ -262,6 +271,7 @@ watchdog:
             ("HA_MODE", "patroni"),
             ("POSTGRES_PASSWORD", "a\"b: c # d\\\ne"),
             ("REPLICATION_PASSWORD", "x'y"),
+            ("PATRONI_RESTAPI_PASSWORD", "p"),
             ("PATRONI_ETCD3_HOSTS", "e:2379"),
         ]);
         let y = render(&c);
@@ -277,6 +287,7 @@ watchdog:
                 ("HA_MODE", "patroni"),
                 ("POSTGRES_PASSWORD", "pw"),
                 ("REPLICATION_PASSWORD", "r"),
+                ("PATRONI_RESTAPI_PASSWORD", "p"),
                 ("ETCD_HOSTS", "e"),
                 ("TLS_MODE", "required"),
                 ("TLS_CERT_FILE", "/s/c"),

@@ -7,6 +7,8 @@ use super::{free_port, http_request, processes, wait_until, Node, TempDir};
 
 /// Patroni sets passwords only if they are ASCII (README "Automatic failover with Patroni").
 pub const PATRONI_PASSWORD: &str = "pw-1 'q' \"d\" \\b $x `t` #: y";
+/// What Patroni's REST API asks for on calls that change something (user `patroni`).
+pub const REST_API_PASSWORD: &str = "api: 'q' $x é";
 
 pub struct Etcd {
     pub port: u16,
@@ -57,6 +59,7 @@ impl Node {
             .set("ADVERTISE_HOST", "127.0.0.1")
             .set("POSTGRES_PASSWORD", PATRONI_PASSWORD)
             .set("REPLICATION_PASSWORD", PATRONI_PASSWORD)
+            .set("PATRONI_RESTAPI_PASSWORD", REST_API_PASSWORD)
     }
 
     /// Kills the member as `docker kill` does: the entrypoint's process group (it and Patroni)

@@ -153,6 +153,16 @@ impl Node {
             .set("REPLICA_NAME", name)
     }
 
+    /// A secret file as docker/up.sh writes one: 0600, owned by root (the tests run as root).
+    pub fn root_secret(&self, name: &str, value: &str) -> PathBuf {
+        let dir = self.dir.0.join("secrets");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        fs::write(&path, format!("{value}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
     /// Adds an init script.
     pub fn script(&self, name: &str, contents: &[u8]) {
         let dir = self.dir.0.join("initdb.d");
@@ -240,8 +250,13 @@ impl Node {
     }
 
     pub fn superuser(&self) -> String {
-        let from_file = self.get("POSTGRES_USER_FILE").and_then(|f| fs::read_to_string(f).ok());
-        self.get("POSTGRES_USER").or(from_file.map(|u| u.trim_end().to_string())).unwrap_or_else(|| "postgres".into())
+        self.get_or_file("POSTGRES_USER").unwrap_or_else(|| "postgres".into())
+    }
+
+    /// `key`, or the contents of the file `key_FILE` names.
+    pub fn get_or_file(&self, key: &str) -> Option<String> {
+        let from_file = self.get(&format!("{key}_FILE")).and_then(|f| fs::read_to_string(f).ok());
+        self.get(key).or(from_file.map(|u| u.trim_end().to_string()))
     }
 
     pub fn get(&self, key: &str) -> Option<String> {
@@ -250,8 +265,8 @@ impl Node {
 
     pub fn try_connect(&self) -> Result<postgres::Client, postgres::Error> {
         let user = self.superuser();
-        let db = self.get("POSTGRES_DB").unwrap_or_else(|| user.clone());
-        self.connect_as(&user, &self.get("POSTGRES_PASSWORD").unwrap_or_default(), &db)
+        let db = self.get_or_file("POSTGRES_DB").unwrap_or_else(|| user.clone());
+        self.connect_as(&user, &self.get_or_file("POSTGRES_PASSWORD").unwrap_or_default(), &db)
     }
 
     /// Over TCP, or the Unix socket where TLS_MODE=required rejects plaintext TCP (this client
