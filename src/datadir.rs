@@ -327,7 +327,8 @@ pub fn remove_stale_socket_locks(pgdata: &Path, socket_dirs: &[PathBuf], port: u
 }
 
 fn remove_stale_lock(lock: &Path, pgdata: &Path, live: impl Fn(i32) -> bool) -> Result<(), DataDirError> {
-    let Ok(text) = fs::read_to_string(lock) else { return Ok(()) };
+    let (Some(dir), Some(name)) = (lock.parent(), lock.file_name()) else { return Ok(()) };
+    let Ok(text) = read_small(dir, Path::new(name), SMALL_FILE) else { return Ok(()) };
     let pid = lock_pid(&text);
     if pid.is_some_and(live) {
         return Ok(()); // let postgres report the conflict in its own words
@@ -357,9 +358,44 @@ pub fn lock(pgdata: &Path) -> Result<nix::fcntl::Flock<fs::File>, DataDirError> 
     })
 }
 
+/// Reads a small file at `relative` under `dir`, a directory the service account may control,
+/// safely as root: no component of `relative` is followed when it is a link (a link to a
+/// root-only file would bring that file into our messages), only a regular file is read, it is
+/// opened without blocking (a FIFO would hang the start beyond any signal), and a file larger
+/// than `max` bytes is refused (a link to `/dev/zero`).
+pub fn read_small(dir: &Path, relative: &Path, max: u64) -> io::Result<String> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut current = OwnedFd::from(fs::File::open(dir)?);
+    let parts: Vec<_> = relative.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        let kind = if i + 1 == parts.len() { OFlag::O_NONBLOCK } else { OFlag::O_DIRECTORY };
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | kind;
+        let fd = openat(Some(current.as_raw_fd()), part.as_os_str(), flags, Mode::empty())?;
+        // SAFETY: openat just returned this descriptor; nothing else owns or closes it.
+        current = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    let file = fs::File::from(current);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {max} bytes")));
+    }
+    let mut text = String::new();
+    file.take(max).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// postmaster.pid and PG_VERSION hold a few short lines.
+pub const SMALL_FILE: u64 = 4096;
+
 /// The postmaster `postmaster.pid` names, when it is a live postgres working in `pgdata`.
 pub fn live_postmaster(pgdata: &Path) -> Option<i32> {
-    let pid = lock_pid(&fs::read_to_string(pgdata.join("postmaster.pid")).ok()?)?;
+    let pid = lock_pid(&read_small(pgdata, Path::new("postmaster.pid"), SMALL_FILE).ok()?)?;
     postgres_owns(pid, pgdata).then_some(pid)
 }
 

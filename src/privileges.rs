@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use std::ffi::{CString, OsStr};
@@ -13,8 +13,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{fchmod, fstat, fstatat, Mode, SFlag};
-use nix::unistd::{chown, fchown, fchownat, setgid, setgroups, setuid, Gid, Uid};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, Mode, SFlag};
+use nix::unistd::{fchown, fchownat, setgid, setgroups, setuid, Gid, Uid};
 
 pub const SERVICE_USER: &str = "postgres";
 
@@ -144,15 +144,45 @@ fn no_link_the_account_controls(path: &Path, account: &Account) -> Result<(), Pr
     Ok(())
 }
 
-/// Creates `dir` (and missing parents) if needed; chowns only a directory we created.
+/// Creates `dir` (and missing parents, root's, 0755) if needed; gives `account` and `mode`
+/// only to a directory we created. Every step goes through descriptors: each new directory is
+/// made with `mkdirat` in its open parent and opened again without following a link before
+/// its mode and owner change, so a process of the account that swaps it for a link (in a
+/// parent it owns) makes the start fail instead of redirecting root's chmod and chown.
 fn make_owned_dir(dir: &Path, account: &Account, mode: u32) -> Result<(), PrivilegeError> {
     if dir.exists() {
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(prepare_err(dir, "create"))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(prepare_err(dir, "chmod"))?;
-    chown(dir, Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid)))
-        .map_err(|e| prepare_err(dir, "chown")(e.into()))
+    let mut missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    missing.reverse();
+    let Some(existing) = missing.first().and_then(|first| first.parent()) else {
+        return Err(prepare_err(dir, "create")(io::Error::from(io::ErrorKind::NotFound)));
+    };
+    // The existing ancestors were checked for links the account could plant.
+    let mut parent = Dir::open(existing, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| prepare_err(existing, "open")(e.into()))?;
+    for (i, path) in missing.iter().enumerate() {
+        let err = |action: &'static str| move |e: nix::Error| prepare_err(path, action)(e.into());
+        let name = path.file_name().ok_or_else(|| err("create")(nix::Error::EINVAL))?;
+        match mkdirat(Some(parent.as_raw_fd()), name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(err("create")(e)),
+        }
+        let opened = Dir::openat(Some(parent.as_raw_fd()), name, WALK_FLAGS, Mode::empty()).map_err(err("open"))?;
+        let fd = opened.as_raw_fd();
+        if fstat(fd).map_err(err("inspect"))?.st_uid != nix::unistd::geteuid().as_raw() {
+            // Not the directory we made: someone put theirs in its place.
+            return Err(err("create (it was replaced while being created)")(nix::Error::EEXIST));
+        }
+        if i + 1 == missing.len() {
+            fchmod(fd, Mode::from_bits_truncate(mode)).map_err(err("chmod"))?;
+            fchown(fd, Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid))).map_err(err("chown"))?;
+        } else {
+            fchmod(fd, Mode::from_bits_truncate(0o755)).map_err(err("chmod"))?;
+        }
+        parent = opened;
+    }
+    Ok(())
 }
 
 /// Directories of the walk: opened without following a link, as directories only.

@@ -322,3 +322,100 @@ fn a_stop_is_forwarded_after_the_reader_of_stderr_went_away() {
     assert_eq!(node.stop(), 0, "exit code after SIGTERM with a broken stderr:\n{seen}");
     assert_eq!(node.controldata_state(), "shut down");
 }
+
+#[test]
+fn files_in_pgdata_that_root_reads_are_never_followed_echoed_or_waited_on() {
+    let mut node = Node::new("stage-link");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    let secret = node.dir.0.join("root-only");
+    fs::write(&secret, "TOPSECRET-moving-old").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let work = node.pgdata.join("pgsql_tmp.pg-entrypoint-upgrade");
+    fs::create_dir_all(&work).unwrap();
+    let fifo = node.dir.0.join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for target in [secret.as_path(), fifo.as_path(), std::path::Path::new("/dev/zero")] {
+        let _ = fs::remove_file(work.join("stage"));
+        std::os::unix::fs::symlink(target, work.join("stage")).unwrap();
+        for args in [&["check"][..], &[][..]] {
+            node.spawn(args);
+            let (code, took) = node.wait_exit(Duration::from_secs(20));
+            let out = node.output();
+            assert!(took < Duration::from_secs(10), "{target:?} {args:?}: took {took:?}\n{out}");
+            assert!(!out.contains("TOPSECRET"), "{target:?} {args:?}: the linked file's content was echoed:\n{out}");
+            if args.is_empty() {
+                assert_eq!(code, 1, "{target:?}: {out}");
+                assert!(out.contains("cannot read the upgrade stage"), "{target:?}: {out}");
+            }
+        }
+    }
+    // A stage file of unknown content is refused without echoing it.
+    let _ = fs::remove_file(work.join("stage"));
+    fs::write(work.join("stage"), "TOPSECRET").unwrap();
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not name a known upgrade stage") && !out.contains("TOPSECRET"), "{out}");
+}
+
+#[test]
+fn a_new_pgdata_swapped_for_a_link_while_root_creates_it_redirects_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut node = Node::new("mkdir-race");
+    // The parent is the service account's (as /var/lib/postgresql is); PGDATA does not exist.
+    let parent = node.dir.0.join("volume");
+    fs::create_dir_all(&parent).unwrap();
+    std::process::Command::new("chown").args(["postgres:postgres"]).arg(&parent).status().unwrap();
+    let pgdata = parent.join("data");
+    node.set("PGDATA", &pgdata.display().to_string());
+    let target = node.dir.0.join("root-only");
+    fs::write(&target, "root's").unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+    for attempt in 0..100 {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (stop2, pgdata2, target2, parent2) = (stop.clone(), pgdata.clone(), target.clone(), parent.clone());
+        // As a process of the account could: the new directory exchanged with a link to the
+        // target, blindly and as fast as it goes (each success leaves the directory at `lN`).
+        let swapper = std::thread::spawn(move || {
+            let mut n = 0;
+            let link = |n: usize| parent2.join(format!("l{n}"));
+            std::os::unix::fs::symlink(&target2, link(n)).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                let exchange = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
+                if nix::fcntl::renameat2(None, &link(n), None, &pgdata2, exchange).is_ok() {
+                    n += 1;
+                    std::os::unix::fs::symlink(&target2, link(n)).unwrap();
+                }
+            }
+            n
+        });
+        node.spawn(&[]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                node.child = None;
+                assert_ne!(status.code(), Some(0), "{}", node.output());
+                break;
+            }
+            if node.try_connect().is_ok() {
+                node.stop();
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", node.output());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o777),
+            (0, 0o600),
+            "attempt {attempt} ({swaps} swaps): root changed the file a link pointed at"
+        );
+        let _ = fs::remove_file(&pgdata);
+        let _ = fs::remove_dir_all(&pgdata);
+        for entry in fs::read_dir(&parent).unwrap() {
+            let _ = fs::remove_dir_all(entry.unwrap().path());
+        }
+    }
+}

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use super::{ignore_not_found, sync_dir, write_atomic, DataDirError};
 
 pub const UPGRADE_WORK: &str = "pgsql_tmp.pg-entrypoint-upgrade";
+const STAGE_FILE: &str = "stage";
+/// The longest stage name is a few bytes.
+const MAX_STAGE_FILE: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -56,6 +59,7 @@ impl Stage {
 
 /// The work directory of `pgdata` and its parts.
 pub struct Work {
+    pgdata: PathBuf,
     pub root: PathBuf,
     pub old: PathBuf,
     pub new: PathBuf,
@@ -65,17 +69,26 @@ pub struct Work {
 impl Work {
     pub fn of(pgdata: &Path) -> Work {
         let root = pgdata.join(UPGRADE_WORK);
-        Work { old: root.join("old"), new: root.join("new"), stage_file: root.join("stage"), root }
+        Work {
+            pgdata: pgdata.to_path_buf(),
+            old: root.join("old"),
+            new: root.join("new"),
+            stage_file: root.join(STAGE_FILE),
+            root,
+        }
     }
 
     /// The recorded stage; `None` without a work directory. A stage file we cannot read or
-    /// do not know is an error: guessing could throw away a cluster.
+    /// do not know is an error: guessing could throw away a cluster. Read as root before the
+    /// privilege drop, in a directory the service account owns: see [`super::read_small`]; its
+    /// content is never echoed (it could be anything the link pointed at).
     pub fn stage(&self) -> Result<Option<Stage>, DataDirError> {
-        match fs::read_to_string(&self.stage_file) {
+        let relative = Path::new(UPGRADE_WORK).join(STAGE_FILE);
+        match super::read_small(&self.pgdata, &relative, MAX_STAGE_FILE) {
             Ok(text) => Stage::parse(&text).map(Some).ok_or_else(|| {
                 DataDirError::io(
                     &self.root,
-                    format!("unknown upgrade stage {:?} in {}", text.trim(), self.stage_file.display()),
+                    format!("{} does not name a known upgrade stage", self.stage_file.display()),
                 )(io::Error::from(io::ErrorKind::InvalidData))
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.root.exists() => Ok(None),

@@ -42,7 +42,8 @@ pub fn old_bindir(major: u32) -> PathBuf {
 
 /// The major of the cluster in `dir`, from its PG_VERSION ("15").
 fn cluster_major(dir: &Path) -> Option<u32> {
-    fs::read_to_string(dir.join("PG_VERSION")).ok()?.trim().parse().ok()
+    // Read before the privilege drop, in a directory the service account owns.
+    datadir::read_small(dir, Path::new("PG_VERSION"), datadir::SMALL_FILE).ok()?.trim().parse().ok()
 }
 
 /// Step 2 (read only, before root touches PGDATA): a cluster of another major is refused
