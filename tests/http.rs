@@ -222,3 +222,52 @@ fn disabled_means_nothing_listens_and_bad_values_are_configuration_errors() {
     assert!(out.contains("cannot listen") && out.contains("set HTTP_PORT to a free port"), "{out}");
     assert!(!node.pgdata.join("PG_VERSION").exists(), "initialised although it could not serve");
 }
+
+#[test]
+fn probes_are_answered_while_twenty_addresses_hold_half_sent_requests() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut node = Node::new("http-starve");
+    node.start();
+    let port = node.http_port;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // 20 addresses, each keeping its 8 connections busy with heads that never end, a fresh
+    // one every 20 ms in place of its oldest: together more than every slot.
+    let attackers: Vec<_> = (0..20u8)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = std::collections::VecDeque::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut s = connect_from([127, 0, 1, 10 + i], port);
+                    let _ = s.write_all(b"GET /primary HTTP/1.1\r\nX-Slow: ");
+                    held.push_back(s);
+                    if held.len() > 8 {
+                        held.pop_front();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let probes = 200;
+    let mut answered = 0;
+    for _ in 0..probes {
+        let mut probe = connect_from([127, 0, 2, 1], port);
+        probe.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = probe.write_all(b"GET /primary HTTP/1.1\r\nHost: probe\r\n\r\n");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut probe, &mut answer);
+        if answer.starts_with("HTTP/1.1 200") {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    eprintln!("probes answered under attack: {answered} of {probes}");
+    assert!(answered * 100 >= probes * 99, "only {answered} of {probes} probes answered");
+    assert_eq!(node.stop(), 0);
+}

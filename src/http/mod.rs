@@ -34,7 +34,9 @@ use routes::{Answer, Body, Method, Phase, Situation};
 /// A client has this long to send its request head; then it gets 408 and is cut off.
 /// Balancers and probes send theirs at once.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections served at once; more are closed at once (balancers open one per check).
+/// Connections served at once (balancers open one per check). When all are taken, the
+/// oldest one still waiting for its request head gives way to the new one, so clients that
+/// hold half-sent requests cannot starve the probes (a probe sends its head at once).
 const MAX_CONNECTIONS: usize = 64;
 /// Connections served at once for one client address: a client that holds connections open
 /// cannot take the slots other balancers need.
@@ -116,6 +118,7 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io:
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_client = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let waiting = Arc::new(std::sync::Mutex::new(WaitingForHead::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -125,9 +128,76 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io:
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else { continue }; // dropped: closed
+        // Over its own share, a client's new connection is closed (it evicts nobody).
         let Some(client_slot) = ClientSlot::take(&per_client, peer.ip()) else { continue };
-        tokio::spawn(serve_one(stream, shared.clone(), (slot, client_slot)));
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !lock(&waiting).evict_oldest() {
+                    continue; // every connection is being answered: closed
+                }
+                match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => continue,
+                }
+            }
+        };
+        let (id, evicted) = lock(&waiting).register();
+        let head = HeadWait { waiting: waiting.clone(), id };
+        tokio::spawn(serve_one(stream, shared.clone(), (slot, client_slot), head, evicted));
+    }
+}
+
+/// How long a new connection waits for the slot an evicted one gives back.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Connections whose request head has not come in yet, oldest first, each with the signal
+/// that makes it give its slot away.
+#[derive(Default)]
+struct WaitingForHead {
+    next: u64,
+    connections: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl WaitingForHead {
+    fn register(&mut self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (tell, evicted) = tokio::sync::oneshot::channel();
+        self.next += 1;
+        self.connections.insert(self.next, tell);
+        (self.next, evicted)
+    }
+
+    /// Tells the oldest connection still without a head to go; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((_, tell)) = self.connections.pop_first() {
+            if tell.send(()).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A connection's entry in [`WaitingForHead`], removed once its head is in (it can no longer
+/// be evicted) or when it ends.
+struct HeadWait {
+    waiting: Arc<std::sync::Mutex<WaitingForHead>>,
+    id: u64,
+}
+
+impl HeadWait {
+    fn arrived(&self) {
+        lock(&self.waiting).connections.remove(&self.id);
+    }
+}
+
+impl Drop for HeadWait {
+    fn drop(&mut self) {
+        self.arrived();
     }
 }
 
@@ -142,7 +212,7 @@ struct ClientSlot {
 
 impl ClientSlot {
     fn take(counts: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, client: IpAddr) -> Option<ClientSlot> {
-        let mut map = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = lock(counts);
         let count = map.entry(client).or_insert(0);
         if *count >= MAX_CONNECTIONS_PER_CLIENT {
             return None;
@@ -154,7 +224,7 @@ impl ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = lock(&self.counts);
         if let Some(count) = map.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
@@ -168,6 +238,8 @@ async fn serve_one(
     stream: tokio::net::TcpStream,
     shared: Arc<Shared>,
     _slots: (tokio::sync::OwnedSemaphorePermit, ClientSlot),
+    head: HeadWait,
+    evicted: tokio::sync::oneshot::Receiver<()>,
 ) {
     // A second handle on the socket, to answer 408 while hyper still owns the first.
     let Ok(std_stream) = stream.into_std() else { return };
@@ -175,8 +247,11 @@ async fn serve_one(
     let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else { return };
     let head_read = Arc::new(AtomicBool::new(false));
     let seen = head_read.clone();
+    let head = Arc::new(head);
+    let arrived = head.clone();
     let service = service_fn(move |request| {
         seen.store(true, Ordering::Relaxed);
+        arrived.arrived();
         respond(request, shared.clone())
     });
     let connection =
@@ -185,6 +260,8 @@ async fn serve_one(
     tokio::select! {
         _ = &mut connection => return,
         _ = tokio::time::sleep(HEAD_TIMEOUT) => {}
+        // Evicted for a newer connection: treated as a head that took too long.
+        Ok(()) = evicted => {}
     }
     if !head_read.load(Ordering::Relaxed) {
         // A few bytes into an empty socket buffer: this write does not block.
