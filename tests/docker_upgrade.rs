@@ -143,8 +143,34 @@ fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place_its_indexe
 
     let started = Instant::now();
     let id = c.start_image(&upgrade_image(), "p17", "data", &[PRIMARY, AUTO]);
+    // Meanwhile a local client and the health check ask on the public socket, as often as
+    // they can: neither may reach one of the upgrade's servers (the old major, or the new one
+    // that is about to stop).
+    let watcher = {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !logs(&id).contains("upgrade finished") {
+                let show = ["exec", &id, "psql", "-X", "-A", "-t", "-U", "postgres", "-c", "SHOW server_version_num"];
+                let out = run("docker", &show);
+                if out.status.success() {
+                    seen.push(format!("psql: {}", String::from_utf8_lossy(&out.stdout).trim()));
+                }
+                let health = run("docker", &["exec", &id, "pg-entrypoint", "health"]);
+                if health.status.success() {
+                    seen.push(format!("health: {}", text(&health).trim()));
+                }
+                if docker(&["inspect", "-f", "{{.State.Running}}", &id]) != "true" {
+                    break;
+                }
+            }
+            seen
+        })
+    };
     wait_healthy(&id, Duration::from_secs(300));
     println!("the upgrade's first start finished: healthy after {:.1} s", started.elapsed().as_secs_f64());
+    let seen = watcher.join().unwrap();
+    assert!(seen.is_empty(), "reached a server of the upgrade on the public socket: {seen:?}");
     assert_upgraded(&id, &facts, "4");
     assert_eq!(sql(&id, "SELECT h -> 'k' FROM kv WHERE h ? 'k'"), "v1", "hstore works on 17");
     // The planner statistics come back in the background.

@@ -5,6 +5,7 @@
 //! now, the indexes that use that collation are rebuilt and the recorded version refreshed
 //! (which also ends PostgreSQL's "collation version mismatch" warnings).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::step::Context;
@@ -31,8 +32,9 @@ struct Database {
 
 /// Rebuilds what the collation changes affect, database by database, or, with `reindex`
 /// false, refuses while any index is affected. Every database is refreshed last.
-pub fn refresh(ctx: &Context, reindex: bool) -> Result<(), String> {
-    let mut admin = connect(ctx, "template1")?;
+/// `sockets`: where the temporary server of the first start listens.
+pub fn refresh(ctx: &Context, sockets: &Path, reindex: bool) -> Result<(), String> {
+    let mut admin = connect(ctx, sockets, "template1")?;
     let stale: Vec<String> =
         admin.query(STALE_DATABASES, &[]).map_err(|e| query_failed(&e))?.iter().map(|r| r.get(0)).collect();
     let connectable: Vec<String> = admin
@@ -45,7 +47,7 @@ pub fn refresh(ctx: &Context, reindex: bool) -> Result<(), String> {
         connectable.into_iter().map(|name| Database { stale: stale.contains(&name), name }).collect();
     let mut refused = Vec::new();
     for db in &databases {
-        let mut client = connect(ctx, &db.name)?;
+        let mut client = connect(ctx, sockets, &db.name)?;
         let collations: Vec<(u32, String)> = client
             .query(STALE_COLLATIONS, &[])
             .map_err(|e| query_failed(&e))?
@@ -97,8 +99,8 @@ pub fn refresh(ctx: &Context, reindex: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn connect(ctx: &Context, database: &str) -> Result<postgres::Client, String> {
-    let (dir, port, user) = (&ctx.endpoint.socket_dir, ctx.endpoint.port, &ctx.config.superuser);
+fn connect(ctx: &Context, dir: &Path, database: &str) -> Result<postgres::Client, String> {
+    let (port, user) = (ctx.endpoint.port, &ctx.config.superuser);
     crate::local::socket_client(dir, port, user, database, Duration::from_secs(10))
         .map_err(|e| format!("cannot connect to {database:?}: {}", crate::local::describe(&e)))
 }

@@ -21,6 +21,7 @@ mod collation;
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -310,11 +311,30 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// pg_upgrade itself, or its `--check`. Both servers it starts listen only on our socket
-/// directory, trust local connections through a pg_hba.conf of their own (the user's may ask
-/// for passwords), and run without TLS or archiving.
+/// Where the servers of the upgrade listen (pg_upgrade's two, the new cluster's first start):
+/// a 0700 directory of ours beside the real socket, so no client, probe or health check
+/// reaches a server that is about to go away, or the old major.
+fn private_sockets(ctx: &Context) -> Result<PathBuf, StepError> {
+    let dir = ctx.endpoint.socket_dir.join(format!("pg-entrypoint-{}.upgrade", ctx.endpoint.port));
+    let err = |action: &'static str| DataDirError::io(&dir, action);
+    fs::create_dir(&dir)
+        .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+        .map_err(err("cannot create"))?;
+    // The socket directory is sticky: only we (or root) could have put something else there.
+    let meta = fs::symlink_metadata(&dir).map_err(err("cannot inspect"))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(err("is not a directory of ours")(io::Error::from(io::ErrorKind::AlreadyExists)).into());
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(err("cannot chmod 0700"))?;
+    Ok(dir)
+}
+
+/// pg_upgrade itself, or its `--check`. Both servers it starts listen only on our private
+/// socket directory, trust local connections through a pg_hba.conf of their own (the user's
+/// may ask for passwords), and run without TLS or archiving.
 fn pg_upgrade(ctx: &Context, sup: &mut Supervisor, old_bin: &Bin, work: &Work, check: bool) -> Result<(), StepError> {
     let config = ctx.config;
+    let sockets = private_sockets(ctx)?;
     let hba = work.root.join("pg_hba.conf");
     fs::write(&hba, "local all all trust\n")
         .map_err(DataDirError::io(&config.pgdata, "cannot write pg_upgrade's pg_hba.conf"))?;
@@ -333,7 +353,7 @@ fn pg_upgrade(ctx: &Context, sup: &mut Supervisor, old_bin: &Bin, work: &Work, c
         .arg("--username")
         .arg(&config.superuser)
         .arg("--socketdir")
-        .arg(&ctx.endpoint.socket_dir)
+        .arg(&sockets)
         .args(["--old-port", &port, "--new-port", &port, "--old-options", &options, "--new-options", &options])
         .arg(config.upgrade.method.flag());
     if check {
@@ -412,12 +432,13 @@ fn install(pgdata: &Path, work: &Work) -> Result<(), StepError> {
 /// versions refreshed. Then the upgrade is done; the old cluster is kept or removed.
 fn finish(ctx: &Context, sup: &mut Supervisor, work: &Work) -> Result<(), StepError> {
     let config = ctx.config;
-    let sockets = std::slice::from_ref(&ctx.endpoint.socket_dir);
-    let server = TempServer::start(ctx, sup, &config.pgdata, &["ready"], sockets)?;
+    let sockets = private_sockets(ctx)?;
+    let server = TempServer::start(ctx, sup, &config.pgdata, &["ready"], std::slice::from_ref(&sockets))?;
     let result = update_extensions(ctx, sup, &server, work)
-        .and_then(|()| collation::refresh(ctx, config.upgrade.reindex).map_err(StepError::Upgrade));
+        .and_then(|()| collation::refresh(ctx, &sockets, config.upgrade.reindex).map_err(StepError::Upgrade));
     let stopped = server.stop(sup);
     result.and(stopped)?;
+    let _ = fs::remove_dir_all(&sockets);
     work.set_stage(Stage::Done)?;
     let old = cluster_major(&work.old).map_or("old".to_string(), |m| format!("PostgreSQL {m}"));
     if config.upgrade.keep_old {
