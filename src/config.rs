@@ -265,6 +265,16 @@ pub fn var_or_file(inputs: &dyn Inputs, name: &str) -> Option<String> {
     }
 }
 
+/// A value as a problem shows it: quoted, and cut after 64 characters (a 100 kB value would
+/// otherwise fill the log).
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 /// A secret file's contents without the trailing newlines editors and `echo` add.
 fn without_newlines(text: &str) -> String {
     text.trim_end_matches(['\n', '\r']).to_string()
@@ -501,10 +511,13 @@ impl Parser<'_> {
         if value.len() > MAX_IDENTIFIER_BYTES {
             self.problem(
                 name,
-                format!("{value:?} is {} bytes long; at most {MAX_IDENTIFIER_BYTES} are accepted", value.len()),
+                format!("{} is {} bytes long; at most {MAX_IDENTIFIER_BYTES} are accepted", shown(&value), value.len()),
             );
         } else if value.chars().any(char::is_control) {
-            self.problem(name, format!("{value:?} contains a control character; printable characters are accepted"));
+            self.problem(
+                name,
+                format!("{} contains a control character; printable characters are accepted", shown(&value)),
+            );
         }
         value
     }
@@ -513,7 +526,10 @@ impl Parser<'_> {
         let value = self.var(name)?;
         let parsed = parse_bool(&value);
         if parsed.is_none() {
-            self.problem(name, format!("{value:?} is not a boolean; accepted: true/false, on/off, yes/no, 1/0"));
+            self.problem(
+                name,
+                format!("{} is not a boolean; accepted: true/false, on/off, yes/no, 1/0", shown(&value)),
+            );
         }
         parsed
     }
@@ -525,7 +541,7 @@ impl Parser<'_> {
                 self.problem(
                     name,
                     format!(
-                        "{value:?} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\"), up to a day"
+                        "{} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\"), up to a day", shown(&value)
                     ),
                 );
                 default
@@ -539,7 +555,7 @@ impl Parser<'_> {
             Some(value) => match value.parse::<u16>() {
                 Ok(port) if port > 0 => port,
                 _ => {
-                    self.problem(name, format!("{value:?} is not a port; accepted: 1 to 65535"));
+                    self.problem(name, format!("{} is not a port; accepted: 1 to 65535", shown(&value)));
                     default
                 }
             },
@@ -554,7 +570,7 @@ impl Parser<'_> {
             Some(value) => value.parse::<u16>().unwrap_or_else(|_| {
                 self.problem(
                     "HTTP_PORT",
-                    format!("{value:?} is not a port; accepted: 1 to 65535, or 0/off to disable"),
+                    format!("{} is not a port; accepted: 1 to 65535, or 0/off to disable", shown(&value)),
                 );
                 DEFAULT_HTTP_PORT
             }),

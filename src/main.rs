@@ -237,6 +237,10 @@ fn check(postgres_args: &[String]) -> i32 {
         eprintln!("{problem}");
         return step::exit::CONFIG;
     }
+    if let Some(problem) = start::initdb_problem(&plan) {
+        eprintln!("invalid configuration: {problem}");
+        return step::exit::CONFIG;
+    }
     if let Err(problem) = upgrade::check(c, plan.server_major) {
         eprintln!("{problem}");
         return step::exit::CONFIG;

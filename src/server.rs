@@ -122,6 +122,25 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     ))
 }
 
+/// initdb's verdict on POSTGRES_INITDB_ARGS before anything is made: `initdb --show` parses
+/// every option (an unknown one, a bad value) and exits without touching any directory. Run
+/// as root, it then refuses root: the arguments passed.
+pub fn judge_initdb_args(bin: &Bin, args: &[String]) -> Result<(), String> {
+    let mut cmd = std::process::Command::new(bin.tool("initdb"));
+    crate::supervise::clean_signals_on_exec(&mut cmd);
+    cmd.args(["--show", "-D", "/dev/null/none"]).args(args).env_remove("PGDATA").env("LC_ALL", "C");
+    for var in crate::config::SECRET_VARS {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("initdb").display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || stderr.contains("cannot be run as root") {
+        return Ok(());
+    }
+    let said: Vec<&str> = stderr.lines().filter(|l| !l.contains("hint: Try")).map(str::trim).collect();
+    Err(format!("POSTGRES_INITDB_ARGS: initdb refuses them: {}", said.join("; ")))
+}
+
 /// A memfd holding `text`, inheritable by the next child.
 fn in_memory_file(text: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::io::Write;

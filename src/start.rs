@@ -49,7 +49,7 @@ impl Plan {
 /// Step 1: the environment and the postgres arguments become a plan, or every problem is
 /// reported at once.
 pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
-    let config = Config::from_inputs(&ProcessInputs).map_err(|e| e.to_string())?;
+    let mut config = Config::from_inputs(&ProcessInputs).map_err(|e| e.to_string())?;
     let settings = render::settings(&config);
     let endpoint = Endpoint::resolve(&settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     crate::server::check_managed_args(postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
@@ -57,6 +57,9 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let server_major = crate::server::judge_settings(&bin, &settings, postgres_args)
         .map_err(|e| format!("invalid configuration: {e}"))?;
+    // Connections to other members (primary_conninfo among the settings) as this libpq allows.
+    config.tls = config.tls.with_libpq_of(server_major);
+    let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
             "invalid configuration: INIT_SCRIPTS_DIR: {:?} is not a directory; accepted: a directory of scripts",
@@ -71,6 +74,30 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
 pub fn password_problem(config: &Config) -> Option<crate::config::ConfigError> {
     let creates = matches!(datadir::inspect(&config.pgdata), Ok(State::Empty | State::Interrupted));
     config.password_problem(creates)
+}
+
+/// What initdb would refuse, checked before anything is made when this start creates a
+/// cluster: POSTGRES_INITDB_ARGS, and a POSTGRES_INITDB_WALDIR that is not empty (an
+/// interrupted bootstrap's own WAL there is cleared by the bootstrap itself).
+pub fn initdb_problem(plan: &Plan) -> Option<String> {
+    let config = &plan.config;
+    if matches!(config.role, Role::Replica(_)) {
+        return None;
+    }
+    let state = datadir::inspect(&config.pgdata).ok()?;
+    if !matches!(state, State::Empty | State::Interrupted) {
+        return None;
+    }
+    if let (State::Empty, Some(waldir)) = (&state, &config.initdb_waldir) {
+        if std::fs::read_dir(waldir).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Some(format!(
+                "POSTGRES_INITDB_WALDIR: {} is not empty; initdb needs an empty or missing directory. Nothing was \
+                 changed",
+                waldir.display()
+            ));
+        }
+    }
+    crate::server::judge_initdb_args(&plan.bin, &config.initdb_args).err()
 }
 
 /// How far [`run`] goes.
@@ -104,6 +131,10 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
     sup.set_shutdown_timeout(plan.config.shutdown_timeout);
     if let Some(problem) = password_problem(&plan.config) {
         tracing::error!("{problem}");
+        return exit::CONFIG;
+    }
+    if let Some(problem) = initdb_problem(&plan) {
+        tracing::error!("invalid configuration: {problem}");
         return exit::CONFIG;
     }
     if plan.config.host_auth_method == "trust" {

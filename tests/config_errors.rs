@@ -173,3 +173,29 @@ fn postgres_arguments_that_move_our_files_or_are_not_options_are_refused() {
     let (_, out) = node.run_to_exit(&["-z"]);
     assert!(out.contains("invalid option -- 'z'"), "{out}");
 }
+
+#[test]
+fn what_initdb_would_refuse_is_refused_before_anything_is_made() {
+    let out = rejected("initdb-args", |n| {
+        n.set("POSTGRES_INITDB_ARGS", "--data-checksums --no-such-option");
+    });
+    assert!(out.contains("POSTGRES_INITDB_ARGS: initdb refuses them") && out.contains("--no-such-option"), "{out}");
+    let out = rejected("initdb-segsize", |n| {
+        n.set("POSTGRES_INITDB_ARGS", "--wal-segsize=3");
+    });
+    assert!(out.contains("--wal-segsize must be a power of 2"), "{out}");
+    let out = rejected("initdb-waldir", |n| {
+        let waldir = n.dir.0.join("wal");
+        std::fs::create_dir_all(&waldir).unwrap();
+        std::fs::write(waldir.join("someone-elses"), "x").unwrap();
+        n.set("POSTGRES_INITDB_WALDIR", &waldir.display().to_string());
+    });
+    assert!(out.contains("POSTGRES_INITDB_WALDIR:") && out.contains("is not empty"), "{out}");
+    // A huge value is named, not printed whole.
+    let huge = "d".repeat(100_000);
+    let out = rejected("huge-db", |n| {
+        n.set("POSTGRES_DB", &huge);
+    });
+    assert!(out.contains("POSTGRES_DB: \"dddd") && out.contains("(100000 bytes)"), "{out}");
+    assert!(out.len() < 2_000, "{} bytes of output", out.len());
+}

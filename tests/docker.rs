@@ -714,3 +714,75 @@ fn a_partitioned_patroni_leader_stops_taking_writes_before_another_is_elected() 
             && run_sql(&old, "SELECT count(*) FROM fence WHERE n = -1").as_deref() == Some("1")
     });
 }
+
+/// A server that asks every client for its password in clear text and prints what it gets.
+const CLEARTEXT_ASKER: &str = r#"
+import socket, struct, sys
+def read(c, n):
+    data = b''
+    while len(data) < n:
+        more = c.recv(n - len(data))
+        if not more:
+            raise EOFError
+        data += more
+    return data
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 5432))
+s.listen(16)
+print('listening', flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    try:
+        while True:
+            n = struct.unpack('!I', read(c, 4))[0]
+            body = read(c, n - 4)
+            if struct.unpack('!I', body[:4])[0] in (80877103, 80877104):
+                c.sendall(b'N')  # no TLS, no GSS: the startup packet comes next
+                continue
+            break
+        c.sendall(b'R' + struct.pack('!II', 8, 3))
+        if read(c, 1) == b'p':
+            n = struct.unpack('!I', read(c, 4))[0]
+            print('GOT PASSWORD', read(c, n - 4), flush=True)
+    except Exception as e:
+        print('client left:', e, flush=True)
+    c.close()
+"#;
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn a_replica_never_sends_its_password_in_clear_text_where_libpq_can_refuse() {
+    let mut c = Cluster::new("cleartext");
+    let fake = c.run_detached("fake", &[], &image(), &["python3", "-c", CLEARTEXT_ASKER]);
+    wait_for("the fake primary listening", Duration::from_secs(30), || {
+        text(&run("docker", &["logs", &fake])).contains("listening")
+    });
+    let replica = c.start(
+        "replica",
+        "replica",
+        &[("REPLICATION_ROLE", "replica"), ("PRIMARY_HOST", &c.host("fake")), ("PRIMARY_WAIT_TIMEOUT", "10")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while docker(&["inspect", "-f", "{{.State.Running}}", &replica]) == "true" {
+        assert!(Instant::now() < deadline, "the replica still waits after 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let major =
+        docker(&["run", "--rm", "--entrypoint", "sh", &image(), "-c", "ls /usr/lib/postgresql | sort -n | tail -n 1"]);
+    let asked = text(&run("docker", &["logs", &fake]));
+    let said = text(&run("docker", &["logs", &replica]));
+    assert_ne!(docker(&["inspect", "-f", "{{.State.ExitCode}}", &replica]), "0", "{said}");
+    if major.parse::<u32>().unwrap() >= 16 {
+        assert!(
+            !asked.contains("GOT PASSWORD"),
+            "the password went to a server that asked for it in clear text:\n{asked}"
+        );
+        assert!(said.contains("cleartext"), "the refusal names what the server asked for:\n{said}");
+    } else {
+        // libpq 15 has no require_auth: the documented limit (docs/security.md), TLS with
+        // REPLICATION_SSLMODE=verify-full is the protection there.
+        assert!(asked.contains("GOT PASSWORD"), "PostgreSQL {major}'s libpq was expected to answer:\n{asked}");
+    }
+}

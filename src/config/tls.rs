@@ -49,6 +49,11 @@ pub struct Tls {
     /// `REPLICATION_TLS_CERT_FILE`/`_KEY_FILE`: the replication user authenticates with this
     /// certificate, and the managed hba block asks for one (`cert`).
     pub replication_client: Option<(TlsFile, TlsFile)>,
+    /// Connections to other members refuse any authentication but SCRAM
+    /// (`require_auth=scram-sha-256`): without TLS verifying the member, whatever answers at
+    /// its address could otherwise ask for the password in clear text. Set once the server's
+    /// major is known (libpq has the option from 16 on), and never with a client certificate.
+    pub require_scram: bool,
 }
 
 /// A CA bundle can be large (Debian's ca-certificates.crt is about 220 kB).
@@ -75,6 +80,13 @@ impl Pem {
 }
 
 impl Tls {
+    /// [`Tls::require_scram`] for the libpq of PostgreSQL `major` (Debian's and the official
+    /// image's servers depend on a libpq at least as new as themselves).
+    pub fn with_libpq_of(self, major: u32) -> Tls {
+        let require_scram = major >= 16 && self.replication_client.is_none();
+        Tls { require_scram, ..self }
+    }
+
     /// The same files read again and checked as at start (a reload after a rotation), as
     /// whoever we are now; the other variables are not read again.
     pub fn reread(&self) -> Result<Tls, String> {
@@ -203,7 +215,7 @@ impl Parser<'_> {
                 format!("is {replication_sslmode}, but TLS_MODE=required refuses plaintext replication"),
             );
         }
-        Tls { mode, server, ca, replication_sslmode, replication_client }
+        Tls { mode, server, ca, replication_sslmode, replication_client, require_scram: false }
     }
 
     /// `ours`, or Bitnami's name for it (`theirs`); both set and different is a problem.

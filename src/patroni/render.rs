@@ -95,7 +95,9 @@ pub fn patroni_yml(i: &Inputs) -> String {
     // Patroni's connections to other members (replication, and pg_rewind as the superuser)
     // with REPLICATION_SSLMODE and the CA; the client certificate is the replication user's.
     // libpq's default alone (nothing about TLS configured) adds nothing.
-    let tls = crate::render::client_tls(c);
+    // Patroni 3.0 drops require_auth from the parameters it passes on: left out here.
+    let mut tls = crate::render::client_tls(c);
+    tls.retain(|(key, _)| *key != "require_auth");
     let tls = if matches!(&tls[..], [(_, mode)] if mode == "prefer") { Vec::new() } else { tls };
     line(2, "authentication:".into());
     line(4, "superuser:".into());
