@@ -123,9 +123,11 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
 }
 
 /// initdb's verdict on POSTGRES_INITDB_ARGS before anything is made: `initdb --show` parses
-/// every option (an unknown one, a bad value) and exits without touching any directory. Run
-/// as root, it then refuses root: the arguments passed.
+/// every option (an unknown one, a bad value) and exits without touching any directory. What
+/// it says about who runs it is not about the arguments: as root it refuses root once they
+/// passed; a uid without a passwd entry (`--user`, before nss_wrapper is set up) is not judged.
 pub fn judge_initdb_args(bin: &Bin, args: &[String]) -> Result<(), String> {
+    const NOT_ABOUT_THE_ARGUMENTS: [&str; 2] = ["cannot be run as root", "could not look up effective user ID"];
     let mut cmd = std::process::Command::new(bin.tool("initdb"));
     crate::supervise::clean_signals_on_exec(&mut cmd);
     cmd.args(["--show", "-D", "/dev/null/none"]).args(args).env_remove("PGDATA").env("LC_ALL", "C");
@@ -134,7 +136,7 @@ pub fn judge_initdb_args(bin: &Bin, args: &[String]) -> Result<(), String> {
     }
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("initdb").display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || stderr.contains("cannot be run as root") {
+    if out.status.success() || NOT_ABOUT_THE_ARGUMENTS.iter().any(|m| stderr.contains(m)) {
         return Ok(());
     }
     let said: Vec<&str> = stderr.lines().filter(|l| !l.contains("hint: Try")).map(str::trim).collect();
