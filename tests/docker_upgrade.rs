@@ -109,6 +109,36 @@ fn logs(id: &str) -> String {
     text(&run("docker", &["logs", id]))
 }
 
+/// While container `id` runs and its real server has not been started, a local client and the
+/// health check ask on the public socket as often as they can: how many times, and what
+/// answered. Neither may reach one of the upgrade's servers (the old major, or the new one
+/// that is about to stop).
+fn watch_public_socket(id: &str) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let id = id.to_string();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut asked = 0;
+        loop {
+            let show = ["exec", &id, "psql", "-X", "-A", "-t", "-U", "postgres", "-c", "SHOW server_version_num"];
+            let psql = run("docker", &show);
+            let health = run("docker", &["exec", &id, "pg-entrypoint", "health"]);
+            // Once the real server was started, an answer may be its own: the watch ends.
+            if logs(&id).contains("postgres started") || docker(&["inspect", "-f", "{{.State.Running}}", &id]) != "true"
+            {
+                break;
+            }
+            asked += 1;
+            if psql.status.success() {
+                seen.push(format!("psql: {}", String::from_utf8_lossy(&psql.stdout).trim()));
+            }
+            if health.status.success() {
+                seen.push(format!("health: {}", text(&health).trim()));
+            }
+        }
+        (asked, seen)
+    })
+}
+
 #[test]
 #[ignore = "needs Docker and the 15 and 17-upgrade images: docker/e2e.sh"]
 fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place_its_indexes_rebuilt() {
@@ -130,7 +160,12 @@ fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place_its_indexe
     // POSTGRES_UPGRADE_REINDEX=false: upgraded, then stopped at the indexes to rebuild.
     let no_reindex =
         c.start_image(&upgrade_image(), "noreindex", "data", &[PRIMARY, AUTO, ("POSTGRES_UPGRADE_REINDEX", "false")]);
+    let watcher = watch_public_socket(&no_reindex);
     assert_eq!(wait_exit(&no_reindex, Duration::from_secs(120)), 1);
+    let (asked, seen) = watcher.join().unwrap();
+    println!("asked the public socket {asked} times during pg_upgrade");
+    assert!(asked > 0, "the watch never asked while pg_upgrade ran");
+    assert!(seen.is_empty(), "pg_upgrade's servers answered on the public socket: {seen:?}");
     let said = logs(&no_reindex);
     assert!(
         said.contains(
@@ -143,34 +178,12 @@ fn a_15_volume_is_refused_without_the_variable_then_upgraded_in_place_its_indexe
 
     let started = Instant::now();
     let id = c.start_image(&upgrade_image(), "p17", "data", &[PRIMARY, AUTO]);
-    // Meanwhile a local client and the health check ask on the public socket, as often as
-    // they can: neither may reach one of the upgrade's servers (the old major, or the new one
-    // that is about to stop).
-    let watcher = {
-        let id = id.clone();
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while !logs(&id).contains("upgrade finished") {
-                let show = ["exec", &id, "psql", "-X", "-A", "-t", "-U", "postgres", "-c", "SHOW server_version_num"];
-                let out = run("docker", &show);
-                if out.status.success() {
-                    seen.push(format!("psql: {}", String::from_utf8_lossy(&out.stdout).trim()));
-                }
-                let health = run("docker", &["exec", &id, "pg-entrypoint", "health"]);
-                if health.status.success() {
-                    seen.push(format!("health: {}", text(&health).trim()));
-                }
-                if docker(&["inspect", "-f", "{{.State.Running}}", &id]) != "true" {
-                    break;
-                }
-            }
-            seen
-        })
-    };
+    let watcher = watch_public_socket(&id);
     wait_healthy(&id, Duration::from_secs(300));
     println!("the upgrade's first start finished: healthy after {:.1} s", started.elapsed().as_secs_f64());
-    let seen = watcher.join().unwrap();
-    assert!(seen.is_empty(), "reached a server of the upgrade on the public socket: {seen:?}");
+    let (asked, seen) = watcher.join().unwrap();
+    println!("asked the public socket {asked} times during the first start");
+    assert!(seen.is_empty(), "the first start's server answered on the public socket: {seen:?}");
     assert_upgraded(&id, &facts, "4");
     assert_eq!(sql(&id, "SELECT h -> 'k' FROM kv WHERE h ? 'k'"), "v1", "hstore works on 17");
     // The planner statistics come back in the background.

@@ -138,7 +138,12 @@ fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Fi
     };
     let stopping = sup.stop_requested().is_some();
     stop_orphaned_postgres(ctx, sup);
-    if let Ok(callback_code) = std::fs::read_to_string(&note) {
+    let failed_bootstrap = std::fs::read_to_string(&note).ok();
+    if let Err(e) = std::fs::remove_file(&note).or_else(datadir::ignore_not_found) {
+        tracing::warn!(note = %note.display(), "cannot remove the note of a failed bootstrap: {e}");
+    }
+    // A bootstrap we stopped is not a failed one: the exit code says which signal.
+    if let (Some(callback_code), false) = (failed_bootstrap, stopping) {
         tracing::error!(
             "Patroni's bootstrap of a new cluster failed: pg-entrypoint enforce-initdb exited with code {} (its \
              messages are above; Patroni's traceback about renaming PGDATA follows from it); the next start \
@@ -256,7 +261,10 @@ fn write_files(ctx: &Context, member: &Patroni) -> Result<Files, StepError> {
     let write = |path: &Path, text: &str| -> Result<(), StepError> {
         Ok(datadir::write_atomic(path, text.as_bytes(), 0o600).map_err(DataDirError::io(path, "cannot write"))?)
     };
-    files::remove_passfile(&failure_note(config))?;
+    let note = failure_note(config);
+    std::fs::remove_file(&note)
+        .or_else(datadir::ignore_not_found)
+        .map_err(DataDirError::io(&note, "cannot remove the note of an earlier failed bootstrap"))?;
     let mut secrets = Vec::new();
     for (var, value) in config.secrets() {
         let file = crate::render::run_file(config, &var.to_ascii_lowercase().replace('_', "-"));
