@@ -52,6 +52,44 @@ pub struct Config {
     pub http: Option<HttpListen>,
     pub tls: Tls,
     pub upgrade: Upgrade,
+    pub files_at: FilesAt,
+}
+
+/// postgres's default socket directory in Debian's and the official image's builds.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Where our files outside PGDATA live (README "Files we own"): the server's first socket
+/// directory, a directory of the service account's, each file named with the server's port,
+/// so that servers sharing the directory never share a file. From the environment
+/// (`POSTGRESQL_CONFIG_*`) at first; the start sets it from the effective settings, postgres
+/// arguments included ([`FilesAt::new`]), the operator commands from the running server's
+/// `postmaster.pid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesAt {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl FilesAt {
+    pub fn new(dir: &Path, port: u16) -> FilesAt {
+        FilesAt { dir: dir.to_path_buf(), port }
+    }
+
+    /// `<dir>/pg-entrypoint-<port>.<suffix>`.
+    pub fn file(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!("pg-entrypoint-{}.{suffix}", self.port))
+    }
+
+    /// What the environment alone says (the postgres arguments are not known here).
+    fn from_overrides(overrides: &[(String, String)]) -> FilesAt {
+        let setting = |name: &str| overrides.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let dir = setting("unix_socket_directories")
+            .and_then(|dirs| dirs.split(',').map(str::trim).next())
+            .filter(|d| d.starts_with('/'))
+            .unwrap_or(DEFAULT_SOCKET_DIR);
+        let port = setting("port").and_then(|p| p.trim().parse().ok()).unwrap_or(5432);
+        FilesAt::new(Path::new(dir), port)
+    }
 }
 
 /// The HTTP endpoint's address: `address` when `HTTP_LISTEN` names one, else every
@@ -670,6 +708,7 @@ impl Parser<'_> {
                  members as the superuser",
             );
         }
+        let files_at = FilesAt::from_overrides(&overrides);
         Some(Config {
             pgdata,
             superuser,
@@ -686,6 +725,7 @@ impl Parser<'_> {
             http,
             tls,
             upgrade,
+            files_at,
         })
     }
 

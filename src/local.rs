@@ -131,6 +131,12 @@ impl Local {
         Ok(Local { pgdata, pidfile, temporary, user })
     }
 
+    /// Where the running server's files of ours are: its socket directory and port, as its
+    /// postmaster.pid says (whatever arguments it was started with).
+    pub fn files_at(&self) -> crate::config::FilesAt {
+        crate::config::FilesAt::new(&self.pidfile.socket_dir, self.pidfile.port)
+    }
+
     /// A connection over the Unix socket, as POSTGRES_USER, without a password.
     pub fn connect(&self, timeout: Duration) -> Result<postgres::Client, LocalError> {
         socket_client(&self.pidfile.socket_dir, self.pidfile.port, &self.user, "postgres", timeout).map_err(|e| {

@@ -16,8 +16,7 @@ pub const INCLUDE_LINE: &str = "include_if_exists = 'pg-entrypoint.conf'\t# mana
 pub const LEGACY_PASSFILE: &str = "pg-entrypoint.pgpass";
 const HBA_BEGIN: &str = "# BEGIN pg-entrypoint managed block: rewritten at every start, edit outside it";
 const HBA_END: &str = "# END pg-entrypoint managed block";
-/// Socket directory of the Debian and official images.
-pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+pub use crate::config::DEFAULT_SOCKET_DIR;
 
 /// Where a setting's value came from, for the comments in the rendered file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,18 +130,10 @@ pub fn client_tls(config: &Config) -> Vec<(&'static str, String)> {
     params
 }
 
-/// A file of ours outside PGDATA: in the first configured socket directory
-/// (`POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES`, else /var/run/postgresql), a directory of
-/// the service account's, named with the configured port so that servers sharing the
-/// directory do not share the file: `pg-entrypoint-<port>.<suffix>`.
+/// A file of ours outside PGDATA, where [`crate::config::FilesAt`] says:
+/// `<socket directory>/pg-entrypoint-<port>.<suffix>`.
 pub fn run_file(config: &Config, suffix: &str) -> std::path::PathBuf {
-    let setting = |name: &str| config.overrides.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    let dir = setting("unix_socket_directories")
-        .and_then(|dirs| dirs.split(',').map(str::trim).next())
-        .filter(|d| d.starts_with('/'))
-        .unwrap_or(DEFAULT_SOCKET_DIR);
-    let port = setting("port").map(str::trim).unwrap_or("5432");
-    std::path::Path::new(dir).join(format!("pg-entrypoint-{port}.{suffix}"))
+    config.files_at.file(suffix)
 }
 
 /// For servers of our own before the real start (single-user, temporary): no standby can

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use crate::arbitrary_uid;
 use crate::bootstrap;
-use crate::config::{Config, ProcessInputs, Role};
+use crate::config::{Config, FilesAt, ProcessInputs, Role};
 use crate::converge;
 use crate::datadir::{self, State};
 use crate::files;
@@ -57,8 +57,10 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
         .map_err(|e| format!("invalid configuration: {e}"))?;
     let server_major = crate::server::judge_settings(&bin, &settings, postgres_args)
         .map_err(|e| format!("invalid configuration: {e}"))?;
-    // Connections to other members (primary_conninfo among the settings) as this libpq allows.
+    // Connections to other members (primary_conninfo among the settings) as this libpq allows,
+    // and our files where this server's sockets are (postgres arguments included).
     config.tls = config.tls.with_libpq_of(server_major);
+    config.files_at = FilesAt::new(&endpoint.socket_dir, endpoint.port);
     let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
@@ -432,6 +434,10 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
             return exit::STARTUP_FAILED;
         }
     };
+    // The replication password file served postgres (its walreceiver): it goes with postgres.
+    if let Err(e) = files::remove_passfile(&render::passfile(ctx.config)) {
+        tracing::warn!("{e}");
+    }
     let stopped = sup.stop_requested();
     if sup.escalated() {
         tracing::error!(

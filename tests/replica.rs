@@ -49,8 +49,9 @@ fn replicas_started_before_the_primary_wait_then_stream() {
     assert!(!r1.pgdata.join("pg-entrypoint.pgpass").exists());
     assert!(!primary.passfile().exists());
 
-    // A restarted replica catches up without cloning again.
+    // A restarted replica catches up without cloning again; stopped, it keeps no password file.
     assert_eq!(r1.stop(), 0);
+    assert!(!r1.passfile().exists(), "the password file outlived the replica");
     primary.client().batch_execute("INSERT INTO t VALUES ('while it was down')").unwrap();
     r1.start();
     r1.eventually_equals("(SELECT count(*) FROM t)", "2");
@@ -243,4 +244,60 @@ fn a_replica_whose_slot_was_invalidated_says_so_and_reclones_when_allowed() {
     assert_eq!(primary.query_one("(SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'r1')"), "reserved");
     assert_eq!(replica.stop(), 0);
     assert_eq!(primary.stop(), 0);
+}
+
+/// The arguments as `spawn` takes them.
+fn argv(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `postgres -c port=... -c unix_socket_directories=...`, as users of postgres set them.
+fn with_args(node: &mut Node) -> Vec<String> {
+    let args = vec![
+        "postgres".to_string(),
+        "-c".into(),
+        format!("port={}", node.port),
+        "-c".into(),
+        format!("unix_socket_directories={}", node.socket_dir().display()),
+    ];
+    node.unset("POSTGRESQL_CONFIG_PORT").unset("POSTGRESQL_CONFIG_UNIX_SOCKET_DIRECTORIES");
+    args
+}
+
+#[test]
+fn two_members_on_one_host_configured_by_arguments_never_share_a_file() {
+    let mut primary = Node::new("args-primary");
+    primary.as_primary();
+    let primary_args = with_args(&mut primary);
+    let mut replica = Node::new("args-replica");
+    replica.as_replica_of(&primary, "r-args");
+    let replica_args = with_args(&mut replica);
+    // The replica first: it waits for the primary, which must not take its password file away.
+    let before = std::time::SystemTime::now();
+    replica.spawn(&argv(&replica_args));
+    primary.spawn(&argv(&primary_args)).wait_ready(Duration::from_secs(60));
+    replica.wait_ready(Duration::from_secs(60));
+    primary.client().batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
+    replica.eventually_equals("(SELECT count(*) FROM t)", "1");
+    // Each member's files are named from its own effective port and socket directory.
+    assert!(replica.passfile().exists(), "no password file at {:?}", replica.passfile());
+    let shared = std::path::Path::new("/var/run/postgresql/pg-entrypoint-5432.pgpass");
+    let written = fs::metadata(shared).ok().and_then(|m| m.modified().ok());
+    assert!(written.is_none_or(|at| at < before), "a file of the default port was written: {shared:?}");
+    // The primary restarts: the replica reconnects with its own password file.
+    assert_eq!(primary.stop(), 0);
+    primary.spawn(&argv(&primary_args)).wait_ready(Duration::from_secs(60));
+    primary.client().batch_execute("INSERT INTO t VALUES (2)").unwrap();
+    replica.eventually_equals("(SELECT count(*) FROM t)", "2");
+    // promote, with the server's own environment, finds the files of the running server: it
+    // reaches the primary (with the replica's password file) and refuses while it takes writes.
+    let (code, out) = replica.tool(&["promote"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is a writable primary"), "{out}");
+    assert_eq!(primary.stop(), 0);
+    let (code, out) = replica.tool(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(replica.query_one("pg_is_in_recovery()"), "false");
+    assert_eq!(replica.stop(), 0);
+    assert!(!replica.passfile().exists(), "the password file outlived the member");
 }
