@@ -5,8 +5,9 @@
 # (e.g. `-f docker/compose.sync.yaml` is added by SYNC=1; TLS=1 adds compose.tls.yaml with
 # certificates made by docker/tls-certs.sh in docker/tls). IMAGE selects the image.
 # PATRONI=1 starts docker/compose.patroni.yaml instead: pg-1..pg-3 under Patroni on three etcd
-# members, HAProxy always in front (HAPROXY is ignored); SYNC=1 there means
-# REPLICATION_SYNCHRONOUS_MODE=on. ETCD_IMAGE / HAPROXY_IMAGE, when not given, are built offline.
+# members, HAProxy always in front (HAPROXY is ignored); it is synchronous by default
+# (REPLICATION_SYNCHRONOUS_MODE=on), SYNC=0 there means off. ETCD_IMAGE / HAPROXY_IMAGE,
+# when not given, are built offline.
 set -euo pipefail
 cd "$(dirname "$0")"
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
@@ -19,7 +20,7 @@ if [ "${PATRONI:-0}" = 1 ]; then
     files=(-f compose.patroni.yaml)
     members=(pg-1 pg-2 pg-3)
     haproxy=1
-    [ "${SYNC:-0}" = 1 ] && export REPLICATION_SYNCHRONOUS_MODE="${REPLICATION_SYNCHRONOUS_MODE:-on}"
+    [ "${SYNC:-1}" = 0 ] && export REPLICATION_SYNCHRONOUS_MODE="${REPLICATION_SYNCHRONOUS_MODE:-off}"
     [ -n "${ETCD_IMAGE:-}" ] || export ETCD_IMAGE="$(./build-offline.sh etcd | tail -n 1)"
     [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
 else
