@@ -1044,7 +1044,8 @@ impl Parser<'_> {
             self.problem(
                 "PATRONI_RESTAPI_USERNAME",
                 format!(
-                    "{user:?} is not accepted; accepted: up to {MAX_IDENTIFIER_BYTES} printable characters without ':'"
+                    "{} is not accepted; accepted: up to {MAX_IDENTIFIER_BYTES} printable characters without ':'",
+                    shown(&user)
                 ),
             );
         }

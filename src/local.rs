@@ -14,7 +14,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::DEFAULT_PGDATA;
+use crate::config::{Config, FilesAt, DEFAULT_PGDATA};
 
 /// Marks the temporary servers of the entrypoint (bootstrap, promotion): not the real one.
 pub const TEMPORARY_SERVER_MARK: &str = "pg-entrypoint-temporary-hba.conf";
@@ -131,10 +131,17 @@ impl Local {
         Ok(Local { pgdata, pidfile, temporary, user })
     }
 
-    /// Where the running server's files of ours are: its socket directory and port, as its
-    /// postmaster.pid says (whatever arguments it was started with).
-    pub fn files_at(&self) -> crate::config::FilesAt {
-        crate::config::FilesAt::new(&self.pidfile.socket_dir, self.pidfile.port)
+    /// `config` (from the environment) as the running server uses it: our files where its
+    /// postmaster.pid says (whatever arguments it was started with), and connections to other
+    /// members as its libpq allows (its major, asked over `client`).
+    pub fn running_config(&self, client: &mut postgres::Client, config: Config) -> Config {
+        let major = client
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .ok()
+            .and_then(|row| crate::server::major_of(&row.get::<_, String>(0)))
+            .unwrap_or(0);
+        let tls = config.tls.clone().with_libpq_of(major, &config.host_auth_method);
+        Config { files_at: FilesAt::new(&self.pidfile.socket_dir, self.pidfile.port), tls, ..config }
     }
 
     /// A connection over the Unix socket, as POSTGRES_USER, without a password.

@@ -124,8 +124,8 @@ pub fn client_tls(config: &Config) -> Vec<(&'static str, String)> {
         params.push(("sslcert", paths.client_cert.to_string_lossy().into_owned()));
         params.push(("sslkey", paths.client_key.to_string_lossy().into_owned()));
     }
-    if tls.require_scram {
-        params.push(("require_auth", "scram-sha-256".to_string()));
+    if tls.refuse_clear_passwords {
+        params.push(("require_auth", "!password,!md5".to_string()));
     }
     params
 }
@@ -600,14 +600,10 @@ mod tests {
         // Without TLS settings, members are asked with libpq's default, prefer.
         assert_eq!(client_tls(&config(PRIMARY)), [("sslmode", "prefer".to_string())]);
         assert!(!settings(&config(PRIMARY)).contains_key("ssl"));
-        // With a client certificate, no password is exchanged: no require_auth either.
-        assert!(!client_tls(&Config { tls: c.tls.clone().with_libpq_of(17), ..c })
-            .iter()
-            .any(|(k, _)| *k == "require_auth"));
     }
 
     #[test]
-    fn members_are_asked_with_scram_only_where_libpq_can_require_it() {
+    fn members_never_answer_a_clear_password_request_where_libpq_can_refuse() {
         let replica = config(&[
             PRIMARY[0],
             PRIMARY[1],
@@ -616,13 +612,15 @@ mod tests {
             ("PRIMARY_HOST", "db"),
             ("REPLICA_NAME", "r1"),
         ]);
-        let with = |major: u32| Config { tls: replica.tls.clone().with_libpq_of(major), ..replica.clone() };
-        let require = ("require_auth", "scram-sha-256".to_string());
-        assert!(client_tls(&with(17)).contains(&require));
-        assert!(client_tls(&with(16)).contains(&require));
-        assert!(!client_tls(&with(15)).contains(&require), "libpq 15 refuses the option");
-        let conninfo = settings(&with(17))["primary_conninfo"].0.clone();
-        assert!(conninfo.ends_with("sslmode='prefer' require_auth='scram-sha-256'"), "{conninfo}");
+        let with =
+            |major: u32, auth: &str| Config { tls: replica.tls.clone().with_libpq_of(major, auth), ..replica.clone() };
+        let refuse = ("require_auth", "!password,!md5".to_string());
+        assert!(client_tls(&with(17, "scram-sha-256")).contains(&refuse));
+        assert!(client_tls(&with(16, "trust")).contains(&refuse), "trust and SCRAM still work");
+        assert!(!client_tls(&with(15, "scram-sha-256")).contains(&refuse), "libpq 15 refuses the option");
+        assert!(!client_tls(&with(17, "password")).contains(&refuse), "our own members ask for it so");
+        let conninfo = settings(&with(17, "scram-sha-256"))["primary_conninfo"].0.clone();
+        assert!(conninfo.ends_with("sslmode='prefer' require_auth='!password,!md5'"), "{conninfo}");
     }
 
     #[test]

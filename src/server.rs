@@ -122,15 +122,25 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     ))
 }
 
+/// How every cluster we make authenticates: local connections trusted (the official image's
+/// way; the socket is the container's), TCP with SCRAM until our pg_hba.conf block is written.
+pub const INITDB_AUTH: [&str; 2] = ["--auth-local=trust", "--auth-host=scram-sha-256"];
+
 /// initdb's verdict on POSTGRES_INITDB_ARGS before anything is made: `initdb --show` parses
 /// every option (an unknown one, a bad value) and exits without touching any directory. What
 /// it says about who runs it is not about the arguments: as root it refuses root once they
 /// passed; a uid without a passwd entry (`--user`, before nss_wrapper is set up) is not judged.
-pub fn judge_initdb_args(bin: &Bin, args: &[String]) -> Result<(), String> {
+/// Judged with what the real run adds (`INITDB_AUTH`, a password file when there is a
+/// password: `--show` never reads it).
+pub fn judge_initdb_args(bin: &Bin, args: &[String], with_password: bool) -> Result<(), String> {
     const NOT_ABOUT_THE_ARGUMENTS: [&str; 2] = ["cannot be run as root", "could not look up effective user ID"];
     let mut cmd = std::process::Command::new(bin.tool("initdb"));
     crate::supervise::clean_signals_on_exec(&mut cmd);
-    cmd.args(["--show", "-D", "/dev/null/none"]).args(args).env_remove("PGDATA").env("LC_ALL", "C");
+    cmd.args(["--show", "-D", "/dev/null/none"]).args(INITDB_AUTH);
+    if with_password {
+        cmd.arg("--pwfile=/dev/null");
+    }
+    cmd.args(args).env_remove("PGDATA").env("LC_ALL", "C");
     for var in crate::config::SECRET_VARS {
         cmd.env_remove(var);
     }

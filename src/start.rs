@@ -59,7 +59,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
         .map_err(|e| format!("invalid configuration: {e}"))?;
     // Connections to other members (primary_conninfo among the settings) as this libpq allows,
     // and our files where this server's sockets are (postgres arguments included).
-    config.tls = config.tls.with_libpq_of(server_major);
+    config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
     config.files_at = FilesAt::new(&endpoint.socket_dir, endpoint.port);
     let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
@@ -99,7 +99,7 @@ pub fn initdb_problem(plan: &Plan) -> Option<String> {
             ));
         }
     }
-    crate::server::judge_initdb_args(&plan.bin, &config.initdb_args).err()
+    crate::server::judge_initdb_args(&plan.bin, &config.initdb_args, config.superuser_password.is_some()).err()
 }
 
 /// How far [`run`] goes.

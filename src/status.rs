@@ -40,9 +40,9 @@ pub fn run() -> i32 {
     // The configuration (and any secret file only root may read) first, then no more root.
     let config = Config::from_inputs(&ProcessInputs).ok();
     let result = Local::open().map_err(|e| e.to_string()).and_then(|local| {
-        let config = config.map(|c| Config { files_at: local.files_at(), ..c });
         let configured = crate::health::expected_role(&local).name();
         let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let config = config.map(|c| local.running_config(&mut client, c));
         let peers = peers(config.as_ref());
         let row =
             client.query_one(observe::STATUS_SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;

@@ -143,7 +143,7 @@ pub fn tool(bin: &Bin, name: &str) -> Command {
 pub fn initdb(ctx: &Context, dir: &Path) -> Command {
     let mut cmd = tool(ctx.bin, "initdb");
     cmd.arg("-D").arg(dir).arg("--username").arg(&ctx.config.superuser);
-    cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
+    cmd.args(crate::server::INITDB_AUTH);
     if ["LC_ALL", "LC_CTYPE", "LANG"].iter().all(|v| std::env::var_os(v).is_none()) {
         cmd.arg("--encoding=UTF8");
     }

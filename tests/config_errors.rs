@@ -184,6 +184,12 @@ fn what_initdb_would_refuse_is_refused_before_anything_is_made() {
         n.set("POSTGRES_INITDB_ARGS", "--wal-segsize=3");
     });
     assert!(out.contains("--wal-segsize must be a power of 2"), "{out}");
+    // What initdb accepts with the options the real run adds passes, e.g. an auth method
+    // that needs the password the real run gives it.
+    let mut node = Node::new("initdb-auth");
+    node.set("POSTGRES_INITDB_ARGS", "-A scram-sha-256 --data-checksums");
+    let (code, out) = node.run_to_exit(&["check"]);
+    assert_eq!(code, 0, "{out}");
     let out = rejected("initdb-waldir", |n| {
         let waldir = n.dir.0.join("wal");
         std::fs::create_dir_all(&waldir).unwrap();

@@ -49,11 +49,12 @@ pub struct Tls {
     /// `REPLICATION_TLS_CERT_FILE`/`_KEY_FILE`: the replication user authenticates with this
     /// certificate, and the managed hba block asks for one (`cert`).
     pub replication_client: Option<(TlsFile, TlsFile)>,
-    /// Connections to other members refuse any authentication but SCRAM
-    /// (`require_auth=scram-sha-256`): without TLS verifying the member, whatever answers at
-    /// its address could otherwise ask for the password in clear text. Set once the server's
-    /// major is known (libpq has the option from 16 on), and never with a client certificate.
-    pub require_scram: bool,
+    /// Connections to other members never answer a request for the password in clear text or
+    /// as MD5 (`require_auth=!password,!md5`): without TLS verifying the member, whatever
+    /// answers at its address could otherwise ask for it. SCRAM, trust and certificates still
+    /// work. Set once the server's major is known (libpq has the option from 16 on); not when
+    /// POSTGRES_HOST_AUTH_METHOD=password, where our own members ask for it so.
+    pub refuse_clear_passwords: bool,
 }
 
 /// A CA bundle can be large (Debian's ca-certificates.crt is about 220 kB).
@@ -80,11 +81,11 @@ impl Pem {
 }
 
 impl Tls {
-    /// [`Tls::require_scram`] for the libpq of PostgreSQL `major` (Debian's and the official
-    /// image's servers depend on a libpq at least as new as themselves).
-    pub fn with_libpq_of(self, major: u32) -> Tls {
-        let require_scram = major >= 16 && self.replication_client.is_none();
-        Tls { require_scram, ..self }
+    /// [`Tls::refuse_clear_passwords`] for the libpq of PostgreSQL `major` (Debian's and the
+    /// official image's servers depend on a libpq at least as new as themselves).
+    pub fn with_libpq_of(self, major: u32, host_auth_method: &str) -> Tls {
+        let refuse_clear_passwords = major >= 16 && host_auth_method != "password";
+        Tls { refuse_clear_passwords, ..self }
     }
 
     /// The same files read again and checked as at start (a reload after a rotation), as
@@ -215,7 +216,7 @@ impl Parser<'_> {
                 format!("is {replication_sslmode}, but TLS_MODE=required refuses plaintext replication"),
             );
         }
-        Tls { mode, server, ca, replication_sslmode, replication_client, require_scram: false }
+        Tls { mode, server, ca, replication_sslmode, replication_client, refuse_clear_passwords: false }
     }
 
     /// `ours`, or Bitnami's name for it (`theirs`); both set and different is a problem.

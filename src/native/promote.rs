@@ -101,8 +101,8 @@ fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
     let config = Config::from_inputs(&ProcessInputs);
     let auto = config.as_ref().is_ok_and(|c| matches!(c.role, Role::Auto(_)));
     let local = Local::open().map_err(|e| e.to_string())?;
-    let config = config.map(|c| Config { files_at: local.files_at(), ..c });
     let mut client = local.connect(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let config = config.map(|c| local.running_config(&mut client, c));
     let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).map_err(|e| describe(&e))?.get(0);
     if !in_recovery {
         return Err("this server is not a standby (it already accepts writes); nothing to promote".into());

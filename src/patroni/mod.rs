@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::config::{Config, Patroni, SECRET_VARS};
+use crate::config::{Config, Patroni, OVERRIDE_PREFIX, SECRET_VARS};
 use crate::datadir::{self, DataDirError, State};
 use crate::files;
 use crate::native::promote::PROMOTED_MARKER;
@@ -65,18 +65,14 @@ pub fn note_failed_bootstrap(code: i32) {
 /// Runs Patroni until it exits; returns the exit code (README "Exit codes").
 pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
     // The files first: a native standby's wait for a leader asks with patroni.yml.
-    let prepared = write_files(ctx, member).and_then(|files| take_over(ctx, sup).map(|()| files));
-    let files = match prepared {
+    let files = match write_files(ctx, member) {
         Ok(files) => files,
-        Err(e) => {
-            match e {
-                StepError::Stopped(_) => tracing::warn!("{e}"),
-                _ => tracing::error!("{e}"),
-            }
-            return e.exit_code();
-        }
+        Err(e) => return failed(e),
     };
-    let code = run_patroni(ctx, sup, member, &files);
+    let code = match take_over(ctx, sup) {
+        Ok(()) => run_patroni(ctx, sup, member, &files),
+        Err(e) => failed(e),
+    };
     // Every file with a password in it goes with the process that needed it.
     for path in files.with_passwords() {
         if let Err(e) = files::remove_passfile(&path) {
@@ -86,12 +82,21 @@ pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
     code
 }
 
+/// A step before Patroni ended the start: logged, and its exit code.
+fn failed(e: StepError) -> i32 {
+    match e {
+        StepError::Stopped(_) => tracing::warn!("{e}"),
+        _ => tracing::error!("{e}"),
+    }
+    e.exit_code()
+}
+
 /// Starts Patroni and supervises it; the exit code (README "Exit codes").
 fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Files) -> i32 {
     let note = failure_note(ctx.config);
     let mut cmd = Command::new("patroni");
     cmd.arg(&files.config).env(UNDER_PATRONI, &note);
-    for (var, value) in callback_env(ctx.config, &files.secrets) {
+    for (var, value) in callback_env(ctx, member, &files.secrets) {
         match value {
             Some(value) => cmd.env(var, value),
             None => cmd.env_remove(var),
@@ -170,10 +175,17 @@ fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Fi
 
 /// What Patroni's environment says instead of the user's: no password (Patroni passes its
 /// environment on to postgres), and nothing only root may read. Its bootstrap calls back into
-/// this binary (`enforce-initdb`) as the service account, which reads the configuration again:
-/// each secret from a 0600 copy of ours (`<VAR>_FILE`), each TLS file from the copy postgres
-/// uses, and POSTGRES_USER, POSTGRES_DB and POSTGRES_INITDB_ARGS as values. `None`: removed.
-fn callback_env(config: &Config, secrets: &[(&'static str, PathBuf)]) -> Vec<(String, Option<OsString>)> {
+/// this binary (`enforce-initdb`, without our postgres arguments) as the service account,
+/// which reads the configuration again: each secret from a 0600 copy of ours (`<VAR>_FILE`),
+/// each TLS file from the copy postgres uses, the names that may come from files as values,
+/// and the port and socket directories this server really uses (so that it names our files
+/// as we do). `None`: removed.
+fn callback_env(
+    ctx: &Context,
+    member: &Patroni,
+    secrets: &[(&'static str, PathBuf)],
+) -> Vec<(String, Option<OsString>)> {
+    let config = ctx.config;
     let mut env: Vec<(String, Option<OsString>)> = Vec::new();
     for var in SECRET_VARS {
         env.push((var.to_string(), None));
@@ -185,6 +197,8 @@ fn callback_env(config: &Config, secrets: &[(&'static str, PathBuf)]) -> Vec<(St
         ("POSTGRES_USER", &config.superuser),
         ("POSTGRES_DB", &config.database),
         ("POSTGRES_INITDB_ARGS", &initdb_args),
+        ("REPLICATION_USER", &member.replication_user),
+        ("PATRONI_RESTAPI_USERNAME", &member.rest_api_user),
     ] {
         env.push((format!("{var}_FILE"), None));
         env.push((var.to_string(), Some(value.into())));
@@ -192,6 +206,9 @@ fn callback_env(config: &Config, secrets: &[(&'static str, PathBuf)]) -> Vec<(St
     for (var, path) in crate::tls::copies_by_variable(config) {
         env.push((var, Some(path.into_os_string())));
     }
+    let sockets: Vec<String> = ctx.endpoint.socket_dirs.iter().map(|d| d.display().to_string()).collect();
+    env.push((format!("{OVERRIDE_PREFIX}PORT"), Some(ctx.endpoint.port.to_string().into())));
+    env.push((format!("{OVERRIDE_PREFIX}UNIX_SOCKET_DIRECTORIES"), Some(sockets.join(",").into())));
     env
 }
 

@@ -326,6 +326,8 @@ fn private_sockets(ctx: &Context) -> Result<PathBuf, StepError> {
         return Err(err("is not a directory of ours")(io::Error::from(io::ErrorKind::AlreadyExists)).into());
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(err("cannot chmod 0700"))?;
+    // A kill leaves the lock of a server that listened here; its PID may be reused.
+    datadir::remove_stale_socket_locks(&ctx.config.pgdata, std::slice::from_ref(&dir), ctx.endpoint.port)?;
     Ok(dir)
 }
 
