@@ -331,6 +331,21 @@ pub trait Inputs {
     }
 }
 
+/// The text of an open file that must be a regular one (opened without blocking: a FIFO is
+/// refused here, never waited on) of at most `max` bytes (a `/dev/zero` is refused too).
+pub fn read_regular(file: std::fs::File, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {max} bytes")));
+    }
+    Ok(text)
+}
+
 /// The real process environment.
 pub struct ProcessInputs;
 
@@ -347,19 +362,8 @@ impl Inputs for ProcessInputs {
     /// A secret file: a regular file (symbolic links followed, as Kubernetes mounts them) of at
     /// most `max` bytes. Opened without blocking, so a FIFO cannot hang the start.
     fn read_file(&self, path: &Path, max: u64) -> std::io::Result<String> {
-        use std::io::{Error, ErrorKind, Read};
         use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
-        }
-        let mut text = String::new();
-        file.take(max + 1).read_to_string(&mut text)?;
-        if text.len() as u64 > max {
-            return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {max} bytes")));
-        }
-        Ok(text)
+        read_regular(std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?, max)
     }
     fn hostname(&self) -> String {
         nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()

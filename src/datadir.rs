@@ -366,7 +366,6 @@ pub fn lock(pgdata: &Path) -> Result<nix::fcntl::Flock<fs::File>, DataDirError> 
 pub fn read_small(dir: &Path, relative: &Path, max: u64) -> io::Result<String> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
-    use std::io::Read;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let mut current = OwnedFd::from(fs::File::open(dir)?);
     let parts: Vec<_> = relative.components().collect();
@@ -377,17 +376,7 @@ pub fn read_small(dir: &Path, relative: &Path, max: u64) -> io::Result<String> {
         // SAFETY: openat just returned this descriptor; nothing else owns or closes it.
         current = unsafe { OwnedFd::from_raw_fd(fd) };
     }
-    let file = fs::File::from(current);
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {max} bytes")));
-    }
-    let mut text = String::new();
-    file.take(max).read_to_string(&mut text)?;
-    Ok(text)
+    crate::config::read_regular(fs::File::from(current), max)
 }
 
 /// postmaster.pid and PG_VERSION hold a few short lines.

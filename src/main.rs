@@ -233,12 +233,8 @@ fn check(postgres_args: &[String]) -> i32 {
         }
     };
     let c = &plan.config;
-    if let Some(problem) = start::password_problem(c) {
+    if let Some(problem) = start::creation_problem(&plan) {
         eprintln!("{problem}");
-        return step::exit::CONFIG;
-    }
-    if let Some(problem) = start::initdb_problem(&plan) {
-        eprintln!("invalid configuration: {problem}");
         return step::exit::CONFIG;
     }
     if let Err(problem) = upgrade::check(c, plan.server_major) {

@@ -71,35 +71,32 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     Ok(Plan { config, settings, endpoint, bin, server_major })
 }
 
-/// The superuser password, when this start would create a cluster without one (PGDATA read,
-/// nothing written). An unreadable PGDATA is left to the steps that report it.
-pub fn password_problem(config: &Config) -> Option<crate::config::ConfigError> {
-    let creates = matches!(datadir::inspect(&config.pgdata), Ok(State::Empty | State::Interrupted));
-    config.password_problem(creates)
-}
-
-/// What initdb would refuse, checked before anything is made when this start creates a
-/// cluster: POSTGRES_INITDB_ARGS, and a POSTGRES_INITDB_WALDIR that is not empty (an
-/// interrupted bootstrap's own WAL there is cleared by the bootstrap itself).
-pub fn initdb_problem(plan: &Plan) -> Option<String> {
+/// What this start would refuse to create a cluster with, found before anything is made
+/// (PGDATA read, nothing written; an unreadable PGDATA is left to the steps that report it):
+/// no superuser password, POSTGRES_INITDB_ARGS that initdb refuses, or a POSTGRES_INITDB_WALDIR
+/// that is not empty (an interrupted bootstrap's own WAL there is cleared by the bootstrap).
+pub fn creation_problem(plan: &Plan) -> Option<String> {
     let config = &plan.config;
-    if matches!(config.role, Role::Replica(_)) {
-        return None;
-    }
     let state = datadir::inspect(&config.pgdata).ok()?;
-    if !matches!(state, State::Empty | State::Interrupted) {
+    let creates = matches!(state, State::Empty | State::Interrupted);
+    if let Some(problem) = config.password_problem(creates) {
+        return Some(problem.to_string());
+    }
+    if !creates || matches!(config.role, Role::Replica(_)) {
         return None;
     }
     if let (State::Empty, Some(waldir)) = (&state, &config.initdb_waldir) {
         if std::fs::read_dir(waldir).is_ok_and(|mut entries| entries.next().is_some()) {
             return Some(format!(
-                "POSTGRES_INITDB_WALDIR: {} is not empty; initdb needs an empty or missing directory. Nothing was \
-                 changed",
+                "invalid configuration: POSTGRES_INITDB_WALDIR: {} is not empty; initdb needs an empty or missing \
+                 directory. Nothing was changed",
                 waldir.display()
             ));
         }
     }
-    crate::server::judge_initdb_args(&plan.bin, &config.initdb_args, config.superuser_password.is_some()).err()
+    crate::server::judge_initdb_args(&plan.bin, &config.initdb_args, config.superuser_password.is_some())
+        .err()
+        .map(|problem| format!("invalid configuration: {problem}"))
 }
 
 /// How far [`run`] goes.
@@ -131,12 +128,8 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         }
     };
     sup.set_shutdown_timeout(plan.config.shutdown_timeout);
-    if let Some(problem) = password_problem(&plan.config) {
+    if let Some(problem) = creation_problem(&plan) {
         tracing::error!("{problem}");
-        return exit::CONFIG;
-    }
-    if let Some(problem) = initdb_problem(&plan) {
-        tracing::error!("invalid configuration: {problem}");
         return exit::CONFIG;
     }
     if plan.config.host_auth_method == "trust" {

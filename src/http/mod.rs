@@ -143,7 +143,7 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io:
             }
         };
         let (id, evicted) = lock(&waiting).register();
-        let head = HeadWait { waiting: waiting.clone(), id };
+        let head = HeadWait { waiting: waiting.clone(), id, arrived: AtomicBool::new(false) };
         tokio::spawn(serve_one(stream, shared.clone(), (slot, client_slot), head, evicted));
     }
 }
@@ -182,22 +182,28 @@ impl WaitingForHead {
     }
 }
 
-/// A connection's entry in [`WaitingForHead`], removed once its head is in (it can no longer
-/// be evicted) or when it ends.
+/// Whether a connection's request head has come in, and its entry in [`WaitingForHead`],
+/// removed once it has (it can no longer be evicted) or when the connection ends.
 struct HeadWait {
     waiting: Arc<std::sync::Mutex<WaitingForHead>>,
     id: u64,
+    arrived: AtomicBool,
 }
 
 impl HeadWait {
-    fn arrived(&self) {
+    fn arrive(&self) {
+        self.arrived.store(true, Ordering::Relaxed);
         lock(&self.waiting).connections.remove(&self.id);
+    }
+
+    fn arrived(&self) -> bool {
+        self.arrived.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for HeadWait {
     fn drop(&mut self) {
-        self.arrived();
+        lock(&self.waiting).connections.remove(&self.id);
     }
 }
 
@@ -245,13 +251,10 @@ async fn serve_one(
     let Ok(std_stream) = stream.into_std() else { return };
     let Ok(late) = std_stream.try_clone() else { return };
     let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else { return };
-    let head_read = Arc::new(AtomicBool::new(false));
-    let seen = head_read.clone();
     let head = Arc::new(head);
-    let arrived = head.clone();
+    let seen = head.clone();
     let service = service_fn(move |request| {
-        seen.store(true, Ordering::Relaxed);
-        arrived.arrived();
+        seen.arrive();
         respond(request, shared.clone())
     });
     let connection =
@@ -263,7 +266,7 @@ async fn serve_one(
         // Evicted for a newer connection: treated as a head that took too long.
         Ok(()) = evicted => {}
     }
-    if !head_read.load(Ordering::Relaxed) {
+    if !head.arrived() {
         // A few bytes into an empty socket buffer: this write does not block.
         let _ = std::io::Write::write_all(
             &mut &late,
