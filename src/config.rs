@@ -210,6 +210,29 @@ pub struct Address {
     pub port: u16,
 }
 
+impl Address {
+    /// Whether this address is the node that runs on `port`: our own port, and our host name
+    /// (or its first label, as `pg-0.pg` names the pod `pg-0`) or an address of this host.
+    /// Names are not resolved: a peer list names the others, or all members by host name.
+    pub fn is_self(&self, port: u16, hostname: &str) -> bool {
+        if self.port != port {
+            return false;
+        }
+        let first_label = |h: &str| h.split('.').next().unwrap_or_default().to_ascii_lowercase();
+        let host = self.host.to_ascii_lowercase();
+        if !hostname.is_empty()
+            && (host == hostname.to_ascii_lowercase() || first_label(&host) == first_label(hostname))
+        {
+            return true;
+        }
+        // Only an address of this host can be bound (port 0: any free one, released at once).
+        match self.host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => std::net::TcpListener::bind((ip, 0)).is_ok(),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -490,6 +513,35 @@ impl Config {
             _ => None,
         }
     }
+
+    /// The other members whose answers make a majority (docs/native-ha.md): the peers, and a
+    /// replica's primary. Empty without `REPLICATION_PEERS`: then nothing is fenced.
+    pub fn other_members(&self) -> Vec<Address> {
+        match (self.follower(), self.replication()) {
+            (_, Some(r)) if r.peers.is_empty() => Vec::new(),
+            (Some(replica), _) => replica.members(),
+            (None, Some(r)) => r.peers.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Drops this node, the server on `port` of this host, from its own peers (a Kubernetes
+    /// pod template lists every pod): it must not count twice in a majority.
+    pub fn forget_self(&mut self, port: u16) {
+        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let replication = match &mut self.role {
+            Role::Primary(r) => r,
+            Role::Replica(r) => &mut r.replication,
+            Role::Auto(a) => &mut a.replica.replication,
+            Role::Standalone | Role::Patroni(_) => return,
+        };
+        replication.peers.retain(|a| !a.is_self(port, &hostname));
+    }
+}
+
+/// How many members of `members` (this one included) make a majority.
+pub fn majority(members: usize) -> usize {
+    members / 2 + 1
 }
 
 struct Parser<'a> {
@@ -1394,6 +1446,19 @@ fn parse_duration(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_knows_itself_among_its_peers() {
+        let at = |host: &str, port| Address { host: host.into(), port };
+        assert!(at("pg-0.pg", 5432).is_self(5432, "pg-0"));
+        assert!(at("PG-0", 5432).is_self(5432, "pg-0.pg.default.svc"));
+        assert!(!at("pg-1.pg", 5432).is_self(5432, "pg-0"));
+        assert!(!at("pg-0.pg", 5433).is_self(5432, "pg-0"));
+        // Loopback is this host: only the port tells members on one host apart.
+        assert!(at("127.0.0.1", 55511).is_self(55511, ""));
+        assert!(!at("127.0.0.1", 55512).is_self(55511, ""));
+        assert!(!at("192.0.2.1", 5432).is_self(5432, "")); // TEST-NET: no host has it
+    }
 
     fn inputs(vars: &[(&str, &str)]) -> MapInputs {
         MapInputs::with(vars, "host-a")

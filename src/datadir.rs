@@ -424,6 +424,17 @@ pub fn system_identifier(pgdata: &Path) -> Option<u64> {
     Some(u64::from_ne_bytes(bytes))
 }
 
+/// The timeline of the latest checkpoint (or restartpoint) in `global/pg_control`: the
+/// system identifier, the control and catalog versions, the state, the time and the
+/// checkpoint's location come first (the same from PostgreSQL 9.3 to 17), then the copy of
+/// the checkpoint record: its redo location, then its timeline, at byte 48.
+pub fn checkpoint_timeline(pgdata: &Path) -> Option<u32> {
+    let mut bytes = [0u8; 52];
+    let mut file = fs::File::open(pgdata.join("global/pg_control")).ok()?;
+    io::Read::read_exact(&mut file, &mut bytes).ok()?;
+    Some(u32::from_ne_bytes(bytes[48..52].try_into().ok()?))
+}
+
 /// Writes a file so that a reader (or a crash) sees the old or the new content, never half.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let tmp = path.with_file_name(format!(

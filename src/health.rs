@@ -124,10 +124,10 @@ pub fn verdict(
     }
     if expected != Expected::Replica {
         let role = expected.name();
-        return match (o.in_recovery, o.read_only) {
+        return match (o.in_recovery, &o.read_only) {
             (true, _) => Err(format!("configured as {role} but in recovery (read-only standby)")),
-            (false, true) => Err("not accepting writes (default_transaction_read_only is on)".into()),
-            (false, false) if !o.sync_names.is_empty() && o.sync_standbys < required_standbys(&o.sync_names) => {
+            (false, Some(why)) => Err(format!("{role}, not accepting writes: {why}")),
+            (false, None) if !o.sync_names.is_empty() && o.sync_standbys < required_standbys(&o.sync_names) => {
                 let why = format!(
                     "commits wait: {} of the {} synchronous standbys it needs are connected (synchronous_standby_names = {})",
                     o.sync_standbys,
@@ -140,7 +140,7 @@ pub fn verdict(
                     Ok(format!("{role}, accepting writes, but {why}"))
                 }
             }
-            (false, false) => Ok(format!("{role}, accepting writes")),
+            (false, None) => Ok(format!("{role}, accepting writes")),
         };
     }
     if !o.in_recovery {
@@ -203,7 +203,7 @@ mod tests {
     fn observed(in_recovery: bool, receiver: Option<&str>, lag: i64, silence_s: u64) -> Observed {
         Observed {
             in_recovery,
-            read_only: false,
+            read_only: None,
             receiver_status: receiver.map(String::from),
             lag_bytes: Some(lag),
             silence: Some(Duration::from_secs(silence_s)),
@@ -233,7 +233,7 @@ mod tests {
             .unwrap_err()
             .contains("in recovery"));
         let mut ro = observed(false, None, 0, 0);
-        ro.read_only = true;
+        ro.read_only = Some("default_transaction_read_only is on".into());
         assert!(verdict(Expected::Primary, false, false, &ro, None).unwrap_err().contains("not accepting writes"));
     }
 

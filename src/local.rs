@@ -132,8 +132,9 @@ impl Local {
     }
 
     /// `config` (from the environment) as the running server uses it: our files where its
-    /// postmaster.pid says (whatever arguments it was started with), and connections to other
-    /// members as its libpq allows (its major, asked over `client`).
+    /// postmaster.pid says (whatever arguments it was started with), itself not among its
+    /// peers, and connections to other members as its libpq allows (its major, asked over
+    /// `client`).
     pub fn running_config(&self, client: &mut postgres::Client, config: Config) -> Config {
         let major = client
             .query_one("SELECT current_setting('server_version_num')", &[])
@@ -141,7 +142,9 @@ impl Local {
             .and_then(|row| crate::server::major_of(&row.get::<_, String>(0)))
             .unwrap_or(0);
         let tls = config.tls.clone().with_libpq_of(major, &config.host_auth_method);
-        Config { files_at: FilesAt::new(&self.pidfile.socket_dir, self.pidfile.port), tls, ..config }
+        let mut config = Config { files_at: FilesAt::new(&self.pidfile.socket_dir, self.pidfile.port), tls, ..config };
+        config.forget_self(self.pidfile.port);
+        config
     }
 
     /// A connection over the Unix socket, as POSTGRES_USER, without a password.

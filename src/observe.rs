@@ -14,7 +14,8 @@ use postgres::Row;
 macro_rules! facts {
     () => {
         "pg_is_in_recovery(),
-         current_setting('transaction_read_only') = 'on',
+         CASE WHEN current_setting('transaction_read_only') = 'on' THEN coalesce(
+             nullif(current_setting('pg_entrypoint.fence', true), ''), 'default_transaction_read_only is on') END,
          r.status,
          pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::float8,
          extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
@@ -96,7 +97,9 @@ pub fn params<'a>(configured_role: &'a &'a str, peers: &'a Peers) -> [&'a (dyn T
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub in_recovery: bool,
-    pub read_only: bool,
+    /// Why this server does not accept writes although not in recovery: the fence's
+    /// reason (`pg_entrypoint.fence`), or `default_transaction_read_only`.
+    pub read_only: Option<String>,
     pub receiver_status: Option<String>,
     /// WAL the primary reported that this standby has not replayed yet.
     pub lag_bytes: Option<i64>,

@@ -50,7 +50,8 @@ pub fn settings(config: &Config) -> Settings {
         set("hot_standby", "on".into(), Source::Role);
         // pg_rewind needs it to bring this primary back as a replica after a failover.
         set("wal_log_hints", "on".into(), Source::Role);
-        set("synchronous_standby_names", synchronous_standby_names(&replication.sync), Source::Role);
+        let sync = majority_sync(&replication.sync, config.other_members().len());
+        set("synchronous_standby_names", synchronous_standby_names(&sync), Source::Role);
         // A walsender whose standby stopped answering gives up after this long, so a fast
         // shutdown never waits on an unreachable standby past SHUTDOWN_TIMEOUT.
         set("wal_sender_timeout", wal_sender_timeout(config.shutdown_timeout), Source::Role);
@@ -150,6 +151,24 @@ pub fn wal_sender_timeout(shutdown_timeout: std::time::Duration) -> String {
 }
 
 /// `ANY 1 ("replica-1", "replica-2")`; empty when off, so a lone primary never blocks writes.
+/// With `others` members beside this one, a commit is acknowledged only once a majority has
+/// it: at least `majority - 1` standbys confirm it (quorum), whatever REPLICATION_SYNCHRONOUS_*
+/// asked for below that (docs/native-ha.md). Without other members, `sync` as it is.
+pub fn majority_sync(sync: &SyncSettings, others: usize) -> SyncSettings {
+    if others == 0 {
+        return sync.clone();
+    }
+    let needed = (crate::config::majority(others + 1) - 1) as u32;
+    match sync.mode {
+        SyncMode::Off => SyncSettings { mode: SyncMode::Any, count: needed, names: vec!["*".into()] },
+        _ => {
+            let count = sync.count.max(needed);
+            let named = sync.names.iter().all(|n| n != "*") && sync.names.len() >= count as usize;
+            SyncSettings { count, names: if named { sync.names.clone() } else { vec!["*".into()] }, ..sync.clone() }
+        }
+    }
+}
+
 pub fn synchronous_standby_names(sync: &SyncSettings) -> String {
     let method = match sync.mode {
         SyncMode::Off => return String::new(),
@@ -521,6 +540,29 @@ mod tests {
             managed_conf(&settings(&config(&vars))).lines().find(|l| l.starts_with("synchronous")).unwrap(),
             "synchronous_standby_names = 'FIRST 1 (\"a\"\"b\", \"replica-2\")'\t# role"
         );
+    }
+
+    #[test]
+    fn peers_make_commits_wait_for_a_majority() {
+        let sync = |mode, count, names: &[&str]| SyncSettings {
+            mode,
+            count,
+            names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        let off = sync(SyncMode::Off, 1, &["*"]);
+        let names = |s: SyncSettings, others| synchronous_standby_names(&majority_sync(&s, others));
+        assert_eq!(names(off.clone(), 0), "");
+        // Two members (one peer) need both; three need two; five need three.
+        assert_eq!(names(off.clone(), 1), "ANY 1 (*)");
+        assert_eq!(names(off.clone(), 2), "ANY 1 (*)");
+        assert_eq!(names(off, 4), "ANY 2 (*)");
+        // Asked for more: kept; for less: raised, and names too few for it give way to any.
+        assert_eq!(names(sync(SyncMode::Any, 2, &["a", "b", "c"]), 2), "ANY 2 (\"a\", \"b\", \"c\")");
+        assert_eq!(names(sync(SyncMode::First, 1, &["a", "b"]), 4), "FIRST 2 (\"a\", \"b\")");
+        assert_eq!(names(sync(SyncMode::Any, 1, &["a"]), 4), "ANY 2 (*)");
+        let mut vars = PRIMARY.to_vec();
+        vars.push(("REPLICATION_PEERS", "r1,r2"));
+        assert_eq!(settings(&config(&vars))["synchronous_standby_names"].0, "ANY 1 (*)");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::arbitrary_uid;
@@ -61,6 +62,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     // and our files where this server's sockets are (postgres arguments included).
     config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
     config.files_at = FilesAt::new(&endpoint.socket_dir, endpoint.port);
+    config.forget_self(endpoint.port);
     let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
@@ -227,18 +229,21 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
     if let (Role::Patroni(member), Goal::Serve) = (&plan.config.role, goal) {
         return patroni::serve(&ctx, &mut sup, member);
     }
-    if let Err(e) = bring_data_dir_to_role(&ctx, &mut sup, endpoint.as_ref()) {
-        let redone = if datadir::bootstrap_unfinished(&plan.config.pgdata) {
-            "; the unfinished bootstrap is redone at the next start"
-        } else {
-            ""
-        };
-        match e {
-            StepError::Stopped(_) => tracing::warn!("{e}{redone}"),
-            _ => tracing::error!("{e}{redone}"),
+    let waiter = match bring_data_dir_to_role(&ctx, &mut sup, endpoint.as_ref()) {
+        Ok(waiter) => waiter,
+        Err(e) => {
+            let redone = if datadir::bootstrap_unfinished(&plan.config.pgdata) {
+                "; the unfinished bootstrap is redone at the next start"
+            } else {
+                ""
+            };
+            match e {
+                StepError::Stopped(_) => tracing::warn!("{e}{redone}"),
+                _ => tracing::error!("{e}{redone}"),
+            }
+            return e.exit_code();
         }
-        return e.exit_code();
-    }
+    };
     if let Err(e) = upgrade::after_clone(&plan.config.pgdata) {
         tracing::error!("{e}");
         return e.exit_code();
@@ -247,7 +252,7 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         tracing::info!("PGDATA is initialised; exiting without starting postgres");
         return 0;
     }
-    supervise_postgres(&ctx, &mut sup, endpoint.as_ref(), upgraded)
+    supervise_postgres(&ctx, &mut sup, endpoint.as_ref(), upgraded, waiter)
 }
 
 /// A data directory Patroni has managed is only started by Patroni: started alone, it could
@@ -285,6 +290,10 @@ fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint
         .map(Some)
         .map_err(|e| format!("HTTP_PORT {}: cannot listen: {e}; set HTTP_PORT to a free port, or to off", listen.port))
 }
+
+/// How often the supervision loop hands out turns (the slot keeper, the majority waiter, the
+/// analyzer after an upgrade); each keeps its own schedule and never blocks.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Below this, /dev/shm is a known trap: Docker and Kubernetes give containers 64 MB.
 const SMALL_SHM: u64 = 128 << 20;
@@ -326,12 +335,13 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Steps 4 and 5: bootstrap an empty data directory, or converge an existing one. The HTTP
-/// endpoint, if any, says which (it starts as "starting").
+/// endpoint, if any, says which (it starts as "starting"). A primary that reached no
+/// majority of its members starts read-only, with the [`fence::Waiter`] returned here.
 fn bring_data_dir_to_role(
     ctx: &Context,
     sup: &mut Supervisor,
     endpoint: Option<&http::Endpoint>,
-) -> Result<(), StepError> {
+) -> Result<Option<fence::Waiter>, StepError> {
     let report = |phase| endpoint.map_or((), |e| e.set_phase(phase));
     let pgdata = &ctx.config.pgdata;
     if !matches!(ctx.config.role, Role::Replica(_)) {
@@ -356,33 +366,50 @@ fn bring_data_dir_to_role(
         (State::Empty | State::Interrupted, Role::Replica(replica)) => {
             report(Phase::CreatingReplica);
             replica::clone(ctx, sup, replica)?;
-            replica::converge(ctx, sup, replica, true)
+            replica::converge(ctx, sup, replica, true).map(|()| None)
         }
+        // A cluster created now has no history another member could be ahead of.
         (State::Empty | State::Interrupted, _) => {
             report(Phase::InitializingNewCluster);
-            bootstrap::initialise(ctx, sup)
+            bootstrap::initialise(ctx, sup).map(|()| None)
         }
-        (State::Cluster { standby: true }, Role::Replica(replica)) => replica::converge(ctx, sup, replica, false),
+        (State::Cluster { standby: true }, Role::Replica(replica)) => {
+            replica::converge(ctx, sup, replica, false).map(|()| None)
+        }
         (State::Cluster { standby: false }, Role::Replica(replica)) => {
             replica::rejoin(ctx, sup, replica)?;
-            replica::converge(ctx, sup, replica, true)
+            replica::converge(ctx, sup, replica, true).map(|()| None)
         }
         (State::Cluster { standby: true }, _) => {
             promote::promote_standby(ctx, sup)?;
-            converge::existing_cluster(ctx, sup)
+            converge::existing_cluster(ctx, sup).map(|()| None)
         }
-        (State::Cluster { standby: false }, role) => {
-            if let Role::Primary(replication) = role {
-                fence::before_writable(ctx, sup, replication, None)?;
+        (State::Cluster { standby: false }, Role::Primary(replication)) => {
+            match fence::before_writable(ctx, sup, replication, None)? {
+                (fence::Standing::Majority, _) => converge::existing_cluster(ctx, sup).map(|()| None),
+                (fence::Standing::Short(why), me) => {
+                    tracing::warn!("starting read-only until a majority of the members answers: {why}");
+                    let settings = fence::read_only(ctx.settings, &why);
+                    converge::existing_cluster(&Context { settings: &settings, ..*ctx }, sup)?;
+                    Ok(Some(fence::Waiter::new(ctx, replication, me)))
+                }
             }
-            converge::existing_cluster(ctx, sup)
         }
+        (State::Cluster { standby: false }, _) => converge::existing_cluster(ctx, sup).map(|()| None),
         (State::Staged | State::Discarding | State::Upgrading, _) => unreachable!("finished above"),
     }
 }
 
-/// Step 6: run postgres and pass its exit status through (README "Exit codes").
-fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&http::Endpoint>, upgraded: bool) -> i32 {
+/// Step 6: run postgres and pass its exit status through (README "Exit codes"). With a
+/// `waiter` it runs read-only until a majority answers, or stops when one shows it must not
+/// be a primary (exit [`exit::FENCED`]).
+fn supervise_postgres(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    endpoint: Option<&http::Endpoint>,
+    upgraded: bool,
+    mut waiter: Option<fence::Waiter>,
+) -> i32 {
     let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
     let child = match sup.spawn(&mut cmd) {
@@ -403,13 +430,12 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
     tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
     crate::supervise::trim_resident_code();
     let mut keeper = match &ctx.config.role {
-        Role::Replica(replica) => {
-            let (passfile, tls) = (render::passfile(ctx.config), render::client_tls(ctx.config));
-            Some(slot_keeper::SlotKeeper::new(ctx.bin, replica, &ctx.config.pgdata, passfile, tls))
-        }
+        Role::Replica(replica) => Some(slot_keeper::SlotKeeper::new(ctx, replica, pid)),
         _ => None,
     };
     let mut analyzer = upgraded.then(|| upgrade::Analyzer::new(ctx));
+    let mut fenced = false;
+    let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some();
     let mut turn = |sup: &mut Supervisor| {
         if let Some(keeper) = keeper.as_mut() {
             keeper.tick(sup);
@@ -417,9 +443,28 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
         if let Some(analyzer) = analyzer.as_mut() {
             analyzer.tick(sup);
         }
+        match waiter.as_mut().map(|w| w.tick(sup)) {
+            None | Some(fence::Waited::Still) => {}
+            Some(fence::Waited::Majority) => {
+                waiter = None;
+                // The settings without read-only, then a reload: writable from the next
+                // transaction of every session.
+                let written = files::write_config(ctx.config, ctx.settings, &ctx.config.pgdata);
+                match written.and_then(|()| nix::sys::signal::kill(pid, Signal::SIGHUP).map_err(Into::into)) {
+                    Ok(()) => tracing::info!("a majority of the members answered: accepting writes"),
+                    Err(e) => tracing::error!("a majority answered but the configuration could not be applied: {e}"),
+                }
+            }
+            Some(fence::Waited::Fenced(why)) => {
+                waiter = None;
+                fenced = true;
+                tracing::error!("refusing to become a writable primary: {why}; stopping");
+                // A fast shutdown: the read-only server acknowledged no write.
+                nix::sys::signal::kill(pid, Signal::SIGINT).ok();
+            }
+        }
     };
-    let ticking = matches!(ctx.config.role, Role::Replica(_)) || upgraded;
-    let tick: Option<Tick> = ticking.then_some((slot_keeper::TICK, &mut turn));
+    let tick: Option<Tick> = ticking.then_some((TICK, &mut turn));
     let code = match sup.supervise(pid, crate::supervise::Kind::Postgres, tick) {
         Ok(code) => code,
         Err(e) => {
@@ -439,6 +484,9 @@ fn supervise_postgres(ctx: &Context, sup: &mut Supervisor, endpoint: Option<&htt
              nothing committed is lost, the next start runs crash recovery"
         );
         return exit::SHUTDOWN_ESCALATED;
+    }
+    if fenced {
+        return exit::FENCED;
     }
     match (code, stopped) {
         (0, _) => tracing::info!(code, "postgres exited"),

@@ -352,7 +352,11 @@ fn a_replica_killed_mid_clone_recovers_on_restart() {
     p.compose(&["up", "-d", "primary"]);
     let primary = p.id("primary");
     wait_healthy(&primary, Duration::from_secs(120));
-    sql(&primary, "CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 300000) g");
+    // No standby yet to make a majority: this session does not wait for one.
+    sql(
+        &primary,
+        "SET synchronous_commit = local; CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 300000) g",
+    );
     p.compose(&["up", "-d", "replica-1"]);
     let replica = p.id("replica-1");
     wait_for("the clone to start", Duration::from_secs(60), || {

@@ -235,13 +235,126 @@ fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
     let (code, out) = r2.tool(&["promote"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(r2.query_one("(SELECT count(*) FROM acked)"), "200");
-    // Synchronous at once, and it says that its commits wait until a replica follows it.
+    // Synchronous at once, and complete only once r1 (whose primary is gone) follows it.
     assert_eq!(r2.query_one("current_setting('synchronous_standby_names')"), "ANY 1 (\"r1\", \"r2\")");
-    assert!(out.contains("commits on this primary wait for 1 synchronous standby(s)"), "{out}");
+    assert!(
+        out.contains(&format!("2 of the 3 members are on timeline 2 (this one and 127.0.0.1:{})", r1.port)),
+        "{out}"
+    );
     // --force is the operator's override.
     let (code, out) = r1.tool(&["promote", "--force"]);
     assert_eq!(code, 0, "{out}");
     for n in [&mut r1, &mut r2] {
+        assert_eq!(n.stop(), 0);
+    }
+}
+
+/// Freezes (or thaws) every process of a node: it neither answers nor sends, as when its
+/// network is cut; connections to it time out.
+fn freeze(node: &Node, frozen: bool) {
+    let signal = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
+    nix::sys::signal::killpg(Pid::from_raw(node.pid()), signal).unwrap();
+}
+
+#[test]
+fn a_promoted_replica_cut_off_leaves_the_old_primary_fenced() {
+    let (mut p, mut r1, mut r2) = three_members("cutoff");
+    p.start();
+    r1.start_with_timeout(CLONE_TIMEOUT);
+    r2.start_with_timeout(CLONE_TIMEOUT);
+    p.client().batch_execute("CREATE TABLE acked (id int); INSERT INTO acked SELECT generate_series(1, 100)").unwrap();
+    p.kill_all();
+    // The promotion completes once r2, whose primary is gone, follows r1 on timeline 2.
+    let (code, out) = r1.tool(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("2 of the 3 members are on timeline 2 (this one and 127.0.0.1:{})", r2.port)),
+        "{out}"
+    );
+    assert_eq!(try_query(&r2, "(SELECT sender_port FROM pg_stat_wal_receiver)"), r1.port.to_string());
+    let mut client = r1.client();
+    for id in 101..=200 {
+        client.execute("INSERT INTO acked VALUES ($1)", &[&id]).unwrap();
+    }
+    drop(client);
+    // r1 is cut off; the old primary comes back with its environment unchanged. The one
+    // member it reaches, r2, is on timeline 2: it must not serve writes.
+    freeze(&r1, true);
+    let (code, out) = p.run_to_exit(&[]);
+    freeze(&r1, false);
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} is on timeline 2, newer than this node's 1", r2.port)), "{out}");
+    // r2 still follows r1, and every acknowledged id is on r1.
+    eventually("r2 streams from r1", Duration::from_secs(30), || {
+        try_query(&r2, "(SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming')")
+            == r1.port.to_string()
+    });
+    assert_eq!(r1.query_one("(SELECT count(DISTINCT id) FROM acked)"), "200");
+    r2.eventually_equals("(SELECT count(*) FROM acked)", "200");
+    for n in [&mut r1, &mut r2] {
+        assert_eq!(n.stop(), 0);
+    }
+}
+
+#[test]
+fn promoting_without_a_majority_is_refused_unless_forced() {
+    let (mut p, mut r1, mut r2) = three_members("minority");
+    p.start();
+    r1.start_with_timeout(CLONE_TIMEOUT);
+    r2.start_with_timeout(CLONE_TIMEOUT);
+    p.client().batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
+    r1.eventually_equals("(SELECT count(*) FROM t)", "1");
+    p.kill_all();
+    r2.kill_all();
+    let (code, out) = r1.tool(&["promote"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refusing to promote: a promotion needs a majority: 1 of the 3 members answered"), "{out}");
+    for gone in [&p, &r2] {
+        assert!(out.contains(&format!("127.0.0.1:{}: not reachable", gone.port)), "{out}");
+    }
+    assert_eq!(r1.query_one("pg_is_in_recovery()"), "true", "nothing changed");
+    // The operator's override: it goes ahead and says, as an error, what it could not check.
+    let (code, out) = r1.tool(&["promote", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("promote: ERROR: --force: promoting although a promotion needs a majority"), "{out}");
+    assert!(out.contains("promote: ERROR: --force: not waiting for a majority"), "{out}");
+    assert_eq!(r1.query_one("pg_is_in_recovery()"), "false");
+    assert_eq!(r1.stop(), 0);
+}
+
+#[test]
+fn a_primary_without_a_majority_starts_read_only_until_a_replica_answers() {
+    let (mut p, mut r1, mut r2) = three_members("readonly");
+    p.start();
+    r1.start_with_timeout(CLONE_TIMEOUT);
+    r2.start_with_timeout(CLONE_TIMEOUT);
+    p.client().batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
+    r1.eventually_equals("(SELECT count(*) FROM t)", "1");
+    for n in [&mut r1, &mut r2, &mut p] {
+        assert_eq!(n.stop(), 0);
+    }
+    // Both replicas down: the primary serves reads, refuses writes, and says why.
+    p.start();
+    let refused = p.client().batch_execute("INSERT INTO t VALUES (2)").unwrap_err();
+    assert!(format!("{refused:?}").contains("read-only transaction"), "{refused:?}");
+    let (code, out) = p.tool(&["health"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("primary, not accepting writes: waiting for a majority: 1 of the 3 members answered"),
+        "{out}"
+    );
+    assert_eq!(p.query_one("(SELECT count(*) FROM t)"), "1");
+    // One replica back makes a majority: writable within seconds, nothing lost.
+    r1.start();
+    let back = Instant::now();
+    eventually("the primary accepts writes", Duration::from_secs(30), || {
+        p.client().batch_execute("INSERT INTO t VALUES (2)").is_ok()
+    });
+    eprintln!("writable {:?} after a replica answered", back.elapsed());
+    assert!(p.output().contains("a majority of the members answered: accepting writes"), "{}", p.output());
+    assert_eq!(p.tool(&["health"]).0, 0);
+    r1.eventually_equals("(SELECT string_agg(v::text, ',' ORDER BY v) FROM t)", "1,2");
+    for n in [&mut r1, &mut p] {
         assert_eq!(n.stop(), 0);
     }
 }

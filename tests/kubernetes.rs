@@ -43,9 +43,10 @@ fn auto_follows_the_data_not_the_ordinal_after_a_failover() {
     let mut nodes = members("auto");
     // Empty volumes: the ordinal decides.
     start_as(&mut nodes[0], "pg-0");
-    nodes[0].client().batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('before')").unwrap();
     start_as(&mut nodes[1], "pg-1");
     start_as(&mut nodes[2], "pg-2");
+    // A commit waits for a majority (pg-0 and one standby): written once they stream.
+    nodes[0].client().batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('before')").unwrap();
     for node in &nodes[1..] {
         node.eventually_equals("(SELECT string_agg(v, ',') FROM t)", "before");
         assert_eq!(node.query_one("pg_is_in_recovery()"), "true");

@@ -156,7 +156,7 @@ pub fn answer(method: Method, path: &str, query: &str, situation: &Situation) ->
 
 /// A primary takes writes: out of recovery and not read-only.
 fn is_primary(o: &Observed) -> bool {
-    !o.in_recovery && !o.read_only
+    !o.in_recovery && o.read_only.is_none()
 }
 
 /// A replica: in recovery, within `lag` of what its primary reported (unknown counts as
@@ -249,7 +249,7 @@ mod tests {
     fn observed(in_recovery: bool, receiver: Option<&str>, lag: Option<i64>) -> Observed {
         Observed {
             in_recovery,
-            read_only: false,
+            read_only: None,
             receiver_status: receiver.map(String::from),
             lag_bytes: lag,
             silence: Some(Duration::ZERO),
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(status("/replica", run, Expected::Replica, Some(&replica)), 200);
         assert_eq!(status("/read-only", run, Expected::Primary, Some(&primary)), 200);
         assert_eq!(status("/read-only", run, Expected::Replica, Some(&replica)), 200);
-        let read_only = Observed { read_only: true, ..primary.clone() };
+        let read_only = Observed { read_only: Some("default_transaction_read_only is on".into()), ..primary.clone() };
         assert_eq!(status("/primary", run, Expected::Primary, Some(&read_only)), 503, "writes would fail");
         // A node configured as a replica but out of recovery is a primary for routing, and
         // not ready for the role it is configured for.

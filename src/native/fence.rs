@@ -1,23 +1,27 @@
-//! Native mode has no consensus, so it cannot prevent every split brain; it refuses the cases
-//! it can see. Before a data directory becomes a writable primary (a start as primary, a
-//! promotion at start or `pg-entrypoint promote`), the peers named in `REPLICATION_PEERS` (and,
-//! for a promotion, the configured primary) are asked who they are:
+//! Native mode has no consensus store; it keeps to one rule whose safety follows from
+//! majorities intersecting (docs/native-ha.md). With `REPLICATION_PEERS`, before a data
+//! directory becomes a writable primary (a start as primary, a promotion at start or
+//! `pg-entrypoint promote`), a majority of the members (this one included) must answer, and
+//! none of those that answer may show that it must not:
 //! - a peer of this cluster that is a writable primary: there must not be two;
 //! - a peer on a newer timeline: another node was promoted while this one was away, and its
 //!   history, not ours, is the cluster's;
 //! - for a promotion, a standby on our timeline that has received more WAL than we have: it
 //!   holds commits that were acknowledged and that we lack.
 //!
-//! Peers that do not answer are not counted: native mode cannot tell a dead peer from a
-//! partitioned one (Patroni mode can). A peer that answers but refuses our credentials does
-//! count: it is alive, and may be a new primary whose replication password was rotated.
+//! A primary that reaches no majority at start runs read-only and keeps asking
+//! ([`Waiter`]). A peer that answers but refuses our credentials counts as a refusal: it is
+//! alive, and may be a new primary whose replication password was rotated.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::config::{Address, Replication};
+use crate::config::{majority, Address, Replication};
 use crate::files;
-use crate::native::member::{self, Answer, Credentials, Lsn};
-use crate::render;
+use crate::native::member::{self, Answer, Asking, Credentials, Lsn};
+use crate::render::{self, Settings, Source};
+use crate::server::Bin;
 use crate::step::{self, Context, StepError};
 use crate::supervise::Supervisor;
 
@@ -82,6 +86,46 @@ pub fn verdict(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the members that answered (this one included) make a majority of the
+/// `others + 1` members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    Majority,
+    /// Why not: how many answered, how many are needed, who did not answer.
+    Short(String),
+}
+
+/// How many members of our cluster answered, this one included (a peer of another cluster,
+/// or one that refused us, is not counted), against the majority of `others + 1`.
+pub fn standing(me: &Me, answers: &[(Address, Answer)], others: usize) -> Standing {
+    let ours = |a: &Answer| matches!(a, Answer::Identity(i) if i.system_id == me.system_id);
+    let answered = 1 + answers.iter().filter(|(_, a)| ours(a)).count();
+    let needed = majority(others + 1);
+    if others == 0 || answered >= needed {
+        return Standing::Majority;
+    }
+    let silent: Vec<String> =
+        answers.iter().filter(|(_, a)| !ours(a)).map(|(address, answer)| describe(address, answer)).collect();
+    Standing::Short(format!(
+        "{answered} of the {} members answered (this one included) and a majority is {needed}; {}",
+        others + 1,
+        silent.join("; ")
+    ))
+}
+
+/// The settings of a primary that waits for a majority: read-only, and why (which `health`
+/// shows). Clients that turn read-only off still get no commit acknowledged without a
+/// majority's standbys ([`render::majority_sync`]).
+pub fn read_only(settings: &Settings, why: &str) -> Settings {
+    let mut settings = settings.clone();
+    settings.insert("default_transaction_read_only".into(), ("on".into(), Source::Role));
+    settings.insert(FENCE_SETTING.into(), (format!("waiting for a majority: {why}"), Source::Role));
+    settings
+}
+
+/// A placeholder setting (any `prefix.name` is accepted) that carries the fence's state.
+pub const FENCE_SETTING: &str = "pg_entrypoint.fence";
+
 /// One line per peer for the log and `promote`'s output.
 pub fn describe(address: &Address, answer: &Answer) -> String {
     match answer {
@@ -99,23 +143,133 @@ pub fn describe(address: &Address, answer: &Answer) -> String {
 }
 
 /// At start, before a data directory becomes a writable primary: asks every peer (one quick
-/// attempt each) and refuses with [`StepError::Fenced`] when one shows it must not.
+/// attempt each) and refuses with [`StepError::Fenced`] when one shows it must not. Whether
+/// a majority answered is for the caller: it is returned with this node's identity.
 /// `lsn`: for a standby promoted at start, the WAL it has (compared with the other standbys).
 pub fn before_writable(
     ctx: &Context,
     sup: &mut Supervisor,
     replication: &Replication,
     lsn: Option<Lsn>,
-) -> Result<(), StepError> {
-    if replication.peers.is_empty() {
-        return Ok(());
-    }
+) -> Result<(Standing, Me), StepError> {
     let me = Me { lsn, ..local_identity(ctx, sup)? };
+    if replication.peers.is_empty() {
+        return Ok((Standing::Majority, me));
+    }
     let passfile = render::passfile(ctx.config);
     let answers = ask_peers(ctx, sup, replication, &passfile);
     // A primary keeps no password file once it has asked.
     files::remove_passfile(&passfile)?;
-    verdict(&me, &answers?).map_err(StepError::Fenced)
+    let answers = answers?;
+    verdict(&me, &answers).map_err(StepError::Fenced)?;
+    Ok((standing(&me, &answers, ctx.config.other_members().len()), me))
+}
+
+/// A primary started read-only because no majority answered: asks the peers again every
+/// [`WAITER_PAUSE`] from the supervision loop, until a majority answers (writable) or one
+/// shows this node must not be a primary (fenced).
+pub struct Waiter {
+    me: Me,
+    bin: Bin,
+    replication: Replication,
+    others: usize,
+    passfile: PathBuf,
+    tls: Vec<(&'static str, String)>,
+    asking: Option<Asking>,
+    next: Instant,
+    /// Alternates with the current password while a peer refuses it (a rotation).
+    previous: bool,
+    reported: String,
+}
+
+pub const WAITER_PAUSE: Duration = Duration::from_secs(2);
+
+/// What a [`Waiter`]'s turn found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited {
+    Still,
+    Majority,
+    Fenced(String),
+}
+
+impl Waiter {
+    pub fn new(ctx: &Context, replication: &Replication, me: Me) -> Waiter {
+        Waiter {
+            me,
+            bin: ctx.bin.clone(),
+            replication: replication.clone(),
+            others: ctx.config.other_members().len(),
+            passfile: render::passfile(ctx.config),
+            tls: render::client_tls(ctx.config),
+            asking: None,
+            next: Instant::now() + WAITER_PAUSE,
+            previous: false,
+            reported: String::new(),
+        }
+    }
+
+    pub fn tick(&mut self, sup: &mut Supervisor) -> Waited {
+        let Some(asking) = self.asking.as_mut() else {
+            if Instant::now() >= self.next {
+                self.ask(sup);
+            }
+            return Waited::Still;
+        };
+        let Some(answers) = asking.collect(sup) else { return Waited::Still };
+        self.asking = None;
+        self.next = Instant::now() + WAITER_PAUSE;
+        let refused = |a: &Answer| matches!(a, Answer::Rejected { .. } | Answer::Untrusted(_));
+        self.previous = !self.previous
+            && self.replication.previous_password.is_some()
+            && answers.iter().any(|(_, a)| matches!(a, Answer::Rejected { variable: "REPLICATION_PASSWORD", .. }));
+        // Only what members showed fences; a refusal of our credentials is no proof, and it
+        // leaves them out of the majority (the reason is in the report).
+        let shown: Vec<(Address, Answer)> = answers.iter().filter(|(_, a)| !refused(a)).cloned().collect();
+        match (verdict(&self.me, &shown), standing(&self.me, &answers, self.others)) {
+            (Err(why), _) => return self.done(Waited::Fenced(why)),
+            (Ok(()), Standing::Short(why)) => self.report(&why),
+            (Ok(()), Standing::Majority) => {
+                for (address, answer) in &answers {
+                    tracing::info!("peer {}", describe(address, answer));
+                }
+                return self.done(Waited::Majority);
+            }
+        }
+        Waited::Still
+    }
+
+    fn ask(&mut self, sup: &mut Supervisor) {
+        let password = match (&self.replication.previous_password, self.previous) {
+            (Some(previous), true) => previous,
+            _ => &self.replication.password,
+        };
+        if let Err(e) = files::write_passfile_with(&self.passfile, &self.replication.user, password) {
+            self.report(&e.to_string());
+            self.next = Instant::now() + WAITER_PAUSE;
+            return;
+        }
+        let creds = Credentials {
+            user: &self.replication.user,
+            passfile: &self.passfile,
+            application_name: "pg-entrypoint",
+            tls: &self.tls,
+        };
+        self.asking = Some(Asking::start(sup, &self.bin, &creds, &self.replication.peers));
+    }
+
+    fn done(&mut self, outcome: Waited) -> Waited {
+        if let Err(e) = files::remove_passfile(&self.passfile) {
+            tracing::warn!("{e}");
+        }
+        outcome
+    }
+
+    fn report(&mut self, why: &str) {
+        if why != self.reported {
+            tracing::warn!("read-only, waiting for a majority: {why}");
+            self.reported = why.to_string();
+        }
+    }
 }
 
 /// Each peer's answer; a peer refusing the password is asked again with
@@ -223,6 +377,30 @@ mod tests {
         );
         // Without an LSN (a start as primary) only roles and timelines count.
         assert_eq!(verdict(&ME, &[peer("r2", true, 1, 1500)]), Ok(()));
+    }
+
+    #[test]
+    fn a_majority_must_answer() {
+        let gone = |host: &str| (Address { host: host.into(), port: 5432 }, Answer::Unreachable("timeout".into()));
+        assert_eq!(standing(&ME, &[], 0), Standing::Majority);
+        assert_eq!(standing(&ME, &[peer("r1", true, 1, 0), gone("r2")], 2), Standing::Majority);
+        let Standing::Short(why) = standing(&ME, &[gone("r1"), gone("r2")], 2) else { panic!() };
+        assert!(
+            why.starts_with(
+                "1 of the 3 members answered (this one included) and a majority is 2; r1:5432: not reachable (timeout)"
+            ),
+            "{why}"
+        );
+        // Two members need both; a member of another cluster is not one of ours.
+        assert!(matches!(standing(&ME, &[gone("r1")], 1), Standing::Short(_)));
+        let mut other = peer("x", true, 1, 0);
+        if let Answer::Identity(i) = &mut other.1 {
+            i.system_id = 8;
+        }
+        assert!(matches!(
+            standing(&ME, &[other, peer("r2", true, 1, 0), gone("r3"), gone("r4")], 4),
+            Standing::Short(_)
+        ));
     }
 
     #[test]

@@ -9,11 +9,15 @@
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+
+use nix::unistd::Pid;
 
 use crate::config::{Address, Config, Replica};
 use crate::render;
 use crate::server::{Bin, BinError};
 use crate::step;
+use crate::supervise::Supervisor;
 
 /// A WAL position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -165,6 +169,49 @@ pub fn classify_failure(stderr: &str) -> Answer {
         Answer::Rejected { variable: "REPLICATION_USER", reason }
     } else {
         Answer::Unreachable(reason)
+    }
+}
+
+/// Questions to several members at once from the supervision loop, which must never block:
+/// each psql runs as a child, collected on later turns.
+pub struct Asking {
+    running: Vec<(Address, Pid, JoinHandle<String>, JoinHandle<String>)>,
+    answers: Vec<(Address, Answer)>,
+}
+
+impl Asking {
+    pub fn start(sup: &mut Supervisor, bin: &Bin, creds: &Credentials, addresses: &[Address]) -> Asking {
+        let mut asking = Asking { running: Vec::new(), answers: Vec::new() };
+        for address in addresses {
+            let mut cmd = ask(bin, address, creds, None);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            match sup.spawn(&mut cmd) {
+                Ok(mut child) => {
+                    let stdout = step::read_all(child.stdout.take(), false);
+                    let stderr = step::read_all(child.stderr.take(), false);
+                    asking.running.push((address.clone(), Pid::from_raw(child.id() as i32), stdout, stderr));
+                }
+                Err(e) => asking.answers.push((address.clone(), Answer::Unreachable(format!("cannot run psql: {e}")))),
+            }
+        }
+        asking
+    }
+
+    /// Every answer, in the order asked, once all have come; `None` while some are pending.
+    pub fn collect(&mut self, sup: &mut Supervisor) -> Option<Vec<(Address, Answer)>> {
+        let mut pending = Vec::new();
+        for (address, pid, stdout, stderr) in self.running.drain(..) {
+            match sup.collect(pid) {
+                Ok(None) => pending.push((address, pid, stdout, stderr)),
+                Ok(Some(code)) => {
+                    let (out, err) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+                    self.answers.push((address, parse(code, &out, &err)));
+                }
+                Err(e) => self.answers.push((address, Answer::Unreachable(format!("lost track of psql: {e}")))),
+            }
+        }
+        self.running = pending;
+        self.running.is_empty().then(|| std::mem::take(&mut self.answers))
     }
 }
 

@@ -107,18 +107,25 @@ fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
     if !in_recovery {
         return Err("this server is not a standby (it already accepts writes); nothing to promote".into());
     }
-    if force {
-        println!("promote: --force: not asking the primary and the peers");
-    } else {
-        let row = client.query_one(STANDBY_POSITION_SQL, &[]).map_err(|e| describe(&e))?;
-        let me = Me {
-            system_id: row.get::<_, String>(0).parse().map_err(|_| "unreadable system identifier".to_string())?,
-            timeline: row.get::<_, i32>(1) as u32,
-            lsn: row.get::<_, Option<String>>(2).as_deref().and_then(Lsn::parse),
-        };
-        let config = config.map_err(|e| format!("{e}\n(use --force to promote without asking the other members)"))?;
-        ask_before_promoting(&config, &me)?;
-    }
+    let row = client.query_one(STANDBY_POSITION_SQL, &[]).map_err(|e| describe(&e))?;
+    let me = Me {
+        system_id: row.get::<_, String>(0).parse().map_err(|_| "unreadable system identifier".to_string())?,
+        timeline: row.get::<_, i32>(1) as u32,
+        lsn: row.get::<_, Option<String>>(2).as_deref().and_then(Lsn::parse),
+    };
+    let members = match (&config, force) {
+        (Ok(config), _) if config.follower().is_some() => Some(check_before_promoting(config, &me, force)?),
+        (Ok(_), false) => {
+            return Err("the environment does not configure this node as a replica (HA_MODE=native, \
+                        REPLICATION_ROLE=replica); use --force to promote without asking the other members"
+                .into())
+        }
+        (Err(e), false) => return Err(format!("{e}\n(use --force to promote without asking the other members)")),
+        (_, true) => {
+            eprintln!("promote: ERROR: --force: no replica configuration to find the other members by; not asked");
+            None
+        }
+    };
     let marker = local.path(PROMOTED_MARKER);
     write_marker(&marker).map_err(|e| format!("cannot write {marker:?}: {e}"))?;
     let promoted =
@@ -147,34 +154,94 @@ fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
         )
         .map_err(|e| describe(&e))?;
     let (timeline, sync_names, sync_standbys): (i32, String, i64) = (row.get(0), row.get(1), row.get(2));
-    let needed = crate::health::required_standbys(&sync_names);
-    if !sync_names.is_empty() && sync_standbys < needed {
-        // The other replicas still follow the old primary: until one follows this one, every
-        // commit here waits (synchronous replication keeps its promise; it does not fail).
-        println!(
-            "promote: warning: commits on this primary wait for {needed} synchronous standby(s) \
-             (synchronous_standby_names = {sync_names}) and none follows it yet: repoint a replica at it now \
-             (PRIMARY_HOST, restart)"
-        );
+    match (members, config) {
+        // The promotion is complete once a majority is on the new timeline: its commits are
+        // acknowledged from then on (render::majority_sync), and an old primary that comes
+        // back finds the new timeline on any majority it asks.
+        (Some(others), Ok(_)) if others > 0 && force => eprintln!(
+            "promote: ERROR: --force: not waiting for a majority of the members to follow this node; its commits \
+             wait until one does"
+        ),
+        (Some(others), Ok(config)) if others > 0 => wait_for_majority(&config, &me, timeline as u32, others)?,
+        _ => {
+            let needed = crate::health::required_standbys(&sync_names);
+            if !sync_names.is_empty() && sync_standbys < needed {
+                // The other replicas still follow the old primary: until one follows this one,
+                // every commit here waits (synchronous replication keeps its promise).
+                println!(
+                    "promote: warning: commits on this primary wait for {needed} synchronous standby(s) \
+                     (synchronous_standby_names = {sync_names}) and none follows it yet: repoint a replica at it \
+                     now (PRIMARY_HOST, restart)"
+                );
+            }
+        }
     }
     Ok((timeline, auto))
 }
 
 /// Asks the configured primary and the peers; `Err` when promoting would make a second
-/// primary or lose acknowledged commits.
-fn ask_before_promoting(config: &Config, me: &Me) -> Result<(), String> {
-    let Some(replica) = config.follower() else {
-        return Err(
-            "the environment does not configure this node as a replica (HA_MODE=native, REPLICATION_ROLE=replica); \
-                    use --force to promote without asking the other members"
-                .into(),
-        );
-    };
+/// primary or lose acknowledged commits, or when no majority answered to tell. With `force`
+/// what could not be checked is printed as an error and the promotion goes ahead. Returns
+/// how many other members there are (0: no REPLICATION_PEERS, nothing fenced).
+fn check_before_promoting(config: &Config, me: &Me, force: bool) -> Result<usize, String> {
+    let Some(replica) = config.follower() else { return Ok(0) };
     let answers = member::ask_members_now(config, replica).map_err(|e| e.to_string())?;
     for (address, answer) in &answers {
         println!("promote: {}", fence::describe(address, answer));
     }
-    fence::verdict(me, &answers).map_err(|why| format!("refusing to promote: {why} (--force promotes anyway)"))
+    let others = config.other_members().len();
+    let checked = fence::verdict(me, &answers).and_then(|()| match fence::standing(me, &answers, others) {
+        fence::Standing::Majority => Ok(()),
+        fence::Standing::Short(why) => Err(format!("a promotion needs a majority: {why}")),
+    });
+    match checked {
+        Ok(()) => Ok(others),
+        Err(why) if force => {
+            eprintln!("promote: ERROR: --force: promoting although {why}");
+            Ok(others)
+        }
+        Err(why) => Err(format!("refusing to promote: {why} (--force promotes anyway)")),
+    }
+}
+
+/// How long `promote` waits for a majority to follow the new primary.
+const MAJORITY_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until a majority of the members (this one included) is on `timeline`: the other
+/// replicas follow a newer primary by themselves once theirs is gone (slot_keeper).
+fn wait_for_majority(config: &Config, me: &Me, timeline: u32, others: usize) -> Result<(), String> {
+    let Some(replica) = config.follower() else { return Ok(()) };
+    let needed = crate::config::majority(others + 1);
+    let started = std::time::Instant::now();
+    loop {
+        let answers = member::ask_members_now(config, replica).map_err(|e| e.to_string())?;
+        let following: Vec<String> = answers
+            .iter()
+            .filter(|(_, a)| matches!(a, member::Answer::Identity(i) if i.system_id == me.system_id && i.standby && i.timeline >= timeline))
+            .map(|(address, _)| address.to_string())
+            .collect();
+        if 1 + following.len() >= needed {
+            println!(
+                "promote: {} of the {} members are on timeline {timeline} (this one and {}): commits here are \
+                 acknowledged once a majority has them",
+                1 + following.len(),
+                others + 1,
+                following.join(", ")
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= MAJORITY_WAIT {
+            return Err(format!(
+                "promoted to timeline {timeline}, but after {} s only {} of the {} members are on it and a majority \
+                 is {needed}: commits here wait until a majority follows this node. Check that the other replicas \
+                 reach it (their logs, `pg-entrypoint status` there), or repoint them (PRIMARY_HOST, restart)",
+                MAJORITY_WAIT.as_secs(),
+                1 + following.len(),
+                others + 1
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
@@ -190,8 +257,12 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepEr
     let server = TempServer::start(ctx, sup, pgdata, &["standby", "ready"], &[pgdata.to_path_buf()])?;
     if let Some(replication) = ctx.config.replication().filter(|r| !r.peers.is_empty()) {
         // Compared with the peers once all the WAL this standby received is replayed.
-        let fenced =
-            replayed_wal(ctx, sup, &server).and_then(|lsn| fence::before_writable(ctx, sup, replication, Some(lsn)));
+        let fenced = replayed_wal(ctx, sup, &server)
+            .and_then(|lsn| fence::before_writable(ctx, sup, replication, Some(lsn)))
+            .and_then(|(standing, _)| match standing {
+                fence::Standing::Majority => Ok(()),
+                fence::Standing::Short(why) => Err(StepError::Fenced(format!("a promotion needs a majority: {why}"))),
+            });
         if let Err(e) = fenced {
             server.stop(sup)?;
             return Err(e);

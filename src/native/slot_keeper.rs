@@ -4,6 +4,12 @@
 //! from the supervision loop and creates the slot as soon as it answers without one. It
 //! also notices a primary of another cluster. It never blocks the loop: it starts psql and
 //! collects its answer on a later tick.
+//!
+//! With `REPLICATION_PEERS`, it also keeps the replica following the cluster's primary: when
+//! its primary does not answer, it asks the other members, and follows one that is a
+//! writable primary of this cluster on a newer timeline (a promoted replica). That is how a
+//! promotion reaches a majority without an operator repointing each replica
+//! (docs/native-ha.md); the environment's PRIMARY_HOST is followed again at the next start.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,18 +18,20 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::config::{slot_name, Address, Replica};
+use crate::config::{slot_name, Address, Config, Replica, Role};
 use crate::datadir;
-use crate::native::member::{self, Answer, Credentials, Slot};
+use crate::files;
+use crate::native::member::{self, Answer, Asking, Credentials, Slot};
+use crate::render;
 use crate::server::Bin;
-use crate::step;
+use crate::step::{self, Context};
 use crate::supervise::Supervisor;
 
-/// How often the supervision loop hands the keeper a turn.
-pub const TICK: Duration = Duration::from_secs(5);
-/// Between questions while all is well, and while it is not.
+/// Between questions while all is well (a member of a majority-ruled cluster asks more often:
+/// a promotion waits for it to notice its primary is gone), and while it is not.
 const SETTLED: Duration = Duration::from_secs(60);
-const UNSETTLED: Duration = Duration::from_secs(10);
+const SETTLED_AMONG_PEERS: Duration = Duration::from_secs(5);
+const UNSETTLED: Duration = Duration::from_secs(3);
 
 enum Question {
     WhoAreYou,
@@ -47,31 +55,36 @@ pub struct SlotKeeper {
     /// `render::client_tls`.
     tls: Vec<(&'static str, String)>,
     pgdata: PathBuf,
+    /// This replica's configuration, rewritten when it follows another primary.
+    config: Config,
+    /// The members other than its primary that it may follow.
+    others: Vec<Address>,
+    postgres: Pid,
     running: Option<Running>,
+    members: Option<Asking>,
     next: Instant,
     /// The last state logged, so a state is logged once, not every minute.
     reported: String,
 }
 
 impl SlotKeeper {
-    pub fn new(
-        bin: &Bin,
-        replica: &Replica,
-        pgdata: &std::path::Path,
-        passfile: PathBuf,
-        tls: Vec<(&'static str, String)>,
-    ) -> SlotKeeper {
+    /// `postgres`: the server to reload when this replica follows another primary.
+    pub fn new(ctx: &Context, replica: &Replica, postgres: Pid) -> SlotKeeper {
         SlotKeeper {
-            bin: bin.clone(),
+            bin: ctx.bin.clone(),
             primary: replica.primary(),
             user: replica.replication.user.clone(),
             name: replica.name.clone(),
             slot: slot_name(&replica.name),
-            passfile,
-            tls,
-            pgdata: pgdata.to_path_buf(),
+            passfile: render::passfile(ctx.config),
+            tls: render::client_tls(ctx.config),
+            pgdata: ctx.config.pgdata.clone(),
+            config: ctx.config.clone(),
+            others: ctx.config.other_members(),
+            postgres,
             running: None,
-            next: Instant::now() + TICK,
+            members: None,
+            next: Instant::now() + UNSETTLED,
             reported: String::new(),
         }
     }
@@ -80,6 +93,13 @@ impl SlotKeeper {
     /// node was promoted (however: `standby.signal` is gone), it follows no one: nothing more
     /// to keep, and no slot may be created on its former primary.
     pub fn tick(&mut self, sup: &mut Supervisor) {
+        if let Some(asking) = self.members.as_mut() {
+            if let Some(answers) = asking.collect(sup) {
+                self.members = None;
+                self.follow_newer(&answers);
+            }
+            return;
+        }
         if let Some(running) = self.running.take() {
             match sup.collect(running.pid) {
                 Ok(None) => {
@@ -134,7 +154,7 @@ impl SlotKeeper {
         if let Question::CreateSlot = running.question {
             if code == 0 && stderr.trim().is_empty() {
                 self.report(true, format!("created the missing replication slot {:?} on {}", self.slot, self.primary));
-                self.next = Instant::now() + SETTLED;
+                self.next = Instant::now() + self.settled();
             } else {
                 self.report(
                     false,
@@ -168,12 +188,22 @@ impl SlotKeeper {
                     ),
                     _ => {
                         self.report(true, format!("replication slot {:?} present on {}", self.slot, self.primary));
-                        self.next = Instant::now() + SETTLED;
+                        self.next = Instant::now() + self.settled();
                     }
                 },
             },
             Answer::Unreachable(why) => {
-                self.report(true, format!("the primary {} is not reachable: {why}", self.primary))
+                self.report(true, format!("the primary {} is not reachable: {why}", self.primary));
+                let others: Vec<Address> = self.others.iter().filter(|a| **a != self.primary).cloned().collect();
+                if !others.is_empty() && self.still_a_standby() {
+                    let creds = Credentials {
+                        user: &self.user,
+                        passfile: &self.passfile,
+                        application_name: &self.name,
+                        tls: &self.tls,
+                    };
+                    self.members = Some(Asking::start(sup, &self.bin, &creds, &others));
+                }
             }
             Answer::Rejected { variable, reason } => self.report(
                 false,
@@ -189,6 +219,46 @@ impl SlotKeeper {
         }
     }
 
+    fn settled(&self) -> Duration {
+        if self.others.is_empty() {
+            SETTLED
+        } else {
+            SETTLED_AMONG_PEERS
+        }
+    }
+
+    /// Follows the member that [`newer_primary`] finds, if any: the new primary_conninfo
+    /// written, postgres reloaded (its WAL receiver reconnects), the slot asked for at once.
+    fn follow_newer(&mut self, answers: &[(Address, Answer)]) {
+        let (Some(system_id), Some(timeline)) =
+            (datadir::system_identifier(&self.pgdata), datadir::checkpoint_timeline(&self.pgdata))
+        else {
+            return;
+        };
+        let Some((address, theirs)) = newer_primary(system_id, timeline, answers) else { return };
+        if let Role::Replica(replica) = &mut self.config.role {
+            replica.primary_host = address.host.clone();
+            replica.primary_port = address.port;
+        }
+        let settings = render::settings(&self.config);
+        let applied = files::write_config(&self.config, &settings, &self.pgdata)
+            .and_then(|()| nix::sys::signal::kill(self.postgres, nix::sys::signal::Signal::SIGHUP).map_err(Into::into));
+        match applied {
+            Ok(()) => {
+                tracing::warn!(
+                    "the primary {} does not answer and {address} is a writable primary on timeline {theirs}, newer \
+                     than this replica's {timeline}: following {address} (until the next start; set PRIMARY_HOST to \
+                     keep it)",
+                    self.primary
+                );
+                self.primary = address;
+                self.reported.clear();
+                self.next = Instant::now();
+            }
+            Err(e) => tracing::error!("cannot follow {address}: {e}"),
+        }
+    }
+
     /// Logs a state when it changes: at INFO when it is expected to pass, else at ERROR.
     fn report(&mut self, benign: bool, state: String) {
         if state == self.reported {
@@ -200,5 +270,41 @@ impl SlotKeeper {
             tracing::error!("slot keeper: {state}");
         }
         self.reported = state;
+    }
+}
+
+/// The member to follow once this replica's primary is gone: a writable primary of this
+/// cluster on a timeline newer than ours (the newest, if several), with its timeline.
+pub fn newer_primary(system_id: u64, timeline: u32, answers: &[(Address, Answer)]) -> Option<(Address, u32)> {
+    answers
+        .iter()
+        .filter_map(|(address, answer)| match answer {
+            Answer::Identity(i) if !i.standby && i.system_id == system_id && i.timeline > timeline => {
+                Some((address.clone(), i.timeline))
+            }
+            _ => None,
+        })
+        .max_by_key(|(_, t)| *t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::member::{Identity, Lsn};
+
+    #[test]
+    fn a_replica_follows_only_a_newer_writable_primary_of_its_cluster() {
+        let at = |host: &str| Address { host: host.into(), port: 5432 };
+        let member = |host: &str, standby, system_id, timeline| {
+            (at(host), Answer::Identity(Identity { system_id, timeline, lsn: Lsn(0), standby, slot: None }))
+        };
+        let gone = (at("p"), Answer::Unreachable("timeout".into()));
+        assert_eq!(newer_primary(7, 1, &[gone.clone(), member("r2", true, 7, 1)]), None);
+        assert_eq!(newer_primary(7, 1, &[member("r1", false, 7, 1)]), None, "same timeline: a second history");
+        assert_eq!(newer_primary(7, 1, &[member("x", false, 8, 5)]), None, "another cluster");
+        assert_eq!(
+            newer_primary(7, 1, &[gone, member("r1", false, 7, 2), member("r2", false, 7, 3)]),
+            Some((at("r2"), 3))
+        );
     }
 }
