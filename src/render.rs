@@ -521,13 +521,12 @@ mod tests {
         assert_eq!(s["synchronous_standby_names"].0, "");
     }
 
+    fn sync(mode: SyncMode, count: u32, names: &[&str]) -> SyncSettings {
+        SyncSettings { mode, count, names: names.iter().map(|s| s.to_string()).collect() }
+    }
+
     #[test]
     fn synchronous_names_are_quoted() {
-        let sync = |mode, count, names: &[&str]| SyncSettings {
-            mode,
-            count,
-            names: names.iter().map(|s| s.to_string()).collect(),
-        };
         assert_eq!(synchronous_standby_names(&sync(SyncMode::Off, 1, &["*"])), "");
         assert_eq!(synchronous_standby_names(&sync(SyncMode::First, 1, &["*"])), "FIRST 1 (*)");
         assert_eq!(
@@ -544,11 +543,6 @@ mod tests {
 
     #[test]
     fn peers_make_commits_wait_for_a_majority() {
-        let sync = |mode, count, names: &[&str]| SyncSettings {
-            mode,
-            count,
-            names: names.iter().map(|s| s.to_string()).collect(),
-        };
         let off = sync(SyncMode::Off, 1, &["*"]);
         let names = |s: SyncSettings, others| synchronous_standby_names(&majority_sync(&s, others));
         assert_eq!(names(off.clone(), 0), "");

@@ -515,6 +515,29 @@ fn haproxy_routes_writes_to_the_primary_and_reads_to_replicas_across_a_promotion
     eprintln!("writes through HAProxy resumed {:.1} s after the promotion", promoted.elapsed().as_secs_f64());
     assert_eq!(through("5000", "SELECT inet_server_addr()").unwrap(), address(&r1));
     assert_eq!(through("5000", "SELECT string_agg(v, ',' ORDER BY v) FROM routed").unwrap(), "after,before");
+
+    // replica-1, promoted, is cut off; the old primary comes back unchanged. replica-2 followed
+    // the promotion, so the old primary finds timeline 2 on the one member it reaches and
+    // stays down: HAProxy's write port never reaches it.
+    assert_eq!(sql(&r2, "SELECT received_tli FROM pg_stat_wal_receiver"), "2");
+    let network = format!("{}_default", p.name);
+    docker(&["network", "disconnect", &network, &r1]);
+    docker(&["start", &primary]);
+    wait_for("the old primary exits 75", Duration::from_secs(60), || {
+        docker(&["inspect", "-f", "{{.State.ExitCode}}", &primary]) == "75"
+    });
+    let logs = text(&run("docker", &["logs", &primary]));
+    assert!(logs.contains("is on timeline 2, newer than this node's 1"), "{logs}");
+    for _ in 0..5 {
+        assert_eq!(through("5000", "SELECT inet_server_addr()"), None, "a write session reached a member");
+    }
+    assert_eq!(sql(&r2, "SELECT received_tli FROM pg_stat_wal_receiver"), "2");
+    docker(&["stop", &primary]);
+    // Back under its service name (a reconnection drops the aliases compose gave it).
+    docker(&["network", "connect", "--alias", "replica-1", &network, &r1]);
+    wait_for("writes through 5000 once replica-1 is back", Duration::from_secs(30), || {
+        through("5000", "SELECT inet_server_addr()").as_deref() == Some(address(&r1).as_str())
+    });
 }
 
 /// The member Patroni made the leader: the one that is not in recovery.

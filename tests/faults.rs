@@ -1,10 +1,13 @@
 //! Faults an HA product exists to survive, between real processes on loopback: a synchronous
 //! primary restarting, an old primary coming back after a failover, promoting the wrong
 //! replica, a replica meeting a new or foreign primary, a silent primary, a stop with an
-//! unreachable standby, and a stop that has to escalate.
+//! unreachable standby, a stop that has to escalate, and the majority rule (docs/native-ha.md):
+//! members cut off (frozen, or their TCP port dropped), lost, or short of a majority, with
+//! every acknowledged commit counted.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -256,13 +259,185 @@ fn freeze(node: &Node, frozen: bool) {
     nix::sys::signal::killpg(Pid::from_raw(node.pid()), signal).unwrap();
 }
 
-#[test]
-fn a_promoted_replica_cut_off_leaves_the_old_primary_fenced() {
-    let (mut p, mut r1, mut r2) = three_members("cutoff");
+/// Every commit one server acknowledged, and when: a client on the Unix socket (a TCP
+/// partition does not cut it) inserting one numbered row per commit until its server is gone.
+struct Counter {
+    acked: Arc<Mutex<Vec<(i32, Instant)>>>,
+}
+
+impl Counter {
+    fn start(node: &Node, first: i32) -> Counter {
+        let user = node.superuser();
+        let mut client = postgres::Config::new()
+            .host_path(node.socket_dir())
+            .port(node.port)
+            .user(&user)
+            .password(node.get_or_file("POSTGRES_PASSWORD").unwrap_or_default())
+            .dbname(&node.get_or_file("POSTGRES_DB").unwrap_or(user.clone()))
+            .connect(postgres::NoTls)
+            .unwrap();
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let record = acked.clone();
+        // Never joined: a commit on a server cut off from its majority waits until the server dies.
+        std::thread::spawn(move || {
+            for id in first.. {
+                if client.execute("INSERT INTO acks VALUES ($1)", &[&id]).is_err() {
+                    return;
+                }
+                record.lock().unwrap().push((id, Instant::now()));
+            }
+        });
+        Counter { acked }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn ids(&self) -> Vec<i32> {
+        self.acked.lock().unwrap().iter().map(|(id, _)| *id).collect()
+    }
+
+    fn first(&self) -> Option<Instant> {
+        self.acked.lock().unwrap().first().map(|(_, at)| *at)
+    }
+
+    fn last(&self) -> Option<Instant> {
+        self.acked.lock().unwrap().last().map(|(_, at)| *at)
+    }
+
+    /// The longest wait between two acknowledgements from `since` on (the last one before
+    /// `since` included).
+    fn longest_gap_since(&self, since: Instant) -> Duration {
+        let acked = self.acked.lock().unwrap();
+        let from = acked.iter().rposition(|(_, at)| *at < since).unwrap_or(0);
+        acked[from..].windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default()
+    }
+}
+
+/// How many of `ids` are in `node`'s acks table.
+fn present(node: &Node, ids: &[i32]) -> usize {
+    let row = node.client().query_one("SELECT count(*) FROM acks WHERE id = ANY($1)", &[&ids]).unwrap();
+    row.get::<_, i64>(0) as usize
+}
+
+/// TCP to and from a port dropped on loopback, as a partition; lifted when dropped.
+struct Partition(u16);
+
+impl Partition {
+    fn cut(port: u16) -> Partition {
+        for direction in ["--dport", "--sport"] {
+            let rule = ["-w", "-I", "INPUT", "-p", "tcp", direction, &port.to_string(), "-j", "DROP"];
+            assert!(std::process::Command::new("iptables").args(rule).status().unwrap().success(), "iptables");
+        }
+        Partition(port)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for direction in ["--dport", "--sport"] {
+            let rule = ["-w", "-D", "INPUT", "-p", "tcp", direction, &self.0.to_string(), "-j", "DROP"];
+            let _ = std::process::Command::new("iptables").args(rule).status();
+        }
+    }
+}
+
+/// `promote` on whichever replica has the most WAL (the other's refusal names it).
+fn promote_most_advanced<'a>(a: &'a Node, b: &'a Node) -> &'a Node {
+    let (code, out) = a.tool(&["promote"]);
+    if code == 0 {
+        return a;
+    }
+    assert!(out.contains("instead"), "{out}");
+    let (code, out) = b.tool(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    b
+}
+
+/// Three members streaming, with the table the counting clients write.
+fn three_streaming(name: &str) -> (Node, Node, Node) {
+    let (mut p, mut r1, mut r2) = three_members(name);
     p.start();
     r1.start_with_timeout(CLONE_TIMEOUT);
     r2.start_with_timeout(CLONE_TIMEOUT);
-    p.client().batch_execute("CREATE TABLE acked (id int); INSERT INTO acked SELECT generate_series(1, 100)").unwrap();
+    p.client().batch_execute("CREATE TABLE acks (id int PRIMARY KEY)").unwrap();
+    for r in [&r1, &r2] {
+        r.eventually_equals("(SELECT count(*) FROM pg_class WHERE relname = 'acks')", "1");
+    }
+    (p, r1, r2)
+}
+
+#[test]
+fn a_primary_cut_off_acknowledges_nothing_after_a_replica_is_promoted() {
+    let (mut p, r1, r2) = three_streaming("partition");
+    let old = Counter::start(&p, 1);
+    eventually("commits on the primary", Duration::from_secs(30), || old.count() >= 200);
+    // The primary is cut off from both replicas; its clients (on its socket) go on.
+    let cut = Partition::cut(p.port);
+    let cut_at = Instant::now();
+    let promoted = promote_most_advanced(&r1, &r2);
+    let new = Counter::start(promoted, 1_000_000);
+    eventually("commits on the new primary", Duration::from_secs(30), || new.count() >= 100);
+    let (last_old, first_new) = (old.last().unwrap(), new.first().unwrap());
+    eprintln!(
+        "cut off: the old primary's last acknowledgement {:.3} s after the cut, the new primary's first {:.1} s after",
+        last_old.saturating_duration_since(cut_at).as_secs_f64(),
+        first_new.saturating_duration_since(cut_at).as_secs_f64()
+    );
+    assert!(last_old < first_new, "the old primary acknowledged a commit after the new one's first");
+    let acked = old.ids();
+    assert_eq!(present(promoted, &acked), acked.len(), "acknowledged ids missing on the new primary");
+    drop(cut);
+    p.kill_all();
+}
+
+#[test]
+fn three_members_keep_their_acknowledged_writes_through_the_loss_of_any_one() {
+    let (mut p, mut r1, mut r2) = three_streaming("lose-one");
+    let mut first = 1;
+    // A replica lost: the other confirms commits (ANY 1 of 2); nothing waits for the lost one.
+    for victim in [&mut r1, &mut r2] {
+        let counter = Counter::start(&p, first);
+        eventually("commits", Duration::from_secs(30), || counter.count() >= 100);
+        let killed = Instant::now();
+        victim.kill_all();
+        let before = counter.count();
+        eventually("commits after the loss", Duration::from_secs(30), || counter.count() >= before + 100);
+        eprintln!("replica killed: longest pause between commits {:?}, 0 lost", counter.longest_gap_since(killed));
+        first += 1_000_000;
+        victim.start();
+        eventually("both replicas stream again", Duration::from_secs(30), || {
+            try_query(&p, "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')") == "2"
+        });
+    }
+    // The primary lost: the most advanced replica is promoted and has every acknowledged id.
+    let counter = Counter::start(&p, first);
+    eventually("commits", Duration::from_secs(30), || counter.count() >= 100);
+    p.kill_all();
+    let promoting = Instant::now();
+    let promoted = promote_most_advanced(&r1, &r2);
+    let took = promoting.elapsed();
+    let new = Counter::start(promoted, first + 1_000_000);
+    eventually("commits on the new primary", Duration::from_secs(30), || new.count() >= 1);
+    let acked = counter.ids();
+    let missing = acked.len() - present(promoted, &acked);
+    eprintln!(
+        "primary killed: promote took {:.1} s, writes paused {:.1} s in all, {missing} of {} acknowledged missing",
+        took.as_secs_f64(),
+        (new.first().unwrap() - counter.last().unwrap()).as_secs_f64(),
+        acked.len()
+    );
+    assert_eq!(missing, 0);
+    for n in [&mut r1, &mut r2] {
+        n.kill_all();
+    }
+}
+
+#[test]
+fn a_promoted_replica_cut_off_leaves_the_old_primary_fenced() {
+    let (mut p, mut r1, mut r2) = three_streaming("cutoff");
+    p.client().batch_execute("INSERT INTO acks SELECT generate_series(1, 100)").unwrap();
     p.kill_all();
     // The promotion completes once r2, whose primary is gone, follows r1 on timeline 2.
     let (code, out) = r1.tool(&["promote"]);
@@ -274,7 +449,7 @@ fn a_promoted_replica_cut_off_leaves_the_old_primary_fenced() {
     assert_eq!(try_query(&r2, "(SELECT sender_port FROM pg_stat_wal_receiver)"), r1.port.to_string());
     let mut client = r1.client();
     for id in 101..=200 {
-        client.execute("INSERT INTO acked VALUES ($1)", &[&id]).unwrap();
+        client.execute("INSERT INTO acks VALUES ($1)", &[&id]).unwrap();
     }
     drop(client);
     // r1 is cut off; the old primary comes back with its environment unchanged. The one
@@ -289,8 +464,8 @@ fn a_promoted_replica_cut_off_leaves_the_old_primary_fenced() {
         try_query(&r2, "(SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming')")
             == r1.port.to_string()
     });
-    assert_eq!(r1.query_one("(SELECT count(DISTINCT id) FROM acked)"), "200");
-    r2.eventually_equals("(SELECT count(*) FROM acked)", "200");
+    assert_eq!(r1.query_one("(SELECT count(DISTINCT id) FROM acks)"), "200");
+    r2.eventually_equals("(SELECT count(*) FROM acks)", "200");
     for n in [&mut r1, &mut r2] {
         assert_eq!(n.stop(), 0);
     }
@@ -298,12 +473,7 @@ fn a_promoted_replica_cut_off_leaves_the_old_primary_fenced() {
 
 #[test]
 fn promoting_without_a_majority_is_refused_unless_forced() {
-    let (mut p, mut r1, mut r2) = three_members("minority");
-    p.start();
-    r1.start_with_timeout(CLONE_TIMEOUT);
-    r2.start_with_timeout(CLONE_TIMEOUT);
-    p.client().batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
-    r1.eventually_equals("(SELECT count(*) FROM t)", "1");
+    let (mut p, mut r1, mut r2) = three_streaming("minority");
     p.kill_all();
     r2.kill_all();
     let (code, out) = r1.tool(&["promote"]);
@@ -324,18 +494,15 @@ fn promoting_without_a_majority_is_refused_unless_forced() {
 
 #[test]
 fn a_primary_without_a_majority_starts_read_only_until_a_replica_answers() {
-    let (mut p, mut r1, mut r2) = three_members("readonly");
-    p.start();
-    r1.start_with_timeout(CLONE_TIMEOUT);
-    r2.start_with_timeout(CLONE_TIMEOUT);
-    p.client().batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
-    r1.eventually_equals("(SELECT count(*) FROM t)", "1");
+    let (mut p, mut r1, mut r2) = three_streaming("readonly");
+    p.client().batch_execute("INSERT INTO acks VALUES (1)").unwrap();
+    r1.eventually_equals("(SELECT count(*) FROM acks)", "1");
     for n in [&mut r1, &mut r2, &mut p] {
         assert_eq!(n.stop(), 0);
     }
     // Both replicas down: the primary serves reads, refuses writes, and says why.
     p.start();
-    let refused = p.client().batch_execute("INSERT INTO t VALUES (2)").unwrap_err();
+    let refused = p.client().batch_execute("INSERT INTO acks VALUES (2)").unwrap_err();
     assert!(format!("{refused:?}").contains("read-only transaction"), "{refused:?}");
     let (code, out) = p.tool(&["health"]);
     assert_eq!(code, 1, "{out}");
@@ -343,17 +510,17 @@ fn a_primary_without_a_majority_starts_read_only_until_a_replica_answers() {
         out.contains("primary, not accepting writes: waiting for a majority: 1 of the 3 members answered"),
         "{out}"
     );
-    assert_eq!(p.query_one("(SELECT count(*) FROM t)"), "1");
+    assert_eq!(p.query_one("(SELECT count(*) FROM acks)"), "1");
     // One replica back makes a majority: writable within seconds, nothing lost.
     r1.start();
     let back = Instant::now();
     eventually("the primary accepts writes", Duration::from_secs(30), || {
-        p.client().batch_execute("INSERT INTO t VALUES (2)").is_ok()
+        p.client().batch_execute("INSERT INTO acks VALUES (2)").is_ok()
     });
-    eprintln!("writable {:?} after a replica answered", back.elapsed());
+    eprintln!("read-only primary: writable {:.1} s after a replica was up", back.elapsed().as_secs_f64());
     assert!(p.output().contains("a majority of the members answered: accepting writes"), "{}", p.output());
     assert_eq!(p.tool(&["health"]).0, 0);
-    r1.eventually_equals("(SELECT string_agg(v::text, ',' ORDER BY v) FROM t)", "1,2");
+    r1.eventually_equals("(SELECT string_agg(id::text, ',' ORDER BY id) FROM acks)", "1,2");
     for n in [&mut r1, &mut p] {
         assert_eq!(n.stop(), 0);
     }
