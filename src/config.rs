@@ -211,25 +211,15 @@ pub struct Address {
 }
 
 impl Address {
-    /// Whether this address is the node that runs on `port`: our own port, and our host name
-    /// (or its first label, as `pg-0.pg` names the pod `pg-0`) or an address of this host.
-    /// Names are not resolved: a peer list names the others, or all members by host name.
+    /// Whether this address is the node that runs on `port` of the host named `hostname`:
+    /// our port, and our host name exactly or a loopback address. Conservative on purpose:
+    /// dropping a real member from the count would shrink the majority, while keeping our
+    /// own entry only asks one answer more.
     pub fn is_self(&self, port: u16, hostname: &str) -> bool {
-        if self.port != port {
-            return false;
-        }
-        let first_label = |h: &str| h.split('.').next().unwrap_or_default().to_ascii_lowercase();
-        let host = self.host.to_ascii_lowercase();
-        if !hostname.is_empty()
-            && (host == hostname.to_ascii_lowercase() || first_label(&host) == first_label(hostname))
-        {
-            return true;
-        }
-        // Only an address of this host can be bound (port 0: any free one, released at once).
-        match self.host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-            Ok(ip) if !ip.is_unspecified() => std::net::TcpListener::bind((ip, 0)).is_ok(),
-            _ => false,
-        }
+        let host = self.host.trim_matches(['[', ']']);
+        self.port == port
+            && ((!hostname.is_empty() && host.eq_ignore_ascii_case(hostname))
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     }
 }
 
@@ -525,17 +515,22 @@ impl Config {
         }
     }
 
-    /// Drops this node, the server on `port` of this host, from its own peers (a Kubernetes
-    /// pod template lists every pod): it must not count twice in a majority.
-    pub fn forget_self(&mut self, port: u16) {
-        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    /// Drops this node, the server on `port` of the host named `hostname`, from its own peers:
+    /// it must not count twice in a majority.
+    pub fn forget_self(&mut self, port: u16, hostname: &str) {
         let replication = match &mut self.role {
             Role::Primary(r) => r,
             Role::Replica(r) => &mut r.replication,
             Role::Auto(a) => &mut a.replica.replication,
             Role::Standalone | Role::Patroni(_) => return,
         };
-        replication.peers.retain(|a| !a.is_self(port, &hostname));
+        replication.peers.retain(|a| {
+            let me = a.is_self(port, hostname);
+            if me {
+                tracing::info!("REPLICATION_PEERS: {a} is this node; not counted twice");
+            }
+            !me
+        });
     }
 }
 
@@ -1450,14 +1445,17 @@ mod tests {
     #[test]
     fn a_member_knows_itself_among_its_peers() {
         let at = |host: &str, port| Address { host: host.into(), port };
-        assert!(at("pg-0.pg", 5432).is_self(5432, "pg-0"));
-        assert!(at("PG-0", 5432).is_self(5432, "pg-0.pg.default.svc"));
-        assert!(!at("pg-1.pg", 5432).is_self(5432, "pg-0"));
-        assert!(!at("pg-0.pg", 5433).is_self(5432, "pg-0"));
+        assert!(at("pg-0", 5432).is_self(5432, "pg-0"));
+        assert!(at("DB.example", 5432).is_self(5432, "db.example"));
+        assert!(!at("pg-0", 5433).is_self(5432, "pg-0"));
+        // Another host whose name shares a first label is another member.
+        assert!(!at("db.dc2.example", 5432).is_self(5432, "db"));
+        assert!(!at("db", 5432).is_self(5432, "db.dc1.example"));
         // Loopback is this host: only the port tells members on one host apart.
         assert!(at("127.0.0.1", 55511).is_self(55511, ""));
+        assert!(at("[::1]", 55511).is_self(55511, ""));
         assert!(!at("127.0.0.1", 55512).is_self(55511, ""));
-        assert!(!at("192.0.2.1", 5432).is_self(5432, "")); // TEST-NET: no host has it
+        assert!(!at("10.0.0.1", 5432).is_self(5432, ""), "an address is not resolved or bound");
     }
 
     fn inputs(vars: &[(&str, &str)]) -> MapInputs {

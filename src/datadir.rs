@@ -424,11 +424,23 @@ pub fn system_identifier(pgdata: &Path) -> Option<u64> {
     Some(u64::from_ne_bytes(bytes))
 }
 
-/// The timeline of the latest checkpoint (or restartpoint) in `global/pg_control`: the
-/// system identifier, the control and catalog versions, the state, the time and the
-/// checkpoint's location come first (the same from PostgreSQL 9.3 to 17), then the copy of
-/// the checkpoint record: its redo location, then its timeline, at byte 48.
-pub fn checkpoint_timeline(pgdata: &Path) -> Option<u32> {
+/// The newest timeline this data directory knows: its latest checkpoint's (or
+/// restartpoint's), or a newer one whose history file a standby has already fetched into
+/// `pg_wal` (a restartpoint on the new timeline may come minutes after the switch).
+pub fn latest_timeline(pgdata: &Path) -> Option<u32> {
+    let histories = fs::read_dir(pgdata.join("pg_wal")).ok()?.filter_map(|entry| {
+        let name = entry.ok()?.file_name().into_string().ok()?;
+        let hex = name.strip_suffix(".history").filter(|h| h.len() == 8)?;
+        u32::from_str_radix(hex, 16).ok()
+    });
+    checkpoint_timeline(pgdata).into_iter().chain(histories).max()
+}
+
+/// The timeline in `global/pg_control`'s copy of the latest checkpoint record. From
+/// PostgreSQL 11 on, the system identifier, the control and catalog versions, the state,
+/// the time and the checkpoint's location come first, then the copy: its redo location,
+/// then its timeline, at byte 48.
+fn checkpoint_timeline(pgdata: &Path) -> Option<u32> {
     let mut bytes = [0u8; 52];
     let mut file = fs::File::open(pgdata.join("global/pg_control")).ok()?;
     io::Read::read_exact(&mut file, &mut bytes).ok()?;

@@ -143,7 +143,7 @@ impl Local {
             .unwrap_or(0);
         let tls = config.tls.clone().with_libpq_of(major, &config.host_auth_method);
         let mut config = Config { files_at: FilesAt::new(&self.pidfile.socket_dir, self.pidfile.port), tls, ..config };
-        config.forget_self(self.pidfile.port);
+        config.forget_self(self.pidfile.port, &crate::config::Inputs::hostname(&crate::config::ProcessInputs));
         config
     }
 

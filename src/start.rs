@@ -62,7 +62,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     // and our files where this server's sockets are (postgres arguments included).
     config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
     config.files_at = FilesAt::new(&endpoint.socket_dir, endpoint.port);
-    config.forget_self(endpoint.port);
+    config.forget_self(endpoint.port, &crate::config::Inputs::hostname(&ProcessInputs));
     let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
@@ -446,12 +446,14 @@ fn supervise_postgres(
         match waiter.as_mut().map(|w| w.tick(sup)) {
             None | Some(fence::Waited::Still) => {}
             Some(fence::Waited::Majority) => {
-                waiter = None;
                 // The settings without read-only, then a reload: writable from the next
-                // transaction of every session.
+                // transaction of every session. If that fails, the next round tries again.
                 let written = files::write_config(ctx.config, ctx.settings, &ctx.config.pgdata);
                 match written.and_then(|()| nix::sys::signal::kill(pid, Signal::SIGHUP).map_err(Into::into)) {
-                    Ok(()) => tracing::info!("a majority of the members answered: accepting writes"),
+                    Ok(()) => {
+                        waiter = None;
+                        tracing::info!("a majority of the members answered: accepting writes");
+                    }
                     Err(e) => tracing::error!("a majority answered but the configuration could not be applied: {e}"),
                 }
             }

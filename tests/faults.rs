@@ -500,7 +500,10 @@ fn a_primary_without_a_majority_starts_read_only_until_a_replica_answers() {
     for n in [&mut r1, &mut r2, &mut p] {
         assert_eq!(n.stop(), 0);
     }
-    // Both replicas down: the primary serves reads, refuses writes, and says why.
+    // Both replicas down: the primary serves reads, refuses writes, and says why. Its peers
+    // listed as a pod template lists them, itself included: it counts itself once.
+    let all = peers(&[&p, &r1, &r2]);
+    p.set("REPLICATION_PEERS", &all);
     p.start();
     let refused = p.client().batch_execute("INSERT INTO acks VALUES (2)").unwrap_err();
     assert!(format!("{refused:?}").contains("read-only transaction"), "{refused:?}");
@@ -524,6 +527,30 @@ fn a_primary_without_a_majority_starts_read_only_until_a_replica_answers() {
     for n in [&mut r1, &mut p] {
         assert_eq!(n.stop(), 0);
     }
+}
+
+#[test]
+fn an_old_primary_waiting_read_only_stops_once_a_member_shows_a_newer_timeline() {
+    let (mut p, mut r1, mut r2) = three_streaming("waiting");
+    p.kill_all();
+    let (code, out) = r1.tool(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    for n in [&mut r1, &mut r2] {
+        assert_eq!(n.stop(), 0);
+    }
+    // The old primary finds no member: read-only, waiting.
+    p.start();
+    let refused = p.client().batch_execute("INSERT INTO acks VALUES (1)").unwrap_err();
+    assert!(format!("{refused:?}").contains("read-only transaction"), "{refused:?}");
+    // r2, which followed the promotion, comes back: timeline 2. The old primary stops.
+    r2.start();
+    let (code, took) = p.wait_exit(Duration::from_secs(30));
+    let out = p.output();
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains("refusing to become a writable primary"), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{} is on timeline 2, newer than this node's 1", r2.port)), "{out}");
+    eprintln!("the waiting old primary stopped {:.1} s after r2 was up", took.as_secs_f64());
+    assert_eq!(r2.stop(), 0);
 }
 
 #[test]

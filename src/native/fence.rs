@@ -10,8 +10,9 @@
 //!   holds commits that were acknowledged and that we lack.
 //!
 //! A primary that reaches no majority at start runs read-only and keeps asking
-//! ([`Waiter`]). A peer that answers but refuses our credentials counts as a refusal: it is
-//! alive, and may be a new primary whose replication password was rotated.
+//! ([`Waiter`]). A peer that answers but refuses our credentials counts as a refusal at
+//! start: it is alive, and may be a new primary whose replication password was rotated.
+//! While read-only, such a peer only keeps the node waiting (it is not counted).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -158,7 +159,8 @@ pub fn before_writable(
     }
     let passfile = render::passfile(ctx.config);
     let answers = ask_peers(ctx, sup, replication, &passfile);
-    // A primary keeps no password file once it has asked.
+    // A primary keeps no password file once it has asked (one waiting read-only writes it
+    // again for each round, and removes it once done).
     files::remove_passfile(&passfile)?;
     let answers = answers?;
     verdict(&me, &answers).map_err(StepError::Fenced)?;

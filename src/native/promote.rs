@@ -113,6 +113,7 @@ fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
         timeline: row.get::<_, i32>(1) as u32,
         lsn: row.get::<_, Option<String>>(2).as_deref().and_then(Lsn::parse),
     };
+    // The number of other members, and whether --force overrode a failed check.
     let members = match (&config, force) {
         (Ok(config), _) if config.follower().is_some() => Some(check_before_promoting(config, &me, force)?),
         (Ok(_), false) => {
@@ -158,11 +159,11 @@ fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
         // The promotion is complete once a majority is on the new timeline: its commits are
         // acknowledged from then on (render::majority_sync), and an old primary that comes
         // back finds the new timeline on any majority it asks.
-        (Some(others), Ok(_)) if others > 0 && force => eprintln!(
+        (Some((others, true)), Ok(_)) if others > 0 => eprintln!(
             "promote: ERROR: --force: not waiting for a majority of the members to follow this node; its commits \
              wait until one does"
         ),
-        (Some(others), Ok(config)) if others > 0 => wait_for_majority(&config, &me, timeline as u32, others)?,
+        (Some((others, false)), Ok(config)) if others > 0 => wait_for_majority(&config, &me, timeline as u32, others)?,
         _ => {
             let needed = crate::health::required_standbys(&sync_names);
             if !sync_names.is_empty() && sync_standbys < needed {
@@ -182,23 +183,25 @@ fn try_promote_running(force: bool) -> Result<(i32, bool), String> {
 /// Asks the configured primary and the peers; `Err` when promoting would make a second
 /// primary or lose acknowledged commits, or when no majority answered to tell. With `force`
 /// what could not be checked is printed as an error and the promotion goes ahead. Returns
-/// how many other members there are (0: no REPLICATION_PEERS, nothing fenced).
-fn check_before_promoting(config: &Config, me: &Me, force: bool) -> Result<usize, String> {
-    let Some(replica) = config.follower() else { return Ok(0) };
-    let answers = member::ask_members_now(config, replica).map_err(|e| e.to_string())?;
-    for (address, answer) in &answers {
-        println!("promote: {}", fence::describe(address, answer));
-    }
+/// how many other members there are (0: no REPLICATION_PEERS, nothing fenced), and whether
+/// `force` overrode a check.
+fn check_before_promoting(config: &Config, me: &Me, force: bool) -> Result<(usize, bool), String> {
+    let Some(replica) = config.follower() else { return Ok((0, false)) };
     let others = config.other_members().len();
-    let checked = fence::verdict(me, &answers).and_then(|()| match fence::standing(me, &answers, others) {
-        fence::Standing::Majority => Ok(()),
-        fence::Standing::Short(why) => Err(format!("a promotion needs a majority: {why}")),
+    let checked = member::ask_members_now(config, replica).map_err(|e| e.to_string()).and_then(|answers| {
+        for (address, answer) in &answers {
+            println!("promote: {}", fence::describe(address, answer));
+        }
+        fence::verdict(me, &answers).and_then(|()| match fence::standing(me, &answers, others) {
+            fence::Standing::Majority => Ok(()),
+            fence::Standing::Short(why) => Err(format!("a promotion needs a majority: {why}")),
+        })
     });
     match checked {
-        Ok(()) => Ok(others),
+        Ok(()) => Ok((others, false)),
         Err(why) if force => {
             eprintln!("promote: ERROR: --force: promoting although {why}");
-            Ok(others)
+            Ok((others, true))
         }
         Err(why) => Err(format!("refusing to promote: {why} (--force promotes anyway)")),
     }

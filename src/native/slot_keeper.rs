@@ -57,7 +57,8 @@ pub struct SlotKeeper {
     pgdata: PathBuf,
     /// This replica's configuration, rewritten when it follows another primary.
     config: Config,
-    /// The members other than its primary that it may follow.
+    /// The other members (its configured primary and its peers): those it may follow, and
+    /// the count its quorum commit is rendered from.
     others: Vec<Address>,
     postgres: Pid,
     running: Option<Running>,
@@ -231,12 +232,17 @@ impl SlotKeeper {
     /// written, postgres reloaded (its WAL receiver reconnects), the slot asked for at once.
     fn follow_newer(&mut self, answers: &[(Address, Answer)]) {
         let (Some(system_id), Some(timeline)) =
-            (datadir::system_identifier(&self.pgdata), datadir::checkpoint_timeline(&self.pgdata))
+            (datadir::system_identifier(&self.pgdata), datadir::latest_timeline(&self.pgdata))
         else {
             return;
         };
         let Some((address, theirs)) = newer_primary(system_id, timeline, answers) else { return };
         if let Role::Replica(replica) = &mut self.config.role {
+            // The old primary stays a member: the majority is counted over the same set.
+            let old = replica.primary();
+            if !replica.replication.peers.contains(&old) {
+                replica.replication.peers.push(old);
+            }
             replica.primary_host = address.host.clone();
             replica.primary_port = address.port;
         }
