@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The upgrade bench (README "Upgrading PostgreSQL"): a PostgreSQL 15 volume of about 1 GB
+# The upgrade bench (docs/upgrade.md): a PostgreSQL 15 volume of about 1 GB
 # (pgbench scale 60 and a table of 1M words with a text index) is upgraded by the 17 upgrade
 # image with POSTGRES_UPGRADE_METHOD=link and =copy; beside each, the bare tools doing the
 # same on the same data (initdb + pg_upgrade, by hand in the same image). Every round works

@@ -3,7 +3,7 @@
 # cargo, a Debian base with Debian's PostgreSQL made locally with mmdebstrap + docker import
 # (bookworm gives PostgreSQL 15, trixie 17; the mirror is read from this machine's apt
 # sources), then the final image from docker/Dockerfile. An existing base image is reused.
-# `17-upgrade` is the upgrade image (README "Upgrading PostgreSQL"): trixie's PostgreSQL 17
+# `17-upgrade` is the upgrade image (docs/upgrade.md): trixie's PostgreSQL 17
 # with bookworm's postgresql-15 beside it (both suites in the sources; apt takes 15 and the
 # libraries only bookworm has, e.g. libicu72, from bookworm).
 # `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml and compose.patroni.yaml,

@@ -1,7 +1,7 @@
 //! First boot of a standalone server or primary: initdb and the bootstrap SQL (single-user
 //! mode) in a staging directory, the new cluster moved into PGDATA marked "initialising",
 //! the `/docker-entrypoint-initdb.d` scripts against it, then the mark removed. A start that
-//! finds the mark redoes the whole bootstrap (README "Files we own"). Nothing listens on TCP
+//! finds the mark redoes the whole bootstrap (docs/startup.md, "Files we own"). Nothing listens on TCP
 //! until then: single-user mode has no listener, nor has the temporary server of the scripts.
 
 use std::fs;

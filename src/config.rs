@@ -58,7 +58,7 @@ pub struct Config {
 /// postgres's default socket directory in Debian's and the official image's builds.
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
-/// Where our files outside PGDATA live (README "Files we own"): the server's first socket
+/// Where our files outside PGDATA live (docs/startup.md, "Files we own"): the server's first socket
 /// directory, a directory of the service account's, each file named with the server's port,
 /// so that servers sharing the directory never share a file. From the environment
 /// (`POSTGRESQL_CONFIG_*`) at first; the start sets it from the effective settings, postgres
@@ -129,7 +129,7 @@ pub enum Role {
     Patroni(Box<Patroni>),
 }
 
-/// A member of a StatefulSet whose role is decided at start (README "Kubernetes").
+/// A member of a StatefulSet whose role is decided at start (docs/kubernetes.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auto {
     /// From the host name `<set>-<ordinal>`.
@@ -151,7 +151,7 @@ impl Role {
     }
 }
 
-/// A member of a cluster that Patroni runs on etcd (README "Automatic failover with Patroni").
+/// A member of a cluster that Patroni runs on etcd (docs/patroni.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Patroni {
     /// `PATRONI_SCOPE`: the cluster's name, its key prefix in etcd.

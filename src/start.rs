@@ -256,8 +256,8 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
 }
 
 /// A data directory Patroni has managed is only started by Patroni: started alone, it could
-/// become a second primary beside the leader Patroni elected meanwhile (README "Automatic
-/// failover with Patroni": leaving Patroni).
+/// become a second primary beside the leader Patroni elected meanwhile (docs/patroni.md,
+/// "Back to native mode").
 fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
     let alone = !matches!(config.role, Role::Patroni(_)) && goal == Goal::Serve;
     (alone && patroni::managed_by_patroni(&config.pgdata)).then(|| {
@@ -274,7 +274,7 @@ fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
 }
 
 /// Step 3b: the HTTP endpoint listens from now on; it answers 503 to role checks until the
-/// real postgres runs (README "HTTP endpoint").
+/// real postgres runs (docs/http.md).
 fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint>, String> {
     let Some(listen) = &plan.config.http else { return Ok(None) };
     let c = &plan.config;
@@ -314,7 +314,7 @@ fn warn_if_small_shm(shm: &std::path::Path) {
 }
 
 /// Step 3: as root, make the directories and become `postgres`; otherwise work as we are
-/// (README "Coming from the official image": `--user`).
+/// (docs/official-image.md: `--user`).
 fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     let pgdata = &plan.config.pgdata;
     if nix::unistd::geteuid().is_root() {
@@ -400,7 +400,7 @@ fn bring_data_dir_to_role(
     }
 }
 
-/// Step 6: run postgres and pass its exit status through (README "Exit codes"). With a
+/// Step 6: run postgres and pass its exit status through (docs/variables.md, "Exit codes"). With a
 /// `waiter` it runs read-only until a majority answers, or stops when one shows it must not
 /// be a primary (exit [`exit::FENCED`]).
 fn supervise_postgres(

@@ -15,7 +15,7 @@ use crate::render;
 use crate::server::{Bin, Endpoint};
 use crate::supervise::{Kind, Supervisor};
 
-/// Documented exit codes (README "Exit codes"). postgres's own status passes through.
+/// Documented exit codes (docs/variables.md, "Exit codes"). postgres's own status passes through.
 pub mod exit {
     /// Start-up failed after validation (bootstrap, permissions, a refused PGDATA...).
     pub const STARTUP_FAILED: i32 = 1;
@@ -102,7 +102,7 @@ pub enum StepError {
 }
 
 impl StepError {
-    /// The documented exit code (README "Exit codes").
+    /// The documented exit code (docs/variables.md, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
             StepError::Stopped(sig) => 128 + *sig as i32,

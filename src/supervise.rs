@@ -214,7 +214,7 @@ impl Supervisor {
         self.before_reload = Some(before);
     }
 
-    /// True once a child had to be stopped with the escalation signal (README "Exit codes").
+    /// True once a child had to be stopped with the escalation signal (docs/variables.md, "Exit codes").
     pub fn escalated(&self) -> bool {
         self.escalated
     }

@@ -696,7 +696,7 @@ fn a_partitioned_patroni_leader_stops_taking_writes_before_another_is_elected() 
         eventually_sql(id, "SELECT count(*) > 0 FROM fence", "t");
     }
     // Synchronous by default: until Patroni has recorded a synchronous standby, commits do not
-    // wait for one, and no member may take over (README "Synchronous mode chooses consistency").
+    // wait for one, and no member may take over (docs/patroni.md, "Synchronous mode chooses consistency").
     wait_for("a synchronous standby recorded", Duration::from_secs(60), || {
         text(&run("docker", &["exec", &old, "patronictl", "list"])).contains("Sync Standby")
     });

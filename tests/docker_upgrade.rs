@@ -1,4 +1,4 @@
-//! The major-version upgrade on a real Docker engine (README "Upgrading PostgreSQL"):
+//! The major-version upgrade on a real Docker engine (docs/upgrade.md):
 //! volumes made by the PostgreSQL 15 image, started by the 17 upgrade image. Run by
 //! docker/e2e.sh with PGEP_OLD_IMAGE and PGEP_UPGRADE_IMAGE set; `--ignored` otherwise.
 

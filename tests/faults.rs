@@ -224,7 +224,7 @@ fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
     assert!(out.contains(&format!("127.0.0.1:{} has received WAL up to", r2.port)), "{out}");
     assert!(out.contains("would lose commits that were acknowledged"), "{out}");
     assert_eq!(try_query(&r1, "pg_is_in_recovery()"), "true", "r1 stays a standby");
-    // Nor does a restart as primary promote it (README failover, step 2).
+    // Nor does a restart as primary promote it (docs/native-ha.md, "Manual failover", step 2).
     assert_eq!(r1.stop(), 0);
     let replica_env = r1.env.clone();
     r1.unset("PRIMARY_HOST").unset("PRIMARY_PORT").as_primary();

@@ -1,4 +1,4 @@
-//! TLS from the environment (README "TLS"): the server's certificate and key, the CA that
+//! TLS from the environment (docs/tls.md): the server's certificate and key, the CA that
 //! verifies peers, how replicas verify their primary, and an optional client certificate for
 //! the replication user. Files are read here, once, while we may still be root (mounted
 //! secrets are often root's): the PEM text is kept, and `crate::tls` installs private copies.

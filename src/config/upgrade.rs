@@ -1,4 +1,4 @@
-//! The major-version upgrade at start (README "Upgrading PostgreSQL"): whether one is wanted,
+//! The major-version upgrade at start (docs/upgrade.md): whether one is wanted,
 //! how pg_upgrade moves the data, and what happens around it.
 
 use super::Parser;

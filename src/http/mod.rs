@@ -1,5 +1,5 @@
 //! The HTTP endpoint: Patroni-compatible health checks (`/primary`, `/replica`, ...) for
-//! load balancers and probes, served by the entrypoint itself (README "HTTP endpoint").
+//! load balancers and probes, served by the entrypoint itself (docs/http.md).
 //!
 //! It runs on a thread of its own with a current-thread tokio runtime, so the PID 1 loop in
 //! `supervise` stays synchronous and untouched; the thread is started after privileges are

@@ -1,7 +1,7 @@
 //! What the endpoint answers, decided from the request and what is known of the server:
 //! pure, so every path is tested in every state without a server. The paths and their
 //! meaning follow Patroni's REST API, so an HAProxy configuration written for Patroni routes
-//! to these containers unchanged (README "HTTP endpoint").
+//! to these containers unchanged (docs/http.md).
 
 use crate::health::{self, Expected, MaxLag};
 use crate::observe::Observed;

@@ -1,5 +1,5 @@
 //! `REPLICATION_ROLE=auto`: one pod template for every member of a StatefulSet. At each start
-//! the role is decided from what is known then, in this order (README "Kubernetes"):
+//! the role is decided from what is known then, in this order (docs/kubernetes.md):
 //!
 //! 1. A peer that is a writable primary of this cluster wins: an empty volume clones it, a
 //!    standby follows it, and a volume that was a primary rejoins it with pg_rewind, but only
@@ -12,7 +12,8 @@
 //!    the cluster, any other clones the default primary once it answers. An empty `-0` whose
 //!    peers answer as members of a cluster refuses rather than found a second one.
 //!
-//! Native mode has no consensus: peers that do not answer are not counted (README limits).
+//! This decision counts only the peers that answer; the majority rule (`fence`) then applies
+//! to a primary as to any other (docs/kubernetes.md, "Limits").
 
 use crate::config::{Address, Auto, Replica, Role};
 use crate::datadir::{self, State};

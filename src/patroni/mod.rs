@@ -62,7 +62,7 @@ pub fn note_failed_bootstrap(code: i32) {
     }
 }
 
-/// Runs Patroni until it exits; returns the exit code (README "Exit codes").
+/// Runs Patroni until it exits; returns the exit code (docs/variables.md, "Exit codes").
 pub fn serve(ctx: &Context, sup: &mut Supervisor, member: &Patroni) -> i32 {
     // The files first: a native standby's wait for a leader asks with patroni.yml.
     let files = match write_files(ctx, member) {
@@ -91,7 +91,7 @@ fn failed(e: StepError) -> i32 {
     e.exit_code()
 }
 
-/// Starts Patroni and supervises it; the exit code (README "Exit codes").
+/// Starts Patroni and supervises it; the exit code (docs/variables.md, "Exit codes").
 fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Files) -> i32 {
     let note = failure_note(ctx.config);
     let mut cmd = Command::new("patroni");

@@ -12,8 +12,7 @@ use crate::render::{quote_json as q, Settings, Source};
 
 /// The DCS timings (seconds), chosen for containers on one network: a dead leader's key
 /// expires after `TTL`; Patroni requires `LOOP_WAIT + 2 * RETRY_TIMEOUT <= TTL`. Shorter
-/// means faster failover and more false ones when etcd or the network stalls (README
-/// "Automatic failover with Patroni").
+/// means faster failover and more false ones when etcd or the network stalls (docs/patroni.md).
 pub const TTL: u32 = 20;
 pub const LOOP_WAIT: u32 = 5;
 pub const RETRY_TIMEOUT: u32 = 5;
@@ -45,7 +44,7 @@ pub fn patroni_yml(i: &Inputs) -> String {
         let _ = writeln!(y, "{:indent$}{text}", "");
     };
     line(0, "# Written by pg-entrypoint at every start, from the environment. PATRONI_* variables win".into());
-    line(0, "# over what is here (Patroni reads them itself); see README \"Automatic failover with Patroni\".".into());
+    line(0, "# over what is here (Patroni reads them itself); see docs/patroni.md.".into());
     line(0, format!("scope: {}", q(&m.scope)));
     line(0, format!("name: {}", q(&m.name)));
     line(0, "restapi:".into());
@@ -209,7 +208,7 @@ mod tests {
             ("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "200"),
         ]);
         let expected = r#"# Written by pg-entrypoint at every start, from the environment. PATRONI_* variables win
-# over what is here (Patroni reads them itself); see README "Automatic failover with Patroni".
+# over what is here (Patroni reads them itself); see docs/patroni.md.
 scope: "pg"
 name: "pg-1"
 restapi:

@@ -1,4 +1,4 @@
-//! Major-version upgrade at start (README "Upgrading PostgreSQL"). A cluster of an older
+//! Major-version upgrade at start (docs/upgrade.md). A cluster of an older
 //! major, started by an image that carries that major's server binaries beside its own, is
 //! upgraded in place by pg_upgrade when `POSTGRES_UPGRADE=auto`; without it the start is
 //! refused before anything is touched.
@@ -74,14 +74,14 @@ pub fn check(config: &Config, ours: u32) -> Result<(), String> {
     if let Some(mode) = unsupported {
         return Err(format!(
             "{volume}, and the upgrade at start is not offered with {mode}: upgrade it with the native roles \
-             (README \"Upgrading PostgreSQL\"), or go back to the PostgreSQL {theirs} image. {untouched}"
+             (docs/upgrade.md), or go back to the PostgreSQL {theirs} image. {untouched}"
         ));
     }
     if !config.upgrade.auto {
         return Err(format!(
             "{volume}: refusing to start it (postgres would refuse its files). To upgrade it in place, start an \
              image that also carries PostgreSQL {theirs} (pg-entrypoint:pg{ours}-upgrade) with POSTGRES_UPGRADE=auto \
-             (README \"Upgrading PostgreSQL\"), or go back to the PostgreSQL {theirs} image. {untouched}"
+             (docs/upgrade.md), or go back to the PostgreSQL {theirs} image. {untouched}"
         ));
     }
     let old = old_bindir(theirs);
@@ -457,7 +457,7 @@ fn finish(ctx: &Context, sup: &mut Supervisor, work: &Work) -> Result<(), StepEr
 }
 
 /// pg_upgrade writes update_extensions.sql when an extension has a newer version in the new
-/// major (README: "ALTER EXTENSION ... UPDATE").
+/// major (docs/upgrade.md, step 4).
 fn update_extensions(ctx: &Context, sup: &mut Supervisor, server: &TempServer, work: &Work) -> Result<(), StepError> {
     let script = work.root.join("update_extensions.sql");
     if !script.exists() {
@@ -501,8 +501,7 @@ fn set_aside_for_clone(
         };
         return Err(StepError::Upgrade(format!(
             "this replica's data is PostgreSQL {theirs} and it would be cloned again from its primary {primary} on \
-             PostgreSQL {ours}, but the primary {what}. Upgrade the primary first (README \"Upgrading \
-             PostgreSQL\"); nothing was changed here"
+             PostgreSQL {ours}, but the primary {what}. Upgrade the primary first (docs/upgrade.md); nothing was changed here"
         )));
     }
     if work.stage()?.is_some() {

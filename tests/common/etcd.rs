@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{free_port, http_request, processes, wait_until, Node, TempDir};
 
-/// Patroni sets passwords only if they are ASCII (README "Automatic failover with Patroni").
+/// Patroni sets passwords only if they are ASCII (docs/patroni.md).
 pub const PATRONI_PASSWORD: &str = "pw-1 'q' \"d\" \\b $x `t` #: y";
 /// What Patroni's REST API asks for on calls that change something (user `patroni`).
 pub const REST_API_PASSWORD: &str = "api: 'q' $x é";
