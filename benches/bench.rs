@@ -8,7 +8,7 @@
 //! `BENCH_CLONE_SIZES` (default 100,1024,4096 MB: clone cost as the primary grows) scale it;
 //! `BENCH_FILES` (default 30000) relation files for the restart and ownership cases;
 //! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni`,
-//! `BENCH_ONLY=tls` or `BENCH_ONLY=growth` runs and prints those alone.
+//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth` or `BENCH_ONLY=restart` runs and prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -253,6 +253,14 @@ fn ms(seconds: f64) -> String {
     format!("{:.0} ms", seconds * 1000.0)
 }
 
+/// Restarts of one standalone cluster on each side, paired.
+fn restart() -> Row {
+    let (_, mut node) = ours_first_boot();
+    let (_, _bare_tmp, data, port) = bare_first_boot(0);
+    let restart = Paired::run(rounds(), || timed_start(&mut node), || bare_restart(&data, port));
+    restart.row("restart to ready (standalone)", Some(1.05), "≤ 1.05")
+}
+
 /// Medians side by side, for figures that are not paired rounds (probe latencies).
 fn side_by_side(case: &str, ours: Vec<f64>, bare: Vec<f64>, target: &str) -> Row {
     let (o, b) = (median(ours), median(bare));
@@ -266,6 +274,7 @@ fn main() {
         Ok("patroni") => Some(patroni_failover(env_count("BENCH_FAILOVERS", 3))),
         Ok("tls") => Some(tls_cost()),
         Ok("growth") => Some(growth()),
+        Ok("restart") => Some(vec![restart()]),
         _ => None,
     };
     if let Some(rows) = only {
@@ -281,10 +290,7 @@ fn main() {
     rows.push(first_boot.row("first boot to ready, no init scripts (TCP password login)", Some(1.05), "≤ 1.05"));
 
     // 2: restart of one standalone cluster on each side.
-    let (_, mut node) = ours_first_boot();
-    let (_, _bare_tmp, data, port) = bare_first_boot(0);
-    let restart = Paired::run(rounds(), || timed_start(&mut node), || bare_restart(&data, port));
-    rows.push(restart.row("restart to ready (standalone)", Some(1.05), "≤ 1.05"));
+    rows.push(restart());
 
     // 3: as the work grows: clones of larger primaries, many relation files, init scripts,
     // the ownership repair of a foreign-owned volume.

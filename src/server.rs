@@ -122,6 +122,38 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     ))
 }
 
+/// What [`judge_settings`]' verdict depends on: the settings we render, the postgres
+/// arguments, and the postgres binary (path, size, modification time, inode). Recorded
+/// beside our other files after a check passed, so that a restart with nothing changed
+/// skips the check (about a quarter of a restart's own cost).
+pub fn settings_fingerprint(bin: &Bin, settings: &Settings, postgres_args: &[String]) -> String {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    crate::render::managed_conf(settings).hash(&mut hasher);
+    postgres_args.hash(&mut hasher);
+    let postgres = bin.tool("postgres");
+    postgres.hash(&mut hasher);
+    if let Ok(meta) = std::fs::metadata(&postgres) {
+        (meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ino()).hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+/// The server major a passed check of `fingerprint` recorded in `path`, if it did. The file
+/// is written by the service account: read without following links, bounded; a forged one
+/// could only skip a check of settings that postgres checks again when it starts.
+pub fn recorded_check(path: &Path, fingerprint: &str) -> Option<u32> {
+    let text = crate::datadir::read_small(path.parent()?, Path::new(path.file_name()?), 256).ok()?;
+    let (recorded, major) = text.trim().split_once(' ')?;
+    (recorded == fingerprint).then(|| major.parse().ok()).flatten()
+}
+
+/// Records a passed check (see [`settings_fingerprint`]).
+pub fn record_check(path: &Path, fingerprint: &str, major: u32) -> std::io::Result<()> {
+    crate::datadir::write_atomic(path, format!("{fingerprint} {major}\n").as_bytes(), 0o600)
+}
+
 /// How every cluster we make authenticates: local connections trusted (the official image's
 /// way; the socket is the container's), TCP with SCRAM until our pg_hba.conf block is written.
 pub const INITDB_AUTH: [&str; 2] = ["--auth-local=trust", "--auth-host=scram-sha-256"];

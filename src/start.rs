@@ -32,6 +32,9 @@ pub struct Plan {
     pub endpoint: Endpoint,
     pub bin: Bin,
     pub server_major: u32,
+    /// The fingerprint of settings postgres has just passed, to record once our directory is
+    /// ours (`None`: they were passed before, nothing to record).
+    pub unrecorded_check: Option<String>,
 }
 
 impl Plan {
@@ -56,12 +59,21 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     crate::server::check_managed_args(postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())
         .map_err(|e| format!("invalid configuration: {e}"))?;
-    let server_major = crate::server::judge_settings(&bin, &settings, postgres_args)
-        .map_err(|e| format!("invalid configuration: {e}"))?;
-    // Connections to other members (primary_conninfo among the settings) as this libpq allows,
-    // and our files where this server's sockets are (postgres arguments included).
-    config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
+    // Our files where this server's sockets are (postgres arguments included).
     config.files_at = FilesAt::new(&endpoint.socket_dir, endpoint.port);
+    // postgres judges the settings, unless it passed these very ones before.
+    let fingerprint = crate::server::settings_fingerprint(&bin, &settings, postgres_args);
+    let (server_major, unrecorded_check) =
+        match crate::server::recorded_check(&config.files_at.file(SETTINGS_CHECKED), &fingerprint) {
+            Some(major) => (major, None),
+            None => {
+                let major = crate::server::judge_settings(&bin, &settings, postgres_args)
+                    .map_err(|e| format!("invalid configuration: {e}"))?;
+                (major, Some(fingerprint))
+            }
+        };
+    // Connections to other members (primary_conninfo among the settings) as this libpq allows.
+    config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
     config.forget_self(endpoint.port, &crate::config::Inputs::hostname(&ProcessInputs));
     let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
@@ -70,8 +82,11 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
             config.init_scripts_dir
         ));
     }
-    Ok(Plan { config, settings, endpoint, bin, server_major })
+    Ok(Plan { config, settings, endpoint, bin, server_major, unrecorded_check })
 }
+
+/// Beside our other files: the fingerprint of the last settings postgres passed, and its major.
+const SETTINGS_CHECKED: &str = "checked";
 
 /// What this start would refuse to create a cluster with, found before anything is made
 /// (PGDATA read, nothing written; an unreadable PGDATA is left to the steps that report it):
@@ -180,6 +195,12 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
     if let Err(e) = prepare(&plan) {
         tracing::error!("{e}");
         return exit::STARTUP_FAILED;
+    }
+    if let Some(fingerprint) = &plan.unrecorded_check {
+        let path = plan.config.files_at.file(SETTINGS_CHECKED);
+        if let Err(e) = crate::server::record_check(&path, fingerprint, plan.server_major) {
+            tracing::debug!("cannot record the settings check in {}: {e}", path.display());
+        }
     }
     // Under Patroni, its bootstrap runs `enforce-initdb` while our PID 1 holds the lock.
     let _pgdata_lock = if std::env::var_os(patroni::UNDER_PATRONI).is_some() {

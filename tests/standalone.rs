@@ -88,6 +88,33 @@ fn restart_keeps_data_and_does_not_reinitialise() {
 }
 
 #[test]
+fn settings_postgres_passed_are_not_judged_again_but_any_change_is() {
+    let mut node = Node::new("checked");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    // Recorded beside our other files: the fingerprint of what postgres passed, and its major.
+    let record = node.socket_dir().join(format!("pg-entrypoint-{}.checked", node.port));
+    let text = fs::read_to_string(&record).unwrap();
+    let (fingerprint, major) = text.trim().split_once(' ').unwrap();
+    assert_eq!(fingerprint.len(), 16, "{text}");
+    assert!(major.parse::<u32>().unwrap() >= 15, "{text}");
+    node.start();
+    assert_eq!(node.stop(), 0);
+    assert_eq!(fs::read_to_string(&record).unwrap(), text, "nothing changed, nothing judged or written");
+    // A changed setting is judged again, by the variable or by the argument.
+    node.set("POSTGRESQL_CONFIG_SHARED_BUFFERS", "lots");
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("POSTGRESQL_CONFIG_SHARED_BUFFERS"), "{out}");
+    node.unset("POSTGRESQL_CONFIG_SHARED_BUFFERS");
+    let (code, out) = node.run_to_exit(&["-c", "work_mem=lots"]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("work_mem"), "{out}");
+    node.start();
+    assert_eq!(node.stop(), 0);
+}
+
+#[test]
 fn postgres_arguments_and_overrides_are_honoured_everywhere() {
     let mut node = Node::new("args");
     // The port comes from a postgres argument, not from POSTGRESQL_CONFIG_PORT; the init
