@@ -18,8 +18,7 @@
 use crate::config::{Address, Auto, Replica, Role};
 use crate::datadir::{self, State};
 use crate::native::fence;
-use crate::native::member::Answer;
-use crate::render;
+use crate::native::member::{Answer, Connector};
 use crate::step::{Context, StepError};
 use crate::supervise::Supervisor;
 
@@ -87,7 +86,8 @@ pub fn resolve(ctx: &Context, sup: &mut Supervisor) -> Result<Role, StepError> {
         State::Foreign(entries) => return Err(datadir::refuse(&ctx.config.pgdata, &entries).into()),
         _ => Volume::Empty,
     };
-    let answers = fence::ask_peers(ctx, sup, &auto.replica.replication, &render::passfile(ctx.config))?;
+    let replication = &auto.replica.replication;
+    let answers = fence::ask_peers(sup, &Connector::questions(ctx.config, ctx.bin, &replication.user), replication)?;
     let role = match decide(auto, volume, &answers).map_err(StepError::AutoRefused)? {
         None => Role::Primary(auto.replica.replication.clone()),
         Some(primary) => {

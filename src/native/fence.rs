@@ -14,15 +14,13 @@
 //! start: it is alive, and may be a new primary whose replication password was rotated.
 //! While read-only, such a peer only keeps the node waiting (it is not counted).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::config::{majority, Address, Replication};
 use crate::files;
-use crate::native::member::{self, Answer, Asking, Credentials, Lsn};
-use crate::render::{self, Settings, Source};
-use crate::server::Bin;
+use crate::native::member::{self, Answer, Asking, Connector, Lsn};
+use crate::render::{Settings, Source};
 use crate::step::{self, Context, StepError};
 use crate::supervise::Supervisor;
 
@@ -157,11 +155,11 @@ pub fn before_writable(
     if replication.peers.is_empty() {
         return Ok((Standing::Majority, me));
     }
-    let passfile = render::passfile(ctx.config);
-    let answers = ask_peers(ctx, sup, replication, &passfile);
+    let connector = Connector::questions(ctx.config, ctx.bin, &replication.user);
+    let answers = ask_peers(sup, &connector, replication);
     // A primary keeps no password file once it has asked (one waiting read-only writes it
     // again for each round, and removes it once done).
-    files::remove_passfile(&passfile)?;
+    files::remove_passfile(connector.passfile())?;
     let answers = answers?;
     verdict(&me, &answers).map_err(StepError::Fenced)?;
     Ok((standing(&me, &answers, ctx.config.other_members().len()), me))
@@ -172,11 +170,9 @@ pub fn before_writable(
 /// shows this node must not be a primary (fenced).
 pub struct Waiter {
     me: Me,
-    bin: Bin,
+    connector: Connector,
     replication: Replication,
     others: usize,
-    passfile: PathBuf,
-    tls: Vec<(&'static str, String)>,
     asking: Option<Asking>,
     next: Instant,
     /// Alternates with the current password while a peer refuses it (a rotation).
@@ -198,11 +194,9 @@ impl Waiter {
     pub fn new(ctx: &Context, replication: &Replication, me: Me) -> Waiter {
         Waiter {
             me,
-            bin: ctx.bin.clone(),
+            connector: Connector::questions(ctx.config, ctx.bin, &replication.user),
             replication: replication.clone(),
             others: ctx.config.other_members().len(),
-            passfile: render::passfile(ctx.config),
-            tls: render::client_tls(ctx.config),
             asking: None,
             next: Instant::now() + WAITER_PAUSE,
             previous: false,
@@ -245,22 +239,16 @@ impl Waiter {
             (Some(previous), true) => previous,
             _ => &self.replication.password,
         };
-        if let Err(e) = files::write_passfile_with(&self.passfile, &self.replication.user, password) {
+        if let Err(e) = files::write_passfile_with(self.connector.passfile(), &self.replication.user, password) {
             self.report(&e.to_string());
             self.next = Instant::now() + WAITER_PAUSE;
             return;
         }
-        let creds = Credentials {
-            user: &self.replication.user,
-            passfile: &self.passfile,
-            application_name: "pg-entrypoint",
-            tls: &self.tls,
-        };
-        self.asking = Some(Asking::start(sup, &self.bin, &creds, &self.replication.peers));
+        self.asking = Some(Asking::start(sup, &self.connector, &self.replication.peers));
     }
 
     fn done(&mut self, outcome: Waited) -> Waited {
-        if let Err(e) = files::remove_passfile(&self.passfile) {
+        if let Err(e) = files::remove_passfile(self.connector.passfile()) {
             tracing::warn!("{e}");
         }
         outcome
@@ -278,18 +266,16 @@ impl Waiter {
 /// `REPLICATION_PASSWORD_PREVIOUS` when it is set (a rotation: the peers learn the new
 /// password only once this primary has applied it and they have replicated it).
 pub fn ask_peers(
-    ctx: &Context,
     sup: &mut Supervisor,
+    connector: &Connector,
     replication: &Replication,
-    passfile: &std::path::Path,
 ) -> Result<Vec<(Address, Answer)>, StepError> {
-    let tls = render::client_tls(ctx.config);
-    let creds = Credentials { user: &replication.user, passfile, application_name: "pg-entrypoint", tls: &tls };
     let ask = |sup: &mut Supervisor, address: &Address| -> Result<Answer, StepError> {
         let what = format!("psql (asking the peer {address})");
-        let out = step::run_captured(sup, &what, &mut member::ask(ctx.bin, address, &creds, None), false)?;
+        let out = step::run_captured(sup, &what, &mut connector.ask(address, None), false)?;
         Ok(member::parse(out.code, &out.stdout, &out.stderr))
     };
+    let passfile = connector.passfile();
     files::write_passfile(passfile, replication)?;
     let mut answers = Vec::new();
     for address in &replication.peers {

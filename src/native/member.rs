@@ -7,7 +7,7 @@
 //! authenticates through a 0600 password file: the password is never on a command line.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 
@@ -74,22 +74,73 @@ pub enum Answer {
     Untrusted(String),
 }
 
-/// How we reach members: as which user, through which password file, under which name.
-pub struct Credentials<'a> {
-    pub user: &'a str,
-    pub passfile: &'a Path,
-    pub application_name: &'a str,
-    /// `render::client_tls`: sslmode and the files that go with it.
-    pub tls: &'a [(&'static str, String)],
+/// How this node reaches the other members: as the replication user, through the password
+/// file beside our other files (`render::passfile`), with REPLICATION_SSLMODE's TLS
+/// (`render::client_tls`), under one application name. The one place these are put
+/// together, from the effective configuration.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    bin: Bin,
+    user: String,
+    passfile: PathBuf,
+    application_name: String,
+    tls: Vec<(&'static str, String)>,
 }
 
-/// The psql run that asks `address` who it is (and about `slot`).
-pub fn ask(bin: &Bin, address: &Address, creds: &Credentials, slot: Option<&str>) -> Command {
-    let mut commands = vec!["IDENTIFY_SYSTEM".to_string(), "SHOW in_hot_standby".to_string()];
-    if let Some(slot) = slot {
-        commands.push(format!("READ_REPLICATION_SLOT {}", render::quote_identifier(slot)));
+impl Connector {
+    /// For questions (the fence, `promote`, `status`, the upgrade): named `pg-entrypoint`.
+    pub fn questions(config: &Config, bin: &Bin, user: &str) -> Connector {
+        Connector::named(config, bin, user, "pg-entrypoint")
     }
-    replication_psql(bin, address, creds, &commands)
+
+    /// For a replica's own business with its primary (its slot is named after it).
+    pub fn replica(config: &Config, bin: &Bin, replica: &Replica) -> Connector {
+        Connector::named(config, bin, &replica.replication.user, &replica.name)
+    }
+
+    fn named(config: &Config, bin: &Bin, user: &str, application_name: &str) -> Connector {
+        Connector {
+            bin: bin.clone(),
+            user: user.to_string(),
+            passfile: render::passfile(config),
+            application_name: application_name.to_string(),
+            tls: render::client_tls(config),
+        }
+    }
+
+    /// The password file the connections read (written by whoever holds the password).
+    pub fn passfile(&self) -> &Path {
+        &self.passfile
+    }
+
+    /// The psql run that asks `address` who it is (and about `slot`).
+    pub fn ask(&self, address: &Address, slot: Option<&str>) -> Command {
+        let mut commands = vec!["IDENTIFY_SYSTEM".to_string(), "SHOW in_hot_standby".to_string()];
+        if let Some(slot) = slot {
+            commands.push(format!("READ_REPLICATION_SLOT {}", render::quote_identifier(slot)));
+        }
+        self.replication_psql(address, &commands)
+    }
+
+    /// A psql run of replication `commands` against `address`, output unaligned without
+    /// headers.
+    pub fn replication_psql(&self, address: &Address, commands: &[String]) -> Command {
+        let mut psql = step::tool(&self.bin, "psql");
+        let conninfo = render::conninfo(
+            &address.host,
+            address.port,
+            &self.user,
+            &self.application_name,
+            &self.passfile.to_string_lossy(),
+            true,
+            &self.tls,
+        );
+        psql.args(["-X", "-q", "-A", "-t", "--no-password", "-d"]).arg(conninfo).stdin(Stdio::null());
+        for command in commands {
+            psql.arg("-c").arg(command);
+        }
+        psql
+    }
 }
 
 /// The replication command that creates our physical slot, keeping WAL from now on.
@@ -97,26 +148,7 @@ pub fn create_slot(slot: &str) -> String {
     format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", render::quote_identifier(slot))
 }
 
-/// A psql run of replication `commands` against `address`, output unaligned without headers.
-pub fn replication_psql(bin: &Bin, address: &Address, creds: &Credentials, commands: &[String]) -> Command {
-    let mut psql = step::tool(bin, "psql");
-    let conninfo = render::conninfo(
-        &address.host,
-        address.port,
-        creds.user,
-        creds.application_name,
-        &creds.passfile.to_string_lossy(),
-        true,
-        creds.tls,
-    );
-    psql.args(["-X", "-q", "-A", "-t", "--no-password", "-d"]).arg(conninfo).stdin(Stdio::null());
-    for command in commands {
-        psql.arg("-c").arg(command);
-    }
-    psql
-}
-
-/// Reads psql's answer to [`ask`].
+/// Reads psql's answer to [`Connector::ask`].
 pub fn parse(code: i32, stdout: &str, stderr: &str) -> Answer {
     let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
     let identity = lines.first().and_then(|line| {
@@ -180,10 +212,10 @@ pub struct Asking {
 }
 
 impl Asking {
-    pub fn start(sup: &mut Supervisor, bin: &Bin, creds: &Credentials, addresses: &[Address]) -> Asking {
+    pub fn start(sup: &mut Supervisor, connector: &Connector, addresses: &[Address]) -> Asking {
         let mut asking = Asking { running: Vec::new(), answers: Vec::new() };
         for address in addresses {
-            let mut cmd = ask(bin, address, creds, None);
+            let mut cmd = connector.ask(address, None);
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             match sup.spawn(&mut cmd) {
                 Ok(mut child) => {
@@ -219,15 +251,8 @@ impl Asking {
 /// for the operator commands, which are not PID 1.
 pub fn ask_members_now(config: &Config, replica: &Replica) -> Result<Vec<(Address, Answer)>, BinError> {
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())?;
-    let passfile = render::passfile(config);
-    let tls = render::client_tls(config);
-    let creds = Credentials {
-        user: &replica.replication.user,
-        passfile: &passfile,
-        application_name: "pg-entrypoint",
-        tls: &tls,
-    };
-    let answer = |address: &Address| match ask(&bin, address, &creds, None).output() {
+    let connector = Connector::questions(config, &bin, &replica.replication.user);
+    let answer = |address: &Address| match connector.ask(address, None).output() {
         Ok(out) => parse(
             out.status.code().unwrap_or(1),
             &String::from_utf8_lossy(&out.stdout),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::config::{slot_name, Replica};
 use crate::datadir::{self, DataDirError};
 use crate::files;
-use crate::native::member::{self, Answer, Credentials, Identity, Slot};
+use crate::native::member::{self, Answer, Connector, Identity, Slot};
 use crate::native::promote::PROMOTED_MARKER;
 use crate::render;
 use crate::step::{self, Context, StepError};
@@ -38,30 +38,20 @@ pub fn clone_backoff(failures: u32) -> Duration {
     }
 }
 
-fn credentials<'a>(replica: &'a Replica, passfile: &'a Path, tls: &'a [(&'static str, String)]) -> Credentials<'a> {
-    Credentials { user: &replica.replication.user, passfile, application_name: &replica.name, tls }
-}
-
 /// One question to the primary: who it is, and the state of our slot.
-fn ask_primary(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<Answer, StepError> {
+fn ask_primary(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<Answer, StepError> {
     let slot = slot_name(&replica.name);
-    let tls = render::client_tls(ctx.config);
-    let mut cmd = member::ask(ctx.bin, &replica.primary(), &credentials(replica, passfile, &tls), Some(&slot));
+    let mut cmd = Connector::replica(ctx.config, ctx.bin, replica).ask(&replica.primary(), Some(&slot));
     let out = step::run_captured(sup, "psql (asking the primary)", &mut cmd, false)?;
     Ok(member::parse(out.code, &out.stdout, &out.stderr))
 }
 
 /// Waits for the primary with backoff up to PRIMARY_WAIT_TIMEOUT; fails fast when it refuses us.
-fn wait_for_primary(
-    ctx: &Context,
-    sup: &mut Supervisor,
-    replica: &Replica,
-    passfile: &Path,
-) -> Result<Identity, StepError> {
+fn wait_for_primary(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<Identity, StepError> {
     let started = Instant::now();
     let mut last_logged: Option<(Instant, String)> = None;
     for attempt in 0.. {
-        match ask_primary(ctx, sup, replica, passfile)? {
+        match ask_primary(ctx, sup, replica)? {
             Answer::Identity(identity) => {
                 tracing::info!(
                     attempt = attempt + 1,
@@ -124,13 +114,7 @@ fn same_cluster(ctx: &Context, replica: &Replica, primary: &Identity) -> Result<
 
 /// Creates our slot on the primary when it has none, and replaces an invalidated one (a fresh
 /// clone does not need the WAL it lost).
-fn ensure_slot(
-    ctx: &Context,
-    sup: &mut Supervisor,
-    replica: &Replica,
-    passfile: &Path,
-    slot: Option<Slot>,
-) -> Result<(), StepError> {
+fn ensure_slot(ctx: &Context, sup: &mut Supervisor, replica: &Replica, slot: Option<Slot>) -> Result<(), StepError> {
     let name = slot_name(&replica.name);
     let commands = match slot {
         Some(Slot::Present) | None => return Ok(()),
@@ -139,9 +123,7 @@ fn ensure_slot(
             vec![format!("DROP_REPLICATION_SLOT {}", render::quote_identifier(&name)), member::create_slot(&name)]
         }
     };
-    let tls = render::client_tls(ctx.config);
-    let mut cmd =
-        member::replication_psql(ctx.bin, &replica.primary(), &credentials(replica, passfile, &tls), &commands);
+    let mut cmd = Connector::replica(ctx.config, ctx.bin, replica).replication_psql(&replica.primary(), &commands);
     let out = step::run_captured(sup, "psql (creating the slot on the primary)", &mut cmd, false)?;
     if out.code != 0 || !out.stderr.trim().is_empty() {
         tracing::warn!(slot = %name, "could not create the replication slot on the primary: {}", out.stderr.trim());
@@ -185,7 +167,7 @@ fn clone_into(
     failures: u32,
     last_reason: &str,
 ) -> Result<(), StepError> {
-    let primary = wait_for_primary(ctx, sup, replica, passfile)?;
+    let primary = wait_for_primary(ctx, sup, replica)?;
     if failures > 0 {
         let wait = clone_backoff(failures);
         tracing::warn!(
@@ -195,7 +177,7 @@ fn clone_into(
         );
         step::pause(sup, wait, "waiting before cloning again")?;
     }
-    ensure_slot(ctx, sup, replica, passfile, primary.slot)?;
+    ensure_slot(ctx, sup, replica, primary.slot)?;
     let started = Instant::now();
     tracing::info!(host = %replica.primary_host, port = replica.primary_port, "cloning the primary with pg_basebackup");
     let mut cmd = step::tool(ctx.bin, "pg_basebackup");
@@ -266,12 +248,12 @@ pub fn converge(ctx: &Context, sup: &mut Supervisor, replica: &Replica, just_clo
     if just_cloned {
         return Ok(());
     }
-    match ask_primary(ctx, sup, replica, &passfile)? {
+    match ask_primary(ctx, sup, replica)? {
         Answer::Identity(primary) => {
             same_cluster(ctx, replica, &primary)?;
             match primary.slot {
-                Some(Slot::Invalidated) => reclone(ctx, sup, replica, &passfile),
-                slot => ensure_slot(ctx, sup, replica, &passfile, slot),
+                Some(Slot::Invalidated) => reclone(ctx, sup, replica),
+                slot => ensure_slot(ctx, sup, replica, slot),
             }
         }
         Answer::Rejected { variable, reason } => Err(StepError::PrimaryRejected { variable, reason }),
@@ -290,13 +272,13 @@ pub fn converge(ctx: &Context, sup: &mut Supervisor, replica: &Replica, just_clo
 /// REPLICA_RECLONE=true: empty this standby's PGDATA and clone again (the invalidated slot is
 /// replaced). Otherwise stop with an error that says so: a replica that can never catch up
 /// must not pass for one that is merely behind.
-fn reclone(ctx: &Context, sup: &mut Supervisor, replica: &Replica, passfile: &Path) -> Result<(), StepError> {
+fn reclone(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<(), StepError> {
     let slot = slot_name(&replica.name);
     if !replica.reclone {
         return Err(StepError::SlotLost { slot });
     }
     tracing::warn!(slot = %slot, "the primary invalidated this replica's slot; cloning again (REPLICA_RECLONE=true)");
-    ensure_slot(ctx, sup, replica, passfile, Some(Slot::Invalidated))?;
+    ensure_slot(ctx, sup, replica, Some(Slot::Invalidated))?;
     datadir::empty_standby(&ctx.config.pgdata)?;
     clone(ctx, sup, replica)?;
     converge(ctx, sup, replica, true)
@@ -309,7 +291,7 @@ pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<
     let pgdata = &ctx.config.pgdata;
     let passfile = render::passfile(ctx.config);
     files::write_passfile(&passfile, &replica.replication)?;
-    let primary = wait_for_primary(ctx, sup, replica, &passfile)?;
+    let primary = wait_for_primary(ctx, sup, replica)?;
     same_cluster(ctx, replica, &primary)?;
     tracing::warn!(
         host = %replica.primary_host,

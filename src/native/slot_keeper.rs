@@ -21,9 +21,8 @@ use nix::unistd::Pid;
 use crate::config::{slot_name, Address, Config, Replica, Role};
 use crate::datadir;
 use crate::files;
-use crate::native::member::{self, Answer, Asking, Credentials, Slot};
+use crate::native::member::{self, Answer, Asking, Connector, Slot};
 use crate::render;
-use crate::server::Bin;
 use crate::step::{self, Context};
 use crate::supervise::Supervisor;
 
@@ -46,14 +45,9 @@ struct Running {
 }
 
 pub struct SlotKeeper {
-    bin: Bin,
+    connector: Connector,
     primary: Address,
-    user: String,
-    name: String,
     slot: String,
-    passfile: PathBuf,
-    /// `render::client_tls`.
-    tls: Vec<(&'static str, String)>,
     pgdata: PathBuf,
     /// This replica's configuration, rewritten when it follows another primary.
     config: Config,
@@ -72,13 +66,9 @@ impl SlotKeeper {
     /// `postgres`: the server to reload when this replica follows another primary.
     pub fn new(ctx: &Context, replica: &Replica, postgres: Pid) -> SlotKeeper {
         SlotKeeper {
-            bin: ctx.bin.clone(),
+            connector: Connector::replica(ctx.config, ctx.bin, replica),
             primary: replica.primary(),
-            user: replica.replication.user.clone(),
-            name: replica.name.clone(),
             slot: slot_name(&replica.name),
-            passfile: render::passfile(ctx.config),
-            tls: render::client_tls(ctx.config),
             pgdata: ctx.config.pgdata.clone(),
             config: ctx.config.clone(),
             others: ctx.config.other_members(),
@@ -126,13 +116,9 @@ impl SlotKeeper {
     }
 
     fn ask(&mut self, sup: &mut Supervisor, question: Question) {
-        let creds =
-            Credentials { user: &self.user, passfile: &self.passfile, application_name: &self.name, tls: &self.tls };
         let mut cmd: Command = match question {
-            Question::WhoAreYou => member::ask(&self.bin, &self.primary, &creds, Some(&self.slot)),
-            Question::CreateSlot => {
-                member::replication_psql(&self.bin, &self.primary, &creds, &[member::create_slot(&self.slot)])
-            }
+            Question::WhoAreYou => self.connector.ask(&self.primary, Some(&self.slot)),
+            Question::CreateSlot => self.connector.replication_psql(&self.primary, &[member::create_slot(&self.slot)]),
         };
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         match sup.spawn(&mut cmd) {
@@ -197,13 +183,7 @@ impl SlotKeeper {
                 self.report(true, format!("the primary {} is not reachable: {why}", self.primary));
                 let others: Vec<Address> = self.others.iter().filter(|a| **a != self.primary).cloned().collect();
                 if !others.is_empty() && self.still_a_standby() {
-                    let creds = Credentials {
-                        user: &self.user,
-                        passfile: &self.passfile,
-                        application_name: &self.name,
-                        tls: &self.tls,
-                    };
-                    self.members = Some(Asking::start(sup, &self.bin, &creds, &others));
+                    self.members = Some(Asking::start(sup, &self.connector, &others));
                 }
             }
             Answer::Rejected { variable, reason } => self.report(

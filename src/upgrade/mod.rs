@@ -29,7 +29,6 @@ use crate::config::{Config, Replica, Role};
 use crate::datadir::{self, move_entries, DataDirError, State, UpgradeStage as Stage, UpgradeWork as Work};
 use crate::files;
 use crate::native::member;
-use crate::render;
 use crate::server::{major_of, Bin};
 use crate::step::{self, Context, StepError};
 use crate::supervise::{Kind, Supervisor};
@@ -483,15 +482,9 @@ fn set_aside_for_clone(
 ) -> Result<(), StepError> {
     let ours = ctx.server_major;
     let primary = replica.primary();
-    let passfile = render::passfile(ctx.config);
-    files::write_passfile(&passfile, &replica.replication)?;
-    let creds = member::Credentials {
-        user: &replica.replication.user,
-        passfile: &passfile,
-        application_name: "pg-entrypoint",
-        tls: &render::client_tls(ctx.config),
-    };
-    let mut psql = member::replication_psql(ctx.bin, &primary, &creds, &["SHOW server_version_num".into()]);
+    let connector = member::Connector::questions(ctx.config, ctx.bin, &replica.replication.user);
+    files::write_passfile(connector.passfile(), &replica.replication)?;
+    let mut psql = connector.replication_psql(&primary, &["SHOW server_version_num".into()]);
     let out = step::run_captured(sup, "psql (asking the primary its version)", &mut psql, false)?;
     let primary_major = major_of(&out.stdout);
     if primary_major != Some(ours) {
