@@ -134,6 +134,18 @@ fn a_rotated_certificate_is_served_after_sighup_without_a_restart() {
     assert!(!verify(&ca_file).0, "the old certificate is no longer served");
     assert_eq!(primary.query_one("pg_postmaster_start_time()"), started, "no restart");
     assert!(primary.output().contains("TLS certificates and keys refreshed"), "{}", primary.output());
+
+    // A certificate path that became a FIFO (or a huge file) is refused at reload, never
+    // waited on: PID 1 reads it, and must still answer the next signal.
+    let served = next_ca.issue(&certs.0, "server", "db", &LOCAL, false).cert;
+    std::fs::remove_file(&served).unwrap();
+    nix::unistd::mkfifo(&served, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    // Readable by the account the server runs as: opening it would wait for a writer.
+    std::fs::set_permissions(&served, std::fs::Permissions::from_mode(0o644)).unwrap();
+    primary.signal(nix::libc::SIGHUP);
+    wait_until(Duration::from_secs(15), || primary.output().contains("the TLS copies were kept"));
+    assert!(primary.output().contains("not a regular file"), "{}", primary.output());
+    assert!(verify(&next_ca_file).0, "the last good certificate is still served");
     assert_eq!(primary.stop(), 0);
 }
 

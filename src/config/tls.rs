@@ -89,10 +89,11 @@ impl Tls {
     }
 
     /// The same files read again and checked as at start (a reload after a rotation), as
-    /// whoever we are now; the other variables are not read again.
+    /// whoever we are now, with the start's reader (a regular file, bounded, never waited on:
+    /// PID 1 runs this); the other variables are not read again.
     pub fn reread(&self) -> Result<Tls, String> {
         let read = |file: &TlsFile, kind: Pem| -> Result<TlsFile, String> {
-            let text = std::fs::read_to_string(&file.path)
+            let text = super::Inputs::read_file(&super::ProcessInputs, &file.path, MAX_TLS_FILE)
                 .map_err(|e| format!("{}: cannot read {:?}: {e}", file.variable, file.path))?;
             match kind.problem(&text) {
                 None => Ok(TlsFile { pem: Secret(text), ..file.clone() }),
