@@ -418,10 +418,18 @@ pub fn ignore_not_found(e: io::Error) -> io::Result<()> {
 /// The cluster's system identifier: the first field of `global/pg_control` (in the
 /// machine's byte order, as every PostgreSQL version writes it). `None` without a cluster.
 pub fn system_identifier(pgdata: &Path) -> Option<u64> {
-    let mut bytes = [0u8; 8];
+    Some(u64::from_ne_bytes(control_head(pgdata)?[..8].try_into().ok()?))
+}
+
+/// The first bytes of `global/pg_control`, whose layout is the same from PostgreSQL 11 on:
+/// the system identifier, the control and catalog versions, the state, the time and the
+/// checkpoint's location, then the copy of the checkpoint record (its redo location, then
+/// its timeline, at byte 48).
+fn control_head(pgdata: &Path) -> Option<[u8; 52]> {
+    let mut bytes = [0u8; 52];
     let mut file = fs::File::open(pgdata.join("global/pg_control")).ok()?;
     io::Read::read_exact(&mut file, &mut bytes).ok()?;
-    Some(u64::from_ne_bytes(bytes))
+    Some(bytes)
 }
 
 /// The newest timeline this data directory knows: its latest checkpoint's (or
@@ -433,18 +441,8 @@ pub fn latest_timeline(pgdata: &Path) -> Option<u32> {
         let hex = name.strip_suffix(".history").filter(|h| h.len() == 8)?;
         u32::from_str_radix(hex, 16).ok()
     });
-    checkpoint_timeline(pgdata).into_iter().chain(histories).max()
-}
-
-/// The timeline in `global/pg_control`'s copy of the latest checkpoint record. From
-/// PostgreSQL 11 on, the system identifier, the control and catalog versions, the state,
-/// the time and the checkpoint's location come first, then the copy: its redo location,
-/// then its timeline, at byte 48.
-fn checkpoint_timeline(pgdata: &Path) -> Option<u32> {
-    let mut bytes = [0u8; 52];
-    let mut file = fs::File::open(pgdata.join("global/pg_control")).ok()?;
-    io::Read::read_exact(&mut file, &mut bytes).ok()?;
-    Some(u32::from_ne_bytes(bytes[48..52].try_into().ok()?))
+    let checkpoint = u32::from_ne_bytes(control_head(pgdata)?[48..52].try_into().ok()?);
+    histories.chain([checkpoint]).max()
 }
 
 /// Writes a file so that a reader (or a crash) sees the old or the new content, never half.

@@ -7,6 +7,8 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use nix::unistd::Pid;
+
 use crate::config::{Config, Replication, Secret};
 use crate::datadir::{self, DataDirError};
 use crate::render::{self, Settings};
@@ -23,6 +25,12 @@ pub fn write_config(config: &Config, settings: &Settings, dir: &Path) -> io::Res
     let hba_path = dir.join("pg_hba.conf");
     let hba = fs::read_to_string(&hba_path)?;
     replace_if_changed(&hba_path, &render::with_hba_block(&hba, &render::hba_block(config)))
+}
+
+/// [`write_config`], then has the running server (`postgres`, its postmaster) reload it.
+pub fn write_config_and_reload(config: &Config, settings: &Settings, dir: &Path, postgres: Pid) -> io::Result<()> {
+    write_config(config, settings, dir)?;
+    nix::sys::signal::kill(postgres, nix::sys::signal::Signal::SIGHUP).map_err(io::Error::from)
 }
 
 fn replace_if_changed(path: &Path, contents: &str) -> io::Result<()> {

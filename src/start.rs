@@ -407,8 +407,8 @@ fn bring_data_dir_to_role(
         }
         (State::Cluster { standby: false }, Role::Primary(replication)) => {
             match fence::before_writable(ctx, sup, replication, None)? {
-                (fence::Standing::Majority, _) => converge::existing_cluster(ctx, sup).map(|()| None),
-                (fence::Standing::Short(why), me) => {
+                fence::Writable::Now => converge::existing_cluster(ctx, sup).map(|()| None),
+                fence::Writable::AfterMajority { why, me } => {
                     tracing::warn!("starting read-only until a majority of the members answers: {why}");
                     let settings = fence::read_only(ctx.settings, &why);
                     converge::existing_cluster(&Context { settings: &settings, ..*ctx }, sup)?;
@@ -469,8 +469,7 @@ fn supervise_postgres(
             Some(fence::Waited::Majority) => {
                 // The settings without read-only, then a reload: writable from the next
                 // transaction of every session. If that fails, the next round tries again.
-                let written = files::write_config(ctx.config, ctx.settings, &ctx.config.pgdata);
-                match written.and_then(|()| nix::sys::signal::kill(pid, Signal::SIGHUP).map_err(Into::into)) {
+                match files::write_config_and_reload(ctx.config, ctx.settings, &ctx.config.pgdata, pid) {
                     Ok(()) => {
                         waiter = None;
                         tracing::info!("a majority of the members answered: accepting writes");

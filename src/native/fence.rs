@@ -141,20 +141,30 @@ pub fn describe(address: &Address, answer: &Answer) -> String {
     }
 }
 
+/// What [`before_writable`] allows.
+pub enum Writable {
+    Now,
+    /// No majority answered (why), and no member objected: this node (`me`) may become
+    /// writable only once a majority answers.
+    AfterMajority {
+        why: String,
+        me: Me,
+    },
+}
+
 /// At start, before a data directory becomes a writable primary: asks every peer (one quick
-/// attempt each) and refuses with [`StepError::Fenced`] when one shows it must not. Whether
-/// a majority answered is for the caller: it is returned with this node's identity.
+/// attempt each) and refuses with [`StepError::Fenced`] when one shows it must not.
 /// `lsn`: for a standby promoted at start, the WAL it has (compared with the other standbys).
 pub fn before_writable(
     ctx: &Context,
     sup: &mut Supervisor,
     replication: &Replication,
     lsn: Option<Lsn>,
-) -> Result<(Standing, Me), StepError> {
-    let me = Me { lsn, ..local_identity(ctx, sup)? };
+) -> Result<Writable, StepError> {
     if replication.peers.is_empty() {
-        return Ok((Standing::Majority, me));
+        return Ok(Writable::Now);
     }
+    let me = Me { lsn, ..local_identity(ctx, sup)? };
     let connector = Connector::questions(ctx.config, ctx.bin, &replication.user);
     let answers = ask_peers(sup, &connector, replication);
     // A primary keeps no password file once it has asked (one waiting read-only writes it
@@ -162,7 +172,10 @@ pub fn before_writable(
     files::remove_passfile(connector.passfile())?;
     let answers = answers?;
     verdict(&me, &answers).map_err(StepError::Fenced)?;
-    Ok((standing(&me, &answers, ctx.config.other_members().len()), me))
+    Ok(match standing(&me, &answers, ctx.config.other_members().len()) {
+        Standing::Majority => Writable::Now,
+        Standing::Short(why) => Writable::AfterMajority { why, me },
+    })
 }
 
 /// A primary started read-only because no majority answered: asks the peers again every

@@ -262,9 +262,11 @@ pub fn promote_standby(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepEr
         // Compared with the peers once all the WAL this standby received is replayed.
         let fenced = replayed_wal(ctx, sup, &server)
             .and_then(|lsn| fence::before_writable(ctx, sup, replication, Some(lsn)))
-            .and_then(|(standing, _)| match standing {
-                fence::Standing::Majority => Ok(()),
-                fence::Standing::Short(why) => Err(StepError::Fenced(format!("a promotion needs a majority: {why}"))),
+            .and_then(|writable| match writable {
+                fence::Writable::Now => Ok(()),
+                fence::Writable::AfterMajority { why, .. } => {
+                    Err(StepError::Fenced(format!("a promotion needs a majority: {why}")))
+                }
             });
         if let Err(e) = fenced {
             server.stop(sup)?;

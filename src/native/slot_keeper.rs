@@ -11,7 +11,6 @@
 //! promotion reaches a majority without an operator repointing each replica
 //! (docs/native-ha.md); the environment's PRIMARY_HOST is followed again at the next start.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,12 +47,9 @@ pub struct SlotKeeper {
     connector: Connector,
     primary: Address,
     slot: String,
-    pgdata: PathBuf,
-    /// This replica's configuration, rewritten when it follows another primary.
+    /// This replica's configuration (PGDATA, the other members), rewritten when it follows
+    /// another primary; the members stay the same set.
     config: Config,
-    /// The other members (its configured primary and its peers): those it may follow, and
-    /// the count its quorum commit is rendered from.
-    others: Vec<Address>,
     postgres: Pid,
     running: Option<Running>,
     members: Option<Asking>,
@@ -69,9 +65,7 @@ impl SlotKeeper {
             connector: Connector::replica(ctx.config, ctx.bin, replica),
             primary: replica.primary(),
             slot: slot_name(&replica.name),
-            pgdata: ctx.config.pgdata.clone(),
             config: ctx.config.clone(),
-            others: ctx.config.other_members(),
             postgres,
             running: None,
             members: None,
@@ -107,7 +101,7 @@ impl SlotKeeper {
     }
 
     fn still_a_standby(&mut self) -> bool {
-        if self.pgdata.join("standby.signal").exists() {
+        if self.config.pgdata.join("standby.signal").exists() {
             return true;
         }
         self.report(true, "this node was promoted; no slot to keep on its former primary".into());
@@ -151,7 +145,7 @@ impl SlotKeeper {
             return;
         }
         match member::parse(code, &stdout, &stderr) {
-            Answer::Identity(primary) => match datadir::system_identifier(&self.pgdata) {
+            Answer::Identity(primary) => match datadir::system_identifier(&self.config.pgdata) {
                 Some(ours) if ours != primary.system_id => self.report(
                     false,
                     format!(
@@ -181,7 +175,8 @@ impl SlotKeeper {
             },
             Answer::Unreachable(why) => {
                 self.report(true, format!("the primary {} is not reachable: {why}", self.primary));
-                let others: Vec<Address> = self.others.iter().filter(|a| **a != self.primary).cloned().collect();
+                let others: Vec<Address> =
+                    self.config.other_members().into_iter().filter(|a| *a != self.primary).collect();
                 if !others.is_empty() && self.still_a_standby() {
                     self.members = Some(Asking::start(sup, &self.connector, &others));
                 }
@@ -201,7 +196,7 @@ impl SlotKeeper {
     }
 
     fn settled(&self) -> Duration {
-        if self.others.is_empty() {
+        if self.config.other_members().is_empty() {
             SETTLED
         } else {
             SETTLED_AMONG_PEERS
@@ -212,7 +207,7 @@ impl SlotKeeper {
     /// written, postgres reloaded (its WAL receiver reconnects), the slot asked for at once.
     fn follow_newer(&mut self, answers: &[(Address, Answer)]) {
         let (Some(system_id), Some(timeline)) =
-            (datadir::system_identifier(&self.pgdata), datadir::latest_timeline(&self.pgdata))
+            (datadir::system_identifier(&self.config.pgdata), datadir::latest_timeline(&self.config.pgdata))
         else {
             return;
         };
@@ -227,9 +222,7 @@ impl SlotKeeper {
             replica.primary_port = address.port;
         }
         let settings = render::settings(&self.config);
-        let applied = files::write_config(&self.config, &settings, &self.pgdata)
-            .and_then(|()| nix::sys::signal::kill(self.postgres, nix::sys::signal::Signal::SIGHUP).map_err(Into::into));
-        match applied {
+        match files::write_config_and_reload(&self.config, &settings, &self.config.pgdata, self.postgres) {
             Ok(()) => {
                 tracing::warn!(
                     "the primary {} does not answer and {address} is a writable primary on timeline {theirs}, newer \
