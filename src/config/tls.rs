@@ -1,7 +1,7 @@
 //! TLS from the environment (docs/tls.md): the server's certificate and key, the CA that
 //! verifies peers, how replicas verify their primary, and an optional client certificate for
 //! the replication user. Files are read here, once, while we may still be root (mounted
-//! secrets are often root's): the PEM text is kept, and `crate::tls` installs private copies.
+//! secrets are often root's): the PEM text is kept, and `crate::pgdata::tls` installs private copies.
 
 use std::path::PathBuf;
 

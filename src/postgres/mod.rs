@@ -1,0 +1,13 @@
+//! PostgreSQL plumbing: finding and running the tools (`server`, `step`), servers of our own
+//! before the real start (`single_user`, `tempserver`), the running server seen from its
+//! `postmaster.pid` (`local`), what it reports (`observe`) and how healthy that is
+//! (`health`), and reaching another member (`member`). No decision about roles lives here.
+
+pub mod health;
+pub mod local;
+pub mod member;
+pub mod observe;
+pub mod server;
+pub mod single_user;
+pub mod step;
+pub mod tempserver;
