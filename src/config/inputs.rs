@@ -1,0 +1,124 @@
+//! Where the configuration comes from: the process environment, the `*_FILE` secrets and the
+//! host name ([`ProcessInputs`]), or a map in the tests ([`MapInputs`]).
+
+#[cfg(test)]
+use std::collections::BTreeMap;
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+
+/// A secret file larger than this is a mistake (`/dev/zero`, a disk image).
+pub(super) const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// `NAME`, or the contents of the file `NAME_FILE` names (trailing newlines dropped), for the
+/// operator commands, which need a value or two without the whole configuration. Unreadable
+/// or both set: none (the start-up reports those).
+pub fn var_or_file(inputs: &dyn Inputs, name: &str) -> Option<String> {
+    let set = |n: &str| inputs.var(n).filter(|v| !v.is_empty());
+    match (set(name), set(&format!("{name}_FILE"))) {
+        (Some(value), None) => Some(value),
+        (None, Some(path)) => inputs
+            .read_file(Path::new(&path), MAX_SECRET_FILE)
+            .ok()
+            .map(|t| without_newlines(&t))
+            .filter(|v| !v.is_empty()),
+        _ => None,
+    }
+}
+
+/// A secret file's contents without the trailing newlines editors and `echo` add.
+pub(super) fn without_newlines(text: &str) -> String {
+    text.trim_end_matches(['\n', '\r']).to_string()
+}
+
+/// Where the inputs come from: the process environment, the secret files, the hostname.
+pub trait Inputs {
+    fn var(&self, name: &str) -> Option<String>;
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+    /// A file of at most `max` bytes.
+    fn read_file(&self, path: &Path, max: u64) -> std::io::Result<String>;
+    fn hostname(&self) -> String;
+    /// True when the variable is set to bytes that are not UTF-8 (`var` gives them lossily).
+    fn not_utf8(&self, _name: &str) -> bool {
+        false
+    }
+}
+
+/// The text of an open file that must be a regular one (opened without blocking: a FIFO is
+/// refused here, never waited on) of at most `max` bytes (a `/dev/zero` is refused too).
+pub fn read_regular(file: std::fs::File, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("larger than {max} bytes")));
+    }
+    Ok(text)
+}
+
+/// The real process environment.
+pub struct ProcessInputs;
+
+impl Inputs for ProcessInputs {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+    /// A secret file: a regular file (symbolic links followed, as Kubernetes mounts them) of at
+    /// most `max` bytes. Opened without blocking, so a FIFO cannot hang the start.
+    fn read_file(&self, path: &Path, max: u64) -> std::io::Result<String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        read_regular(std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?, max)
+    }
+    fn hostname(&self) -> String {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+    fn not_utf8(&self, name: &str) -> bool {
+        std::env::var_os(name).is_some_and(|v| v.to_str().is_none())
+    }
+}
+
+/// A fixed set of variables, for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct MapInputs {
+    pub vars: BTreeMap<String, String>,
+    pub files: BTreeMap<PathBuf, String>,
+    pub hostname: String,
+}
+
+#[cfg(test)]
+impl MapInputs {
+    /// These variables and this hostname, no secret files.
+    pub fn with(vars: &[(&str, &str)], hostname: &str) -> MapInputs {
+        MapInputs {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            files: BTreeMap::new(),
+            hostname: hostname.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Inputs for MapInputs {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.vars.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+    fn read_file(&self, path: &Path, _max: u64) -> std::io::Result<String> {
+        self.files.get(path).cloned().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+    fn hostname(&self) -> String {
+        self.hostname.clone()
+    }
+}

@@ -1,0 +1,199 @@
+//! The parser's primitives: one variable as a string, a secret, an identifier, a boolean, a
+//! duration, a port; each problem is recorded against its variable and parsing goes on, so
+//! that every problem is reported at once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::inputs::without_newlines;
+use super::inputs::MAX_SECRET_FILE;
+use super::{Address, Inputs, Problem, Secret};
+
+pub(super) struct Parser<'a> {
+    pub(super) inputs: &'a dyn Inputs,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Parser<'_> {
+    pub(super) fn problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(Problem { variable: variable.to_string(), message: message.into() });
+    }
+
+    /// A variable; empty counts as unset, as in the official image. Bytes that are not UTF-8
+    /// are refused (a password altered by a lossy conversion would silently not work).
+    pub(super) fn var(&mut self, name: &str) -> Option<String> {
+        if self.inputs.not_utf8(name) {
+            if !self.problems.iter().any(|p| p.variable == name) {
+                self.problem(name, "is not valid UTF-8; accepted: UTF-8 text");
+            }
+            return None;
+        }
+        self.inputs.var(name).filter(|v| !v.is_empty())
+    }
+
+    /// `NAME` or `NAME_FILE`, never both. File contents lose trailing newlines.
+    pub(super) fn secret(&mut self, name: &str) -> Option<Secret> {
+        let file_var = format!("{name}_FILE");
+        match (self.var(name), self.var(&file_var)) {
+            (Some(_), Some(_)) => {
+                self.problem(name, format!("both {name} and {file_var} are set; set only one"));
+                None
+            }
+            (Some(value), None) => Some(Secret(value)),
+            (None, Some(path)) => match self.inputs.read_file(Path::new(&path), MAX_SECRET_FILE) {
+                Ok(text) => {
+                    let value = without_newlines(&text);
+                    if value.is_empty() {
+                        self.problem(&file_var, format!("the file {path:?} is empty"));
+                        None
+                    } else {
+                        Some(Secret(value))
+                    }
+                }
+                Err(e) => {
+                    self.problem(&file_var, format!("cannot read {path:?}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    /// `NAME`, or the contents of the file `NAME_FILE` names, as the official image's
+    /// `file_env` reads `POSTGRES_USER`, `POSTGRES_DB` and `POSTGRES_INITDB_ARGS`.
+    pub(super) fn var_or_file(&mut self, name: &str) -> Option<String> {
+        self.secret(name).map(|s| s.0)
+    }
+
+    pub(super) fn identifier(&mut self, name: &str, default: &str) -> String {
+        let value = self.var_or_file(name).unwrap_or_else(|| default.to_string());
+        if value.len() > MAX_IDENTIFIER_BYTES {
+            self.problem(
+                name,
+                format!("{} is {} bytes long; at most {MAX_IDENTIFIER_BYTES} are accepted", shown(&value), value.len()),
+            );
+        } else if value.chars().any(char::is_control) {
+            self.problem(
+                name,
+                format!("{} contains a control character; printable characters are accepted", shown(&value)),
+            );
+        }
+        value
+    }
+
+    pub(super) fn boolean(&mut self, name: &str) -> Option<bool> {
+        let value = self.var(name)?;
+        let parsed = parse_bool(&value);
+        if parsed.is_none() {
+            self.problem(
+                name,
+                format!("{} is not a boolean; accepted: true/false, on/off, yes/no, 1/0", shown(&value)),
+            );
+        }
+        parsed
+    }
+
+    pub(super) fn duration(&mut self, name: &str, default: Duration) -> Duration {
+        match self.var(name) {
+            None => default,
+            Some(value) => parse_duration(&value).unwrap_or_else(|| {
+                self.problem(
+                    name,
+                    format!(
+                        "{} is not a duration; accepted: whole seconds (\"120\", \"120s\") or minutes (\"2m\"), up to a day", shown(&value)
+                    ),
+                );
+                default
+            }),
+        }
+    }
+
+    pub(super) fn port(&mut self, name: &str, default: u16) -> u16 {
+        match self.var(name) {
+            None => default,
+            Some(value) => match value.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    self.problem(name, format!("{} is not a port; accepted: 1 to 65535", shown(&value)));
+                    default
+                }
+            },
+        }
+    }
+}
+
+/// A value as a problem shows it: quoted, and cut after 64 characters (a 100 kB value would
+/// otherwise fill the log).
+pub(super) fn shown(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// `LOG_LEVEL`, in any case.
+pub fn parse_log_level(value: &str) -> Option<tracing::Level> {
+    match value.to_ascii_lowercase().as_str() {
+        "error" => Some(tracing::Level::ERROR),
+        "warn" => Some(tracing::Level::WARN),
+        "info" => Some(tracing::Level::INFO),
+        "debug" => Some(tracing::Level::DEBUG),
+        "trace" => Some(tracing::Level::TRACE),
+        _ => None,
+    }
+}
+
+/// `LOG_FORMAT`: true for JSON lines, false for text.
+pub fn parse_log_format(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "text" => Some(false),
+        "json" => Some(true),
+        _ => None,
+    }
+}
+
+/// `host`, `host:port` or `[ipv6]:port`.
+pub fn parse_address(text: &str, default_port: u16) -> Option<Address> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None if text.matches(':').count() == 1 => {
+            let (host, port) = text.split_once(':')?;
+            (host, Some(port))
+        }
+        None => (text, None),
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0)?,
+    };
+    let printable = !host.is_empty() && !host.chars().any(|c| c.is_control() || c.is_whitespace());
+    printable.then(|| Address { host: host.to_string(), port })
+}
+
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Some(true),
+        "false" | "off" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+pub(super) fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let (number, unit) = match value.strip_suffix('s') {
+        Some(n) => (n, 1),
+        None => match value.strip_suffix('m') {
+            Some(n) => (n, 60),
+            None => (value, 1),
+        },
+    };
+    // At most a day: longer is a typo, and far-future deadlines overflow.
+    number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)).filter(|s| *s <= 86_400).map(Duration::from_secs)
+}
+
+/// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
+pub(super) const MAX_IDENTIFIER_BYTES: usize = 63;

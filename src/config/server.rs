@@ -1,0 +1,247 @@
+//! The server's own variables: PGDATA, the superuser and database, initdb's options,
+//! `POSTGRESQL_CONFIG_*`, the HTTP endpoint, logging; then the role (`native`, `patroni`).
+
+use std::path::{Path, PathBuf};
+
+use super::parser::{parse_log_format, parse_log_level, shown};
+use super::*;
+
+impl Parser<'_> {
+    pub(super) fn config(&mut self) -> Option<Config> {
+        let pgdata = PathBuf::from(self.var("PGDATA").unwrap_or_else(|| DEFAULT_PGDATA.to_string()));
+        if !pgdata.is_absolute() {
+            self.problem("PGDATA", format!("{:?} is not an absolute path", pgdata));
+        } else if pgdata.to_string_lossy().chars().any(char::is_control) {
+            self.problem("PGDATA", format!("{pgdata:?} contains a control character"));
+        } else if is_system_directory(&pgdata) {
+            self.problem(
+                "PGDATA",
+                format!(
+                    "{pgdata:?} is a system directory; accepted: a directory of its own, e.g. /var/lib/postgresql/data"
+                ),
+            );
+        }
+        let superuser = self.identifier("POSTGRES_USER", DEFAULT_SUPERUSER);
+        if superuser.contains(['"', '$', '\'', '\\']) {
+            // initdb refuses them: the bootstrap superuser owns extensions, whose scripts
+            // substitute its name unquoted.
+            self.problem(
+                "POSTGRES_USER",
+                format!("{superuser:?} contains one of \" $ ' \\, which initdb does not accept for the superuser"),
+            );
+        }
+        self.role_name_allowed("POSTGRES_USER", &superuser);
+        let database = self.identifier("POSTGRES_DB", &superuser.clone());
+        if ["template0", "template1"].contains(&database.as_str()) {
+            self.problem("POSTGRES_DB", format!("{database:?} is a template database; accepted: any other name"));
+        }
+        let host_auth_method = self.var("POSTGRES_HOST_AUTH_METHOD").unwrap_or_else(|| "scram-sha-256".to_string());
+        if !ACCEPTED_AUTH_METHODS.contains(&host_auth_method.as_str()) {
+            self.problem(
+                "POSTGRES_HOST_AUTH_METHOD",
+                format!("{host_auth_method:?} is not accepted; accepted: {}", ACCEPTED_AUTH_METHODS.join(", ")),
+            );
+        }
+        // Needed to create a cluster, not to start one: see [`Config::password_problem`].
+        let superuser_password = self.secret("POSTGRES_PASSWORD");
+        let initdb_args: Vec<String> = self
+            .var_or_file("POSTGRES_INITDB_ARGS")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        if initdb_args.iter().any(|a| a.starts_with("-D") || a.starts_with("--pgdata")) {
+            self.problem(
+                "POSTGRES_INITDB_ARGS",
+                "sets the data directory (-D/--pgdata); accepted: other initdb options (the directory is PGDATA)",
+            );
+        }
+        let initdb_waldir = self.var("POSTGRES_INITDB_WALDIR").map(PathBuf::from);
+        if initdb_waldir.as_deref().is_some_and(|w| !w.is_absolute()) {
+            self.problem("POSTGRES_INITDB_WALDIR", "must be an absolute path");
+        }
+        let init_scripts_dir =
+            PathBuf::from(self.var("INIT_SCRIPTS_DIR").unwrap_or_else(|| DEFAULT_INIT_SCRIPTS_DIR.to_string()));
+        let bindir = self.var("PG_BINDIR").map(PathBuf::from);
+        let shutdown_timeout = self.duration("SHUTDOWN_TIMEOUT", crate::pid1::supervise::DEFAULT_SHUTDOWN_TIMEOUT);
+        let http = self.http();
+        if let Some(level) = self.var("LOG_LEVEL").filter(|l| parse_log_level(l).is_none()) {
+            self.problem("LOG_LEVEL", format!("{level:?} is not accepted; accepted: error, warn, info, debug, trace"));
+        }
+        if let Some(format) = self.var("LOG_FORMAT").filter(|f| parse_log_format(f).is_none()) {
+            self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
+        }
+        let overrides = self.overrides();
+        let tls = self.tls();
+        let upgrade = self.upgrade();
+        let role = self.role(&superuser, http.as_ref())?;
+        if matches!(role, Role::Primary(_) | Role::Patroni(_)) {
+            self.check_primary_overrides(&overrides);
+        }
+        // Patroni's REST API takes the HTTP port; ours stays off.
+        let http = if matches!(role, Role::Patroni(_)) { None } else { http };
+        if matches!(role, Role::Patroni(_)) {
+            self.patroni_quotable("POSTGRES_PASSWORD", superuser_password.as_ref());
+        }
+        if matches!(role, Role::Patroni(_)) && superuser_password.is_none() && host_auth_method != "trust" {
+            // Patroni connects as the superuser over TCP too (pg_rewind from the new leader).
+            self.problem(
+                "POSTGRES_PASSWORD",
+                "is required with HA_MODE=patroni (or POSTGRES_PASSWORD_FILE): Patroni connects to the other \
+                 members as the superuser",
+            );
+        }
+        let layout = Layout::from_overrides(&overrides);
+        Some(Config {
+            pgdata,
+            superuser,
+            superuser_password,
+            database,
+            initdb_args,
+            initdb_waldir,
+            host_auth_method,
+            role,
+            overrides,
+            init_scripts_dir,
+            bindir,
+            shutdown_timeout,
+            http,
+            tls,
+            upgrade,
+            layout,
+        })
+    }
+
+    /// `HTTP_PORT` (default 8008; `0` or `off` disables) and `HTTP_LISTEN` (an IP address).
+    pub(super) fn http(&mut self) -> Option<HttpListen> {
+        let port = match self.var("HTTP_PORT") {
+            None => DEFAULT_HTTP_PORT,
+            Some(off) if off == "0" || off.eq_ignore_ascii_case("off") => return None,
+            Some(value) => value.parse::<u16>().unwrap_or_else(|_| {
+                self.problem(
+                    "HTTP_PORT",
+                    format!("{} is not a port; accepted: 1 to 65535, or 0/off to disable", shown(&value)),
+                );
+                DEFAULT_HTTP_PORT
+            }),
+        };
+        let address = self.var("HTTP_LISTEN").and_then(|a| match a.trim_matches(['[', ']']).parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.problem(
+                    "HTTP_LISTEN",
+                    format!("{a:?} is not an IP address; accepted: e.g. 0.0.0.0, ::, 127.0.0.1"),
+                );
+                None
+            }
+        });
+        Some(HttpListen { address, port })
+    }
+
+    pub(super) fn overrides(&mut self) -> Vec<(String, String)> {
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        for (var, value) in self.inputs.vars_with_prefix(OVERRIDE_PREFIX) {
+            if self.inputs.not_utf8(&var) {
+                self.problem(&var, "is not valid UTF-8; accepted: UTF-8 text");
+                continue;
+            }
+            if value.is_empty() {
+                continue; // empty counts as unset, as for every variable
+            }
+            let name = var[OVERRIDE_PREFIX.len()..].to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && !name.starts_with(['.', '_'])
+                && !name.ends_with('.');
+            if !valid {
+                self.problem(
+                    &var,
+                    "is not a setting name; accepted: POSTGRESQL_CONFIG_<NAME> with letters, digits, '_' and '.'",
+                );
+            } else if ["include", "include_dir", "include_if_exists"].contains(&name.as_str()) {
+                self.problem(
+                    &var,
+                    "is an include directive, not a setting: it would bypass the settings refused here; \
+                     accepted: POSTGRESQL_CONFIG_<NAME> for each setting",
+                );
+            } else if ["data_directory", "config_file", "hba_file", "ident_file"].contains(&name.as_str()) {
+                self.problem(
+                    &var,
+                    "cannot be overridden: pg-entrypoint manages where the data and configuration files are",
+                );
+            } else {
+                overrides.push((name, value));
+            }
+        }
+        overrides.sort();
+        overrides
+    }
+
+    /// Overrides that would make a primary unable to serve its replicas.
+    pub(super) fn check_primary_overrides(&mut self, overrides: &[(String, String)]) {
+        for (name, value) in overrides {
+            let lower = value.to_ascii_lowercase();
+            if name == "wal_level" && !["replica", "logical"].contains(&lower.as_str()) {
+                self.problem(
+                    "POSTGRESQL_CONFIG_WAL_LEVEL",
+                    format!("{value:?} cannot stream to replicas; accepted on a primary: replica, logical"),
+                );
+            }
+            if name == "max_wal_senders" && lower.trim() == "0" {
+                self.problem(
+                    "POSTGRESQL_CONFIG_MAX_WAL_SENDERS",
+                    "0 cannot serve replicas; accepted on a primary: 1 or more",
+                );
+            }
+        }
+    }
+
+    /// Role names PostgreSQL reserves: `pg_*`, and the special names.
+    pub(super) fn role_name_allowed(&mut self, variable: &str, name: &str) {
+        let lower = name.to_ascii_lowercase();
+        let special = ["public", "none", "current_role", "current_user", "session_user"];
+        if lower.starts_with("pg_") || special.contains(&lower.as_str()) {
+            self.problem(
+                variable,
+                format!(
+                    "{name:?} is reserved by PostgreSQL (pg_* and {}); accepted: any other name",
+                    special.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Directories of the operating system that must never become a data directory (root would
+/// hand them to the postgres user).
+pub(super) fn is_system_directory(path: &Path) -> bool {
+    const SYSTEM: &[&str] = &[
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/var/run",
+        "/var/log",
+        "/usr/local",
+        "/usr/local/bin",
+        "/usr/bin",
+        "/usr/lib",
+    ];
+    let normal: PathBuf = path.components().collect();
+    SYSTEM.iter().any(|s| normal == Path::new(s))
+}
+
+pub(super) const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust", "reject"];

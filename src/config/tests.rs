@@ -1,0 +1,516 @@
+use super::native::statefulset_ordinal;
+use super::parser::parse_duration;
+use super::*;
+
+#[test]
+fn a_member_knows_itself_among_its_peers() {
+    let at = |host: &str, port| Address { host: host.into(), port };
+    assert!(at("pg-0", 5432).is_self(5432, "pg-0"));
+    assert!(at("DB.example", 5432).is_self(5432, "db.example"));
+    assert!(!at("pg-0", 5433).is_self(5432, "pg-0"));
+    // Another host whose name shares a first label is another member.
+    assert!(!at("db.dc2.example", 5432).is_self(5432, "db"));
+    assert!(!at("db", 5432).is_self(5432, "db.dc1.example"));
+    // Loopback is this host: only the port tells members on one host apart.
+    assert!(at("127.0.0.1", 55511).is_self(55511, ""));
+    assert!(at("[::1]", 55511).is_self(55511, ""));
+    assert!(!at("127.0.0.1", 55512).is_self(55511, ""));
+    assert!(!at("10.0.0.1", 5432).is_self(5432, ""), "an address is not resolved or bound");
+}
+
+fn inputs(vars: &[(&str, &str)]) -> MapInputs {
+    MapInputs::with(vars, "host-a")
+}
+
+fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_inputs(&inputs(vars))
+}
+
+fn problems(vars: &[(&str, &str)]) -> Vec<String> {
+    parse(vars).expect_err("expected a configuration error").0.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_http_endpoint_is_on_by_default_and_can_be_moved_or_disabled() {
+    let c = parse(&[("POSTGRES_PASSWORD", "pw")]).unwrap();
+    assert_eq!(c.http, Some(HttpListen { address: None, port: 8008 }));
+    assert_eq!(c.http.unwrap().candidates().len(), 2, "IPv6 and IPv4 both tried");
+    for off in ["0", "off", "OFF"] {
+        assert_eq!(parse(&[("POSTGRES_PASSWORD", "pw"), ("HTTP_PORT", off)]).unwrap().http, None);
+    }
+    let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("HTTP_PORT", "9000"), ("HTTP_LISTEN", "[::1]")]).unwrap();
+    assert_eq!(c.http.unwrap().candidates(), ["[::1]:9000".parse().unwrap()]);
+    let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("HTTP_PORT", "http"), ("HTTP_LISTEN", "localhost")]);
+    assert_eq!(
+        p,
+        [
+            "HTTP_PORT: \"http\" is not a port; accepted: 1 to 65535, or 0/off to disable",
+            "HTTP_LISTEN: \"localhost\" is not an IP address; accepted: e.g. 0.0.0.0, ::, 127.0.0.1"
+        ]
+    );
+}
+
+#[test]
+fn defaults_match_the_official_image() {
+    let c = parse(&[("POSTGRES_PASSWORD", "pw")]).unwrap();
+    assert_eq!(c.pgdata, PathBuf::from("/var/lib/postgresql/data"));
+    assert_eq!(c.superuser, "postgres");
+    assert_eq!(c.database, "postgres");
+    assert_eq!(c.host_auth_method, "scram-sha-256");
+    assert_eq!(c.role, Role::Standalone);
+    assert_eq!(c.init_scripts_dir, PathBuf::from("/docker-entrypoint-initdb.d"));
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(8));
+}
+
+#[test]
+fn peers_are_addresses_with_a_default_port() {
+    let primary =
+        [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "primary"), ("REPLICATION_PASSWORD", "r")];
+    let mut vars = primary.to_vec();
+    vars.push(("REPLICATION_PEERS", "replica-1, 10.0.0.3:6432,[::1]:5433,"));
+    let c = parse(&vars).unwrap();
+    let addr = |h: &str, p| Address { host: h.into(), port: p };
+    assert_eq!(c.replication().unwrap().peers, [addr("replica-1", 5432), addr("10.0.0.3", 6432), addr("::1", 5433)]);
+    vars.pop();
+    vars.push(("REPLICATION_PEERS", "a b,db:99999"));
+    assert_eq!(
+        problems(&vars),
+        [
+            "REPLICATION_PEERS: \"a b\" is not an address; accepted: a comma-separated list of host, host:port or [ipv6]:port",
+            "REPLICATION_PEERS: \"db:99999\" is not an address; accepted: a comma-separated list of host, host:port or [ipv6]:port",
+        ]
+    );
+}
+
+#[test]
+fn paths_hosts_log_settings_and_includes_are_checked() {
+    let out = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("PGDATA", "/usr/"),
+        ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+        ("POSTGRESQL_CONFIG_INCLUDE_DIR", "/etc"),
+        ("POSTGRESQL_CONFIG_WORK_MEM", ""),
+    ]);
+    assert_eq!(
+        out,
+        [
+            "PGDATA: \"/usr/\" is a system directory; accepted: a directory of its own, e.g. /var/lib/postgresql/data",
+            "LOG_LEVEL: \"loud\" is not accepted; accepted: error, warn, info, debug, trace",
+            "LOG_FORMAT: \"xml\" is not accepted; accepted: text, json",
+            "POSTGRESQL_CONFIG_INCLUDE_DIR: is an include directive, not a setting: it would bypass the settings \
+             refused here; accepted: POSTGRESQL_CONFIG_<NAME> for each setting",
+        ]
+    );
+    assert!(problems(&[("POSTGRES_PASSWORD", "pw"), ("PGDATA", "/data\n2")])[0].contains("control character"));
+    let replica = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("ROLE", "replica"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PRIMARY_HOST", "db 1"),
+    ];
+    assert!(problems(&replica)[0].starts_with("PRIMARY_HOST: \"db 1\" contains a space"));
+    // An empty override counts as unset.
+    let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_WORK_MEM", ""), ("LOG_LEVEL", "WARN")]).unwrap();
+    assert!(c.overrides.is_empty());
+}
+
+#[test]
+fn reserved_names_and_names_postgres_would_alter_are_refused() {
+    let out = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRES_USER", "pg_admin"),
+        ("POSTGRES_DB", "template1"),
+        ("POSTGRES_INITDB_ARGS", "--data-checksums -D /elsewhere"),
+    ]);
+    assert!(out[0].starts_with("POSTGRES_USER: \"pg_admin\" is reserved by PostgreSQL"), "{out:?}");
+    assert!(out[1].starts_with("POSTGRES_DB: \"template1\" is a template database"), "{out:?}");
+    assert!(out[2].starts_with("POSTGRES_INITDB_ARGS: sets the data directory"), "{out:?}");
+    let replica = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("ROLE", "replica"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PRIMARY_HOST", "db"),
+        ("REPLICATION_USER", "public"),
+        ("REPLICA_NAME", "réplica"),
+        ("REPLICATION_SYNCHRONOUS_MODE", "any"),
+        ("REPLICATION_SYNCHRONOUS_REPLICAS", "a-b,a_b"),
+        ("REPLICATION_SYNCHRONOUS_COUNT", "3000000000"),
+    ];
+    let out = problems(&replica);
+    assert!(out.iter().any(|p| p.starts_with("REPLICATION_USER: \"public\" is reserved")), "{out:?}");
+    assert!(
+        out.iter().any(|p| p.starts_with("REPLICA_NAME: \"réplica\" has characters PostgreSQL does not keep")),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|p| p.contains("\"a-b\" and \"a_b\" would share the replication slot \"a_b\"")), "{out:?}");
+    assert!(out.iter().any(|p| p.starts_with("REPLICATION_SYNCHRONOUS_COUNT: \"3000000000\"")), "{out:?}");
+}
+
+#[test]
+fn database_defaults_to_the_user() {
+    let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "alice")]).unwrap();
+    assert_eq!(c.database, "alice");
+}
+
+#[test]
+fn password_is_required_only_to_create_a_cluster_unless_trust() {
+    let c = parse(&[]).unwrap();
+    assert!(c.password_problem(false).is_none(), "an initialised volume starts without it");
+    let err = c.password_problem(true).unwrap().to_string();
+    assert!(err.contains("POSTGRES_PASSWORD: is required to initialise an empty PGDATA"), "{err}");
+    assert!(parse(&[("POSTGRES_HOST_AUTH_METHOD", "trust")]).unwrap().password_problem(true).is_none());
+    let replica =
+        parse(&[("HA_MODE", "native"), ("ROLE", "replica"), ("REPLICATION_PASSWORD", "r"), ("PRIMARY_HOST", "p")]);
+    assert!(replica.unwrap().password_problem(true).is_none(), "a replica clones, it does not initdb");
+}
+
+#[test]
+fn the_official_images_file_variables_are_read_from_files() {
+    let mut i = inputs(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRES_USER_FILE", "/run/secrets/user"),
+        ("POSTGRES_DB_FILE", "/run/secrets/db"),
+        ("POSTGRES_INITDB_ARGS_FILE", "/run/secrets/args"),
+    ]);
+    i.files.insert("/run/secrets/user".into(), "alice\n".into());
+    i.files.insert("/run/secrets/db".into(), "app\n".into());
+    i.files.insert("/run/secrets/args".into(), "--data-checksums\n".into());
+    let c = Config::from_inputs(&i).unwrap();
+    assert_eq!((c.superuser.as_str(), c.database.as_str()), ("alice", "app"));
+    assert_eq!(c.initdb_args, ["--data-checksums"]);
+    i.vars.insert("POSTGRES_USER".into(), "bob".into());
+    let err = Config::from_inputs(&i).unwrap_err().to_string();
+    assert!(err.contains("both POSTGRES_USER and POSTGRES_USER_FILE are set"), "{err}");
+}
+
+#[test]
+fn auto_takes_the_ordinal_from_the_host_name() {
+    let vars: &[(&str, &str)] = &[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("REPLICATION_ROLE", "auto"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("POD_SERVICE", "pg"),
+        ("REPLICATION_PEERS", "pg-0.pg,pg-1.pg:5433,pg-2.pg"),
+    ];
+    let auto = |hostname: &str| Config::from_inputs(&MapInputs::with(vars, hostname));
+    let Role::Auto(one) = auto("pg-1").unwrap().role else { panic!("not auto") };
+    assert_eq!(one.ordinal, 1);
+    assert_eq!((one.replica.primary_host.as_str(), one.replica.name.as_str()), ("pg-0.pg", "pg-1"));
+    let peers: Vec<String> = one.replica.replication.peers.iter().map(ToString::to_string).collect();
+    assert_eq!(peers, ["pg-0.pg:5432", "pg-2.pg:5432"], "its own entry is skipped");
+    let Role::Auto(zero) = auto("pg-0").unwrap().role else { panic!("not auto") };
+    assert_eq!(zero.ordinal, 0);
+    assert_eq!(statefulset_ordinal("db-cluster-12.pg.ns.svc"), Some(("db-cluster".into(), 12)));
+    for hostname in ["pg-x", "web", "pg-", "-3", "pg-+1"] {
+        let err = auto(hostname).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("REPLICATION_ROLE: is auto, but the host name {hostname:?} has no StatefulSet")),
+            "{err}"
+        );
+    }
+    // No POD_SERVICE and no PRIMARY_HOST; no peers but itself.
+    let mut bare: Vec<(&str, &str)> = vars.iter().filter(|(k, _)| *k != "POD_SERVICE").copied().collect();
+    let err = Config::from_inputs(&MapInputs::with(&bare, "pg-1")).unwrap_err().to_string();
+    assert!(err.contains("PRIMARY_HOST: is required with REPLICATION_ROLE=auto unless POD_SERVICE"), "{err}");
+    bare.push(("PRIMARY_HOST", "db-main"));
+    bare.retain(|(k, _)| *k != "REPLICATION_PEERS");
+    bare.push(("REPLICATION_PEERS", "pg-1"));
+    let err = Config::from_inputs(&MapInputs::with(&bare, "pg-1")).unwrap_err().to_string();
+    assert!(err.contains("REPLICATION_PEERS: is required with REPLICATION_ROLE=auto"), "{err}");
+}
+
+#[test]
+fn secret_from_file_loses_trailing_newlines_only() {
+    let mut i = inputs(&[("POSTGRES_PASSWORD_FILE", "/run/secrets/pw")]);
+    i.files.insert("/run/secrets/pw".into(), " p a$s\n\n".into());
+    let c = Config::from_inputs(&i).unwrap();
+    assert_eq!(c.superuser_password.unwrap().expose(), " p a$s");
+}
+
+#[test]
+fn both_secret_forms_is_an_error_that_does_not_echo_the_secret() {
+    let mut i = inputs(&[("POSTGRES_PASSWORD", "hunter2"), ("POSTGRES_PASSWORD_FILE", "/f")]);
+    i.files.insert("/f".into(), "x".into());
+    let err = Config::from_inputs(&i).unwrap_err().to_string();
+    assert!(err.contains("both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set"), "{err}");
+    assert!(!err.contains("hunter2"));
+}
+
+#[test]
+fn unreadable_secret_file_names_the_variable() {
+    let p = problems(&[("POSTGRES_PASSWORD_FILE", "/nope")]);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("POSTGRES_PASSWORD_FILE: cannot read \"/nope\""), "{p:?}");
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let p = problems(&[
+        ("HA_MODE", "paxos"),
+        ("POSTGRES_HOST_AUTH_METHOD", "ident"),
+        ("PGDATA", "relative/dir"),
+        ("SHUTDOWN_TIMEOUT", "soon"),
+    ]);
+    let vars: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+    assert_eq!(vars, ["PGDATA", "POSTGRES_HOST_AUTH_METHOD", "SHUTDOWN_TIMEOUT", "HA_MODE"], "{p:?}");
+}
+
+#[test]
+fn native_primary() {
+    let c = parse(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("ROLE", "Primary"),
+        ("REPLICATION_PASSWORD", "rpw"),
+    ])
+    .unwrap();
+    let Role::Primary(r) = c.role else { panic!("not a primary: {:?}", c.role) };
+    assert_eq!(r.user, "replicator");
+    assert_eq!(r.password.expose(), "rpw");
+    assert_eq!(r.sync, SyncSettings { mode: SyncMode::Off, count: 1, names: vec!["*".into()] });
+}
+
+#[test]
+fn native_needs_role_and_replication_password() {
+    let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native")]);
+    assert_eq!(
+        p,
+        [
+            "REPLICATION_PASSWORD: is required with HA_MODE=native (or REPLICATION_PASSWORD_FILE)",
+            "REPLICATION_ROLE: is required with HA_MODE=native; accepted: primary, replica, auto (alias ROLE)",
+        ]
+    );
+}
+
+#[test]
+fn role_and_alias_must_agree() {
+    let p = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("REPLICATION_ROLE", "primary"),
+        ("ROLE", "replica"),
+    ]);
+    assert_eq!(p, ["REPLICATION_ROLE: \"primary\" disagrees with ROLE=\"replica\"; set one of them"]);
+}
+
+#[test]
+fn role_without_ha_mode_is_an_error() {
+    let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("REPLICATION_ROLE", "replica")]);
+    assert_eq!(p, ["REPLICATION_ROLE: is \"replica\" but HA_MODE is not set; set HA_MODE=native for replication"]);
+}
+
+#[test]
+fn replica_needs_primary_host_and_takes_hostname_as_name() {
+    let native =
+        [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "replica"), ("REPLICATION_PASSWORD", "r")];
+    assert_eq!(problems(&native), ["PRIMARY_HOST: is required for a replica: the host name or address of the primary"]);
+    let mut vars = native.to_vec();
+    vars.push(("PRIMARY_HOST", "db-primary"));
+    let Role::Replica(r) = parse(&vars).unwrap().role else { panic!() };
+    assert_eq!((r.primary_host.as_str(), r.primary_port, r.name.as_str()), ("db-primary", 5432, "host-a"));
+    assert_eq!(r.wait_timeout, Duration::from_secs(120));
+    vars.push(("REPLICATION_APPNAME", "replica-2"));
+    vars.push(("PRIMARY_WAIT_TIMEOUT", "2m"));
+    let Role::Replica(r) = parse(&vars).unwrap().role else { panic!() };
+    assert_eq!(r.name, "replica-2");
+    assert_eq!(r.wait_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn patroni_or_citus_with_native_is_an_error() {
+    let p = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("ROLE", "primary"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PATRONI_ENABLE", "YES"),
+        ("USE_CITUS", "1"),
+    ]);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with("PATRONI_ENABLE: is true while HA_MODE=native; only one HA method"));
+    assert_eq!(p[1], "USE_CITUS: is true, but Citus is not in this image; accepted: false, or unset");
+    assert_eq!(
+        problems(&[("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "patroni"), ("USE_PATRONI", "false")])[0],
+        "USE_PATRONI: is false while HA_MODE=patroni; set one of them"
+    );
+    assert_eq!(
+        problems(&[("POSTGRES_PASSWORD", "pw"), ("USE_CITUS", "maybe")]),
+        ["USE_CITUS: \"maybe\" is not a boolean; accepted: true/false, on/off, yes/no, 1/0"]
+    );
+}
+
+const PATRONI: [(&str, &str); 5] = [
+    ("POSTGRES_PASSWORD", "pw"),
+    ("REPLICATION_PASSWORD", "r"),
+    ("PATRONI_RESTAPI_PASSWORD", "api"),
+    ("ETCD_HOSTS", "etcd1, etcd2:2390"),
+    ("USE_PATRONI", "yes"),
+];
+
+#[test]
+fn patroni_member() {
+    let mut vars = PATRONI.to_vec();
+    vars.extend([("REPLICATION_SYNCHRONOUS_MODE", "on"), ("HTTP_PORT", "8009")]);
+    let c = parse(&vars).unwrap();
+    let Role::Patroni(m) = &c.role else { panic!("{:?}", c.role) };
+    assert_eq!((m.scope.as_str(), m.name.as_str()), ("pg", "host-a"));
+    let hosts: Vec<String> = m.etcd_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["etcd1:2379", "etcd2:2390"]);
+    assert_eq!((m.synchronous, m.synchronous_count, m.rest_api.port), (PatroniSync::On, 1, 8009));
+    assert_eq!(c.http, None, "our endpoint stays off: Patroni's REST API has the port");
+    assert_eq!(c.replication(), None);
+    assert_eq!((m.rest_api_user.as_str(), m.rest_api_password.expose()), ("patroni", "api"));
+}
+
+#[test]
+fn patroni_needs_rest_api_credentials() {
+    let mut vars = PATRONI.to_vec();
+    vars.retain(|(k, _)| *k != "PATRONI_RESTAPI_PASSWORD");
+    let p = problems(&vars);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("PATRONI_RESTAPI_PASSWORD: is required with HA_MODE=patroni"), "{p:?}");
+    vars.extend([("PATRONI_RESTAPI_PASSWORD", "a\u{7}b"), ("PATRONI_RESTAPI_USERNAME", "ad:min")]);
+    let p = problems(&vars);
+    assert!(p[0].starts_with("PATRONI_RESTAPI_USERNAME: \"ad:min\" is not accepted"), "{p:?}");
+    assert!(p[1].starts_with("PATRONI_RESTAPI_PASSWORD: contains a control character"), "{p:?}");
+    assert!(!p.iter().any(|p| p.contains("a\u{7}b")), "the password is never echoed: {p:?}");
+}
+
+#[test]
+fn patroni_refuses_what_it_decides_itself() {
+    let mut vars = PATRONI.to_vec();
+    vars.retain(|(k, _)| *k != "ETCD_HOSTS" && *k != "POSTGRES_PASSWORD");
+    vars.extend([
+        ("ROLE", "replica"),
+        ("PRIMARY_HOST", "pg-0"),
+        ("REPLICATION_SYNCHRONOUS_MODE", "any"),
+        ("HTTP_PORT", "off"),
+        ("PATRONI_SCOPE", "a/b"),
+    ]);
+    let p = problems(&vars);
+    let vars: Vec<&str> = p.iter().map(|s| s.split(':').next().unwrap()).collect();
+    assert_eq!(
+        vars,
+        [
+            "ROLE",
+            "PRIMARY_HOST",
+            "PATRONI_SCOPE",
+            "ETCD_HOSTS",
+            "REPLICATION_SYNCHRONOUS_MODE",
+            "HTTP_PORT",
+            "POSTGRES_PASSWORD"
+        ],
+        "{p:?}"
+    );
+    assert!(p[0].contains("Patroni decides which member is the primary"), "{p:?}");
+    let bad_etcd = problems(&[PATRONI[0], PATRONI[1], PATRONI[2], PATRONI[4], ("ETCD_HOSTS", "http://etcd1:2379")]);
+    assert_eq!(
+        bad_etcd,
+        ["ETCD_HOSTS: \"http://etcd1:2379\" is not an etcd address; accepted: a comma-separated list of host, host:port or [ipv6]:port"]
+    );
+    // Patroni's own variable is enough.
+    assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[2], PATRONI[4], ("PATRONI_ETCD3_HOSTS", "'e1:2379'")]).is_ok());
+    // Or the Kubernetes API as Patroni's store, but not both stores.
+    assert!(parse(&[PATRONI[0], PATRONI[1], PATRONI[2], PATRONI[4], ("PATRONI_KUBERNETES_NAMESPACE", "db")]).is_ok());
+    let both = problems(&[
+        PATRONI[0],
+        PATRONI[1],
+        PATRONI[2],
+        PATRONI[4],
+        ("ETCD_HOSTS", "etcd1"),
+        ("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
+    ]);
+    assert_eq!(
+        both,
+        ["ETCD_HOSTS: is set, and so is PATRONI_KUBERNETES_USE_ENDPOINTS: Patroni keeps its state in one store; unset one of them"]
+    );
+}
+
+#[test]
+fn sync_count_cannot_exceed_names() {
+    let p = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("ROLE", "primary"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("REPLICATION_SYNCHRONOUS_MODE", "any"),
+        ("REPLICATION_SYNCHRONOUS_COUNT", "3"),
+        ("REPLICATION_SYNCHRONOUS_REPLICAS", "replica-1, replica-2"),
+    ]);
+    assert_eq!(
+        p,
+        ["REPLICATION_SYNCHRONOUS_COUNT: 3 is more than the 2 name(s) in REPLICATION_SYNCHRONOUS_REPLICAS; accepted: 1 to 2"]
+    );
+}
+
+#[test]
+fn overrides_are_lower_cased_sorted_and_checked() {
+    let c = parse(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRESQL_CONFIG_WORK_MEM", "8MB"),
+        ("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "200"),
+    ])
+    .unwrap();
+    assert_eq!(c.overrides, [("max_connections".into(), "200".into()), ("work_mem".into(), "8MB".into())]);
+    let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_HBA_FILE", "/x"), ("POSTGRESQL_CONFIG_", "1")]);
+    assert_eq!(p.len(), 2, "{p:?}");
+}
+
+#[test]
+fn a_primary_cannot_turn_off_wal_for_replicas() {
+    let p = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "native"),
+        ("ROLE", "primary"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("POSTGRESQL_CONFIG_WAL_LEVEL", "minimal"),
+    ]);
+    assert_eq!(
+        p,
+        ["POSTGRESQL_CONFIG_WAL_LEVEL: \"minimal\" cannot stream to replicas; accepted on a primary: replica, logical"]
+    );
+}
+
+#[test]
+fn identifiers_are_bounded_and_printable() {
+    let long = "x".repeat(64);
+    let p = problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", &long), ("POSTGRES_DB", "a\nb")]);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with("POSTGRES_USER:") && p[0].contains("64 bytes long; at most 63"));
+    assert!(p[1].starts_with("POSTGRES_DB:") && p[1].contains("control character"));
+    // Quotes, spaces and unicode are fine: they are quoted wherever they are used.
+    assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "Al ice-O.Neil ü")]).is_ok());
+    assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_DB", "d\"b'$\\")]).is_ok());
+    assert_eq!(
+        problems(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_USER", "o'neil")]),
+        ["POSTGRES_USER: \"o'neil\" contains one of \" $ ' \\, which initdb does not accept for the superuser"]
+    );
+}
+
+#[test]
+fn booleans_and_durations() {
+    for (s, b) in [
+        ("TRUE", true),
+        ("on", true),
+        ("Yes", true),
+        ("1", true),
+        ("false", false),
+        ("OFF", false),
+        ("no", false),
+        ("0", false),
+    ] {
+        assert_eq!(parse_bool(s), Some(b), "{s}");
+    }
+    assert_eq!(parse_bool("y"), None);
+    assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("3m"), Some(Duration::from_secs(180)));
+    assert_eq!(parse_duration("-1"), None);
+    assert_eq!(parse_duration("999999999999999999m"), None);
+    assert_eq!(parse_duration("86401"), None);
+}
