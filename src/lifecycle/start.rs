@@ -134,18 +134,100 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
             return exit::STARTUP_FAILED;
         }
     };
-    let mut plan = match plan(postgres_args) {
-        Ok(plan) => plan,
-        Err(message) => {
-            tracing::error!("{message}");
-            return exit::CONFIG;
-        }
-    };
+    start(&mut sup, postgres_args, goal).unwrap_or_else(Failure::report)
+}
+
+/// The sequence of docs/startup.md, in the official entrypoint's order; a step that fails
+/// says the code to exit with.
+fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i32, Failure> {
+    // 1. The environment and the arguments, judged before anything is touched.
+    let mut plan = plan(postgres_args).map_err(Failure::config)?;
     sup.set_shutdown_timeout(plan.config.shutdown_timeout);
-    if let Some(problem) = creation_problem(&plan) {
-        tracing::error!("{problem}");
-        return exit::CONFIG;
+    creation_problem(&plan).map_or(Ok(()), |problem| Err(Failure::config(problem)))?;
+    warn_about_the_setup(&plan);
+    if let Some(sig) = sup.stop_requested() {
+        tracing::warn!("stopped by {sig} before anything was done");
+        return Ok(128 + sig as i32);
     }
+    // 2. What PGDATA is, before root changes anything there.
+    classify_data_dir(&plan)?;
+    if let Some(code) = already_initialised(&plan.config, goal)? {
+        return Ok(code);
+    }
+    patroni_problem(&plan.config, goal).map_or(Ok(()), |problem| Err(Failure::new(exit::FENCED, problem)))?;
+    // 3. As root: our directories, ownership; then the service account.
+    prepare(&plan).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))?;
+    record_settings_check(&plan);
+    let _pgdata_lock = lock_data_dir(&plan.config)?;
+    // Before anything reads the cluster: an older major is upgraded (or an interrupted upgrade
+    // resolved), and REPLICATION_ROLE=auto becomes primary or replica.
+    let upgraded = upgrade::settle(&plan.context(postgres_args), sup)?;
+    if matches!(plan.config.role, Role::Auto(_)) {
+        plan.config.role = auto::resolve(&plan.context(postgres_args), sup)?;
+        plan.settings = render::settings(&plan.config);
+    }
+    let endpoint = match goal {
+        Goal::Serve => start_endpoint(&plan, sup).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))?,
+        Goal::Initialise { .. } => None, // an init container serves nothing
+    };
+    let ctx = plan.context(postgres_args);
+    if let (Role::Patroni(member), Goal::Serve) = (&plan.config.role, goal) {
+        return Ok(patroni::serve(&ctx, sup, member));
+    }
+    // 4, 5. Bootstrap, clone or rejoin an empty PGDATA, or converge a cluster; 6. supervise.
+    let waiter = bring_data_dir_to_role(&ctx, sup, endpoint.as_ref()).map_err(|e| Failure::unfinished(e, &ctx))?;
+    upgrade::after_clone(&plan.config.pgdata)?;
+    if goal != Goal::Serve {
+        tracing::info!("PGDATA is initialised; exiting without starting postgres");
+        return Ok(0);
+    }
+    Ok(supervise_postgres(&ctx, sup, endpoint.as_ref(), upgraded, waiter))
+}
+
+/// Why the start gave up: the message to log and the code to exit with.
+struct Failure {
+    code: i32,
+    message: String,
+    /// Stopped by a signal rather than failed: a warning, not an error.
+    stopped: bool,
+}
+
+impl Failure {
+    fn new(code: i32, message: impl std::fmt::Display) -> Failure {
+        Failure { code, message: message.to_string(), stopped: false }
+    }
+
+    fn config(message: impl std::fmt::Display) -> Failure {
+        Failure::new(exit::CONFIG, message)
+    }
+
+    /// A failed bootstrap, clone or rejoin, saying whether the next start redoes it.
+    fn unfinished(e: StepError, ctx: &Context) -> Failure {
+        let mut failure = Failure::from(e);
+        if datadir::bootstrap_unfinished(&ctx.config.pgdata) {
+            failure.message.push_str("; the unfinished bootstrap is redone at the next start");
+        }
+        failure
+    }
+
+    fn report(self) -> i32 {
+        if self.stopped {
+            tracing::warn!("{}", self.message);
+        } else {
+            tracing::error!("{}", self.message);
+        }
+        self.code
+    }
+}
+
+impl From<StepError> for Failure {
+    fn from(e: StepError) -> Failure {
+        Failure { code: e.exit_code(), stopped: matches!(e, StepError::Stopped(_)), message: e.to_string() }
+    }
+}
+
+/// What deserves a warning before anything is done: a trusting server, a small /dev/shm.
+fn warn_about_the_setup(plan: &Plan) {
     if plan.config.host_auth_method == "trust" {
         tracing::warn!(
             "POSTGRES_HOST_AUTH_METHOD=trust: anyone who reaches this server over TCP may connect as any role, \
@@ -153,129 +235,56 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
         );
     }
     warn_if_small_shm(std::path::Path::new("/dev/shm"));
-    if let Some(sig) = sup.stop_requested() {
-        tracing::warn!("stopped by {sig} before anything was done");
-        return 128 + sig as i32;
-    }
-    // Step 2: what PGDATA is, before root changes anything there.
+}
+
+/// Step 2: PGDATA is ours to touch (not another uid's, not in a state we must not change),
+/// and its major is one this server can run or upgrade.
+fn classify_data_dir(plan: &Plan) -> Result<(), Failure> {
+    let startup = |e: &dyn std::fmt::Display| Failure::new(exit::STARTUP_FAILED, e);
     if !nix::unistd::geteuid().is_root() {
-        if let Err(e) = arbitrary_uid::refuse_foreign_owner(&plan.config.pgdata) {
-            tracing::error!("{e}");
-            return exit::STARTUP_FAILED;
-        }
+        arbitrary_uid::refuse_foreign_owner(&plan.config.pgdata).map_err(|e| startup(&e))?;
     }
-    if let Err(e) = datadir::check_before_touching(&plan.config.pgdata) {
-        tracing::error!("{e}");
-        return exit::STARTUP_FAILED;
+    datadir::check_before_touching(&plan.config.pgdata).map_err(|e| startup(&e))?;
+    upgrade::check(&plan.config, plan.server_major).map_err(Failure::config)
+}
+
+/// `ensure-initdb` and `enforce-initdb` on a PGDATA that already holds a cluster: the code to
+/// exit with (0 and 1), or `None` to go on.
+fn already_initialised(config: &Config, goal: Goal) -> Result<Option<i32>, Failure> {
+    let Goal::Initialise { enforce } = goal else { return Ok(None) };
+    if !matches!(datadir::inspect(&config.pgdata), Ok(State::Cluster { .. })) {
+        return Ok(None);
     }
-    if let Err(message) = upgrade::check(&plan.config, plan.server_major) {
-        tracing::error!("{message}");
-        return exit::CONFIG;
+    let pgdata = config.pgdata.display();
+    if enforce {
+        return Err(Failure::new(
+            exit::STARTUP_FAILED,
+            format!("PGDATA {pgdata} already holds a cluster; enforce-initdb initialises only an empty one"),
+        ));
     }
-    if let Goal::Initialise { enforce } = goal {
-        if let Ok(State::Cluster { .. }) = datadir::inspect(&plan.config.pgdata) {
-            let pgdata = plan.config.pgdata.display();
-            if enforce {
-                tracing::error!(
-                    "PGDATA {pgdata} already holds a cluster; enforce-initdb initialises only an empty one"
-                );
-                return exit::STARTUP_FAILED;
-            }
-            tracing::info!("PGDATA {pgdata} already holds a cluster; nothing to initialise");
-            return 0;
-        }
-    }
-    if let Some(problem) = patroni_problem(&plan.config, goal) {
-        tracing::error!("{problem}");
-        return exit::FENCED;
-    }
-    if let Err(e) = prepare(&plan) {
-        tracing::error!("{e}");
-        return exit::STARTUP_FAILED;
-    }
+    tracing::info!("PGDATA {pgdata} already holds a cluster; nothing to initialise");
+    Ok(Some(0))
+}
+
+/// Once our directory is ours: the settings postgres passed need no check at the next start.
+fn record_settings_check(plan: &Plan) {
     if let Some(fingerprint) = &plan.unrecorded_check {
         let path = plan.config.layout.settings_checked();
         if let Err(e) = crate::postgres::server::record_check(&path, fingerprint, plan.server_major) {
             tracing::debug!("cannot record the settings check in {}: {e}", path.display());
         }
     }
-    // Under Patroni, its bootstrap runs `enforce-initdb` while our PID 1 holds the lock.
-    let _pgdata_lock = if std::env::var_os(patroni::UNDER_PATRONI).is_some() {
-        None
-    } else {
-        match datadir::lock(&plan.config.pgdata) {
-            Ok(lock) => Some(lock),
-            Err(e) => {
-                tracing::error!("{e}");
-                return exit::STARTUP_FAILED;
-            }
-        }
-    };
-    // A cluster of an older major is upgraded (or an interrupted upgrade resolved) before
-    // anything reads it.
-    let upgraded = match upgrade::settle(&plan.context(postgres_args), &mut sup) {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            tracing::error!("{e}");
-            return e.exit_code();
-        }
-    };
-    // REPLICATION_ROLE=auto becomes primary or replica here, before anything follows the role.
-    if matches!(plan.config.role, Role::Auto(_)) {
-        match auto::resolve(&plan.context(postgres_args), &mut sup) {
-            Ok(role) => {
-                plan.config.role = role;
-                plan.settings = render::settings(&plan.config);
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                return e.exit_code();
-            }
-        }
-    }
-    let endpoint = match goal {
-        Goal::Serve => match start_endpoint(&plan, &sup) {
-            Ok(endpoint) => endpoint,
-            Err(message) => {
-                tracing::error!("{message}");
-                return exit::STARTUP_FAILED;
-            }
-        },
-        Goal::Initialise { .. } => None, // an init container serves nothing
-    };
-    let ctx = plan.context(postgres_args);
-    if let (Role::Patroni(member), Goal::Serve) = (&plan.config.role, goal) {
-        return patroni::serve(&ctx, &mut sup, member);
-    }
-    let waiter = match bring_data_dir_to_role(&ctx, &mut sup, endpoint.as_ref()) {
-        Ok(waiter) => waiter,
-        Err(e) => {
-            let redone = if datadir::bootstrap_unfinished(&plan.config.pgdata) {
-                "; the unfinished bootstrap is redone at the next start"
-            } else {
-                ""
-            };
-            match e {
-                StepError::Stopped(_) => tracing::warn!("{e}{redone}"),
-                _ => tracing::error!("{e}{redone}"),
-            }
-            return e.exit_code();
-        }
-    };
-    if let Err(e) = upgrade::after_clone(&plan.config.pgdata) {
-        tracing::error!("{e}");
-        return e.exit_code();
-    }
-    if goal != Goal::Serve {
-        tracing::info!("PGDATA is initialised; exiting without starting postgres");
-        return 0;
-    }
-    supervise_postgres(&ctx, &mut sup, endpoint.as_ref(), upgraded, waiter)
 }
 
-/// A data directory Patroni has managed is only started by Patroni: started alone, it could
-/// become a second primary beside the leader Patroni elected meanwhile (docs/patroni.md,
-/// "Back to native mode").
+/// One entrypoint per PGDATA. Under Patroni, its bootstrap runs `enforce-initdb` while our
+/// PID 1 holds the lock: no lock then.
+fn lock_data_dir(config: &Config) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, Failure> {
+    if std::env::var_os(patroni::UNDER_PATRONI).is_some() {
+        return Ok(None);
+    }
+    datadir::lock(&config.pgdata).map(Some).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))
+}
+
 fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
     let alone = !matches!(config.role, Role::Patroni(_)) && goal == Goal::Serve;
     (alone && patroni::managed_by_patroni(&config.pgdata)).then(|| {
