@@ -22,7 +22,7 @@ pub fn run(postgres_args: &[String]) -> i32 {
         eprintln!("{problem}");
         return step::exit::CONFIG;
     }
-    if let Err(problem) = upgrade::check(c, plan.server_major) {
+    if let Err(problem) = upgrade::check_major(c, plan.server_major) {
         eprintln!("{problem}");
         return step::exit::CONFIG;
     }
@@ -37,7 +37,7 @@ pub fn run(postgres_args: &[String]) -> i32 {
     println!("binaries:        {}", plan.bin.dir().display());
     println!("superuser:       {} (password {})", c.superuser, password(c.superuser_password.is_some()));
     println!("database:        {}", c.database);
-    println!("port, socket:    {}, {}", plan.endpoint.port, plan.endpoint.socket_dir.display());
+    println!("port, socket:    {}, {}", plan.sockets.port, plan.sockets.socket_dir.display());
     if let Some(r) = c.replication() {
         println!("replication:     user {} (password {})", r.user, password(true));
         let peers: Vec<String> = r.peers.iter().map(ToString::to_string).collect();

@@ -89,7 +89,7 @@ pub fn bootstrap_sql(config: &Config) -> Vec<String> {
         sql.push(render::create_database_sql(&config.database, &config.superuser));
     }
     if let crate::config::Role::Primary(r) = &config.role {
-        sql.extend(single_user::replication_role_sql(r));
+        sql.extend(single_user::replication_role(r));
     }
     sql
 }

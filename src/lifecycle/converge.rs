@@ -18,7 +18,7 @@ pub fn existing_cluster(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepE
         // Creates the role when a standalone server becomes a primary, and re-applies the
         // password every start so that rotating REPLICATION_PASSWORD is a restart.
         tracing::info!(user = %replication.user, "applying the replication role");
-        single_user::run(ctx, sup, pgdata, &single_user::replication_role_sql(replication))?;
+        single_user::run(ctx, sup, pgdata, &single_user::replication_role(replication))?;
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub fn run_all(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
     // The configured socket directories, as the official image's temporary server uses the
     // default one: a script that names it (`psql -h /var/run/postgresql`) works too.
-    let sockets = match ctx.endpoint.socket_dirs.as_slice() {
+    let sockets = match ctx.sockets.socket_dirs.as_slice() {
         [] => vec![pgdata.clone()],
         dirs => dirs.to_vec(),
     };

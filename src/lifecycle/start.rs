@@ -21,7 +21,7 @@ use crate::pgdata::files;
 use crate::pgdata::tls;
 use crate::pid1::privileges;
 use crate::pid1::supervise::{Supervisor, Tick};
-use crate::postgres::server::{Bin, Endpoint};
+use crate::postgres::server::{Bin, Sockets};
 use crate::postgres::step::{self, exit, Context, StepError};
 use crate::render;
 
@@ -29,7 +29,7 @@ use crate::render;
 pub struct Plan {
     pub config: Config,
     pub settings: render::Settings,
-    pub endpoint: Endpoint,
+    pub sockets: Sockets,
     pub bin: Bin,
     pub server_major: u32,
     /// The fingerprint of settings postgres has just passed, to record once our directory is
@@ -43,7 +43,7 @@ impl Plan {
             config: &self.config,
             bin: &self.bin,
             server_major: self.server_major,
-            endpoint: &self.endpoint,
+            sockets: &self.sockets,
             postgres_args,
             settings: &self.settings,
         }
@@ -55,12 +55,12 @@ impl Plan {
 pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     let mut config = Config::from_inputs(&ProcessInputs).map_err(|e| e.to_string())?;
     let settings = render::settings(&config);
-    let endpoint = Endpoint::resolve(&settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
+    let sockets = Sockets::resolve(&settings, postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     crate::postgres::server::check_managed_args(postgres_args).map_err(|e| format!("invalid configuration: {e}"))?;
     let bin = Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref())
         .map_err(|e| format!("invalid configuration: {e}"))?;
     // Our files where this server's sockets are (postgres arguments included).
-    config.layout = Layout::new(&endpoint.socket_dir, endpoint.port);
+    config.layout = Layout::new(&sockets.socket_dir, sockets.port);
     // postgres judges the settings, unless it passed these very ones before.
     let fingerprint = crate::postgres::server::settings_fingerprint(&bin, &settings, postgres_args);
     let (server_major, unrecorded_check) =
@@ -74,7 +74,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
         };
     // Connections to other members (primary_conninfo among the settings) as this libpq allows.
     config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
-    config.forget_self(endpoint.port, &crate::config::Inputs::hostname(&ProcessInputs));
+    config.forget_self(sockets.port, &crate::config::Inputs::hostname(&ProcessInputs));
     let settings = render::settings(&config);
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
@@ -82,7 +82,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
             config.init_scripts_dir
         ));
     }
-    Ok(Plan { config, settings, endpoint, bin, server_major, unrecorded_check })
+    Ok(Plan { config, settings, sockets, bin, server_major, unrecorded_check })
 }
 
 /// What this start would refuse to create a cluster with, found before anything is made
@@ -245,7 +245,7 @@ fn classify_data_dir(plan: &Plan) -> Result<(), Failure> {
         arbitrary_uid::refuse_foreign_owner(&plan.config.pgdata).map_err(|e| startup(&e))?;
     }
     datadir::check_before_touching(&plan.config.pgdata).map_err(|e| startup(&e))?;
-    upgrade::check(&plan.config, plan.server_major).map_err(Failure::config)
+    upgrade::check_major(&plan.config, plan.server_major).map_err(Failure::config)
 }
 
 /// `ensure-initdb` and `enforce-initdb` on a PGDATA that already holds a cluster: the code to
@@ -306,8 +306,8 @@ fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint
     let Some(listen) = &plan.config.http else { return Ok(None) };
     let c = &plan.config;
     let target = http::Target {
-        socket_dir: plan.endpoint.socket_dir.clone(),
-        port: plan.endpoint.port,
+        socket_dir: plan.sockets.socket_dir.clone(),
+        port: plan.sockets.port,
         user: c.superuser.clone(),
         pgdata: c.pgdata.clone(),
         native: c.role != Role::Standalone,
@@ -346,14 +346,14 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     let pgdata = &plan.config.pgdata;
     if nix::unistd::geteuid().is_root() {
         let account = privileges::service_account()?;
-        let mut dirs: Vec<PathBuf> = plan.endpoint.socket_dirs.clone();
+        let mut dirs: Vec<PathBuf> = plan.sockets.socket_dirs.clone();
         dirs.extend(plan.config.layout.passfile().parent().map(PathBuf::from));
         dirs.extend(plan.config.initdb_waldir.clone());
         privileges::prepare_as_root(pgdata, &dirs, &account)?;
         privileges::become_user(&account)?;
         tracing::debug!(user = %account.name, uid = account.uid, "dropped privileges");
     } else {
-        arbitrary_uid::prepare(pgdata, &plan.endpoint.socket_dirs)?;
+        arbitrary_uid::prepare(pgdata, &plan.sockets.socket_dirs)?;
         arbitrary_uid::provide_user_name(pgdata, &plan.config.layout)?;
     }
     // The configuration read the TLS files as root; the copies belong to the account.
@@ -377,7 +377,7 @@ fn bring_data_dir_to_role(
     }
     // Left by a server of an earlier life of this container (`docker restart`); the temporary
     // server of a bootstrap uses the same sockets.
-    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
+    datadir::remove_stale_socket_locks(pgdata, &ctx.sockets.socket_dirs, ctx.sockets.port)?;
     let state = datadir::settle(pgdata)?;
     if let State::Cluster { standby } = state {
         if ctx.config.superuser_password.is_some() {
@@ -454,7 +454,7 @@ fn supervise_postgres(
     if let Some(endpoint) = endpoint {
         endpoint.set_phase(Phase::Running);
     }
-    tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.endpoint.port, "postgres started");
+    tracing::info!(pid = pid.as_raw(), role = ctx.config.role.name(), port = ctx.sockets.port, "postgres started");
     crate::pid1::supervise::trim_resident_code();
     let mut keeper = match &ctx.config.role {
         Role::Replica(replica) => Some(slot_keeper::SlotKeeper::new(ctx, replica, pid)),

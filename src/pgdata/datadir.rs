@@ -340,7 +340,7 @@ fn remove_stale_lock(lock: &Path, pgdata: &Path, live: impl Fn(i32) -> bool) -> 
 }
 
 /// Earlier versions kept the replication password file inside PGDATA, from where clones and
-/// rewinds copied it; it is now kept outside ([`crate::render::passfile`]).
+/// rewinds copied it; it is now kept outside ([`crate::config::Layout::passfile`]).
 pub fn remove_legacy_passfile(pgdata: &Path) -> Result<(), DataDirError> {
     fs::remove_file(pgdata.join(crate::config::layout::LEGACY_PASSFILE))
         .or_else(ignore_not_found)

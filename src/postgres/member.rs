@@ -75,7 +75,7 @@ pub enum Answer {
 }
 
 /// How this node reaches the other members: as the replication user, through the password
-/// file beside our other files (`render::passfile`), with REPLICATION_SSLMODE's TLS
+/// file beside our other files (`Layout::passfile`), with REPLICATION_SSLMODE's TLS
 /// (`render::client_tls`), under one application name. The one place these are put
 /// together, from the effective configuration.
 #[derive(Debug, Clone)]

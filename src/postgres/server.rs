@@ -232,7 +232,7 @@ pub fn explain_refusal(stderr: &str, settings: &Settings, postgres_args: &[Strin
 
 /// Where the running server can be reached locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct Sockets {
     pub port: u16,
     /// The first socket directory: the one the entrypoint itself uses.
     pub socket_dir: PathBuf,
@@ -247,9 +247,9 @@ pub struct PortError {
     value: String,
 }
 
-impl Endpoint {
+impl Sockets {
     /// The port and sockets from the rendered settings, overridden by postgres arguments.
-    pub fn resolve(settings: &Settings, postgres_args: &[String]) -> Result<Endpoint, PortError> {
+    pub fn resolve(settings: &Settings, postgres_args: &[String]) -> Result<Sockets, PortError> {
         let mut port = ("POSTGRESQL_CONFIG_PORT", settings.get("port").map(|(v, _)| v.clone()));
         let mut sockets = settings
             .get("unix_socket_directories")
@@ -272,7 +272,7 @@ impl Endpoint {
         let socket_dirs: Vec<PathBuf> =
             sockets.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect();
         let socket_dir = socket_dirs.first().cloned().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_DIR));
-        Ok(Endpoint { port, socket_dir, socket_dirs })
+        Ok(Sockets { port, socket_dir, socket_dirs })
     }
 }
 
@@ -400,18 +400,18 @@ mod tests {
         let mut s = Settings::new();
         s.insert("port".into(), ("6543".into(), Source::Override));
         s.insert("unix_socket_directories".into(), ("/run/a, /run/b".into(), Source::Override));
-        let e = Endpoint::resolve(&s, &[]).unwrap();
+        let e = Sockets::resolve(&s, &[]).unwrap();
         assert_eq!((e.port, e.socket_dir.clone()), (6543, PathBuf::from("/run/a")));
         assert_eq!(e.socket_dirs, [PathBuf::from("/run/a"), PathBuf::from("/run/b")]);
-        let e = Endpoint::resolve(&s, &args(&["-c", "port=7000", "-k", "/x"])).unwrap();
+        let e = Sockets::resolve(&s, &args(&["-c", "port=7000", "-k", "/x"])).unwrap();
         assert_eq!((e.port, e.socket_dir), (7000, PathBuf::from("/x")));
-        let e = Endpoint::resolve(&Settings::new(), &[]).unwrap();
+        let e = Sockets::resolve(&Settings::new(), &[]).unwrap();
         assert_eq!((e.port, e.socket_dir), (5432, PathBuf::from("/var/run/postgresql")));
     }
 
     #[test]
     fn bad_port_names_where_it_came_from() {
-        let err = Endpoint::resolve(&Settings::new(), &args(&["-p", "70000"])).unwrap_err();
+        let err = Sockets::resolve(&Settings::new(), &args(&["-p", "70000"])).unwrap_err();
         assert_eq!(err.to_string(), "postgres argument port: \"70000\" is not a port; accepted: 1 to 65535");
     }
 }

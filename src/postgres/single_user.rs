@@ -41,7 +41,7 @@ pub const FORCED_SETTINGS: &[&str] = &[
 ];
 
 /// The replication role's statements, its password as a SCRAM verifier computed here.
-pub fn replication_role_sql(r: &Replication) -> Vec<String> {
+pub fn replication_role(r: &Replication) -> Vec<String> {
     render::replication_role_sql(&r.user, &scram(r.password.expose()))
 }
 

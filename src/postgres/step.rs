@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::config::{Config, SECRET_VARS};
 use crate::pgdata::datadir::DataDirError;
 use crate::pid1::supervise::{Kind, Supervisor};
-use crate::postgres::server::{Bin, Endpoint};
+use crate::postgres::server::{Bin, Sockets};
 use crate::render;
 
 /// Documented exit codes (docs/variables.md, "Exit codes"). postgres's own status passes through.
@@ -122,7 +122,7 @@ pub struct Context<'a> {
     pub bin: &'a Bin,
     /// The major version of `bin`'s postgres.
     pub server_major: u32,
-    pub endpoint: &'a Endpoint,
+    pub sockets: &'a Sockets,
     pub postgres_args: &'a [String],
     pub settings: &'a render::Settings,
 }

@@ -49,7 +49,7 @@ impl TempServer {
             "listen_addresses=".to_string(),
             format!("unix_socket_directories={}", socket_list.join(",")),
             format!("hba_file={}", hba.display()),
-            format!("port={}", ctx.endpoint.port),
+            format!("port={}", ctx.sockets.port),
             "hot_standby=on".to_string(),
             // Local trust, so only our own uid (the entrypoint, init scripts) may connect.
             "unix_socket_permissions=0700".to_string(),
@@ -61,7 +61,7 @@ impl TempServer {
         }
         let child = sup.spawn(&mut cmd).map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;
         let pid = Pid::from_raw(child.id() as i32);
-        let mut server = TempServer { pid: Some(pid), dir: dir.to_path_buf(), host, port: ctx.endpoint.port };
+        let mut server = TempServer { pid: Some(pid), dir: dir.to_path_buf(), host, port: ctx.sockets.port };
         server.wait_for(sup, pid, statuses)?;
         Ok(server)
     }

@@ -18,7 +18,7 @@ pub const LOOP_WAIT: u32 = 5;
 pub const RETRY_TIMEOUT: u32 = 5;
 
 /// What the file needs beyond the configuration, resolved by the caller.
-pub struct Inputs<'a> {
+pub struct Resolved<'a> {
     pub config: &'a Config,
     pub member: &'a Patroni,
     /// The managed settings (listen addresses, socket directories, `POSTGRESQL_CONFIG_*`).
@@ -36,7 +36,7 @@ pub struct Inputs<'a> {
 /// The settings Patroni itself decides (or must not be given): left out of `parameters`.
 const PATRONIS_OWN: &[&str] = &["listen_addresses", "port", "hot_standby", "primary_conninfo", "primary_slot_name"];
 
-pub fn patroni_yml(i: &Inputs) -> String {
+pub fn patroni_yml(i: &Resolved) -> String {
     let c = i.config;
     let m = i.member;
     let mut y = String::new();
@@ -184,7 +184,7 @@ mod tests {
     fn render(c: &Config) -> String {
         let Role::Patroni(member) = &c.role else { panic!("not patroni") };
         let settings = crate::render::settings(c);
-        patroni_yml(&Inputs {
+        patroni_yml(&Resolved {
             config: c,
             member,
             settings: &settings,

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::postgres::health::Expected;
 use crate::postgres::observe::{self, Observed};
-use routes::{Answer, Body, Method, Phase, Situation};
+use routes::{Body, Method, Phase, Reply, Situation};
 
 /// A client has this long to send its request head; then it gets 408 and is cut off.
 /// Balancers and probes send theirs at once.
@@ -295,7 +295,7 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
     }
     let server = asked.as_ref().map(|r| r.as_ref().map(|(o, doc)| (o, doc.as_str())).map_err(String::as_str));
     let expected = expected_now(&shared.target);
-    let Answer { status, body } = routes::answer(method, path, query, &Situation { phase, expected, server });
+    let Reply { status, body } = routes::answer(method, path, query, &Situation { phase, expected, server });
     let (content_type, bytes) = match body {
         Body::None => ("application/json", Bytes::new()),
         Body::Json(json) => ("application/json", Bytes::from(json)),

@@ -61,7 +61,7 @@ enum Check {
     Never,
 }
 
-fn check(path: &str) -> Option<Check> {
+fn check_of_path(path: &str) -> Option<Check> {
     Some(match path {
         "/" | "/primary" | "/read-write" | "/leader" | "/master" => Check::Primary,
         "/replica" => Check::Replica,
@@ -86,7 +86,7 @@ fn check(path: &str) -> Option<Check> {
 
 /// True when answering `path` needs the server asked (only while it runs).
 pub fn asks_server(path: &str) -> bool {
-    !matches!(check(path), None | Some(Check::Liveness | Check::Never))
+    !matches!(check_of_path(path), None | Some(Check::Liveness | Check::Never))
 }
 
 /// What is known when a request comes.
@@ -106,22 +106,22 @@ pub enum Body {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct Reply {
     pub status: u16,
     pub body: Body,
 }
 
 /// The answer to `method path?query` in `situation`.
-pub fn answer(method: Method, path: &str, query: &str, situation: &Situation) -> Answer {
-    let Some(check) = check(path) else {
-        return Answer { status: 404, body: Body::Text(format!("no such path: {path}\n")) };
+pub fn answer(method: Method, path: &str, query: &str, situation: &Situation) -> Reply {
+    let Some(check) = check_of_path(path) else {
+        return Reply { status: 404, body: Body::Text(format!("no such path: {path}\n")) };
     };
     if method == Method::Other {
-        return Answer { status: 405, body: Body::Text("only GET, HEAD and OPTIONS\n".into()) };
+        return Reply { status: 405, body: Body::Text("only GET, HEAD and OPTIONS\n".into()) };
     }
     let query = match Query::parse(query) {
         Ok(q) => q,
-        Err(why) => return Answer { status: 400, body: Body::Text(format!("{why}\n")) },
+        Err(why) => return Reply { status: 400, body: Body::Text(format!("{why}\n")) },
     };
     let observed = match (situation.phase, situation.server) {
         (Phase::Running, Some(Ok((o, _)))) => Some(o),
@@ -151,7 +151,7 @@ pub fn answer(method: Method, path: &str, query: &str, situation: &Situation) ->
         Method::Get => Body::Json(document(situation)),
         _ => Body::None,
     };
-    Answer { status, body }
+    Reply { status, body }
 }
 
 /// A primary takes writes: out of recovery and not read-only.
@@ -338,7 +338,7 @@ mod tests {
     fn methods_and_unknown_paths() {
         let primary = observed(false, None, None);
         let s = Situation { phase: Phase::Running, expected: Expected::Primary, server: Some(Ok((&primary, "{}"))) };
-        assert_eq!(answer(Method::StatusOnly, "/primary", "", &s), Answer { status: 200, body: Body::None });
+        assert_eq!(answer(Method::StatusOnly, "/primary", "", &s), Reply { status: 200, body: Body::None });
         assert_eq!(answer(Method::Other, "/primary", "", &s).status, 405);
         assert_eq!(answer(Method::Get, "/nope", "", &s).status, 404);
         assert_eq!(answer(Method::Get, "/replica", "lag=x", &s).status, 400);

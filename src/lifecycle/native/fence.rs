@@ -34,7 +34,7 @@ pub struct Me {
 }
 
 /// The decision, pure: `Err(why this node must not become writable)`.
-pub fn verdict(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
+pub fn refusal(me: &Me, answers: &[(Address, Answer)]) -> Result<(), String> {
     for (address, answer) in answers {
         let peer = match answer {
             Answer::Identity(peer) => peer,
@@ -104,7 +104,7 @@ pub fn standing(me: &Me, answers: &[(Address, Answer)], others: usize) -> Standi
         return Standing::Majority;
     }
     let silent: Vec<String> =
-        answers.iter().filter(|(_, a)| !ours(a)).map(|(address, answer)| describe(address, answer)).collect();
+        answers.iter().filter(|(_, a)| !ours(a)).map(|(address, answer)| describe_answer(address, answer)).collect();
     Standing::Short(format!(
         "{answered} of the {} members answered (this one included) and a majority is {needed}; {}",
         others + 1,
@@ -126,7 +126,7 @@ pub fn read_only(settings: &Settings, why: &str) -> Settings {
 pub const FENCE_SETTING: &str = "pg_entrypoint.fence";
 
 /// One line per peer for the log and `promote`'s output.
-pub fn describe(address: &Address, answer: &Answer) -> String {
+pub fn describe_answer(address: &Address, answer: &Answer) -> String {
     match answer {
         Answer::Identity(p) => format!(
             "{address}: {} on timeline {} at {} (system {})",
@@ -171,7 +171,7 @@ pub fn before_writable(
     // again for each round, and removes it once done).
     files::remove_passfile(connector.passfile())?;
     let answers = answers?;
-    verdict(&me, &answers).map_err(StepError::Fenced)?;
+    refusal(&me, &answers).map_err(StepError::Fenced)?;
     Ok(match standing(&me, &answers, ctx.config.other_members().len()) {
         Standing::Majority => Writable::Now,
         Standing::Short(why) => Writable::AfterMajority { why, me },
@@ -234,12 +234,12 @@ impl Waiter {
         // Only what members showed fences; a refusal of our credentials is no proof, and it
         // leaves them out of the majority (the reason is in the report).
         let shown: Vec<(Address, Answer)> = answers.iter().filter(|(_, a)| !refused(a)).cloned().collect();
-        match (verdict(&self.me, &shown), standing(&self.me, &answers, self.others)) {
+        match (refusal(&self.me, &shown), standing(&self.me, &answers, self.others)) {
             (Err(why), _) => return self.done(Waited::Fenced(why)),
             (Ok(()), Standing::Short(why)) => self.report(&why),
             (Ok(()), Standing::Majority) => {
                 for (address, answer) in &answers {
-                    tracing::info!("peer {}", describe(address, answer));
+                    tracing::info!("peer {}", describe_answer(address, answer));
                 }
                 return self.done(Waited::Majority);
             }
@@ -304,7 +304,7 @@ pub fn ask_peers(
         }
     }
     for (address, answer) in &answers {
-        tracing::info!("peer {}", describe(address, answer));
+        tracing::info!("peer {}", describe_answer(address, answer));
     }
     Ok(answers)
 }
@@ -348,10 +348,10 @@ mod tests {
 
     #[test]
     fn a_writable_peer_or_a_newer_timeline_fences() {
-        assert_eq!(verdict(&ME, &[peer("r1", true, 1, 100)]), Ok(()));
-        let two = verdict(&ME, &[peer("r1", true, 1, 100), peer("r2", false, 1, 5)]).unwrap_err();
+        assert_eq!(refusal(&ME, &[peer("r1", true, 1, 100)]), Ok(()));
+        let two = refusal(&ME, &[peer("r1", true, 1, 100), peer("r2", false, 1, 5)]).unwrap_err();
         assert!(two.starts_with("r2:5432 is a writable primary of this cluster (timeline 1)"), "{two}");
-        let newer = verdict(&ME, &[peer("r1", true, 2, 100)]).unwrap_err();
+        let newer = refusal(&ME, &[peer("r1", true, 2, 100)]).unwrap_err();
         assert!(newer.contains("timeline 2, newer than this node's 1"), "{newer}");
         // Unreachable peers and other clusters do not count.
         let mut other = peer("x", false, 9, 0);
@@ -359,25 +359,25 @@ mod tests {
             i.system_id = 8;
         }
         let gone = (Address { host: "gone".into(), port: 5432 }, Answer::Unreachable("timeout expired".into()));
-        assert_eq!(verdict(&ME, &[other, gone]), Ok(()));
+        assert_eq!(refusal(&ME, &[other, gone]), Ok(()));
         // A peer that answers but refuses us is alive: it counts.
         let refused =
             Answer::Rejected { variable: "REPLICATION_PASSWORD", reason: "password authentication failed".into() };
-        let why = verdict(&ME, &[(Address { host: "b".into(), port: 5432 }, refused)]).unwrap_err();
+        let why = refusal(&ME, &[(Address { host: "b".into(), port: 5432 }, refused)]).unwrap_err();
         assert!(why.starts_with("b:5432 answered but refused this node"), "{why}");
     }
 
     #[test]
     fn a_promotion_needs_the_most_wal() {
         let me = Me { lsn: Some(Lsn(1000)), ..ME };
-        assert_eq!(verdict(&me, &[peer("r2", true, 1, 1000)]), Ok(()));
-        let behind = verdict(&me, &[peer("r2", true, 1, 1500)]).unwrap_err();
+        assert_eq!(refusal(&me, &[peer("r2", true, 1, 1000)]), Ok(()));
+        let behind = refusal(&me, &[peer("r2", true, 1, 1500)]).unwrap_err();
         assert!(
             behind.contains("500 bytes more than this node") && behind.contains("Promote r2:5432 instead"),
             "{behind}"
         );
         // Without an LSN (a start as primary) only roles and timelines count.
-        assert_eq!(verdict(&ME, &[peer("r2", true, 1, 1500)]), Ok(()));
+        assert_eq!(refusal(&ME, &[peer("r2", true, 1, 1500)]), Ok(()));
     }
 
     #[test]

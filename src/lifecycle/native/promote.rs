@@ -170,9 +170,9 @@ fn check_before_promoting(config: &Config, me: &Me, force: bool) -> Result<(usiz
     let others = config.other_members().len();
     let checked = member::ask_members_now(config, replica).map_err(|e| e.to_string()).and_then(|answers| {
         for (address, answer) in &answers {
-            println!("promote: {}", fence::describe(address, answer));
+            println!("promote: {}", fence::describe_answer(address, answer));
         }
-        fence::verdict(me, &answers).and_then(|()| match fence::standing(me, &answers, others) {
+        fence::refusal(me, &answers).and_then(|()| match fence::standing(me, &answers, others) {
             fence::Standing::Majority => Ok(()),
             fence::Standing::Short(why) => Err(format!("a promotion needs a majority: {why}")),
         })

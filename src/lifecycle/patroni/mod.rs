@@ -199,8 +199,8 @@ fn callback_env(
     for (var, path) in crate::pgdata::tls::copies_by_variable(config) {
         env.push((var, Some(path.into_os_string())));
     }
-    let sockets: Vec<String> = ctx.endpoint.socket_dirs.iter().map(|d| d.display().to_string()).collect();
-    env.push((format!("{OVERRIDE_PREFIX}PORT"), Some(ctx.endpoint.port.to_string().into())));
+    let sockets: Vec<String> = ctx.sockets.socket_dirs.iter().map(|d| d.display().to_string()).collect();
+    env.push((format!("{OVERRIDE_PREFIX}PORT"), Some(ctx.sockets.port.to_string().into())));
     env.push((format!("{OVERRIDE_PREFIX}UNIX_SOCKET_DIRECTORIES"), Some(sockets.join(",").into())));
     env
 }
@@ -228,7 +228,7 @@ impl Files {
 /// cluster's settings handed over, and a native standby held until the cluster has a leader.
 fn take_over(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
-    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
+    datadir::remove_stale_socket_locks(pgdata, &ctx.sockets.socket_dirs, ctx.sockets.port)?;
     let state = match datadir::settle(pgdata)? {
         State::Interrupted => {
             tracing::warn!(pgdata = %pgdata.display(), "discarding a bootstrap that did not finish; Patroni redoes it");
@@ -284,11 +284,11 @@ fn write_files(ctx: &Context, member: &Patroni) -> Result<Files, StepError> {
     let advertise = advertise_host(member);
     let exe = std::env::current_exe().map_err(|e| DataDirError::io(&path, "cannot find this program")(e))?;
     let pgpass = config.layout.patroni_passfile();
-    let text = crate::render::patroni::patroni_yml(&crate::render::patroni::Inputs {
+    let text = crate::render::patroni::patroni_yml(&crate::render::patroni::Resolved {
         config,
         member,
         settings: ctx.settings,
-        port: ctx.endpoint.port,
+        port: ctx.sockets.port,
         advertise_host: &advertise,
         bindir: ctx.bin.dir(),
         pgpass: pgpass.clone(),

@@ -100,7 +100,7 @@ pub fn refresh(ctx: &Context, sockets: &Path, reindex: bool) -> Result<(), Strin
 }
 
 fn connect(ctx: &Context, dir: &Path, database: &str) -> Result<postgres::Client, String> {
-    let (port, user) = (ctx.endpoint.port, &ctx.config.superuser);
+    let (port, user) = (ctx.sockets.port, &ctx.config.superuser);
     crate::postgres::local::socket_client(dir, port, user, database, Duration::from_secs(10))
         .map_err(|e| format!("cannot connect to {database:?}: {}", crate::postgres::local::describe(&e)))
 }

@@ -48,7 +48,7 @@ fn cluster_major(dir: &Path) -> Option<u32> {
 
 /// Step 2 (read only, before root touches PGDATA): a cluster of another major is refused
 /// unless this start can upgrade it.
-pub fn check(config: &Config, ours: u32) -> Result<(), String> {
+pub fn check_major(config: &Config, ours: u32) -> Result<(), String> {
     let pgdata = &config.pgdata;
     let Ok(State::Cluster { .. }) = datadir::inspect(pgdata) else { return Ok(()) };
     let Some(theirs) = cluster_major(pgdata) else { return Ok(()) };
@@ -95,7 +95,7 @@ pub fn check(config: &Config, ours: u32) -> Result<(), String> {
 }
 
 /// After the privilege drop, with PGDATA locked, before the role steps: resolves what an
-/// interrupted upgrade left, then upgrades (or sets a standby aside) when [`check`] allowed
+/// interrupted upgrade left, then upgrades (or sets a standby aside) when [`check_major`] allowed
 /// it. True when a new cluster was installed by this start (its statistics are then rebuilt
 /// once postgres runs: [`Analyzer`]).
 pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
@@ -126,7 +126,7 @@ pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
     }
     let State::Cluster { standby } = datadir::settle(pgdata)? else { return Ok(installed) };
     // Again: a rolled-back cluster was not a cluster when step 2 checked.
-    check(ctx.config, ctx.server_major).map_err(StepError::UpgradeRefused)?;
+    check_major(ctx.config, ctx.server_major).map_err(StepError::UpgradeRefused)?;
     let Some(theirs) = cluster_major(pgdata) else { return Ok(installed) };
     if theirs >= ctx.server_major {
         return Ok(installed);
@@ -152,7 +152,7 @@ pub fn settle(ctx: &Context, sup: &mut Supervisor) -> Result<bool, StepError> {
 /// with a postmaster.pid. (An ordinary start removes them in the role steps.)
 fn remove_stale_locks(ctx: &Context) -> Result<(), StepError> {
     let pgdata = &ctx.config.pgdata;
-    datadir::remove_stale_socket_locks(pgdata, &ctx.endpoint.socket_dirs, ctx.endpoint.port)?;
+    datadir::remove_stale_socket_locks(pgdata, &ctx.sockets.socket_dirs, ctx.sockets.port)?;
     datadir::remove_stale_pidfile(pgdata)?;
     Ok(())
 }
@@ -326,7 +326,7 @@ fn private_sockets(ctx: &Context) -> Result<PathBuf, StepError> {
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(err("cannot chmod 0700"))?;
     // A kill leaves the lock of a server that listened here; its PID may be reused.
-    datadir::remove_stale_socket_locks(&ctx.config.pgdata, std::slice::from_ref(&dir), ctx.endpoint.port)?;
+    datadir::remove_stale_socket_locks(&ctx.config.pgdata, std::slice::from_ref(&dir), ctx.sockets.port)?;
     Ok(dir)
 }
 
@@ -340,7 +340,7 @@ fn pg_upgrade(ctx: &Context, sup: &mut Supervisor, old_bin: &Bin, work: &Work, c
     fs::write(&hba, "local all all trust\n")
         .map_err(DataDirError::io(&config.pgdata, "cannot write pg_upgrade's pg_hba.conf"))?;
     let options = format!("-c hba_file='{}' -c ssl=off -c archive_mode=off", hba.display());
-    let port = ctx.endpoint.port.to_string();
+    let port = ctx.sockets.port.to_string();
     let mut cmd = step::tool(ctx.bin, "pg_upgrade");
     cmd.current_dir(&work.root)
         .arg("--old-bindir")
@@ -531,8 +531,8 @@ impl Analyzer {
         Analyzer {
             bin: ctx.bin.clone(),
             pgdata: ctx.config.pgdata.clone(),
-            socket_dir: ctx.endpoint.socket_dir.clone(),
-            port: ctx.endpoint.port,
+            socket_dir: ctx.sockets.socket_dir.clone(),
+            port: ctx.sockets.port,
             user: ctx.config.superuser.clone(),
             state: AnalyzerState::Waiting,
         }
