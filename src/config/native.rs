@@ -284,19 +284,7 @@ impl Parser<'_> {
                 SyncMode::Off
             }
         };
-        let count = match self.var("REPLICATION_SYNCHRONOUS_COUNT") {
-            None => 1,
-            Some(value) => match value.parse::<u32>() {
-                Ok(n) if n >= 1 && n <= i32::MAX as u32 => n,
-                _ => {
-                    self.problem(
-                        "REPLICATION_SYNCHRONOUS_COUNT",
-                        format!("{value:?} is not accepted; accepted: a whole number from 1 to {}", i32::MAX),
-                    );
-                    1
-                }
-            },
-        };
+        let count = self.whole_number("REPLICATION_SYNCHRONOUS_COUNT", 1, i32::MAX as u32);
         let names_value = self.var("REPLICATION_SYNCHRONOUS_REPLICAS").unwrap_or_else(|| "*".to_string());
         let names: Vec<String> = names_value.split(',').map(|n| n.trim().to_string()).collect();
         if names.iter().any(|n| n.is_empty() || n.chars().any(char::is_control)) {

@@ -108,6 +108,15 @@ impl Parser<'_> {
         }
     }
 
+    /// A whole number from 1 to `max`; `default` when unset.
+    pub(super) fn whole_number(&mut self, name: &str, default: u32, max: u32) -> u32 {
+        let Some(value) = self.var(name) else { return default };
+        value.parse::<u32>().ok().filter(|n| (1..=max).contains(n)).unwrap_or_else(|| {
+            self.problem(name, format!("{value:?} is not accepted; accepted: a whole number from 1 to {max}"));
+            default
+        })
+    }
+
     pub(super) fn port(&mut self, name: &str, default: u16) -> u16 {
         match self.var(name) {
             None => default,

@@ -57,16 +57,7 @@ impl Parser<'_> {
                 PatroniSync::Off
             }
         };
-        let synchronous_count = match self.var("REPLICATION_SYNCHRONOUS_COUNT") {
-            None => 1,
-            Some(value) => value.parse::<u32>().ok().filter(|n| (1..=100).contains(n)).unwrap_or_else(|| {
-                self.problem(
-                    "REPLICATION_SYNCHRONOUS_COUNT",
-                    format!("{value:?} is not accepted; accepted: a whole number from 1 to 100"),
-                );
-                1
-            }),
-        };
+        let synchronous_count = self.whole_number("REPLICATION_SYNCHRONOUS_COUNT", 1, 100);
         let advertise_host = self.var("ADVERTISE_HOST");
         if let Some(host) =
             advertise_host.as_ref().filter(|h| h.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/'))
