@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -140,6 +141,7 @@ pub fn run(postgres_args: &[String], goal: Goal) -> i32 {
 /// The sequence of docs/startup.md, in the official entrypoint's order; a step that fails
 /// says the code to exit with.
 fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i32, Failure> {
+    let began = Instant::now();
     // 1. The environment and the arguments, judged before anything is touched.
     let mut plan = plan(postgres_args).map_err(Failure::config)?;
     sup.set_shutdown_timeout(plan.config.shutdown_timeout);
@@ -161,13 +163,17 @@ fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i
     let _pgdata_lock = lock_data_dir(&plan.config)?;
     // Before anything reads the cluster: an older major is upgraded (or an interrupted upgrade
     // resolved), and REPLICATION_ROLE=auto becomes primary or replica.
+    let upgrading = Instant::now();
     let upgraded = upgrade::settle(&plan.context(postgres_args), sup)?;
+    let upgrade_took = upgraded.then(|| upgrading.elapsed());
     if matches!(plan.config.role, Role::Auto(_)) {
         plan.config.role = auto::resolve(&plan.context(postgres_args), sup)?;
         plan.settings = render::settings(&plan.config);
     }
     let endpoint = match goal {
-        Goal::Serve => start_endpoint(&plan, sup).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))?,
+        Goal::Serve => {
+            start_endpoint(&plan, sup, began, upgrade_took).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))?
+        }
         Goal::Initialise { .. } => None, // an init container serves nothing
     };
     let ctx = plan.context(postgres_args);
@@ -302,7 +308,12 @@ fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
 
 /// Step 3b: the HTTP endpoint listens from now on; it answers 503 to role checks until the
 /// real postgres runs (docs/http.md).
-fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint>, String> {
+fn start_endpoint(
+    plan: &Plan,
+    sup: &Supervisor,
+    began: Instant,
+    upgrade_took: Option<std::time::Duration>,
+) -> Result<Option<http::Endpoint>, String> {
     let Some(listen) = &plan.config.http else { return Ok(None) };
     let c = &plan.config;
     let target = http::Target {
@@ -312,6 +323,8 @@ fn start_endpoint(plan: &Plan, sup: &Supervisor) -> Result<Option<http::Endpoint
         pgdata: c.pgdata.clone(),
         native: c.role != Role::Standalone,
         replica: matches!(c.role, Role::Replica(_)),
+        began,
+        upgrade_took,
     };
     http::start(&listen.candidates(), target, sup.stop_flag())
         .map(Some)

@@ -3,12 +3,16 @@
 //! and the endpoint serves. PostgreSQL builds the JSON itself, so types and escaping are its
 //! own. Field names follow Patroni's REST API where they exist there (`state`, `role`,
 //! `server_version`, `timeline`, `xlog`, `replication`, `replication_state`,
-//! `database_system_identifier`), so its clients read ours.
+//! `database_system_identifier`), so its clients read ours. A `/metrics` scrape is one query
+//! too ([`METRICS_SQL`]).
 
 use std::time::Duration;
 
 use postgres::types::ToSql;
 use postgres::Row;
+
+use crate::postgres::health::required_standbys;
+use crate::render::metrics::{ReplicaSample, ServerSample};
 
 /// The facts the verdicts need (columns 0 to 7 of both queries); `r` is the WAL receiver.
 macro_rules! facts {
@@ -128,4 +132,90 @@ pub fn observed(row: &Row) -> Observed {
 /// The status document of a row of [`STATUS_SQL`] (pretty-printed JSON).
 pub fn document(row: &Row) -> String {
     row.get(8)
+}
+
+/// One `/metrics` scrape: everything in one row (the standbys as arrays), nothing that
+/// needs a new backend or a catalog scan beyond the statistics views.
+pub const METRICS_SQL: &str = "SELECT
+  (SELECT system_identifier FROM pg_control_system())::text,
+  extract(epoch FROM pg_postmaster_start_time())::float8,
+  f.in_recovery,
+  current_setting('transaction_read_only') = 'on',
+  coalesce(current_setting('pg_entrypoint.fence', true), '') <> '',
+  current_setting('server_version_num')::int8,
+  (CASE WHEN f.in_recovery
+        THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
+        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::int8,
+  (CASE WHEN f.in_recovery THEN 0 ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') END)::int8,
+  (CASE WHEN f.in_recovery
+        THEN pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0') ELSE 0 END)::int8,
+  (CASE WHEN f.in_recovery THEN pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0') ELSE 0 END)::int8,
+  coalesce(extract(epoch FROM pg_last_xact_replay_timestamp()), 0)::float8,
+  CASE WHEN f.in_recovery THEN pg_is_wal_replay_paused() ELSE false END,
+  EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart),
+  coalesce(r.status = 'streaming', false),
+  extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
+  pg_wal_lsn_diff(r.latest_end_lsn, pg_last_wal_replay_lsn())::int8,
+  coalesce(s.names, '{}'), coalesce(s.states, '{}'), coalesce(s.lag_bytes, '{}'), coalesce(s.lag_seconds, '{}'),
+  current_setting('synchronous_standby_names'),
+  (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')),
+  (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'),
+  current_setting('archive_mode') <> 'off',
+  a.archived_count, a.failed_count,
+  extract(epoch FROM now() - a.last_archived_time)::float8
+  FROM (SELECT pg_is_in_recovery() AS in_recovery) f
+  LEFT JOIN pg_stat_wal_receiver r ON true
+  CROSS JOIN pg_stat_archiver a
+  LEFT JOIN LATERAL (
+    SELECT array_agg(coalesce(p.application_name, '') ORDER BY p.application_name) AS names,
+           array_agg(p.state ORDER BY p.application_name) AS states,
+           array_agg((CASE WHEN f.in_recovery THEN NULL
+                           ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), p.replay_lsn) END)::int8
+                     ORDER BY p.application_name) AS lag_bytes,
+           array_agg(extract(epoch FROM p.replay_lag)::float8 ORDER BY p.application_name) AS lag_seconds
+      FROM pg_stat_replication p) s ON true";
+
+/// The system identifier and the server's part of a scrape, from a row of [`METRICS_SQL`].
+pub fn metrics(row: &Row) -> (String, ServerSample) {
+    let names: Vec<String> = row.get(16);
+    let states: Vec<Option<String>> = row.get(17);
+    let lag_bytes: Vec<Option<i64>> = row.get(18);
+    let lag_seconds: Vec<Option<f64>> = row.get(19);
+    let replicas = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| ReplicaSample {
+            name,
+            streaming: states.get(i).cloned().flatten().as_deref() == Some("streaming"),
+            lag_bytes: lag_bytes.get(i).copied().flatten(),
+            lag_seconds: lag_seconds.get(i).copied().flatten(),
+        })
+        .collect();
+    let sync_names: String = row.get(20);
+    let server = ServerSample {
+        postmaster_start_time: row.get(1),
+        in_recovery: row.get(2),
+        read_only: row.get(3),
+        fenced: row.get(4),
+        server_version: row.get(5),
+        timeline: row.get(6),
+        xlog_location: row.get(7),
+        received_location: row.get(8),
+        replayed_location: row.get(9),
+        replayed_timestamp: row.get(10),
+        replay_paused: row.get(11),
+        pending_restart: row.get(12),
+        receiver_streaming: row.get(13),
+        receiver_silence: row.get(14),
+        replay_lag_bytes: row.get(15),
+        replicas,
+        synchronous_standbys: row.get(21),
+        synchronous_required: if sync_names.trim().is_empty() { 0 } else { required_standbys(&sync_names) },
+        commits_waiting: row.get(22),
+        archive_mode: row.get(23),
+        archived: row.get::<_, i64>(24).max(0) as u64,
+        archive_failed: row.get::<_, i64>(25).max(0) as u64,
+        last_archived_age: row.get(26),
+    };
+    (row.get(0), server)
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod metrics;
 pub mod patroni;
 
 use crate::config::{slot_name, Config, Replica, Role, SyncMode, SyncSettings, TlsMode};

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -29,6 +29,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::postgres::health::Expected;
 use crate::postgres::observe::{self, Observed};
+use crate::render;
 use routes::{Body, Method, Phase, Reply, Situation};
 
 /// A client has this long to send its request head; then it gets 408 and is cut off.
@@ -58,6 +59,9 @@ pub struct Target {
     /// `HA_MODE=native`, and the role configured is replica.
     pub native: bool,
     pub replica: bool,
+    /// When this start began, and how long an upgrade at start took (for `/metrics`).
+    pub began: Instant,
+    pub upgrade_took: Option<Duration>,
 }
 
 /// The running endpoint: the supervisor tells it where the entrypoint is in its life.
@@ -67,6 +71,7 @@ pub struct Endpoint {
 
 struct Shared {
     phase: AtomicU8,
+    clock: std::sync::Mutex<StartClock>,
     stopping: Arc<AtomicBool>,
     target: Target,
     client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -77,7 +82,34 @@ const PHASES: [Phase; 4] = [Phase::Starting, Phase::InitializingNewCluster, Phas
 impl Endpoint {
     pub fn set_phase(&self, phase: Phase) {
         let index = PHASES.iter().position(|p| *p == phase).unwrap_or(0);
+        lock(&self.shared.clock).enter(phase);
         self.shared.phase.store(index as u8, Ordering::Relaxed);
+    }
+}
+
+/// How long the phases of this start took, for `/metrics`.
+struct StartClock {
+    began: Instant,
+    current: (Phase, Instant),
+    took: Vec<(&'static str, f64)>,
+}
+
+impl StartClock {
+    fn enter(&mut self, phase: Phase) {
+        let (previous, since) = self.current;
+        if previous == phase {
+            return;
+        }
+        let name = match previous {
+            Phase::InitializingNewCluster => Some("initdb"),
+            Phase::CreatingReplica => Some("clone"),
+            _ => None,
+        };
+        self.took.extend(name.map(|n| (n, since.elapsed().as_secs_f64())));
+        if phase == Phase::Running {
+            self.took.push(("total", self.began.elapsed().as_secs_f64()));
+        }
+        self.current = (phase, Instant::now());
     }
 }
 
@@ -98,7 +130,16 @@ pub fn start(addresses: &[SocketAddr], target: Target, stopping: Arc<AtomicBool>
     let listener = listener.ok_or(last)?;
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
-    let shared = Arc::new(Shared { phase: AtomicU8::new(0), stopping, target, client: tokio::sync::Mutex::new(None) });
+    let mut took = Vec::new();
+    took.extend(target.upgrade_took.map(|d| ("upgrade", d.as_secs_f64())));
+    let clock = StartClock { began: target.began, current: (Phase::Starting, Instant::now()), took };
+    let shared = Arc::new(Shared {
+        phase: AtomicU8::new(0),
+        clock: std::sync::Mutex::new(clock),
+        stopping,
+        target,
+        client: tokio::sync::Mutex::new(None),
+    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     let serving = shared.clone();
     std::thread::Builder::new()
@@ -284,6 +325,12 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
         _ => Method::Other,
     };
     let path = request.uri().path();
+    if path == "/metrics" {
+        return Ok(match method {
+            Method::Get => reply(200, render::metrics::CONTENT_TYPE, Bytes::from(metrics(&shared).await)),
+            _ => reply(405, "text/plain; charset=utf-8", Bytes::from_static(b"only GET\n")),
+        });
+    }
     let query = request.uri().query().unwrap_or_default();
     let phase = shared.phase();
     let asks = phase == Phase::Running && method != Method::Other && routes::asks_server(path);
@@ -301,7 +348,11 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
         Body::Json(json) => ("application/json", Bytes::from(json)),
         Body::Text(text) => ("text/plain; charset=utf-8", Bytes::from(text)),
     };
-    let mut response = Response::new(Full::new(bytes));
+    Ok(reply(status, content_type, bytes))
+}
+
+fn reply(status: u16, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
     if status == 405 {
@@ -309,32 +360,39 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
             .headers_mut()
             .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD, OPTIONS"));
     }
-    Ok(response)
+    response
 }
 
 fn expected_now(target: &Target) -> Expected {
     Expected::now(target.native, target.replica, &target.pgdata)
 }
 
-/// The server's facts, and its status document when `document` (else empty), through the
-/// kept connection.
+/// The server's facts, and its status document when `document` (else empty).
 async fn ask(shared: &Shared, document: bool) -> Result<(Observed, String), String> {
+    let peers = observe::Peers::default();
+    let role = expected_now(&shared.target).name();
+    let row = if document {
+        query_one(shared, observe::STATUS_SQL, &observe::params(&role, &peers)).await?
+    } else {
+        query_one(shared, observe::FACTS_SQL, &[]).await?
+    };
+    Ok((observe::observed(&row), if document { observe::document(&row) } else { String::new() }))
+}
+
+/// One query through the kept connection, (re)connecting first when needed; an error or a
+/// timeout drops the connection, so the next request starts afresh.
+async fn query_one(
+    shared: &Shared,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<tokio_postgres::Row, String> {
     let mut client = shared.client.lock().await;
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = Some(connect(&shared.target).await?);
     }
     let Some(c) = client.as_ref() else { return Err("not connected".into()) };
-    let peers = observe::Peers::default();
-    let role = expected_now(&shared.target).name();
-    let query = async {
-        if document {
-            c.query_one(observe::STATUS_SQL, &observe::params(&role, &peers)).await
-        } else {
-            c.query_one(observe::FACTS_SQL, &[]).await
-        }
-    };
-    match tokio::time::timeout(SERVER_TIMEOUT, query).await {
-        Ok(Ok(row)) => Ok((observe::observed(&row), if document { observe::document(&row) } else { String::new() })),
+    match tokio::time::timeout(SERVER_TIMEOUT, c.query_one(sql, params)).await {
+        Ok(Ok(row)) => Ok(row),
         Ok(Err(e)) => {
             client.take();
             Err(crate::postgres::local::describe(&e))
@@ -344,6 +402,24 @@ async fn ask(shared: &Shared, document: bool) -> Result<(Observed, String), Stri
             Err(format!("the server did not answer within {} s", SERVER_TIMEOUT.as_secs()))
         }
     }
+}
+
+/// `GET /metrics`: the server asked once while it runs; otherwise what the entrypoint knows.
+async fn metrics(shared: &Shared) -> String {
+    let asked = if shared.phase() == Phase::Running {
+        query_one(shared, observe::METRICS_SQL, &[]).await.map(|row| observe::metrics(&row)).ok()
+    } else {
+        None
+    };
+    let (scope, server) = match asked {
+        Some((scope, server)) => (scope, Some(server)),
+        None => (
+            crate::pgdata::datadir::system_identifier(&shared.target.pgdata).map_or(String::new(), |id| id.to_string()),
+            None,
+        ),
+    };
+    let start_phases = lock(&shared.clock).took.clone();
+    render::metrics::exposition(&render::metrics::Sample { scope, server, start_phases })
 }
 
 async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
