@@ -7,8 +7,9 @@
 # with bookworm's postgresql-15 beside it (both suites in the sources; apt takes 15 and the
 # libraries only bookworm has, e.g. libicu72, from bookworm).
 # `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml and compose.patroni.yaml,
-# `etcd` the etcd image of docker/compose.patroni.yaml (Debian's packages, bookworm) instead.
-# Usage: docker/build-offline.sh [15|17|17-upgrade|haproxy|etcd]. The last line printed is the image tag.
+# `etcd` the etcd image of docker/compose.patroni.yaml, `prometheus` the Prometheus image of
+# docker/compose.monitoring.yaml (Debian's packages, bookworm) instead.
+# Usage: docker/build-offline.sh [15|17|17-upgrade|haproxy|etcd|prometheus]. The last line printed is the image tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pg="${1:-15}"
@@ -17,8 +18,8 @@ case "$pg" in
     15) suite=bookworm ;;
     17) suite=trixie ;;
     17-upgrade) suite=trixie; old_major=15 ;;
-    haproxy|etcd) suite=bookworm ;;
-    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), 17-upgrade, haproxy, etcd" >&2; exit 2 ;;
+    haproxy|etcd|prometheus) suite=bookworm ;;
+    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), 17-upgrade, haproxy, etcd, prometheus" >&2; exit 2 ;;
 esac
 major="${pg%-upgrade}"
 # The tag names the recipe: a base built by an older recipe is not reused.
@@ -60,6 +61,7 @@ case "$pg" in
     haproxy) tool_image pg-entrypoint-haproxy:local haproxy; exit 0 ;;
     # etcdctl (etcd-client) for `docker exec ... etcdctl endpoint health --cluster`.
     etcd) tool_image pg-entrypoint-etcd:local etcd-server,etcd-client; exit 0 ;;
+    prometheus) tool_image pg-entrypoint-prometheus:local prometheus; exit 0 ;;
 esac
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then

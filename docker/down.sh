@@ -31,6 +31,8 @@ else
     fi
     [ "${HAPROXY:-1}" = 1 ] && files+=(-f compose.haproxy.yaml)
 fi
+# Prometheus (MONITORING=1) is a service of the project that no other file names:
+# --remove-orphans removes it.
 args=(--remove-orphans)
 [ "${VOLUMES:-0}" = 1 ] && args+=(-v)
 "${compose[@]}" "${files[@]}" -p "$project" down "${args[@]}" "$@"

@@ -24,7 +24,8 @@ fi
 
 PGEP_HAPROXY_IMAGE=$(docker/build-offline.sh haproxy | tail -n 1)
 PGEP_ETCD_IMAGE=$(docker/build-offline.sh etcd | tail -n 1)
-export PGEP_HAPROXY_IMAGE PGEP_ETCD_IMAGE
+PGEP_PROMETHEUS_IMAGE=$(docker/build-offline.sh prometheus | tail -n 1)
+export PGEP_HAPROXY_IMAGE PGEP_ETCD_IMAGE PGEP_PROMETHEUS_IMAGE
 # The Docker tests of `binaries` (a nextest filter, or the cargo test --test names).
 suite() {
     local filter="$1"; shift

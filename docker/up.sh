@@ -6,8 +6,9 @@
 # certificates made by docker/tls-certs.sh in docker/tls). IMAGE selects the image.
 # PATRONI=1 starts docker/compose.patroni.yaml instead: pg-1..pg-3 under Patroni on three etcd
 # members, HAProxy always in front (HAPROXY is ignored); it is synchronous by default
-# (REPLICATION_SYNCHRONOUS_MODE=on), SYNC=0 there means off. ETCD_IMAGE / HAPROXY_IMAGE,
-# when not given, are built offline.
+# (REPLICATION_SYNCHRONOUS_MODE=on), SYNC=0 there means off. MONITORING=1 adds Prometheus
+# with the alert rules (compose.monitoring.yaml, docs/metrics.md) on 127.0.0.1:9090.
+# ETCD_IMAGE / HAPROXY_IMAGE / PROMETHEUS_IMAGE, when not given, are built offline.
 set -euo pipefail
 cd "$(dirname "$0")"
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
@@ -40,6 +41,11 @@ else
         [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
     fi
 fi
+if [ "${MONITORING:-0}" = 1 ]; then
+    files+=(-f compose.monitoring.yaml)
+    [ "${PATRONI:-0}" = 1 ] && export PROMETHEUS_CONFIG="${PROMETHEUS_CONFIG:-prometheus.patroni.yml}"
+    [ -n "${PROMETHEUS_IMAGE:-}" ] || export PROMETHEUS_IMAGE="$(./build-offline.sh prometheus | tail -n 1)"
+fi
 project="${PROJECT:-pg}"
 "${compose[@]}" "${files[@]}" -p "$project" up -d "$@"
 for service in "${members[@]}"; do
@@ -61,4 +67,7 @@ else
     if [ "$haproxy" = 1 ]; then
         echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
     fi
+fi
+if [ "${MONITORING:-0}" = 1 ]; then
+    echo "Prometheus: http://127.0.0.1:9090/alerts (rules: deploy/prometheus/alerts.yml)"
 fi

@@ -29,6 +29,11 @@ fn compose_command() -> Vec<&'static str> {
     }
 }
 
+/// The Prometheus image of docker/compose.monitoring.yaml (docker/e2e.sh builds it offline).
+fn prometheus_image() -> String {
+    std::env::var("PGEP_PROMETHEUS_IMAGE").unwrap_or_else(|_| "pg-entrypoint-prometheus:local".into())
+}
+
 /// A compose project of its own (unique name, its own secrets), torn down with its volumes.
 struct Project {
     name: String,
@@ -87,6 +92,8 @@ impl Project {
             .env("RO_PUBLISH", "127.0.0.1:")
             .env("HAPROXY_IMAGE", haproxy_image())
             .env("ETCD_IMAGE", etcd_image())
+            .env("PROMETHEUS_IMAGE", prometheus_image())
+            .env("PROMETHEUS_PUBLISH", "127.0.0.1:")
             .envs(self.env.iter().copied())
             .output()
             .unwrap();
@@ -831,4 +838,79 @@ fn a_replica_never_sends_its_password_in_clear_text_where_libpq_can_refuse() {
         // REPLICATION_SSLMODE=verify-full is the protection there.
         assert!(asked.contains("GOT PASSWORD"), "PostgreSQL {major}'s libpq was expected to answer:\n{asked}");
     }
+}
+
+/// A GET on Prometheus's HTTP API (published on `port`): the JSON answer.
+fn prometheus_api(port: u16, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// The names of the alerts firing now (pending ones are not).
+fn firing(port: u16) -> Vec<String> {
+    let Some(answer) = prometheus_api(port, "/api/v1/alerts") else { return vec!["(no answer)".into()] };
+    let alerts = answer["data"]["alerts"].as_array().cloned().unwrap_or_default();
+    alerts
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .filter_map(|a| a["labels"]["alertname"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn monitoring_overlay_fires_and_clears_the_alerts() {
+    // As MONITORING=1 docker/up.sh starts it (docker/prometheus.yml: scrapes every 2 s).
+    let p = Project::new("mon", &["compose.yaml", "compose.monitoring.yaml"]);
+    p.compose(&["up", "-d"]);
+    let (primary, r1, r2) = (p.id("primary"), p.id("replica-1"), p.id("replica-2"));
+    for id in [&primary, &r1, &r2] {
+        wait_healthy(id, Duration::from_secs(180));
+    }
+    let api = p.published("prometheus", 9090);
+    let members_up = "/api/v1/query?query=sum(up%7Bjob%3D%22postgres%22%7D)";
+    wait_for("Prometheus scrapes the three members", Duration::from_secs(60), || {
+        prometheus_api(api, members_up).is_some_and(|a| a["data"]["result"][0]["value"][1] == "3")
+    });
+    assert_eq!(firing(api), Vec::<String>::new(), "a healthy stack fires nothing");
+
+    // A paused replica cannot say it stopped streaming: its primary, whose walsender gives
+    // up on it after wal_sender_timeout, streams to one standby instead of two.
+    docker(&["pause", &r2]);
+    let paused = Instant::now();
+    wait_for("PostgresReplicaNotStreaming", Duration::from_secs(60), || {
+        firing(api).contains(&"PostgresReplicaNotStreaming".to_string())
+    });
+    eprintln!("replica paused: PostgresReplicaNotStreaming firing after {:.1} s", paused.elapsed().as_secs_f64());
+    docker(&["unpause", &r2]);
+    wait_for("PostgresReplicaNotStreaming cleared", Duration::from_secs(60), || {
+        !firing(api).contains(&"PostgresReplicaNotStreaming".to_string())
+    });
+
+    // The primary stops: no writable primary, within the rule's `for` (10 s) plus two
+    // scrape intervals (2 s each), one evaluation (1 s) and the polling here.
+    docker(&["stop", &primary]);
+    let stopped = Instant::now();
+    wait_for("PostgresNoWritablePrimary", Duration::from_secs(60), || {
+        firing(api).contains(&"PostgresNoWritablePrimary".to_string())
+    });
+    let took = stopped.elapsed();
+    eprintln!("primary stopped: PostgresNoWritablePrimary firing after {:.1} s", took.as_secs_f64());
+    assert!(took <= Duration::from_millis(15_500), "fired after {took:?}");
+    let promoting = Instant::now();
+    let out = run("docker", &["exec", &r1, "pg-entrypoint", "promote"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("PostgresNoWritablePrimary cleared", Duration::from_secs(30), || {
+        !firing(api).contains(&"PostgresNoWritablePrimary".to_string())
+    });
+    eprintln!(
+        "promote run: PostgresNoWritablePrimary cleared {:.1} s after it started",
+        promoting.elapsed().as_secs_f64()
+    );
+    assert!(!firing(api).contains(&"PostgresMoreThanOnePrimary".to_string()));
 }

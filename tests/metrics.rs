@@ -48,6 +48,33 @@ fn value(text: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// The metric names a scrape exposes.
+fn names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+/// Every `patroni_*` or `pg_entrypoint_*` name in a text (rules, dashboards).
+fn named_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for prefix in ["patroni_", "pg_entrypoint_"] {
+        for (at, _) in text.match_indices(prefix) {
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !name.ends_with('_') {
+                found.insert(name); // not a prefix in prose ("pg_entrypoint_*")
+            }
+        }
+    }
+    found
+}
+
 fn scope(text: &str) -> String {
     let line = text.lines().find(|l| l.starts_with("patroni_postgres_running{")).expect("patroni_postgres_running");
     line.split('"').nth(1).unwrap_or_default().to_string()
@@ -56,7 +83,12 @@ fn scope(text: &str) -> String {
 #[test]
 fn a_primary_and_its_replica_expose_what_promtool_accepts_and_values_move() {
     let mut primary = Node::new("metrics-primary");
-    primary.as_primary().start();
+    // Archiving on (to nowhere), so that the archiver's metrics have something to count.
+    primary
+        .as_primary()
+        .set("POSTGRESQL_CONFIG_ARCHIVE_MODE", "on")
+        .set("POSTGRESQL_CONFIG_ARCHIVE_COMMAND", "/bin/true");
+    primary.start();
     let mut replica = Node::new("metrics-replica");
     replica.as_replica_of(&primary, "m1").start();
     // Streaming, and the standby has reported what it replayed.
@@ -90,16 +122,37 @@ fn a_primary_and_its_replica_expose_what_promtool_accepts_and_values_move() {
         .client()
         .batch_execute("CREATE TABLE filler AS SELECT repeat('x', 1000) FROM generate_series(1, 4000)")
         .unwrap();
+    primary.client().batch_execute("SELECT pg_switch_wal()").unwrap();
+    let mut exposed = names(&p).union(&names(&r)).cloned().collect::<std::collections::BTreeSet<String>>();
     wait_until(Duration::from_secs(30), || {
         let (p, r) = (scrape(&primary), scrape(&replica));
+        exposed.extend(names(&p).into_iter().chain(names(&r)));
         value(&p, "pg_entrypoint_replica_lag_bytes", "application_name=\"m1\"").unwrap_or(0.0) > 1e6
             && value(&r, "pg_entrypoint_replay_lag_bytes", "").unwrap_or(0.0) > 1e6
+            && value(&p, "pg_entrypoint_archived_total", "").unwrap_or(0.0) >= 1.0
     });
     assert_eq!(value(&scrape(&replica), "patroni_xlog_paused", ""), Some(1.0));
     replica.client().batch_execute("SELECT pg_wal_replay_resume()").unwrap();
     wait_until(Duration::from_secs(30), || {
-        value(&scrape(&primary), "pg_entrypoint_replica_lag_bytes", "application_name=\"m1\"") == Some(0.0)
+        let p = scrape(&primary);
+        exposed.extend(names(&p));
+        value(&p, "pg_entrypoint_replica_lag_bytes", "application_name=\"m1\"") == Some(0.0)
     });
+    // replay_lag once the standby has replayed something: then every metric the alert rules
+    // and the dashboard name has been exposed.
+    primary.client().batch_execute("INSERT INTO filler SELECT 'y'").unwrap();
+    wait_until(Duration::from_secs(30), || {
+        let p = scrape(&primary);
+        exposed.extend(names(&p));
+        value(&p, "pg_entrypoint_replica_lag_seconds", "application_name=\"m1\"").is_some()
+    });
+    for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/pg-entrypoint.json"] {
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let named = named_in(&text);
+        assert!(named.len() >= 5, "{file}: {named:?}");
+        let missing: Vec<&String> = named.difference(&exposed).collect();
+        assert!(missing.is_empty(), "{file} names metrics no scrape had: {missing:?}\nexposed: {exposed:?}");
+    }
 
     // Promoted: the next scrape says primary, on timeline 2.
     assert_eq!(value(&scrape(&replica), "patroni_postgres_timeline", ""), Some(1.0));

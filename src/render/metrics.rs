@@ -152,11 +152,7 @@ pub fn exposition(sample: &Sample) -> String {
         "Current timestamp of the replayed Postgres transaction log, 0 if null",
         server.map_or(0.0, |s| s.replayed_timestamp),
     );
-    m.gauge(
-        "patroni_xlog_paused",
-        "Value is 1 if the Postgres xlog is paused, 0 otherwise",
-        flag(|s| s.replay_paused),
-    );
+    m.gauge("patroni_xlog_paused", "Value is 1 if the Postgres xlog is paused, 0 otherwise", flag(|s| s.replay_paused));
     m.gauge(
         "patroni_postgres_server_version",
         "Version of Postgres (if running), 0 otherwise",
