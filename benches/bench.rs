@@ -8,7 +8,8 @@
 //! `BENCH_CLONE_SIZES` (default 100,1024,4096 MB: clone cost as the primary grows) scale it;
 //! `BENCH_FILES` (default 30000) relation files for the restart and ownership cases;
 //! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni`,
-//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth` or `BENCH_ONLY=restart` runs and prints those alone.
+//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth`, `BENCH_ONLY=restart` or `BENCH_ONLY=metrics` runs
+//! and prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -275,6 +276,7 @@ fn main() {
         Ok("tls") => Some(tls_cost()),
         Ok("growth") => Some(growth()),
         Ok("restart") => Some(vec![restart()]),
+        Ok("metrics") => Some(metrics_scrapes()),
         _ => None,
     };
     if let Some(rows) = only {
@@ -304,6 +306,9 @@ fn main() {
 
     // 7: the HTTP endpoint: probe latency, and its cost to the supervisor under probes.
     rows.extend(http_endpoint());
+
+    // 7b: /metrics: scrape latency, and its cost to the supervisor when scraped every second.
+    rows.extend(metrics_scrapes());
 
     // 8: HA_MODE=patroni: a killed leader under synchronous load, BENCH_FAILOVERS times.
     rows.extend(patroni_failover(env_count("BENCH_FAILOVERS", 3)));
@@ -790,6 +795,68 @@ fn http_endpoint() -> Vec<Row> {
         },
         Row {
             case: format!("supervisor CPU, endpoint probed 10×/s for {seconds} s (bare: endpoint off)"),
+            ours: cpu(cpu_on),
+            bare: cpu(cpu_off),
+            ratio: "–".into(),
+            target: "< 1 % of a core".into(),
+        },
+    ]
+}
+
+/// `GET /metrics` on a primary with one streaming replica: latency next to `GET /health` (the
+/// probe it shares a connection with), then the supervisor's RSS and CPU while Prometheus
+/// would scrape it every second, next to its replica's supervisor, not scraped, over the
+/// same time.
+fn metrics_scrapes() -> Vec<Row> {
+    let mut primary = Node::new("bench-metrics");
+    primary.as_primary().start();
+    let mut replica = Node::new("bench-metrics-replica");
+    replica.as_replica_of(&primary, "b1").start();
+    let get = |node: &Node, path: &str| {
+        let started = Instant::now();
+        let (code, body) = node.http("GET", path);
+        assert_eq!(code, 200, "{body}");
+        started.elapsed().as_secs_f64()
+    };
+    let (mut scrapes, mut health) = (Vec::new(), Vec::new());
+    for _ in 0..500 {
+        scrapes.push(get(&primary, "/metrics"));
+        health.push(get(&primary, "/health"));
+    }
+    let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (ticks_on, ticks_off) = (cpu_ticks(primary.pid()), cpu_ticks(replica.pid()));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        let took = get(&primary, "/metrics");
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(Duration::from_secs_f64(took)));
+    }
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu_on = (cpu_ticks(primary.pid()) - ticks_on) as f64 / hz;
+    let cpu_off = (cpu_ticks(replica.pid()) - ticks_off) as f64 / hz;
+    let (rss_on, rss_off) = (rss_kib(primary.pid()), rss_kib(replica.pid()));
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+    let (p50, p99) = (percentile(scrapes.clone(), 50.0), percentile(scrapes, 99.0));
+    let (h50, h99) = (percentile(health.clone(), 50.0), percentile(health, 99.0));
+    let mib = |kib: u64| format!("{:.2} MiB", kib as f64 / 1024.0);
+    let cpu = |s: f64| format!("{s:.2} s ({:.2} % of a core)", 100.0 * s / seconds as f64);
+    vec![
+        Row {
+            case: "`GET /metrics` p50 / p99, primary with one replica (bare: `GET /health`)".into(),
+            ours: format!("{:.2} / {:.2} ms", p50 * 1000.0, p99 * 1000.0),
+            bare: format!("{:.2} / {:.2} ms", h50 * 1000.0, h99 * 1000.0),
+            ratio: format!("{:.2}", p50 / h50),
+            target: "p99 < 10 ms".into(),
+        },
+        Row {
+            case: format!("supervisor RSS, scraped 1×/s for {seconds} s (bare: its replica, not scraped)"),
+            ours: mib(rss_on),
+            bare: mib(rss_off),
+            ratio: format!("{:.2}", rss_on as f64 / rss_off as f64),
+            target: "< 4 MiB".into(),
+        },
+        Row {
+            case: format!("supervisor CPU, scraped 1×/s for {seconds} s (bare: its replica, not scraped)"),
             ours: cpu(cpu_on),
             bare: cpu(cpu_off),
             ratio: "–".into(),

@@ -134,6 +134,15 @@ fn three_members_bootstrap_once_replicate_and_stop_cleanly() {
     assert_eq!(nodes[leader].patroni("/health"), 200);
     assert_eq!(nodes[leader].patroni("/primary"), 200);
     assert_eq!(nodes[leader].query_one("current_setting('archive_mode')"), "off");
+    // Patroni serves /metrics itself on the same port, with the names the alert rules use
+    // (docs/metrics.md): the leader is the primary of its scope.
+    let (code, metrics) = http_request(nodes[leader].http_port, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(code, 200, "{metrics}");
+    for line in ["patroni_primary{scope=", "patroni_postgres_running{scope=", "patroni_replica{scope="] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let primary_line = metrics.lines().find(|l| l.starts_with("patroni_primary{")).unwrap_or_default();
+    assert!(primary_line.ends_with(" 1"), "{primary_line}");
     // promote (a switchover to this member) goes through with the credentials from the _FILE.
     let (code, said) = nodes[replica].tool(&["promote"]);
     assert_eq!(code, 0, "{said}");
