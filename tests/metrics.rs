@@ -106,7 +106,7 @@ fn a_primary_and_its_replica_expose_what_promtool_accepts_and_values_move() {
     assert_eq!(value(&p, "patroni_replica", ""), Some(0.0));
     assert_eq!(value(&r, "patroni_primary", ""), Some(0.0));
     assert_eq!(value(&r, "patroni_replica", ""), Some(1.0));
-    assert_eq!(value(&r, "pg_entrypoint_wal_receiver_streaming", ""), Some(1.0));
+    assert_eq!(value(&r, "patroni_postgres_streaming", ""), Some(1.0));
     assert!(value(&p, "patroni_xlog_location", "").unwrap() > 0.0);
     assert!(value(&r, "patroni_xlog_replayed_location", "").unwrap() > 0.0);
     let version = primary.query_one("current_setting('server_version_num')");
@@ -162,7 +162,7 @@ fn a_primary_and_its_replica_expose_what_promtool_accepts_and_values_move() {
     let r = scrape(&replica);
     assert_eq!(value(&r, "patroni_postgres_timeline", ""), Some(2.0));
     assert_eq!(value(&r, "patroni_primary", ""), Some(1.0));
-    assert_eq!(value(&r, "pg_entrypoint_wal_receiver_streaming", ""), None, "a primary has no WAL receiver");
+    assert_eq!(value(&r, "patroni_postgres_streaming", ""), Some(0.0), "a primary streams from nobody");
     promtool_accepts(&r);
     assert_eq!(replica.stop(), 0);
 }

@@ -164,6 +164,16 @@ pub fn exposition(sample: &Sample) -> String {
         number(|s| s.timeline),
     );
     m.gauge(
+        "patroni_postgres_streaming",
+        "Value is 1 if Postgres is streaming, 0 otherwise",
+        flag(|s| s.in_recovery && s.receiver_streaming),
+    );
+    m.gauge(
+        "patroni_postgres_in_archive_recovery",
+        "Value is 1 if Postgres is replicating from archive, 0 otherwise",
+        flag(|s| s.in_recovery && !s.receiver_streaming),
+    );
+    m.gauge(
         "patroni_pending_restart",
         "Value is 1 if the node needs a restart, 0 otherwise",
         flag(|s| s.pending_restart),
@@ -187,11 +197,6 @@ pub fn exposition(sample: &Sample) -> String {
     );
     let Some(s) = server else { return m.encode() };
     if s.in_recovery {
-        m.gauge(
-            "pg_entrypoint_wal_receiver_streaming",
-            "Value is 1 if this replica's WAL receiver is streaming, 0 otherwise",
-            i64::from(s.receiver_streaming),
-        );
         if let Some(silence) = s.receiver_silence {
             m.gauge_f64(
                 "pg_entrypoint_wal_receiver_silence_seconds",
