@@ -600,9 +600,21 @@ except urllib.error.HTTPError as e:
 #[test]
 #[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
 fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
-    let p = Project::patroni("patkill", &[("REPLICATION_SYNCHRONOUS_MODE", "on")]);
+    // With Prometheus, as PATRONI=1 MONITORING=1 docker/up.sh starts it: the same rules read
+    // Patroni's own /metrics.
+    let mut p = Project::patroni(
+        "patkill",
+        &[("REPLICATION_SYNCHRONOUS_MODE", "on"), ("PROMETHEUS_CONFIG", "prometheus.patroni.yml")],
+    );
+    p.files.push("compose.monitoring.yaml");
     let ids = patroni_stack(&p);
     let leader = patroni_leader(&ids);
+    let api = p.published("prometheus", 9090);
+    let one_primary = "/api/v1/query?query=sum(up%7Bjob%3D%22postgres%22%7D)%20%2B%20sum(patroni_primary)";
+    wait_for("Prometheus scrapes three members, one of them the primary", Duration::from_secs(60), || {
+        prometheus_api(api, one_primary).is_some_and(|a| a["data"]["result"][0]["value"][1] == "4")
+    });
+    assert_eq!(firing(api), Vec::<String>::new(), "a healthy Patroni stack fires nothing");
     // Through HAProxy's write port, as a client would.
     let port = p.published("haproxy", 5000);
     wait_for("writes through 5000", Duration::from_secs(30), || {
@@ -664,6 +676,11 @@ fn patroni_stack_fails_over_under_load_without_losing_acknowledged_commits() {
     }
     eventually_sql(&leader, "SELECT pg_is_in_recovery()", "t");
     eventually_sql(&leader, "SELECT count(*) FROM acks", &sql(&new, "SELECT count(*) FROM acks"));
+    wait_for("Prometheus sees the three members and one primary again", Duration::from_secs(30), || {
+        prometheus_api(api, one_primary).is_some_and(|a| a["data"]["result"][0]["value"][1] == "4")
+    });
+    let firing_now = firing(api);
+    assert!(!firing_now.contains(&"PostgresMoreThanOnePrimary".to_string()), "{firing_now:?}");
     // docker stop of every member: a clean shutdown, exit 0.
     for id in &ids {
         docker(&["stop", "-t", "10", id]);
