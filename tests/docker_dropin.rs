@@ -270,3 +270,46 @@ fn derived_images_and_init_containers_use_the_official_names() {
     docker(&["rm", "-f", &id]);
     let _ = run("docker", &["rmi", "-f", &derived]);
 }
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn a_volume_at_the_upstream_images_data_path_keeps_the_database() {
+    // A compose file written for the image this project replaces mounts its volume at
+    // /usr/local/pgsql/data and sets no PGDATA: the data must land in that volume.
+    let mut c = Cluster::new("upstream-path");
+    let volume = c.volume("data");
+    let run_args =
+        args(&["-v", &format!("{volume}:/usr/local/pgsql/data"), "-e", &format!("POSTGRES_PASSWORD={SECRET}")]);
+    let first = c.run_detached("first", &run_args, &image(), &[]);
+    wait_healthy(&first, Duration::from_secs(120)); // the healthcheck's `pg-entrypoint health` finds it there
+    assert_eq!(sql(&first, "SHOW data_directory"), "/usr/local/pgsql/data");
+    assert!(logs(&first).contains("is a mounted volume (the upstream image's data directory)"), "{}", logs(&first));
+    sql(&first, "CREATE TABLE kept AS SELECT 42 AS v");
+    // The container recreated on the same volume: the rows are there.
+    docker(&["rm", "-f", "-v", &first]);
+    let second = c.run_detached("second", &run_args, &image(), &[]);
+    wait_healthy(&second, Duration::from_secs(120));
+    assert_eq!(sql(&second, "SELECT v FROM kept"), "42");
+    // A volume holding data at the official path too: which one is meant is unclear, refused.
+    docker(&["rm", "-f", "-v", &second]);
+    let official = c.volume("official");
+    let mut both = run_args.clone();
+    both.extend(args(&["-v", &format!("{official}:/var/lib/postgresql/data")]));
+    docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{official}:/var/lib/postgresql/data"),
+        &image(),
+        "bash",
+        "-c",
+        "touch /var/lib/postgresql/data/something",
+    ]);
+    let third = c.run_detached("third", &both, &image(), &[]);
+    assert_eq!(exit_code(&third), 78);
+    assert!(
+        logs(&third).contains("PGDATA: is /var/lib/postgresql/data, which holds data, and /usr/local/pgsql/data"),
+        "{}",
+        logs(&third)
+    );
+}

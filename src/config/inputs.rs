@@ -42,6 +42,10 @@ pub trait Inputs {
     fn not_utf8(&self, _name: &str) -> bool {
         false
     }
+    /// True when a file system is mounted exactly at `path` (a volume).
+    fn mounted(&self, path: &Path) -> bool;
+    /// True when `path` is a directory holding anything but `lost+found`.
+    fn holds_data(&self, path: &Path) -> bool;
 }
 
 /// The text of an open file that must be a regular one (opened without blocking: a FIFO is
@@ -84,6 +88,38 @@ impl Inputs for ProcessInputs {
     fn not_utf8(&self, name: &str) -> bool {
         std::env::var_os(name).is_some_and(|v| v.to_str().is_none())
     }
+    fn mounted(&self, path: &Path) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        mounts.lines().filter_map(|line| line.split(' ').nth(4)).any(|at| Path::new(&unescape_mount(at)) == path)
+    }
+    fn holds_data(&self, path: &Path) -> bool {
+        std::fs::read_dir(path).is_ok_and(|entries| entries.flatten().any(|e| e.file_name() != "lost+found"))
+    }
+}
+
+/// A mount point as /proc/self/mountinfo writes it: space, tab, newline and backslash as
+/// octal escapes (`\040`).
+fn unescape_mount(field: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A fixed set of variables, for tests.
@@ -93,6 +129,9 @@ pub struct MapInputs {
     pub vars: BTreeMap<String, String>,
     pub files: BTreeMap<PathBuf, String>,
     pub hostname: String,
+    /// Mount points, and directories that hold data.
+    pub mounted: Vec<PathBuf>,
+    pub with_data: Vec<PathBuf>,
 }
 
 #[cfg(test)]
@@ -101,8 +140,8 @@ impl MapInputs {
     pub fn with(vars: &[(&str, &str)], hostname: &str) -> MapInputs {
         MapInputs {
             vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            files: BTreeMap::new(),
             hostname: hostname.into(),
+            ..MapInputs::default()
         }
     }
 }
@@ -120,5 +159,11 @@ impl Inputs for MapInputs {
     }
     fn hostname(&self) -> String {
         self.hostname.clone()
+    }
+    fn mounted(&self, path: &Path) -> bool {
+        self.mounted.iter().any(|m| m == path)
+    }
+    fn holds_data(&self, path: &Path) -> bool {
+        self.with_data.iter().any(|m| m == path)
     }
 }

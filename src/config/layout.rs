@@ -12,6 +12,30 @@ use std::path::{Path, PathBuf};
 /// postgres's default socket directory in Debian's and the official image's builds.
 pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
+/// The data directory of the image this project replaces (supanadit/containers): its users'
+/// compose files mount their volumes here.
+pub const UPSTREAM_PGDATA: &str = "/usr/local/pgsql/data";
+
+/// PGDATA, as the start and the operator commands must agree on it: `PGDATA` (the image sets
+/// the official image's path), except that a volume mounted at the upstream image's path is
+/// used rather than bypassed when PGDATA is that default, so a compose file written for the
+/// upstream image keeps its data in its volume. Both holding data is ambiguous: `Err`, why.
+/// `Ok((path, true))` when the upstream path was chosen.
+pub fn data_directory(inputs: &dyn super::Inputs) -> Result<(PathBuf, bool), String> {
+    let given = inputs.var("PGDATA").filter(|v| !v.is_empty()).unwrap_or_else(|| super::DEFAULT_PGDATA.into());
+    let upstream = Path::new(UPSTREAM_PGDATA);
+    if given != super::DEFAULT_PGDATA || !inputs.mounted(upstream) {
+        return Ok((PathBuf::from(given), false));
+    }
+    if inputs.holds_data(Path::new(&given)) {
+        return Err(format!(
+            "is {given}, which holds data, and {UPSTREAM_PGDATA} (the upstream image's data directory) is a \
+             mounted volume too; set PGDATA to the one that holds your database"
+        ));
+    }
+    Ok((upstream.to_path_buf(), true))
+}
+
 /// The managed include file, inside PGDATA.
 pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
 /// Where earlier versions kept the password file, inside PGDATA; removed at every start.

@@ -8,7 +8,21 @@ use super::*;
 
 impl Parser<'_> {
     pub(super) fn config(&mut self) -> Option<Config> {
-        let pgdata = PathBuf::from(self.var("PGDATA").unwrap_or_else(|| DEFAULT_PGDATA.to_string()));
+        let pgdata = match layout::data_directory(self.inputs) {
+            Ok((pgdata, true)) => {
+                tracing::info!(
+                    "PGDATA: {} is a mounted volume (the upstream image's data directory), and {DEFAULT_PGDATA} \
+                     holds nothing: using it",
+                    pgdata.display()
+                );
+                pgdata
+            }
+            Ok((pgdata, false)) => pgdata,
+            Err(why) => {
+                self.problem("PGDATA", why);
+                PathBuf::from(DEFAULT_PGDATA)
+            }
+        };
         if !pgdata.is_absolute() {
             self.problem("PGDATA", format!("{:?} is not an absolute path", pgdata));
         } else if pgdata.to_string_lossy().chars().any(char::is_control) {
@@ -69,6 +83,7 @@ impl Parser<'_> {
         if let Some(format) = self.var("LOG_FORMAT").filter(|f| parse_log_format(f).is_none()) {
             self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
         }
+        self.refuse_what_is_not_built();
         let overrides = self.overrides();
         let tls = self.tls();
         let upgrade = self.upgrade();
@@ -134,6 +149,35 @@ impl Parser<'_> {
             }
         });
         Some(HttpListen { address, port })
+    }
+
+    /// The upstream image's backups (`PGBACKREST_*`) and pooler (`PGBOUNCER_*`) are not built
+    /// here yet: refused rather than ignored, so that nobody believes they have backups.
+    fn refuse_what_is_not_built(&mut self) {
+        for (prefix, what) in [("PGBACKREST_", "backups with pgBackRest"), ("PGBOUNCER_", "pooling with PgBouncer")] {
+            let enable = format!("{prefix}ENABLE");
+            if self.boolean(&enable) == Some(false) {
+                continue; // turned off: the other variables mean nothing, as upstream
+            }
+            let mut set: Vec<String> = self
+                .inputs
+                .vars_with_prefix(prefix)
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, _)| k)
+                .collect();
+            set.sort();
+            let Some(first) = set.first().cloned() else { continue };
+            let variable = if set.contains(&enable) { enable.clone() } else { first };
+            self.problem(
+                &variable,
+                format!(
+                    "is set ({}), but {what} is not in this version of pg-entrypoint: nothing would be done. \
+                     Unset them, or set {enable}=false, to run without it",
+                    set.join(", ")
+                ),
+            );
+        }
     }
 
     pub(super) fn overrides(&mut self) -> Vec<(String, String)> {

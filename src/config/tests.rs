@@ -514,3 +514,41 @@ fn booleans_and_durations() {
     assert_eq!(parse_duration("999999999999999999m"), None);
     assert_eq!(parse_duration("86401"), None);
 }
+
+#[test]
+fn a_volume_at_the_upstream_data_path_is_used_never_bypassed() {
+    let upstream = std::path::PathBuf::from(layout::UPSTREAM_PGDATA);
+    let official = std::path::PathBuf::from(DEFAULT_PGDATA);
+    let vars = [("POSTGRES_PASSWORD", "pw"), ("PGDATA", DEFAULT_PGDATA)];
+    let with = |mounted: Vec<std::path::PathBuf>, with_data: Vec<std::path::PathBuf>| {
+        let mut i = inputs(&vars);
+        i.mounted = mounted;
+        i.with_data = with_data;
+        Config::from_inputs(&i)
+    };
+    // Nothing mounted there: the official path, as always.
+    assert_eq!(with(vec![official.clone()], vec![]).unwrap().pgdata, official);
+    // The upstream compose file's volume: used, even with the image's own (empty) volume.
+    assert_eq!(with(vec![upstream.clone()], vec![upstream.clone()]).unwrap().pgdata, upstream);
+    assert_eq!(with(vec![official.clone(), upstream.clone()], vec![]).unwrap().pgdata, upstream);
+    // Data at the official path and a volume at the upstream one: which is meant is unclear.
+    let err = with(vec![official.clone(), upstream.clone()], vec![official.clone()]).unwrap_err().to_string();
+    assert!(err.contains("PGDATA: is /var/lib/postgresql/data, which holds data, and /usr/local/pgsql/data"), "{err}");
+    // PGDATA chosen by the user wins.
+    let mut i = inputs(&[("POSTGRES_PASSWORD", "pw"), ("PGDATA", "/srv/pg")]);
+    i.mounted = vec![upstream.clone()];
+    assert_eq!(Config::from_inputs(&i).unwrap().pgdata, std::path::PathBuf::from("/srv/pg"));
+}
+
+#[test]
+fn backups_and_pooling_of_the_upstream_image_are_refused_until_built() {
+    let found = problems(&[("PGBACKREST_ENABLE", "true"), ("PGBACKREST_REPO1_PATH", "/backups")]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("PGBACKREST_ENABLE: is set (PGBACKREST_ENABLE, PGBACKREST_REPO1_PATH), but backups"),
+        "{found:?}"
+    );
+    let found = problems(&[("PGBOUNCER_LISTEN_PORT", "6432")]);
+    assert!(found[0].starts_with("PGBOUNCER_LISTEN_PORT: is set (PGBOUNCER_LISTEN_PORT), but pooling"), "{found:?}");
+    assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("PGBACKREST_ENABLE", "false"), ("PGBACKREST_STANZA", "x")]).is_ok());
+}

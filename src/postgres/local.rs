@@ -112,13 +112,14 @@ impl Local {
     pub fn open() -> Result<Local, LocalError> {
         let user = crate::config::var_or_file(&crate::config::ProcessInputs, "POSTGRES_USER")
             .unwrap_or_else(|| crate::config::DEFAULT_SUPERUSER.into());
+        // Where the start put PGDATA; when it refused to choose, there is no server to find.
+        let pgdata = crate::config::layout::data_directory(&crate::config::ProcessInputs)
+            .map_or_else(|_| PathBuf::from(DEFAULT_PGDATA), |(pgdata, _)| pgdata);
         become_service_account()?;
-        Local::find(user)
+        Local::find(pgdata, user)
     }
 
-    fn find(user: String) -> Result<Local, LocalError> {
-        let pgdata =
-            PathBuf::from(std::env::var("PGDATA").ok().filter(|v| !v.is_empty()).unwrap_or(DEFAULT_PGDATA.into()));
+    fn find(pgdata: PathBuf, user: String) -> Result<Local, LocalError> {
         let text =
             fs::read_to_string(pgdata.join("postmaster.pid")).map_err(|_| LocalError::NotRunning(pgdata.clone()))?;
         let pidfile = parse_pidfile(&text).ok_or_else(|| LocalError::Incomplete(pgdata.clone()))?;
