@@ -52,6 +52,8 @@ pub struct Config {
     pub initdb_args: Vec<String>,
     pub initdb_waldir: Option<PathBuf>,
     pub host_auth_method: String,
+    /// `PG_HBA_ADD_<n>`: the user's `pg_hba.conf` rules, first in our managed block.
+    pub hba_added: Vec<String>,
     pub role: Role,
     /// `POSTGRESQL_CONFIG_<NAME>` as (lower-case setting name, value), sorted by name.
     pub overrides: Vec<(String, String)>,

@@ -144,7 +144,22 @@ impl Parser<'_> {
         let kubernetes = ["NAMESPACE", "LABELS", "USE_ENDPOINTS", "POD_IP", "PORTS", "SCOPE_LABEL", "ROLE_LABEL"]
             .map(|suffix| format!("PATRONI_KUBERNETES_{suffix}"));
         let on_kubernetes = kubernetes.iter().find(|v| self.var(v).is_some()).cloned();
-        let Some(value) = self.var("ETCD_HOSTS") else {
+        // The upstream image's ETCD_HOST and ETCD_PORT: one member.
+        let single = self.var("ETCD_HOST").map(|host| match self.var("ETCD_PORT") {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        });
+        if single.is_none() && self.var("ETCD_PORT").is_some() {
+            self.problem("ETCD_PORT", "is set without ETCD_HOST; set ETCD_HOSTS=host:port (or ETCD_HOST too)");
+        }
+        let value = match (self.var("ETCD_HOSTS"), single) {
+            (Some(hosts), Some(_)) => {
+                self.problem("ETCD_HOST", "is set, and so is ETCD_HOSTS; set ETCD_HOSTS alone (host:port,...)");
+                Some(hosts)
+            }
+            (hosts, single) => hosts.or(single),
+        };
+        let Some(value) = value else {
             if on_kubernetes.is_none() && !etcd3.iter().any(|v| self.var(v).is_some()) {
                 self.problem(
                     "ETCD_HOSTS",

@@ -49,13 +49,8 @@ impl Parser<'_> {
         if ["template0", "template1"].contains(&database.as_str()) {
             self.problem("POSTGRES_DB", format!("{database:?} is a template database; accepted: any other name"));
         }
-        let host_auth_method = self.var("POSTGRES_HOST_AUTH_METHOD").unwrap_or_else(|| "scram-sha-256".to_string());
-        if !ACCEPTED_AUTH_METHODS.contains(&host_auth_method.as_str()) {
-            self.problem(
-                "POSTGRES_HOST_AUTH_METHOD",
-                format!("{host_auth_method:?} is not accepted; accepted: {}", ACCEPTED_AUTH_METHODS.join(", ")),
-            );
-        }
+        let host_auth_method = self.host_auth_method();
+        let hba_added = self.hba_added();
         // Needed to create a cluster, not to start one: see [`Config::password_problem`].
         let superuser_password = self.secret("POSTGRES_PASSWORD");
         let initdb_args: Vec<String> = self
@@ -113,6 +108,7 @@ impl Parser<'_> {
             initdb_args,
             initdb_waldir,
             host_auth_method,
+            hba_added,
             role,
             overrides,
             init_scripts_dir,
@@ -149,6 +145,56 @@ impl Parser<'_> {
             }
         });
         Some(HttpListen { address, port })
+    }
+
+    /// How clients over TCP authenticate: `POSTGRES_HOST_AUTH_METHOD` (the official image's
+    /// name), or the upstream image's `EXTERNAL_ACCESS_METHOD`, and `EXTERNAL_ACCESS_ENABLE=false`
+    /// as `reject`. Two that disagree are refused.
+    fn host_auth_method(&mut self) -> String {
+        let ours = self.var("POSTGRES_HOST_AUTH_METHOD").map(|m| ("POSTGRES_HOST_AUTH_METHOD", m));
+        let upstream = match self.boolean("EXTERNAL_ACCESS_ENABLE") {
+            Some(false) => Some(("EXTERNAL_ACCESS_ENABLE", "reject".to_string())),
+            _ => self.var("EXTERNAL_ACCESS_METHOD").map(|m| ("EXTERNAL_ACCESS_METHOD", m)),
+        };
+        let (variable, method) = match (ours, upstream) {
+            (Some((_, a)), Some((variable, b))) if a != b => {
+                let shown =
+                    if variable == "EXTERNAL_ACCESS_ENABLE" { "false (reject)".to_string() } else { format!("{b:?}") };
+                self.problem(variable, format!("is {shown}, but POSTGRES_HOST_AUTH_METHOD={a:?}; set one of them"));
+                ("POSTGRES_HOST_AUTH_METHOD", a)
+            }
+            (Some(given), _) | (None, Some(given)) => given,
+            (None, None) => ("POSTGRES_HOST_AUTH_METHOD", "scram-sha-256".to_string()),
+        };
+        if !ACCEPTED_AUTH_METHODS.contains(&method.as_str()) {
+            self.problem(
+                variable,
+                format!("{method:?} is not accepted; accepted: {}", ACCEPTED_AUTH_METHODS.join(", ")),
+            );
+        }
+        method
+    }
+
+    /// `PG_HBA_ADD_<n>`: `pg_hba.conf` lines of the user's, in the order of `n`, each checked
+    /// for what `pg_hba.conf` accepts (a wrong line would stop postgres from starting).
+    fn hba_added(&mut self) -> Vec<String> {
+        let mut added: Vec<(u32, String, String)> = Vec::new();
+        for (var, value) in self.inputs.vars_with_prefix("PG_HBA_ADD_") {
+            let line = value.trim().to_string();
+            if line.is_empty() {
+                continue;
+            }
+            let Some(n) = var["PG_HBA_ADD_".len()..].parse::<u32>().ok() else {
+                self.problem(&var, "is not PG_HBA_ADD_<n> with a number n; accepted: PG_HBA_ADD_1, PG_HBA_ADD_2, ...");
+                continue;
+            };
+            match hba_line_problem(&line) {
+                Some(why) => self.problem(&var, format!("{} {why}", shown(&line))),
+                None => added.push((n, var, line)),
+            }
+        }
+        added.sort();
+        added.into_iter().map(|(_, _, line)| line).collect()
     }
 
     /// The upstream image's backups (`PGBACKREST_*`) and pooler (`PGBOUNCER_*`) are not built
@@ -213,6 +259,21 @@ impl Parser<'_> {
                 );
             } else {
                 overrides.push((name, value));
+            }
+        }
+        // The upstream image's shortcuts: POSTGRESQL_<SETTING> for a few settings.
+        for (var, setting) in SETTING_SHORTCUTS {
+            let Some(value) = self.var(var) else { continue };
+            match overrides.iter().find(|(name, _)| name == setting) {
+                Some((_, given)) if *given != value => self.problem(
+                    var,
+                    format!(
+                        "{value:?} disagrees with {OVERRIDE_PREFIX}{}={given:?}; set one of them",
+                        setting.to_ascii_uppercase()
+                    ),
+                ),
+                Some(_) => {}
+                None => overrides.push((setting.to_string(), value)),
             }
         }
         overrides.sort();
@@ -287,5 +348,64 @@ pub(super) fn is_system_directory(path: &Path) -> bool {
     let normal: PathBuf = path.components().collect();
     SYSTEM.iter().any(|s| normal == Path::new(s))
 }
+
+/// Why `line` is not a `pg_hba.conf` rule this start accepts, if it is not: a connection type,
+/// a database, a user, an address (TCP types; with a netmask or not) and a method; no
+/// include directive, no line break.
+pub(super) fn hba_line_problem(line: &str) -> Option<String> {
+    const TYPES: [&str; 6] = ["local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc"];
+    const METHODS: [&str; 13] = [
+        "trust",
+        "reject",
+        "scram-sha-256",
+        "md5",
+        "password",
+        "gss",
+        "sspi",
+        "ident",
+        "peer",
+        "ldap",
+        "radius",
+        "cert",
+        "pam",
+    ];
+    if line.chars().any(char::is_control) {
+        return Some("contains a control character (one rule per variable)".into());
+    }
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let Some(kind) = fields.first().filter(|k| TYPES.contains(k)) else {
+        return Some(format!("does not start with a connection type; accepted: {}", TYPES.join(", ")));
+    };
+    // local: type, database, user, method; TCP: type, database, user, address [netmask], method.
+    let method_at = match *kind {
+        "local" => 3,
+        _ if fields.get(4).is_some_and(|f| f.parse::<std::net::IpAddr>().is_ok()) => 5,
+        _ => 4,
+    };
+    match fields.get(method_at) {
+        Some(method) if METHODS.contains(method) => None,
+        Some(other) => Some(format!("has the method {other:?}; accepted: {}", METHODS.join(", "))),
+        None => Some(format!(
+            "is too short: {} needs a database, a user{} and a method",
+            kind,
+            if *kind == "local" { "" } else { ", an address" }
+        )),
+    }
+}
+
+/// The upstream image's `POSTGRESQL_<SETTING>` variables: the same as
+/// `POSTGRESQL_CONFIG_<SETTING>`.
+const SETTING_SHORTCUTS: [(&str, &str); 10] = [
+    ("POSTGRESQL_SHARED_BUFFERS", "shared_buffers"),
+    ("POSTGRESQL_MAX_CONNECTIONS", "max_connections"),
+    ("POSTGRESQL_WORK_MEM", "work_mem"),
+    ("POSTGRESQL_MAINTENANCE_WORK_MEM", "maintenance_work_mem"),
+    ("POSTGRESQL_LISTEN_ADDRESSES", "listen_addresses"),
+    ("POSTGRESQL_UNIX_SOCKET_DIRECTORIES", "unix_socket_directories"),
+    ("POSTGRESQL_LOG_STATEMENT", "log_statement"),
+    ("POSTGRESQL_LOG_DURATION", "log_duration"),
+    ("POSTGRESQL_TIMEZONE", "timezone"),
+    ("POSTGRESQL_PORT", "port"),
+];
 
 pub(super) const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust", "reject"];

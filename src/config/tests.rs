@@ -552,3 +552,81 @@ fn backups_and_pooling_of_the_upstream_image_are_refused_until_built() {
     assert!(found[0].starts_with("PGBOUNCER_LISTEN_PORT: is set (PGBOUNCER_LISTEN_PORT), but pooling"), "{found:?}");
     assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("PGBACKREST_ENABLE", "false"), ("PGBACKREST_STANZA", "x")]).is_ok());
 }
+
+#[test]
+fn the_upstream_images_access_variables_mean_the_same() {
+    let c =
+        parse(&[("POSTGRES_PASSWORD", "pw"), ("EXTERNAL_ACCESS_ENABLE", "true"), ("EXTERNAL_ACCESS_METHOD", "md5")]);
+    assert_eq!(c.unwrap().host_auth_method, "md5");
+    let c =
+        parse(&[("POSTGRES_PASSWORD", "pw"), ("EXTERNAL_ACCESS_ENABLE", "false"), ("EXTERNAL_ACCESS_METHOD", "md5")]);
+    assert_eq!(c.unwrap().host_auth_method, "reject", "no outside clients");
+    assert_eq!(
+        parse(&[("POSTGRES_PASSWORD", "pw"), ("EXTERNAL_ACCESS_ENABLE", "true")]).unwrap().host_auth_method,
+        "scram-sha-256"
+    );
+    let found = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("EXTERNAL_ACCESS_METHOD", "md5"),
+        ("POSTGRES_HOST_AUTH_METHOD", "trust"),
+    ]);
+    assert_eq!(found, ["EXTERNAL_ACCESS_METHOD: is \"md5\", but POSTGRES_HOST_AUTH_METHOD=\"trust\"; set one of them"]);
+    let found = problems(&[("POSTGRES_PASSWORD", "pw"), ("EXTERNAL_ACCESS_METHOD", "ident2")]);
+    assert!(found[0].starts_with("EXTERNAL_ACCESS_METHOD: \"ident2\" is not accepted"), "{found:?}");
+}
+
+#[test]
+fn pg_hba_add_lines_come_first_in_order_and_bad_ones_are_refused() {
+    let c = parse(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("PG_HBA_ADD_10", "host all all 192.168.0.0 255.255.0.0 md5"),
+        ("PG_HBA_ADD_2", " hostssl app app 10.0.0.0/8 scram-sha-256 "),
+    ])
+    .unwrap();
+    assert_eq!(c.hba_added, ["hostssl app app 10.0.0.0/8 scram-sha-256", "host all all 192.168.0.0 255.255.0.0 md5"]);
+    let block = crate::render::hba_block(&c);
+    let first_rule = block.lines().nth(1).unwrap_or_default();
+    assert_eq!(first_rule, "hostssl app app 10.0.0.0/8 scram-sha-256", "{block}");
+    for (line, why) in [
+        ("include other.conf", "does not start with a connection type"),
+        ("host all all 10.0.0.0/8 md6", "has the method \"md6\""),
+        ("host all all", "is too short"),
+        ("local all all", "is too short"),
+    ] {
+        let found = problems(&[("POSTGRES_PASSWORD", "pw"), ("PG_HBA_ADD_1", line)]);
+        assert!(found[0].starts_with("PG_HBA_ADD_1: ") && found[0].contains(why), "{line}: {found:?}");
+    }
+    assert!(
+        problems(&[("POSTGRES_PASSWORD", "pw"), ("PG_HBA_ADD_X", "local all all trust")])[0].contains("PG_HBA_ADD_<n>")
+    );
+}
+
+#[test]
+fn setting_shortcuts_and_a_single_etcd_host_of_the_upstream_image() {
+    let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_MAX_CONNECTIONS", "42"), ("POSTGRESQL_TIMEZONE", "UTC")]);
+    let overrides = c.unwrap().overrides;
+    assert!(overrides.contains(&("max_connections".into(), "42".into())), "{overrides:?}");
+    assert!(overrides.contains(&("timezone".into(), "UTC".into())), "{overrides:?}");
+    let found = problems(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRESQL_MAX_CONNECTIONS", "42"),
+        ("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "43"),
+    ]);
+    assert_eq!(
+        found,
+        ["POSTGRESQL_MAX_CONNECTIONS: \"42\" disagrees with POSTGRESQL_CONFIG_MAX_CONNECTIONS=\"43\"; set one of them"]
+    );
+    let patroni = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "patroni"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PATRONI_RESTAPI_PASSWORD", "a"),
+        ("ETCD_HOST", "etcd"),
+        ("ETCD_PORT", "2380"),
+    ];
+    let Role::Patroni(m) = parse(&patroni).unwrap().role else { panic!("not patroni") };
+    assert_eq!(m.etcd_hosts, [Address { host: "etcd".into(), port: 2380 }]);
+    let mut both = patroni.to_vec();
+    both.push(("ETCD_HOSTS", "a:1,b:2"));
+    assert!(problems(&both)[0].starts_with("ETCD_HOST: is set, and so is ETCD_HOSTS"));
+}

@@ -224,6 +224,7 @@ pub fn hba_tcp_lines(
 ) -> Vec<String> {
     let required = config.tls.mode == TlsMode::Required;
     let host = if required { "hostssl" } else { "host" };
+    let added = config.hba_added.iter().cloned();
     let mut rules: Vec<(&str, &str, String, &str)> = Vec::new();
     if required {
         rules.push(("hostnossl", "all", "all".into(), "reject"));
@@ -241,11 +242,11 @@ pub fn hba_tcp_lines(
             rules.push((host, "replication", user, replication_method));
         }
     }
-    rules
-        .iter()
-        .flat_map(|(kind, database, user, method)| {
+    // The user's rules first: the first rule that matches wins, so theirs can narrow ours.
+    added
+        .chain(rules.iter().flat_map(|(kind, database, user, method)| {
             networks.iter().map(move |net| format!("{kind} {database} {user} {net} {method}"))
-        })
+        }))
         .collect()
 }
 
