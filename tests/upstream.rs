@@ -39,3 +39,18 @@ fn backups_of_the_upstream_image_are_refused_before_anything_is_written() {
     assert!(out.contains("PGBACKREST_ENABLE: is set (PGBACKREST_ENABLE), but backups with pgBackRest"), "{out}");
     assert!(!node.pgdata.exists() || std::fs::read_dir(&node.pgdata).unwrap().next().is_none(), "PGDATA was written");
 }
+
+#[test]
+fn a_misspelt_variable_is_warned_about_with_what_it_likely_meant() {
+    let mut node = Node::new("upstream-typo");
+    node.set("REPLICATION_ROLES", "primary");
+    let (code, out) = node.tool(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning:         REPLICATION_ROLES is not a variable of pg-entrypoint and is ignored; did you mean REPLICATION_ROLE?"),
+        "{out}"
+    );
+    node.start();
+    assert!(node.output().contains("REPLICATION_ROLES is not a variable of pg-entrypoint"), "{}", node.output());
+    assert_eq!(node.stop(), 0);
+}

@@ -31,6 +31,9 @@ pub fn run(postgres_args: &[String]) -> i32 {
         Err(e) => format!("unreadable ({e})"),
     };
     let password = |set: bool| if set { "set (hidden)" } else { "not set" };
+    for warning in &c.unknown_variables {
+        println!("warning:         {warning}");
+    }
     println!("pg-entrypoint:   {}", env!("CARGO_PKG_VERSION"));
     println!("role:            {}", c.role.name());
     println!("PGDATA:          {} ({state})", c.pgdata.display());

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod inputs;
+pub mod known;
 pub mod layout;
 mod native;
 mod parser;
@@ -67,6 +68,8 @@ pub struct Config {
     pub upgrade: Upgrade,
     /// Where our files live, from the effective settings once the start knows them.
     pub layout: Layout,
+    /// Variables that look like ours but are not (misspelt?), each with a hint: warned about.
+    pub unknown_variables: Vec<String>,
 }
 
 /// The HTTP endpoint's address: `address` when `HTTP_LISTEN` names one, else every

@@ -118,6 +118,7 @@ impl Parser<'_> {
             tls,
             upgrade,
             layout,
+            unknown_variables: self.unknown_variables(),
         })
     }
 
@@ -195,6 +196,21 @@ impl Parser<'_> {
         }
         added.sort();
         added.into_iter().map(|(_, _, line)| line).collect()
+    }
+
+    /// Variables that look like ours but are not, as warnings (not refusals: an environment
+    /// shared with other programs may hold a name that only looks like ours).
+    fn unknown_variables(&mut self) -> Vec<String> {
+        let names: Vec<String> = self.inputs.vars_with_prefix("").into_iter().map(|(name, _)| name).collect();
+        known::unknown(&names)
+            .into_iter()
+            .map(|(name, meant)| match meant {
+                Some(known) => {
+                    format!("{name} is not a variable of pg-entrypoint and is ignored; did you mean {known}?")
+                }
+                None => format!("{name} is not a variable of pg-entrypoint and is ignored"),
+            })
+            .collect()
     }
 
     /// The upstream image's backups (`PGBACKREST_*`) and pooler (`PGBOUNCER_*`) are not built

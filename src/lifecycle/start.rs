@@ -232,8 +232,12 @@ impl From<StepError> for Failure {
     }
 }
 
-/// What deserves a warning before anything is done: a trusting server, a small /dev/shm.
+/// What deserves a warning before anything is done: a variable that looks misspelt, a
+/// trusting server, a small /dev/shm.
 fn warn_about_the_setup(plan: &Plan) {
+    for warning in &plan.config.unknown_variables {
+        tracing::warn!("{warning}");
+    }
     if plan.config.host_auth_method == "trust" {
         tracing::warn!(
             "POSTGRES_HOST_AUTH_METHOD=trust: anyone who reaches this server over TCP may connect as any role, \

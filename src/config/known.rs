@@ -1,0 +1,189 @@
+//! The variables this entrypoint reads, so that a misspelt one (the commonest silent
+//! misconfiguration) is reported rather than ignored. A test checks that every variable the
+//! parser names is listed here.
+
+/// Every variable of ours, by name; a `_FILE` variant of a secret is its name plus `_FILE`.
+pub const KNOWN: &[&str] = &[
+    "PGDATA",
+    "PG_BINDIR",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "POSTGRES_INITDB_ARGS",
+    "POSTGRES_INITDB_WALDIR",
+    "POSTGRES_HOST_AUTH_METHOD",
+    "POSTGRES_UPGRADE",
+    "POSTGRES_UPGRADE_METHOD",
+    "POSTGRES_UPGRADE_KEEP_OLD",
+    "POSTGRES_UPGRADE_REINDEX",
+    "INIT_SCRIPTS_DIR",
+    "SHUTDOWN_TIMEOUT",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "HTTP_PORT",
+    "HTTP_LISTEN",
+    "HA_MODE",
+    "REPLICATION_ROLE",
+    "ROLE",
+    "REPLICATION_USER",
+    "REPLICATION_PASSWORD",
+    "REPLICATION_PASSWORD_PREVIOUS",
+    "REPLICATION_PEERS",
+    "REPLICATION_SYNCHRONOUS_MODE",
+    "REPLICATION_SYNCHRONOUS_COUNT",
+    "REPLICATION_SYNCHRONOUS_REPLICAS",
+    "REPLICATION_SSLMODE",
+    "REPLICATION_TLS_CERT_FILE",
+    "REPLICATION_TLS_KEY_FILE",
+    "REPLICATION_APPNAME",
+    "PRIMARY_HOST",
+    "PRIMARY_PORT",
+    "PRIMARY_WAIT_TIMEOUT",
+    "REPLICA_NAME",
+    "REPLICA_RECLONE",
+    "POD_SERVICE",
+    "TLS_MODE",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "TLS_CA_FILE",
+    "POSTGRESQL_ENABLE_TLS",
+    "POSTGRESQL_TLS_CERT_FILE",
+    "POSTGRESQL_TLS_KEY_FILE",
+    "POSTGRESQL_TLS_CA_FILE",
+    "USE_PATRONI",
+    "PATRONI_ENABLE",
+    "USE_CITUS",
+    "CITUS_ENABLE",
+    "ETCD_HOSTS",
+    "ETCD_HOST",
+    "ETCD_PORT",
+    "ADVERTISE_HOST",
+    "EXTERNAL_ACCESS_ENABLE",
+    "EXTERNAL_ACCESS_METHOD",
+    "POSTGRESQL_SHARED_BUFFERS",
+    "POSTGRESQL_MAX_CONNECTIONS",
+    "POSTGRESQL_WORK_MEM",
+    "POSTGRESQL_MAINTENANCE_WORK_MEM",
+    "POSTGRESQL_LISTEN_ADDRESSES",
+    "POSTGRESQL_UNIX_SOCKET_DIRECTORIES",
+    "POSTGRESQL_LOG_STATEMENT",
+    "POSTGRESQL_LOG_DURATION",
+    "POSTGRESQL_TIMEZONE",
+    "POSTGRESQL_PORT",
+];
+
+/// Families where every name is ours, or a prefix that names a setting (`POSTGRESQL_CONFIG_`)
+/// or a numbered rule (`PG_HBA_ADD_`). `PATRONI_` is left out: Patroni reads its own
+/// `PATRONI_*` variables, more than we could list.
+const OURS: &[&str] = &[
+    "POSTGRES_",
+    "POSTGRESQL_",
+    "REPLICATION_",
+    "REPLICA_",
+    "PRIMARY_",
+    "HA_",
+    "TLS_",
+    "HTTP_",
+    "ETCD_",
+    "EXTERNAL_ACCESS_",
+];
+const OPEN_FAMILIES: &[&str] = &["POSTGRESQL_CONFIG_", "PG_HBA_ADD_", "PGBACKREST_", "PGBOUNCER_"];
+
+/// Variables in `names` that look like ours but are not, each with the known name it most
+/// likely meant, if one is close.
+pub fn unknown(names: &[String]) -> Vec<(String, Option<&'static str>)> {
+    let secret_file = |n: &str| n.strip_suffix("_FILE").is_some_and(|base| KNOWN.contains(&base));
+    let mut found: Vec<(String, Option<&'static str>)> = names
+        .iter()
+        .filter(|n| OURS.iter().any(|p| n.starts_with(p)) || looks_like(n, "HA_MODE"))
+        .filter(|n| !KNOWN.contains(&n.as_str()) && !secret_file(n))
+        .filter(|n| !OPEN_FAMILIES.iter().any(|p| n.starts_with(p)))
+        .filter(|n| !is_service_link(n))
+        .map(|n| (n.clone(), closest(n)))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Kubernetes' service links (`<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_5432_TCP`, ...): a
+/// service named `postgres` or `primary` makes them; they are not misspelt variables.
+fn is_service_link(name: &str) -> bool {
+    name.contains("_SERVICE_") || name.contains("_PORT_") && (name.ends_with("_TCP") || name.contains("_TCP_"))
+}
+
+fn looks_like(name: &str, known: &str) -> bool {
+    distance(name, known) <= 2
+}
+
+fn closest(name: &str) -> Option<&'static str> {
+    KNOWN.iter().map(|k| (distance(name, k), *k)).filter(|(d, _)| *d <= 3).min().map(|(_, k)| k)
+}
+
+/// Levenshtein distance, by bytes (the names are ASCII).
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            previous = here;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_variable_is_named_with_what_it_likely_meant() {
+        let names: Vec<String> = [
+            "REPLICATION_ROLES",
+            "HA_MOD",
+            "POSTGRES_PASSWORD_FILE",
+            "POSTGRESQL_CONFIG_WORK_MEM",
+            "PATH",
+            "PRIMARY_HOTS",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            unknown(&names),
+            [
+                ("HA_MOD".to_string(), Some("HA_MODE")),
+                ("PRIMARY_HOTS".to_string(), Some("PRIMARY_HOST")),
+                ("REPLICATION_ROLES".to_string(), Some("REPLICATION_ROLE")),
+            ]
+        );
+    }
+
+    /// Every variable name the parser's sources mention is known: the list cannot fall
+    /// behind the parser.
+    #[test]
+    fn every_variable_the_parser_reads_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "tests.rs" || n == "known.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for literal in code.split('"').skip(1).step_by(2) {
+                let ours = OURS.iter().any(|p| literal.starts_with(p)) && literal.len() > 4;
+                let name = literal.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if ours && name && !literal.ends_with('_') && !OPEN_FAMILIES.iter().any(|p| literal.starts_with(p)) {
+                    assert!(
+                        KNOWN.contains(&literal) || literal.strip_suffix("_FILE").is_some_and(|b| KNOWN.contains(&b)),
+                        "{} reads {literal}, which config/known.rs does not list",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}
