@@ -423,6 +423,15 @@ mod tests {
         &[("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "primary"), ("REPLICATION_PASSWORD", "r")];
 
     #[test]
+    fn the_users_hba_rules_come_before_ours() {
+        let c = config(&[("POSTGRES_PASSWORD", "pw"), ("PG_HBA_ADD_1", "host all reporter 10.0.0.0/8 reject")]);
+        let block = hba_block(&c);
+        let rules: Vec<&str> = block.lines().skip(1).collect();
+        assert_eq!(rules[0], "host all reporter 10.0.0.0/8 reject", "{block}");
+        assert_eq!(rules[1], "host all all 0.0.0.0/0 scram-sha-256", "{block}");
+    }
+
+    #[test]
     fn standalone_conf_snapshot() {
         let c = config(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRESQL_CONFIG_CLUSTER_NAME", "it's a \\ test")]);
         assert_eq!(
