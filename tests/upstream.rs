@@ -47,10 +47,22 @@ fn a_misspelt_variable_is_warned_about_with_what_it_likely_meant() {
     let (code, out) = node.tool(&["check"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("warning:         REPLICATION_ROLES is not a variable of pg-entrypoint and is ignored; did you mean REPLICATION_ROLE?"),
+        out.contains("warning:         REPLICATION_ROLES: is not a variable of pg-entrypoint and is ignored; did you mean REPLICATION_ROLE?"),
         "{out}"
     );
     node.start();
-    assert!(node.output().contains("REPLICATION_ROLES is not a variable of pg-entrypoint"), "{}", node.output());
+    assert!(node.output().contains("REPLICATION_ROLES: is not a variable of pg-entrypoint"), "{}", node.output());
     assert_eq!(node.stop(), 0);
+    // Refused for another reason: the misspelling, a likely cause, is named with the problems.
+    let mut refused = Node::new("upstream-typo-refused");
+    refused.set("HA_MODE", "native").set("REPLICATION_PASSWORD", "r").set("REPLICATION_ROLES", "primary");
+    let (code, out) = refused.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("REPLICATION_ROLE: is required with HA_MODE=native"), "{out}");
+    assert!(
+        out.contains(
+            "REPLICATION_ROLES: is not a variable of pg-entrypoint and is ignored; did you mean REPLICATION_ROLE?"
+        ),
+        "{out}"
+    );
 }

@@ -89,26 +89,32 @@ const OURS: &[&str] = &[
 ];
 const OPEN_FAMILIES: &[&str] = &["POSTGRESQL_CONFIG_", "PG_HBA_ADD_", "PGBACKREST_", "PGBOUNCER_"];
 
-/// Variables in `names` that look like ours but are not, each with the known name it most
-/// likely meant, if one is close.
-pub fn unknown(names: &[String]) -> Vec<(String, Option<&'static str>)> {
+/// Variables among `vars` (name, value) that look like ours but are not, each with the known
+/// name it most likely meant, if one is close.
+pub fn unknown(vars: &[(String, String)]) -> Vec<(String, Option<&'static str>)> {
     let secret_file = |n: &str| n.strip_suffix("_FILE").is_some_and(|base| KNOWN.contains(&base));
-    let mut found: Vec<(String, Option<&'static str>)> = names
+    let mut found: Vec<(String, Option<&'static str>)> = vars
         .iter()
-        .filter(|n| OURS.iter().any(|p| n.starts_with(p)) || looks_like(n, "HA_MODE"))
-        .filter(|n| !KNOWN.contains(&n.as_str()) && !secret_file(n))
-        .filter(|n| !OPEN_FAMILIES.iter().any(|p| n.starts_with(p)))
-        .filter(|n| !is_service_link(n))
-        .map(|n| (n.clone(), closest(n)))
+        .filter(|(n, _)| OURS.iter().any(|p| n.starts_with(p)) || looks_like(n, "HA_MODE"))
+        .filter(|(n, _)| !KNOWN.contains(&n.as_str()) && !secret_file(n) && !FOREIGN.contains(&n.as_str()))
+        .filter(|(n, _)| !OPEN_FAMILIES.iter().any(|p| n.starts_with(p)))
+        .filter(|(n, v)| !is_service_link(n, v))
+        .map(|(n, _)| (n.clone(), closest(n)))
         .collect();
     found.sort();
     found
 }
 
-/// Kubernetes' service links (`<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_5432_TCP`, ...): a
-/// service named `postgres` or `primary` makes them; they are not misspelt variables.
-fn is_service_link(name: &str) -> bool {
-    name.contains("_SERVICE_") || name.contains("_PORT_") && (name.ends_with("_TCP") || name.contains("_TCP_"))
+/// Common variables of other programs that share a prefix with ours.
+const FOREIGN: &[&str] = &["HTTP_PROXY"];
+
+/// Kubernetes' service links: a Service named `postgres`, `primary`, `etcd`, `pgbouncer`...
+/// gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT=tcp://...`,
+/// `<SERVICE>_PORT_5432_TCP...`. They are not settings of ours, whatever their prefix.
+pub fn is_service_link(name: &str, value: &str) -> bool {
+    name.contains("_SERVICE_")
+        || name.contains("_PORT_") && (name.ends_with("_TCP") || name.contains("_TCP_") || name.contains("_UDP"))
+        || name.ends_with("_PORT") && (value.starts_with("tcp://") || value.starts_with("udp://"))
 }
 
 fn looks_like(name: &str, known: &str) -> bool {
@@ -141,16 +147,21 @@ mod tests {
 
     #[test]
     fn a_misspelt_variable_is_named_with_what_it_likely_meant() {
-        let names: Vec<String> = [
+        let names: Vec<(String, String)> = [
             "REPLICATION_ROLES",
             "HA_MOD",
             "POSTGRES_PASSWORD_FILE",
             "POSTGRESQL_CONFIG_WORK_MEM",
             "PATH",
             "PRIMARY_HOTS",
+            "HTTP_PROXY",
+            "POSTGRES_SERVICE_HOST",
+            "POSTGRES_PORT_5432_TCP_ADDR",
         ]
-        .map(String::from)
-        .to_vec();
+        .map(|n| (n.to_string(), "x".to_string()))
+        .into_iter()
+        .chain([("POSTGRES_PORT".to_string(), "tcp://10.0.0.1:5432".to_string())])
+        .collect();
         assert_eq!(
             unknown(&names),
             [
@@ -159,6 +170,39 @@ mod tests {
                 ("REPLICATION_ROLES".to_string(), Some("REPLICATION_ROLE")),
             ]
         );
+    }
+
+    /// The string literals of Rust source without comments: `'"'` and `\"` are not quotes.
+    fn string_literals(code: &str) -> Vec<String> {
+        let chars: Vec<char> = code.chars().collect();
+        let (mut found, mut i) = (Vec::new(), 0);
+        while i < chars.len() {
+            match (chars[i], chars.get(i + 1), chars.get(i + 2), chars.get(i + 3)) {
+                ('\'', Some('\\'), _, Some('\'')) => i += 4,
+                ('\'', _, Some('\''), _) => i += 3,
+                ('"', ..) => {
+                    let mut literal = String::new();
+                    i += 1;
+                    while i < chars.len() && chars[i] != '"' {
+                        if chars[i] == '\\' {
+                            i += 1;
+                        }
+                        literal.extend(chars.get(i));
+                        i += 1;
+                    }
+                    found.push(literal);
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_scanner_sees_through_quote_characters() {
+        let found = string_literals("f('\"', \"A\\\"B\", x); g(\"REPLICA_NAME\")");
+        assert_eq!(found, ["A\"B", "REPLICA_NAME"]);
     }
 
     /// Every variable name the parser's sources mention is known: the list cannot fall
@@ -173,7 +217,9 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            for literal in code.split('"').skip(1).step_by(2) {
+            let code: String =
+                code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+            for literal in string_literals(&code).iter().map(String::as_str) {
                 let ours = OURS.iter().any(|p| literal.starts_with(p)) && literal.len() > 4;
                 let name = literal.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
                 if ours && name && !literal.ends_with('_') && !OPEN_FAMILIES.iter().any(|p| literal.starts_with(p)) {

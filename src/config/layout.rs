@@ -19,7 +19,8 @@ pub const UPSTREAM_PGDATA: &str = "/usr/local/pgsql/data";
 /// PGDATA, as the start and the operator commands must agree on it: `PGDATA` (the image sets
 /// the official image's path), except that a volume mounted at the upstream image's path is
 /// used rather than bypassed when PGDATA is that default, so a compose file written for the
-/// upstream image keeps its data in its volume. Both holding data is ambiguous: `Err`, why.
+/// upstream image keeps its data in its volume. The default path holding data as well is
+/// ambiguous: `Err`, why.
 /// `Ok((path, true))` when the upstream path was chosen.
 pub fn data_directory(inputs: &dyn super::Inputs) -> Result<(PathBuf, bool), String> {
     let given = inputs.var("PGDATA").filter(|v| !v.is_empty()).unwrap_or_else(|| super::DEFAULT_PGDATA.into());

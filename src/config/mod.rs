@@ -69,7 +69,7 @@ pub struct Config {
     /// Where our files live, from the effective settings once the start knows them.
     pub layout: Layout,
     /// Variables that look like ours but are not (misspelt?), each with a hint: warned about.
-    pub unknown_variables: Vec<String>,
+    pub unknown_variables: Vec<Problem>,
 }
 
 /// The HTTP endpoint's address: `address` when `HTTP_LISTEN` names one, else every
@@ -296,7 +296,12 @@ impl Config {
         let config = p.config();
         match config {
             Some(config) if p.problems.is_empty() => Ok(config),
-            _ => Err(ConfigError(p.problems)),
+            _ => {
+                // A misspelt variable is a likely cause of the problems: named with them.
+                let misspelt = p.unknown_variables();
+                p.problems.extend(misspelt);
+                Err(ConfigError(p.problems))
+            }
         }
     }
 

@@ -145,11 +145,13 @@ impl Parser<'_> {
             .map(|suffix| format!("PATRONI_KUBERNETES_{suffix}"));
         let on_kubernetes = kubernetes.iter().find(|v| self.var(v).is_some()).cloned();
         // The upstream image's ETCD_HOST and ETCD_PORT: one member.
-        let single = self.var("ETCD_HOST").map(|host| match self.var("ETCD_PORT") {
+        // ETCD_PORT=tcp://... is Kubernetes' link to a Service named etcd, not a port.
+        let port = self.var("ETCD_PORT").filter(|p| !known::is_service_link("ETCD_PORT", p));
+        let single = self.var("ETCD_HOST").map(|host| match &port {
             Some(port) => format!("{host}:{port}"),
             None => host,
         });
-        if single.is_none() && self.var("ETCD_PORT").is_some() {
+        if single.is_none() && port.is_some() {
             self.problem("ETCD_PORT", "is set without ETCD_HOST; set ETCD_HOSTS=host:port (or ETCD_HOST too)");
         }
         let value = match (self.var("ETCD_HOSTS"), single) {

@@ -91,6 +91,18 @@ impl Parser<'_> {
         if matches!(role, Role::Patroni(_)) {
             self.patroni_quotable("POSTGRES_PASSWORD", superuser_password.as_ref());
         }
+        if matches!(role, Role::Patroni(_)) && host_auth_method == "reject" {
+            let variable = if self.boolean("EXTERNAL_ACCESS_ENABLE") == Some(false) {
+                "EXTERNAL_ACCESS_ENABLE"
+            } else {
+                "POSTGRES_HOST_AUTH_METHOD"
+            };
+            self.problem(
+                variable,
+                "refuses clients over TCP, but Patroni's members connect to each other as the superuser \
+                 (pg_rewind) over TCP; accepted with HA_MODE=patroni: a method other than reject",
+            );
+        }
         if matches!(role, Role::Patroni(_)) && superuser_password.is_none() && host_auth_method != "trust" {
             // Patroni connects as the superuser over TCP too (pg_rewind from the new leader).
             self.problem(
@@ -190,7 +202,8 @@ impl Parser<'_> {
                 continue;
             };
             match hba_line_problem(&line) {
-                Some(why) => self.problem(&var, format!("{} {why}", shown(&line))),
+                // Not echoed: a rule may hold a secret (ldapbindpasswd=, radiussecrets=).
+                Some(why) => self.problem(&var, format!("is not accepted: the rule {why}")),
                 None => added.push((n, var, line)),
             }
         }
@@ -200,15 +213,15 @@ impl Parser<'_> {
 
     /// Variables that look like ours but are not, as warnings (not refusals: an environment
     /// shared with other programs may hold a name that only looks like ours).
-    fn unknown_variables(&mut self) -> Vec<String> {
-        let names: Vec<String> = self.inputs.vars_with_prefix("").into_iter().map(|(name, _)| name).collect();
-        known::unknown(&names)
+    pub(super) fn unknown_variables(&self) -> Vec<Problem> {
+        known::unknown(&self.inputs.vars_with_prefix(""))
             .into_iter()
-            .map(|(name, meant)| match meant {
-                Some(known) => {
-                    format!("{name} is not a variable of pg-entrypoint and is ignored; did you mean {known}?")
-                }
-                None => format!("{name} is not a variable of pg-entrypoint and is ignored"),
+            .map(|(variable, meant)| Problem {
+                variable,
+                message: match meant {
+                    Some(known) => format!("is not a variable of pg-entrypoint and is ignored; did you mean {known}?"),
+                    None => "is not a variable of pg-entrypoint and is ignored".into(),
+                },
             })
             .collect()
     }
@@ -225,7 +238,7 @@ impl Parser<'_> {
                 .inputs
                 .vars_with_prefix(prefix)
                 .into_iter()
-                .filter(|(_, v)| !v.is_empty())
+                .filter(|(k, v)| !v.is_empty() && !known::is_service_link(k, v))
                 .map(|(k, _)| k)
                 .collect();
             set.sort();
@@ -279,7 +292,7 @@ impl Parser<'_> {
         }
         // The upstream image's shortcuts: POSTGRESQL_<SETTING> for a few settings.
         for (var, setting) in SETTING_SHORTCUTS {
-            let Some(value) = self.var(var) else { continue };
+            let Some(value) = self.var(var).filter(|v| !known::is_service_link(var, v)) else { continue };
             match overrides.iter().find(|(name, _)| name == setting) {
                 Some((_, given)) if *given != value => self.problem(
                     var,

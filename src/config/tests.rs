@@ -627,3 +627,40 @@ fn setting_shortcuts_and_a_single_etcd_host_of_the_upstream_image() {
     both.push(("ETCD_HOSTS", "a:1,b:2"));
     assert!(problems(&both)[0].starts_with("ETCD_HOST: is set, and so is ETCD_HOSTS"));
 }
+
+#[test]
+fn kubernetes_service_links_are_not_taken_for_our_variables() {
+    // Services named postgresql, pgbouncer and etcd give every pod these.
+    let c = parse(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("POSTGRESQL_PORT", "tcp://10.0.0.7:5432"),
+        ("PGBOUNCER_PORT", "tcp://10.0.0.8:6432"),
+        ("PGBOUNCER_SERVICE_HOST", "10.0.0.8"),
+        ("PGBOUNCER_PORT_6432_TCP_ADDR", "10.0.0.8"),
+    ])
+    .unwrap();
+    assert!(!c.overrides.iter().any(|(name, _)| name == "port"), "{:?}", c.overrides);
+    assert_eq!(c.unknown_variables, []);
+    let patroni = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "patroni"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PATRONI_RESTAPI_PASSWORD", "a"),
+        ("ETCD_HOSTS", "e1:2379"),
+        ("ETCD_PORT", "tcp://10.0.0.9:2379"),
+    ];
+    assert!(parse(&patroni).is_ok());
+}
+
+#[test]
+fn refusing_clients_over_tcp_is_refused_under_patroni() {
+    let patroni = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "patroni"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PATRONI_RESTAPI_PASSWORD", "a"),
+        ("ETCD_HOSTS", "e1:2379"),
+        ("EXTERNAL_ACCESS_ENABLE", "false"),
+    ];
+    assert!(problems(&patroni)[0].starts_with("EXTERNAL_ACCESS_ENABLE: refuses clients over TCP, but Patroni"));
+}

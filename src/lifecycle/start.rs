@@ -144,6 +144,11 @@ fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i
     let began = Instant::now();
     // 1. The environment and the arguments, judged before anything is touched.
     let mut plan = plan(postgres_args).map_err(Failure::config)?;
+    // The upstream image's volume chosen as PGDATA (config::layout): our children see it too.
+    // Single-threaded still, so the environment may change.
+    if std::env::var_os("PGDATA").is_none_or(|given| plan.config.pgdata.as_os_str() != given) {
+        std::env::set_var("PGDATA", &plan.config.pgdata);
+    }
     sup.set_shutdown_timeout(plan.config.shutdown_timeout);
     creation_problem(&plan).map_or(Ok(()), |problem| Err(Failure::config(problem)))?;
     warn_about_the_setup(&plan);
@@ -244,6 +249,9 @@ fn warn_about_the_setup(plan: &Plan) {
              superuser included, without a password"
         );
     }
+    for rule in plan.config.hba_added.iter().filter(|r| r.split_whitespace().any(|f| f == "trust" || f == "password")) {
+        tracing::warn!("PG_HBA_ADD: {rule:?} lets clients in without a password, or sends it in clear text");
+    }
     warn_if_small_shm(std::path::Path::new("/dev/shm"));
 }
 
@@ -295,6 +303,9 @@ fn lock_data_dir(config: &Config) -> Result<Option<nix::fcntl::Flock<std::fs::Fi
     datadir::lock(&config.pgdata).map(Some).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))
 }
 
+/// A data directory Patroni has managed is only started by Patroni: started alone, it could
+/// become a second primary beside the leader Patroni elected meanwhile (docs/patroni.md,
+/// "Back to native mode").
 fn patroni_problem(config: &Config, goal: Goal) -> Option<String> {
     let alone = !matches!(config.role, Role::Patroni(_)) && goal == Goal::Serve;
     (alone && patroni::managed_by_patroni(&config.pgdata)).then(|| {

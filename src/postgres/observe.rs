@@ -217,5 +217,8 @@ pub fn metrics(row: &Row) -> (String, ServerSample) {
         archive_failed: row.get::<_, i64>(25).max(0) as u64,
         last_archived_age: row.get(26),
     };
-    (row.get(0), server)
+    // pg_control_system() shows the identifier as a signed bigint; pg_control holds it
+    // unsigned, as `datadir::system_identifier` reads it while postgres is down: one form.
+    let scope = row.get::<_, String>(0).parse::<i64>().map_or_else(|_| String::new(), |id| (id as u64).to_string());
+    (scope, server)
 }

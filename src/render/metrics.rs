@@ -30,7 +30,8 @@ pub struct Sample {
 pub struct ServerSample {
     pub postmaster_start_time: f64,
     pub in_recovery: bool,
-    /// Not in recovery, yet refusing writes (`default_transaction_read_only`).
+    /// `transaction_read_only` is on: always on a standby; on a primary, it refuses writes
+    /// (`default_transaction_read_only`, the fence).
     pub read_only: bool,
     /// Held read-only by the majority rule, waiting for a majority (docs/native-ha.md).
     pub fenced: bool,
@@ -46,7 +47,7 @@ pub struct ServerSample {
     pub replay_paused: bool,
     pub pending_restart: bool,
     /// A replica's WAL receiver: streaming or not, silence since the primary's last message,
-    /// and the WAL it received but has not replayed.
+    /// and the WAL its primary last reported sending that it has not replayed.
     pub receiver_streaming: bool,
     pub receiver_silence: Option<f64>,
     pub replay_lag_bytes: Option<i64>,
@@ -207,7 +208,7 @@ pub fn exposition(sample: &Sample) -> String {
         if let Some(bytes) = s.replay_lag_bytes {
             m.gauge(
                 "pg_entrypoint_replay_lag_bytes",
-                "WAL this replica received but has not replayed, in bytes",
+                "WAL the primary last reported sending that this replica has not replayed, in bytes",
                 bytes,
             );
         }

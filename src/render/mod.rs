@@ -224,11 +224,16 @@ pub fn hba_tcp_lines(
 ) -> Vec<String> {
     let required = config.tls.mode == TlsMode::Required;
     let host = if required { "hostssl" } else { "host" };
-    let added = config.hba_added.iter().cloned();
-    let mut rules: Vec<(&str, &str, String, &str)> = Vec::new();
+    let mut rejects: Vec<(&str, &str, String, &str)> = Vec::new();
     if required {
-        rules.push(("hostnossl", "all", "all".into(), "reject"));
-        rules.push(("hostnossl", "replication", "all".into(), "reject"));
+        rejects.push(("hostnossl", "all", "all".into(), "reject"));
+        rejects.push(("hostnossl", "replication", "all".into(), "reject"));
+    }
+    let mut rules: Vec<(&str, &str, String, &str)> = Vec::new();
+    if let (Some(user), "reject") = (replication_user, config.host_auth_method.as_str()) {
+        // Clients over TCP refused (EXTERNAL_ACCESS_ENABLE=false): a rejoining member's
+        // pg_rewind still reads the new primary's `postgres` database as the replication user.
+        rules.push((host, "postgres", quote_identifier(user), replication_method));
     }
     rules.push((host, "all", "all".into(), &config.host_auth_method));
     // A replica keeps its replication lines too, so it can serve as the source of a rewind or
@@ -242,12 +247,20 @@ pub fn hba_tcp_lines(
             rules.push((host, "replication", user, replication_method));
         }
     }
-    // The user's rules first: the first rule that matches wins, so theirs can narrow ours.
-    added
-        .chain(rules.iter().flat_map(|(kind, database, user, method)| {
-            networks.iter().map(move |net| format!("{kind} {database} {user} {net} {method}"))
-        }))
-        .collect()
+    let lines = |rules: &[(&str, &str, String, &str)]| -> Vec<String> {
+        rules
+            .iter()
+            .flat_map(|(kind, database, user, method)| {
+                networks.iter().map(move |net| format!("{kind} {database} {user} {net} {method}"))
+            })
+            .collect()
+    };
+    // TLS_MODE=required first; then the user's rules (the first rule that matches wins, so
+    // theirs can narrow ours), then ours.
+    let mut all = lines(&rejects);
+    all.extend(config.hba_added.iter().cloned());
+    all.extend(lines(&rules));
+    all
 }
 
 /// `pg_hba.conf` with the managed block replaced where it stands, or appended.
@@ -429,6 +442,20 @@ mod tests {
         let rules: Vec<&str> = block.lines().skip(1).collect();
         assert_eq!(rules[0], "host all reporter 10.0.0.0/8 reject", "{block}");
         assert_eq!(rules[1], "host all all 0.0.0.0/0 scram-sha-256", "{block}");
+    }
+
+    #[test]
+    fn without_outside_clients_a_rejoin_still_reads_the_postgres_database() {
+        let c = config(&[PRIMARY, &[("EXTERNAL_ACCESS_ENABLE", "false")]].concat());
+        let block = hba_block(&c);
+        let rules: Vec<&str> = block.lines().skip(1).collect();
+        assert_eq!(rules[0], "host postgres \"replicator\" 0.0.0.0/0 scram-sha-256", "{block}");
+        assert!(rules.contains(&"host all all 0.0.0.0/0 reject"), "{block}");
+        // TLS_MODE=required: no rule of the user's comes before the plaintext rejects.
+        let tls = Config { hba_added: vec!["host all all 10.0.0.0/8 md5".into()], ..tls_primary() };
+        let tls_block = hba_block(&tls);
+        let first: Vec<&str> = tls_block.lines().skip(1).take(5).collect();
+        assert!(first[0].starts_with("hostnossl all all") && first[4] == "host all all 10.0.0.0/8 md5", "{tls_block}");
     }
 
     #[test]

@@ -328,7 +328,11 @@ async fn respond(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Resp
     if path == "/metrics" {
         return Ok(match method {
             Method::Get => reply(200, render::metrics::CONTENT_TYPE, Bytes::from(metrics(&shared).await)),
-            _ => reply(405, "text/plain; charset=utf-8", Bytes::from_static(b"only GET\n")),
+            _ => {
+                let mut refused = reply(405, "text/plain; charset=utf-8", Bytes::from_static(b"only GET\n"));
+                refused.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET"));
+                refused
+            }
         });
     }
     let query = request.uri().query().unwrap_or_default();
