@@ -70,6 +70,8 @@ pub const KNOWN: &[&str] = &[
     "POSTGRESQL_LOG_DURATION",
     "POSTGRESQL_TIMEZONE",
     "POSTGRESQL_PORT",
+    "POSTGRESQL_LISTEN_HOST",
+    "POSTGRESQL_CONNECT_HOST",
 ];
 
 /// Families where every name is ours, or a prefix that names a setting (`POSTGRESQL_CONFIG_`)

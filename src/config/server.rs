@@ -424,7 +424,7 @@ pub(super) fn hba_line_problem(line: &str) -> Option<String> {
 
 /// The upstream image's `POSTGRESQL_<SETTING>` variables: the same as
 /// `POSTGRESQL_CONFIG_<SETTING>`.
-const SETTING_SHORTCUTS: [(&str, &str); 10] = [
+const SETTING_SHORTCUTS: [(&str, &str); 11] = [
     ("POSTGRESQL_SHARED_BUFFERS", "shared_buffers"),
     ("POSTGRESQL_MAX_CONNECTIONS", "max_connections"),
     ("POSTGRESQL_WORK_MEM", "work_mem"),
@@ -435,6 +435,7 @@ const SETTING_SHORTCUTS: [(&str, &str); 10] = [
     ("POSTGRESQL_LOG_DURATION", "log_duration"),
     ("POSTGRESQL_TIMEZONE", "timezone"),
     ("POSTGRESQL_PORT", "port"),
+    ("POSTGRESQL_LISTEN_HOST", "listen_addresses"),
 ];
 
 pub(super) const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust", "reject"];

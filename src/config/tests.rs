@@ -664,3 +664,30 @@ fn refusing_clients_over_tcp_is_refused_under_patroni() {
     ];
     assert!(problems(&patroni)[0].starts_with("EXTERNAL_ACCESS_ENABLE: refuses clients over TCP, but Patroni"));
 }
+
+#[test]
+fn the_upstream_images_patroni_names_are_ours_by_another_name() {
+    let vars = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("PATRONI_ENABLE", "true"),
+        ("PATRONI_RESTAPI_PASSWORD", "a"),
+        ("ETCD_HOST", "etcd"),
+        ("ETCD_PORT", "2379"),
+        ("PATRONI_REST_HOST", "0.0.0.0"),
+        ("PATRONI_REST_PORT", "8009"),
+        ("POSTGRESQL_CONNECT_HOST", "postgresql1"),
+        ("POSTGRESQL_LISTEN_HOST", "0.0.0.0"),
+        ("PATRONI_REPLICATION_USER", "replicator2"),
+        ("PATRONI_REPLICATION_PASSWORD", "rp"),
+    ];
+    let c = parse(&vars).unwrap();
+    let Role::Patroni(m) = &c.role else { panic!("not patroni") };
+    assert_eq!((m.replication_user.as_str(), m.replication_password.expose()), ("replicator2", "rp"));
+    assert_eq!((m.rest_api.address, m.rest_api.port), (Some("0.0.0.0".parse().unwrap()), 8009));
+    assert_eq!(m.advertise_host.as_deref(), Some("postgresql1"));
+    assert!(c.overrides.contains(&("listen_addresses".into(), "0.0.0.0".into())), "{:?}", c.overrides);
+    let mut both = vars.to_vec();
+    both.push(("REPLICATION_PASSWORD", "other"));
+    let found = problems(&both);
+    assert_eq!(found, ["PATRONI_REPLICATION_PASSWORD: disagrees with REPLICATION_PASSWORD; set one of them"]);
+}

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
 
-use crate::config::SECRET_VARS;
+use crate::config::SECRET_ENVIRONMENT;
 use crate::pid1::supervise::{Kind, Supervisor};
 use crate::postgres::step::{finish, run, tool, Context, StepError};
 use crate::postgres::tempserver::TempServer;
@@ -128,7 +128,7 @@ fn run_one(ctx: &Context, sup: &mut Supervisor, server: &TempServer, script: &Pa
         Some(ScriptKind::Sql) => run(sup, &what, psql().arg("-f").arg(script), Kind::Tool),
         Some(ScriptKind::Compressed(tool_name)) => {
             let mut unpack = Command::new(tool_name);
-            for var in SECRET_VARS {
+            for var in SECRET_ENVIRONMENT {
                 unpack.env_remove(var);
             }
             unpack.arg("-dc").arg(script).stdout(Stdio::piped());

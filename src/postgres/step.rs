@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::{Config, SECRET_VARS};
+use crate::config::{Config, SECRET_ENVIRONMENT};
 use crate::pgdata::datadir::DataDirError;
 use crate::pid1::supervise::{Kind, Supervisor};
 use crate::postgres::server::{Bin, Sockets};
@@ -130,7 +130,7 @@ pub struct Context<'a> {
 /// A PostgreSQL tool (or postgres itself) with the secrets removed from its environment.
 pub fn tool(bin: &Bin, name: &str) -> Command {
     let mut c = Command::new(bin.tool(name));
-    for var in SECRET_VARS {
+    for var in SECRET_ENVIRONMENT {
         c.env_remove(var);
     }
     c

@@ -18,7 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::layout::PROMOTED_MARKER;
-use crate::config::{Config, Patroni, OVERRIDE_PREFIX, SECRET_VARS};
+use crate::config::{Config, Patroni, OVERRIDE_PREFIX, SECRET_ENVIRONMENT};
 use crate::pgdata::datadir::{self, DataDirError, State};
 use crate::pgdata::files;
 use crate::pid1::supervise::{Kind, Supervisor};
@@ -180,7 +180,7 @@ fn callback_env(
 ) -> Vec<(String, Option<OsString>)> {
     let config = ctx.config;
     let mut env: Vec<(String, Option<OsString>)> = Vec::new();
-    for var in SECRET_VARS {
+    for var in SECRET_ENVIRONMENT {
         env.push((var.to_string(), None));
         let copy = secrets.iter().find(|(v, _)| *v == var).map(|(_, path)| path.clone().into_os_string());
         env.push((format!("{var}_FILE"), copy));
@@ -327,7 +327,7 @@ fn wait_for_leader(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError>
         // patronictl reads the DCS settings (and PATRONI_* variables) as Patroni would.
         let mut list = Command::new("patronictl");
         list.arg("-c").arg(&config_path).args(["list", "--format", "json"]);
-        for var in SECRET_VARS {
+        for var in SECRET_ENVIRONMENT {
             list.env_remove(var);
         }
         let answer = step::run_captured(sup, "patronictl list", &mut list, false)?;
