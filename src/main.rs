@@ -82,16 +82,31 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Change synchronous replication on the running primary, by a reload, until the next
+    /// start; without options, show what is in force. Also run as `pg-reload-sync-config.sh`.
+    Sync {
+        /// As REPLICATION_SYNCHRONOUS_MODE: off, on/first, any (quorum).
+        #[arg(long, alias = "sync-mode")]
+        mode: Option<String>,
+        /// As REPLICATION_SYNCHRONOUS_COUNT.
+        #[arg(long, alias = "sync-count")]
+        count: Option<String>,
+        /// As REPLICATION_SYNCHRONOUS_REPLICAS: names, or *.
+        #[arg(long, alias = "sync-replicas")]
+        replicas: Option<String>,
+    },
 }
 
 const SUBCOMMANDS: &[&str] =
-    &["run", "check", "health", "status", "promote", "ensure-initdb", "enforce-initdb", "help"];
+    &["run", "check", "health", "status", "promote", "sync", "ensure-initdb", "enforce-initdb", "help"];
 /// The official image's script names (derived images and init containers call them), as
 /// links to this binary, and the subcommand each one means.
 const OFFICIAL_NAMES: &[(&str, &str)] = &[
     ("docker-entrypoint.sh", "run"),
     ("docker-ensure-initdb.sh", "ensure-initdb"),
     ("docker-enforce-initdb.sh", "enforce-initdb"),
+    // The upstream image's script for the same.
+    ("pg-reload-sync-config.sh", "sync"),
 ];
 
 fn main() {
@@ -142,5 +157,8 @@ fn real_main() -> i32 {
         }
         Cmd::Status => commands::status::run(Mode::of_environment()),
         Cmd::Promote { force } => commands::promote::run(Mode::of_environment(), force),
+        Cmd::Sync { mode, count, replicas } => {
+            commands::sync::run(Mode::of_environment(), commands::sync::Change { mode, count, replicas })
+        }
     }
 }

@@ -101,6 +101,10 @@ pub fn run(postgres_args: &[String]) -> i32 {
             r.primary_host, r.primary_port, r.name, r.wait_timeout
         );
     }
+    if c.replication().is_some() {
+        let sync = plan.settings.get("synchronous_standby_names").map_or("", |(v, _)| v.as_str());
+        println!("synchronous:     '{sync}' from REPLICATION_SYNCHRONOUS_* (`pg-entrypoint sync` changes it until the next start)");
+    }
     println!("\n--- {} ---\n{}", crate::config::layout::MANAGED_CONF, render::managed_conf(&plan.settings));
     println!("--- pg_hba.conf (managed block) ---\n{}", render::hba_block(c));
     0

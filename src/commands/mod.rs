@@ -8,6 +8,7 @@ pub mod patroni;
 pub mod promote;
 pub mod run;
 pub mod status;
+pub mod sync;
 
 use crate::config::{self, ProcessInputs};
 

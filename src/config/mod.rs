@@ -269,13 +269,8 @@ pub const SECRET_VARS: [&str; 4] =
     ["POSTGRES_PASSWORD", "REPLICATION_PASSWORD", "REPLICATION_PASSWORD_PREVIOUS", "PATRONI_RESTAPI_PASSWORD"];
 /// Every variable that can hold a secret, ours and the upstream image's name for one: removed
 /// from the environment of every child (postgres, the tools, Patroni, a decompressor).
-pub const SECRET_ENVIRONMENT: [&str; 5] = [
-    SECRET_VARS[0],
-    SECRET_VARS[1],
-    SECRET_VARS[2],
-    SECRET_VARS[3],
-    "PATRONI_REPLICATION_PASSWORD",
-];
+pub const SECRET_ENVIRONMENT: [&str; 5] =
+    [SECRET_VARS[0], SECRET_VARS[1], SECRET_VARS[2], SECRET_VARS[3], "PATRONI_REPLICATION_PASSWORD"];
 /// Patroni's REST API user when `PATRONI_RESTAPI_USERNAME` is not set.
 pub const DEFAULT_PATRONI_RESTAPI_USER: &str = "patroni";
 

@@ -14,6 +14,13 @@ pub fn existing_cluster(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepE
     let pgdata = &ctx.config.pgdata;
     files::write_config(ctx.config, ctx.settings, pgdata)
         .map_err(DataDirError::io(pgdata, "cannot write the configuration"))?;
+    if files::drop_run_time_settings(pgdata, &[])
+        .map_err(DataDirError::io(pgdata, "cannot rewrite postgresql.auto.conf"))?
+    {
+        tracing::info!(
+            "synchronous_standby_names set by `pg-entrypoint sync` ends here: REPLICATION_SYNCHRONOUS_* apply"
+        );
+    }
     if let Role::Primary(replication) = &ctx.config.role {
         // Creates the role when a standalone server becomes a primary, and re-applies the
         // password every start so that rotating REPLICATION_PASSWORD is a restart.

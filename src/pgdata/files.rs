@@ -27,6 +27,25 @@ pub fn write_config(config: &Config, settings: &Settings, dir: &Path) -> io::Res
     replace_if_changed(&hba_path, &render::with_hba_block(&hba, &render::hba_block(config)))
 }
 
+/// Settings `pg-entrypoint sync` may change at run time with `ALTER SYSTEM`: each start
+/// renders them from the variables again, so their lines leave `postgresql.auto.conf` (which
+/// would win), and a clone never inherits them.
+pub const RUN_TIME_SETTINGS: [&str; 1] = ["synchronous_standby_names"];
+
+/// Removes [`RUN_TIME_SETTINGS`] (and `extra`) from `postgresql.auto.conf` in `dir`; true when
+/// there was something to remove.
+pub fn drop_run_time_settings(dir: &Path, extra: &[&str]) -> io::Result<bool> {
+    let auto = dir.join("postgresql.auto.conf");
+    let Ok(text) = fs::read_to_string(&auto) else { return Ok(false) };
+    let names: Vec<&str> = RUN_TIME_SETTINGS.iter().chain(extra).copied().collect();
+    let cleaned = render::without_settings(&text, &names);
+    if cleaned == text {
+        return Ok(false);
+    }
+    datadir::write_atomic(&auto, cleaned.as_bytes(), 0o600)?;
+    Ok(true)
+}
+
 /// [`write_config`], then has the running server (`postgres`, its postmaster) reload it.
 pub fn write_config_and_reload(config: &Config, settings: &Settings, dir: &Path, postgres: Pid) -> io::Result<()> {
     write_config(config, settings, dir)?;

@@ -29,6 +29,22 @@ macro_rules! facts {
     };
 }
 
+/// Where `synchronous_standby_names` comes from, as an operator reads it.
+macro_rules! synchronous_from {
+    () => {
+        "(SELECT CASE
+            WHEN sourcefile LIKE '%/postgresql.auto.conf' THEN 'pg-entrypoint sync, until the next start'
+            WHEN sourcefile LIKE '%/pg-entrypoint.conf' THEN 'REPLICATION_SYNCHRONOUS_* at start'
+            ELSE coalesce(sourcefile, source) END
+          FROM pg_settings WHERE name = 'synchronous_standby_names')"
+    };
+}
+
+/// What `sync` shows and changes: the value in force, whether this is a standby, and where
+/// the value comes from.
+pub const SYNCHRONOUS_SQL: &str =
+    concat!("SELECT current_setting('synchronous_standby_names'), pg_is_in_recovery(), ", synchronous_from!());
+
 /// The facts alone: what `health` and status-only probes (HEAD, OPTIONS) need. A new
 /// backend (each `health`) pays for every catalog a query names, so this one names few.
 pub const FACTS_SQL: &str =
@@ -73,6 +89,9 @@ pub const STATUS_SQL: &str = concat!(
       'status', r.status, 'primary_host', r.sender_host, 'primary_port', r.sender_port,
       'slot', r.slot_name, 'latest_end_lsn', r.latest_end_lsn::text) END,
   'synchronous_standby_names', current_setting('synchronous_standby_names'),
+  'synchronous_standby_names_from', ",
+    synchronous_from!(),
+    ",
   'replicas', coalesce((
       SELECT jsonb_agg(jsonb_build_object(
                'name', p.application_name, 'client_addr', host(p.client_addr), 'state', p.state,

@@ -224,14 +224,10 @@ fn make_standby(ctx: &Context, dir: &Path) -> Result<(), StepError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err("cannot remove the copied promotion marker")(e).into()),
     }
-    let auto = dir.join("postgresql.auto.conf");
-    if let Ok(text) = fs::read_to_string(&auto) {
-        let cleaned = render::without_settings(&text, &MANAGED_STANDBY_SETTINGS);
-        if cleaned != text {
-            tracing::info!("removing primary_conninfo/primary_slot_name from postgresql.auto.conf: ours apply");
-            datadir::write_atomic(&auto, cleaned.as_bytes(), 0o600)
-                .map_err(err("cannot rewrite postgresql.auto.conf"))?;
-        }
+    if files::drop_run_time_settings(dir, &MANAGED_STANDBY_SETTINGS)
+        .map_err(err("cannot rewrite postgresql.auto.conf"))?
+    {
+        tracing::info!("removed our settings from postgresql.auto.conf (copied, or set at run time): ours apply");
     }
     files::write_config(ctx.config, ctx.settings, dir).map_err(err("cannot write the configuration"))?;
     Ok(())
