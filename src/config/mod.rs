@@ -156,6 +156,37 @@ pub struct Patroni {
     /// health paths HAProxy and probes use) stay open.
     pub rest_api_user: String,
     pub rest_api_password: Secret,
+    /// Patroni's timings and choices, written to `bootstrap.dcs` (so they apply when the
+    /// cluster is created in etcd; later, `patronictl edit-config`).
+    pub dcs: PatroniDcs,
+}
+
+/// `PATRONI_TTL`, `_LOOP_WAIT`, `_RETRY_TIMEOUT`, `_MAX_LAG`, `_USE_PG_REWIND`, `_USE_SLOTS`
+/// (the upstream image's names). By default: a leader cut off from etcd loses its key after
+/// `ttl` 20 s; Patroni requires `loop_wait + 2 * retry_timeout <= ttl`. Shorter means faster
+/// failover and more false ones when etcd or the network stalls (docs/patroni.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatroniDcs {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    /// A replica further behind than this (bytes) is not promoted automatically.
+    pub maximum_lag_on_failover: u64,
+    pub use_pg_rewind: bool,
+    pub use_slots: bool,
+}
+
+impl Default for PatroniDcs {
+    fn default() -> PatroniDcs {
+        PatroniDcs {
+            ttl: 20,
+            loop_wait: 5,
+            retry_timeout: 5,
+            maximum_lag_on_failover: 1_048_576,
+            use_pg_rewind: true,
+            use_slots: true,
+        }
+    }
 }
 
 /// Patroni's `synchronous_mode` (and `synchronous_mode_strict`).

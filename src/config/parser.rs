@@ -11,13 +11,15 @@ use super::{Address, Inputs, Problem, Secret};
 
 /// The upstream image's names for variables of ours: read as ours (both set and different
 /// is a problem). Values are not shown (two of them are passwords).
-const ALIASES: [(&str, &str); 6] = [
+const ALIASES: [(&str, &str); 8] = [
     ("REPLICATION_USER", "PATRONI_REPLICATION_USER"),
     ("REPLICATION_PASSWORD", "PATRONI_REPLICATION_PASSWORD"),
     ("REPLICATION_PASSWORD_FILE", "PATRONI_REPLICATION_PASSWORD_FILE"),
     ("HTTP_LISTEN", "PATRONI_REST_HOST"),
     ("HTTP_PORT", "PATRONI_REST_PORT"),
     ("ADVERTISE_HOST", "POSTGRESQL_CONNECT_HOST"),
+    ("ADVERTISE_HOST", "PATRONI_REST_CONNECT_HOST"),
+    ("ETCD_HOSTS", "PATRONI_ETCD_HOSTS"),
 ];
 
 pub(super) struct Parser<'a> {
@@ -33,17 +35,19 @@ impl Parser<'_> {
     /// A variable; empty counts as unset, as in the official image. Bytes that are not UTF-8
     /// are refused (a password altered by a lossy conversion would silently not work).
     pub(super) fn var(&mut self, name: &str) -> Option<String> {
-        let ours = self.one_var(name);
-        let Some((_, alias)) = ALIASES.iter().find(|(n, _)| *n == name) else { return ours };
-        match (ours, self.one_var(alias)) {
-            (Some(a), Some(b)) if a != b => {
-                if !self.problems.iter().any(|p| p.variable == *alias) {
-                    self.problem(alias, format!("disagrees with {name}; set one of them"));
+        let mut value = self.one_var(name);
+        for (_, alias) in ALIASES.iter().filter(|(n, _)| *n == name) {
+            value = match (value, self.one_var(alias)) {
+                (Some(a), Some(b)) if a != b => {
+                    if !self.problems.iter().any(|p| p.variable == *alias) {
+                        self.problem(alias, format!("disagrees with {name}; set one of them"));
+                    }
+                    Some(a)
                 }
-                Some(a)
-            }
-            (ours, theirs) => ours.or(theirs),
+                (ours, theirs) => ours.or(theirs),
+            };
         }
+        value
     }
 
     fn one_var(&mut self, name: &str) -> Option<String> {

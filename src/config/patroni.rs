@@ -45,7 +45,7 @@ impl Parser<'_> {
             );
         }
         let etcd_hosts = self.etcd_hosts();
-        let synchronous = match self.var("REPLICATION_SYNCHRONOUS_MODE").map(|v| v.to_ascii_lowercase()).as_deref() {
+        let synchronous = match self.synchronous_mode_variable().as_deref() {
             None | Some("off") | Some("false") => PatroniSync::Off,
             Some("on") | Some("true") | Some("first") => PatroniSync::On,
             Some("strict") => PatroniSync::Strict,
@@ -77,6 +77,7 @@ impl Parser<'_> {
         let (replication_user, password) = self.replication_account(superuser, "patroni");
         self.patroni_quotable("REPLICATION_PASSWORD", password.as_ref());
         let (rest_api_user, rest_api_password) = self.patroni_rest_api_credentials();
+        let dcs = self.patroni_dcs();
         Some(Role::Patroni(Box::new(Patroni {
             scope,
             name,
@@ -90,7 +91,91 @@ impl Parser<'_> {
             rest_api_user,
             // Missing is a problem already reported; the other checks still run.
             rest_api_password: rest_api_password.unwrap_or_else(|| Secret(String::new())),
+            dcs,
         })))
+    }
+
+    /// `REPLICATION_SYNCHRONOUS_MODE`, or the upstream image's `PATRONI_SYNCHRONOUS_MODE` (true
+    /// or false) and `PATRONI_SYNCHRONOUS_MODE_STRICT`, lower-cased; both set and different:
+    /// a problem.
+    fn synchronous_mode_variable(&mut self) -> Option<String> {
+        let ours = self.var("REPLICATION_SYNCHRONOUS_MODE").map(|v| v.to_ascii_lowercase());
+        let upstream = match (self.boolean("PATRONI_SYNCHRONOUS_MODE"), self.boolean("PATRONI_SYNCHRONOUS_MODE_STRICT"))
+        {
+            (Some(true), Some(true)) => Some("strict"),
+            (Some(true), _) => Some("on"),
+            (Some(false), _) => Some("off"),
+            (None, _) => None,
+        };
+        for refused in ["PATRONI_SYNCHRONOUS_MODE_TYPE", "PATRONI_SYNCHRONOUS_MODE_TIMEOUT"] {
+            if self.var(refused).is_some() {
+                self.problem(
+                    refused,
+                    "is not supported here; accepted: REPLICATION_SYNCHRONOUS_MODE=off, on or strict",
+                );
+            }
+        }
+        match (ours, upstream) {
+            (Some(a), Some(b)) if normal_sync(&a) != b => {
+                self.problem(
+                    "PATRONI_SYNCHRONOUS_MODE",
+                    format!("means {b:?}, but REPLICATION_SYNCHRONOUS_MODE={a:?}; set one of them"),
+                );
+                Some(a)
+            }
+            (Some(a), _) => Some(a),
+            (None, b) => b.map(String::from),
+        }
+    }
+
+    /// Patroni's timings and choices, the upstream image's `PATRONI_*` names, within Patroni's
+    /// own rule: `loop_wait + 2 * retry_timeout <= ttl`.
+    fn patroni_dcs(&mut self) -> PatroniDcs {
+        let default = PatroniDcs::default();
+        let ttl = self.whole_number("PATRONI_TTL", default.ttl, 3600);
+        let loop_wait = self.whole_number("PATRONI_LOOP_WAIT", default.loop_wait, 3600);
+        let retry_timeout = self.whole_number("PATRONI_RETRY_TIMEOUT", default.retry_timeout, 3600);
+        if loop_wait + 2 * retry_timeout > ttl {
+            self.problem(
+                "PATRONI_TTL",
+                format!(
+                    "is {ttl} s, less than PATRONI_LOOP_WAIT ({loop_wait}) + 2 × PATRONI_RETRY_TIMEOUT ({retry_timeout}), \
+                     which Patroni requires"
+                ),
+            );
+        }
+        let maximum_lag_on_failover = match self.var("PATRONI_MAX_LAG") {
+            None => default.maximum_lag_on_failover,
+            Some(value) => value.parse::<u64>().unwrap_or_else(|_| {
+                self.problem("PATRONI_MAX_LAG", format!("{value:?} is not accepted; accepted: a number of bytes"));
+                default.maximum_lag_on_failover
+            }),
+        };
+        for watchdog in ["PATRONI_WATCHDOG_MODE", "PATRONI_WATCHDOG_DEVICE", "PATRONI_WATCHDOG_SAFETY_MARGIN"] {
+            if self.var(watchdog).is_some() {
+                self.problem(watchdog, "is not supported: containers here have no watchdog device; unset it");
+            }
+        }
+        if self.var("PATRONI_WAL_KEEP_SEGMENTS").is_some() {
+            self.problem(
+                "PATRONI_WAL_KEEP_SEGMENTS",
+                "is wal_keep_segments, gone since PostgreSQL 13; accepted: POSTGRESQL_CONFIG_WAL_KEEP_SIZE (e.g. 1GB)",
+            );
+        }
+        if self.boolean("PATRONI_PGBACKREST_CALLBACKS") == Some(true) {
+            self.problem(
+                "PATRONI_PGBACKREST_CALLBACKS",
+                "is true, but backups with pgBackRest are not in this version",
+            );
+        }
+        PatroniDcs {
+            ttl,
+            loop_wait,
+            retry_timeout,
+            maximum_lag_on_failover,
+            use_pg_rewind: self.boolean("PATRONI_USE_PG_REWIND").unwrap_or(default.use_pg_rewind),
+            use_slots: self.boolean("PATRONI_USE_SLOTS").unwrap_or(default.use_slots),
+        }
     }
 
     /// Without credentials, anyone who reaches Patroni's REST API could change the cluster's
@@ -188,5 +273,14 @@ impl Parser<'_> {
             }
         }
         hosts
+    }
+}
+
+/// A `REPLICATION_SYNCHRONOUS_MODE` value as Patroni mode reads it: off, on or strict.
+fn normal_sync(value: &str) -> &str {
+    match value {
+        "false" => "off",
+        "true" | "first" => "on",
+        other => other,
     }
 }

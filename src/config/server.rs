@@ -424,7 +424,7 @@ pub(super) fn hba_line_problem(line: &str) -> Option<String> {
 
 /// The upstream image's `POSTGRESQL_<SETTING>` variables: the same as
 /// `POSTGRESQL_CONFIG_<SETTING>`.
-const SETTING_SHORTCUTS: [(&str, &str); 11] = [
+const SETTING_SHORTCUTS: [(&str, &str); 13] = [
     ("POSTGRESQL_SHARED_BUFFERS", "shared_buffers"),
     ("POSTGRESQL_MAX_CONNECTIONS", "max_connections"),
     ("POSTGRESQL_WORK_MEM", "work_mem"),
@@ -436,6 +436,8 @@ const SETTING_SHORTCUTS: [(&str, &str); 11] = [
     ("POSTGRESQL_TIMEZONE", "timezone"),
     ("POSTGRESQL_PORT", "port"),
     ("POSTGRESQL_LISTEN_HOST", "listen_addresses"),
+    ("PATRONI_MAX_WAL_SENDERS", "max_wal_senders"),
+    ("PATRONI_MAX_REPLICATION_SLOTS", "max_replication_slots"),
 ];
 
 pub(super) const ACCEPTED_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust", "reject"];

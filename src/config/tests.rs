@@ -691,3 +691,45 @@ fn the_upstream_images_patroni_names_are_ours_by_another_name() {
     let found = problems(&both);
     assert_eq!(found, ["PATRONI_REPLICATION_PASSWORD: disagrees with REPLICATION_PASSWORD; set one of them"]);
 }
+
+#[test]
+fn the_upstream_images_patroni_timings_are_honoured_within_patronis_rule() {
+    let base = [
+        ("POSTGRES_PASSWORD", "pw"),
+        ("HA_MODE", "patroni"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PATRONI_RESTAPI_PASSWORD", "a"),
+        ("PATRONI_ETCD_HOSTS", "e1:2379,e2:2379"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| [&base[..], extra].concat();
+    let Role::Patroni(m) = parse(&with(&[
+        ("PATRONI_TTL", "40"),
+        ("PATRONI_LOOP_WAIT", "10"),
+        ("PATRONI_RETRY_TIMEOUT", "10"),
+        ("PATRONI_MAX_LAG", "33554432"),
+        ("PATRONI_USE_PG_REWIND", "false"),
+        ("PATRONI_SYNCHRONOUS_MODE", "true"),
+        ("PATRONI_SYNCHRONOUS_MODE_STRICT", "true"),
+    ]))
+    .unwrap()
+    .role
+    else {
+        panic!("not patroni")
+    };
+    assert_eq!(m.etcd_hosts.len(), 2);
+    assert_eq!((m.dcs.ttl, m.dcs.loop_wait, m.dcs.retry_timeout), (40, 10, 10));
+    assert_eq!((m.dcs.maximum_lag_on_failover, m.dcs.use_pg_rewind, m.dcs.use_slots), (33554432, false, true));
+    assert_eq!(m.synchronous, PatroniSync::Strict);
+    let found = problems(&with(&[("PATRONI_TTL", "10")]));
+    assert!(
+        found[0].starts_with("PATRONI_TTL: is 10 s, less than PATRONI_LOOP_WAIT (5) + 2 × PATRONI_RETRY_TIMEOUT (5)")
+    );
+    let found = problems(&with(&[("PATRONI_WATCHDOG_MODE", "required"), ("PATRONI_WAL_KEEP_SEGMENTS", "8")]));
+    assert!(found.iter().any(|p| p.starts_with("PATRONI_WATCHDOG_MODE: is not supported")), "{found:?}");
+    assert!(found.iter().any(|p| p.contains("POSTGRESQL_CONFIG_WAL_KEEP_SIZE")), "{found:?}");
+    let found = problems(&with(&[("PATRONI_SYNCHRONOUS_MODE", "true"), ("REPLICATION_SYNCHRONOUS_MODE", "off")]));
+    assert!(
+        found[0].starts_with("PATRONI_SYNCHRONOUS_MODE: means \"on\", but REPLICATION_SYNCHRONOUS_MODE=\"off\""),
+        "{found:?}"
+    );
+}

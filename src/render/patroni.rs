@@ -10,13 +10,6 @@ use crate::config::{Config, Patroni, PatroniSync};
 // Every string as a YAML double-quoted scalar, with JSON's escapes (YAML reads them too).
 use crate::render::{quote_json as q, Settings, Source};
 
-/// The DCS timings (seconds), chosen for containers on one network: a dead leader's key
-/// expires after `TTL`; Patroni requires `LOOP_WAIT + 2 * RETRY_TIMEOUT <= TTL`. Shorter
-/// means faster failover and more false ones when etcd or the network stalls (docs/patroni.md).
-pub const TTL: u32 = 20;
-pub const LOOP_WAIT: u32 = 5;
-pub const RETRY_TIMEOUT: u32 = 5;
-
 /// What the file needs beyond the configuration, resolved by the caller.
 pub struct Resolved<'a> {
     pub config: &'a Config,
@@ -63,17 +56,16 @@ pub fn patroni_yml(i: &Resolved) -> String {
     }
     line(0, "bootstrap:".into());
     line(2, "dcs:".into());
-    line(4, format!("ttl: {TTL}"));
-    line(4, format!("loop_wait: {LOOP_WAIT}"));
-    line(4, format!("retry_timeout: {RETRY_TIMEOUT}"));
-    // A replica further behind than this (bytes) is not promoted automatically.
-    line(4, "maximum_lag_on_failover: 1048576".into());
+    line(4, format!("ttl: {}", m.dcs.ttl));
+    line(4, format!("loop_wait: {}", m.dcs.loop_wait));
+    line(4, format!("retry_timeout: {}", m.dcs.retry_timeout));
+    line(4, format!("maximum_lag_on_failover: {}", m.dcs.maximum_lag_on_failover));
     line(4, format!("synchronous_mode: {}", m.synchronous != PatroniSync::Off));
     line(4, format!("synchronous_mode_strict: {}", m.synchronous == PatroniSync::Strict));
     line(4, format!("synchronous_node_count: {}", m.synchronous_count));
     line(4, "postgresql:".into());
-    line(6, "use_pg_rewind: true".into());
-    line(6, "use_slots: true".into());
+    line(6, format!("use_pg_rewind: {}", m.dcs.use_pg_rewind));
+    line(6, format!("use_slots: {}", m.dcs.use_slots));
     // Cluster-wide settings (max_connections...) are read from here only when the cluster
     // is created; later changes go through `patronictl edit-config`.
     parameters(&mut line, 6, i.settings, true);
