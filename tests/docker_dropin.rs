@@ -313,3 +313,115 @@ fn a_volume_at_the_upstream_images_data_path_keeps_the_database() {
         logs(&third)
     );
 }
+
+/// `-e` arguments for `docker run` from (name, value) pairs.
+fn env_args(vars: &[(&str, &str)]) -> Vec<String> {
+    vars.iter().flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")]).collect()
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn the_upstream_images_examples_run_with_the_image_swapped() {
+    let mut c = Cluster::new("upstream-examples");
+    // Its quick start and its custom configuration: a host directory at its data path.
+    let host_dir = std::env::temp_dir().join(format!("pgep-upstream-data-{}", std::process::id()));
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let mut single_args = args(&["-v", &format!("{}:/usr/local/pgsql/data", host_dir.display())]);
+    single_args.extend(env_args(&[
+        ("POSTGRES_PASSWORD", "secret"),
+        ("POSTGRESQL_CONFIG_MAX_CONNECTIONS", "2000"),
+        ("POSTGRESQL_CONFIG_SHARED_BUFFERS", "16GB"),
+        ("POSTGRESQL_CONFIG_EFFECTIVE_CACHE_SIZE", "32GB"),
+    ]));
+    let single = c.run_detached("single", &single_args, &image(), &[]);
+    wait_healthy(&single, Duration::from_secs(120));
+    let shown = sql(&single, "SELECT string_agg(current_setting(n), ',') FROM unnest(ARRAY['max_connections', 'shared_buffers', 'effective_cache_size', 'data_directory']) n");
+    assert_eq!(shown, "2000,16GB,32GB,/usr/local/pgsql/data");
+    assert!(host_dir.join("PG_VERSION").exists(), "the cluster is in the user's directory");
+    docker(&["rm", "-f", "-v", &single]);
+    let _ = std::fs::remove_dir_all(&host_dir);
+
+    // Its native HA example: a primary and two replicas, as it sets them.
+    let node = |role: &'static str| -> Vec<(&'static str, &'static str)> {
+        let mut vars = vec![
+            ("HA_MODE", "native"),
+            ("REPLICATION_ROLE", role),
+            ("REPLICATION_USER", "replicator"),
+            ("REPLICATION_PASSWORD", "replicator_password"),
+            ("POSTGRES_USER", "postgres"),
+            ("POSTGRES_PASSWORD", "secret"),
+            ("EXTERNAL_ACCESS_ENABLE", "true"),
+            ("EXTERNAL_ACCESS_METHOD", "md5"),
+            ("POSTGRESQL_LISTEN_ADDRESSES", "*"),
+        ];
+        if role == "replica" {
+            vars.extend([("PRIMARY_HOST", "placeholder"), ("PRIMARY_PORT", "5432")]);
+        }
+        vars
+    };
+    let at_upstream_path = |volume: String| args(&["-v", &format!("{volume}:/usr/local/pgsql/data")]);
+    // Its primary also sets PGBACKREST_ENABLE: refused until backups are built, not ignored.
+    let mut refused_args = at_upstream_path(c.volume("refused"));
+    refused_args.extend(env_args(&[node("primary").as_slice(), &[("PGBACKREST_ENABLE", "true")]].concat()));
+    let refused = c.run_detached("refused", &refused_args, &image(), &[]);
+    assert_eq!(exit_code(&refused), 78);
+    assert!(
+        logs(&refused).contains("PGBACKREST_ENABLE: is set (PGBACKREST_ENABLE), but backups with pgBackRest"),
+        "{}",
+        logs(&refused)
+    );
+    // Without that line, it runs.
+    let mut primary_args = at_upstream_path(c.volume("primary"));
+    primary_args.extend(env_args(&node("primary")));
+    let primary = c.run_detached("primary", &primary_args, &image(), &[]);
+    let mut replicas = Vec::new();
+    for name in ["replica1", "replica2"] {
+        let mut vars = node("replica");
+        let primary_host = primary.clone();
+        vars.retain(|(k, _)| *k != "PRIMARY_HOST");
+        let mut replica_args = at_upstream_path(c.volume(name));
+        replica_args.extend(env_args(&vars));
+        replica_args.extend(env_args(&[("PRIMARY_HOST", primary_host.as_str())]));
+        replicas.push(c.run_detached(name, &replica_args, &image(), &[]));
+    }
+    wait_healthy(&primary, Duration::from_secs(120));
+    for replica in &replicas {
+        wait_healthy(replica, Duration::from_secs(180));
+    }
+    sql(&primary, "CREATE TABLE upstream AS SELECT 7 AS v");
+    for replica in &replicas {
+        eventually_sql(replica, "SELECT v FROM upstream", "7");
+        assert_eq!(sql(replica, "SHOW data_directory"), "/usr/local/pgsql/data");
+    }
+    let hba = docker(&["exec", &primary, "cat", "/usr/local/pgsql/data/pg_hba.conf"]);
+    assert!(hba.contains("host all all 0.0.0.0/0 md5") && hba.contains("host all all ::/0 md5"), "{hba}");
+
+    // Its Patroni example sets no REST API password: refused (anyone on the network could
+    // reconfigure the cluster), naming it, as is its PGBACKREST_ENABLE.
+    let mut patroni_args = at_upstream_path(c.volume("patroni"));
+    patroni_args.extend(env_args(&[
+        ("PATRONI_ENABLE", "true"),
+        ("PATRONI_SCOPE", "postgres-cluster"),
+        ("PATRONI_NAME", "postgresql1"),
+        ("PATRONI_REST_HOST", "0.0.0.0"),
+        ("PATRONI_REST_PORT", "8008"),
+        ("ETCD_HOST", "etcd"),
+        ("ETCD_PORT", "2379"),
+        ("POSTGRESQL_LISTEN_HOST", "0.0.0.0"),
+        ("POSTGRESQL_PORT", "5432"),
+        ("POSTGRESQL_CONNECT_HOST", "postgresql1"),
+        ("POSTGRES_USER", "postgres"),
+        ("POSTGRES_PASSWORD", "postgres_password"),
+        ("PATRONI_REPLICATION_USER", "replicator"),
+        ("PATRONI_REPLICATION_PASSWORD", "replicator_password"),
+        ("EXTERNAL_ACCESS_ENABLE", "true"),
+        ("EXTERNAL_ACCESS_METHOD", "md5"),
+        ("PGBACKREST_ENABLE", "true"),
+        ("PG_HBA_ADD_1", "host all all 172.18.0.0/16 trust"),
+    ]));
+    let patroni = c.run_detached("patroni", &patroni_args, &image(), &[]);
+    assert_eq!(exit_code(&patroni), 78);
+    let said = logs(&patroni);
+    assert!(said.contains("PATRONI_RESTAPI_PASSWORD: is required with HA_MODE=patroni"), "{said}");
+    assert!(said.contains("PGBACKREST_ENABLE: is set"), "{said}");
+}
