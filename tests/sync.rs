@@ -79,6 +79,9 @@ fn sync_changes_synchronous_replication_under_load_without_a_restart() {
     let (code, out) = primary.tool(&["sync", "--mode", "any", "--count", "0"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("REPLICATION_SYNCHRONOUS_COUNT"), "{out}");
+    let (code, out) = primary.tool(&["sync", "--count", "1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give --mode too"), "{out}");
     assert_eq!(primary.query_one("current_setting('synchronous_standby_names')"), "");
 
     // Quorum of one: the streaming replica confirms, commits go on.

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::config::{parse_bool, var_or_file, Inputs};
+use crate::config::{parse_bool, var_or_alias, var_or_file, Inputs};
 use crate::render::quote_json;
 
 /// True when the environment selects Patroni mode (`HA_MODE=patroni`, or the original image's
@@ -18,9 +18,9 @@ pub fn selected(inputs: &dyn Inputs) -> bool {
 
 /// This member's REST API: `HTTP_LISTEN` if it names one address, else loopback; `HTTP_PORT`.
 fn rest_api(inputs: &dyn Inputs) -> SocketAddr {
-    let port = inputs.var("HTTP_PORT").and_then(|p| p.parse().ok()).unwrap_or(crate::config::DEFAULT_HTTP_PORT);
-    let ip = inputs
-        .var("HTTP_LISTEN")
+    let port =
+        var_or_alias(inputs, "HTTP_PORT").and_then(|p| p.parse().ok()).unwrap_or(crate::config::DEFAULT_HTTP_PORT);
+    let ip = var_or_alias(inputs, "HTTP_LISTEN")
         .and_then(|a| a.trim_matches(['[', ']']).parse::<IpAddr>().ok())
         .filter(|ip| !ip.is_unspecified())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));

@@ -90,6 +90,16 @@ fn apply(change: &Change) -> Result<String, String> {
     if nothing_asked {
         return Ok(format!("synchronous_standby_names = '{before}' (from {from})"));
     }
+    if change.mode.is_none() {
+        // The others would fall back to REPLICATION_SYNCHRONOUS_MODE, not to what is in force:
+        // `--count 1` alone could turn synchronous replication off.
+        return Err("give --mode too (off, on, first, any): the options left out are the variables' values, \
+                    not what is in force"
+            .into());
+    }
+    if local.temporary {
+        return Err("the entrypoint is still preparing the data directory (temporary server); try again".into());
+    }
     if in_recovery {
         return Err("this server is a standby; run sync on the primary".into());
     }
@@ -115,7 +125,10 @@ fn apply(change: &Change) -> Result<String, String> {
             break;
         }
         if Instant::now() >= deadline {
-            return Err(format!("written, but after 10 s the server still says '{now}'"));
+            return Err(format!(
+                "written, but after 10 s the server still says '{now}' (a -c synchronous_standby_names argument \
+                 of the server wins over it)"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -6,6 +6,18 @@ use std::time::Duration;
 use super::parser::parse_address;
 use super::*;
 
+/// The upstream image's names that only Patroni mode reads.
+const PATRONI_ONLY: [&str; 8] = [
+    "PATRONI_TTL",
+    "PATRONI_LOOP_WAIT",
+    "PATRONI_RETRY_TIMEOUT",
+    "PATRONI_MAX_LAG",
+    "PATRONI_USE_PG_REWIND",
+    "PATRONI_USE_SLOTS",
+    "PATRONI_SYNCHRONOUS_MODE",
+    "PATRONI_SYNCHRONOUS_MODE_STRICT",
+];
+
 /// Which of the three the environment asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HaMode {
@@ -49,6 +61,14 @@ impl Parser<'_> {
         let ha_variable = self.var("HA_MODE");
         let mode = self.ha_mode(ha_variable.as_deref());
         let role_variable = self.role_variable();
+        if mode != HaMode::Patroni {
+            // The upstream image's Patroni settings mean nothing without Patroni.
+            for variable in PATRONI_ONLY {
+                if self.var(variable).is_some() {
+                    self.problem(variable, "is for HA_MODE=patroni (Patroni's settings); unset it");
+                }
+            }
+        }
         match mode {
             HaMode::Patroni => return self.patroni(superuser, role_variable, http),
             HaMode::Standalone => {
@@ -61,6 +81,14 @@ impl Parser<'_> {
                 return Some(Role::Standalone);
             }
             HaMode::Native => {}
+        }
+        // Ours to render (the majority rule sets its floor): an override could lower it.
+        if self.var("POSTGRESQL_CONFIG_SYNCHRONOUS_STANDBY_NAMES").is_some() {
+            self.problem(
+                "POSTGRESQL_CONFIG_SYNCHRONOUS_STANDBY_NAMES",
+                "is rendered from REPLICATION_SYNCHRONOUS_MODE/_COUNT/_REPLICAS with HA_MODE=native (the majority \
+                 rule sets its floor); set those instead, or `pg-entrypoint sync` at run time",
+            );
         }
         let sync = self.sync_settings();
         let (user, password) = self.replication_account(superuser, "native");

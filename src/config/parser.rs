@@ -22,6 +22,34 @@ const ALIASES: [(&str, &str); 8] = [
     ("ETCD_HOSTS", "PATRONI_ETCD_HOSTS"),
 ];
 
+/// `name`, or one of the upstream image's names for it (the first set), without the checks
+/// the parser makes: for the operator commands, which need a value or two.
+pub fn var_or_alias(inputs: &dyn Inputs, name: &str) -> Option<String> {
+    let names = std::iter::once(name).chain(ALIASES.iter().filter(|(n, _)| *n == name).map(|(_, alias)| *alias));
+    names.filter_map(|n| inputs.var(n)).find(|v| !v.is_empty())
+}
+
+/// The upstream image's `PATRONI_*` names that we translate into `patroni.yml`: never passed
+/// on to Patroni, which reads some of them its own way (`PATRONI_ETCD_HOSTS` as an etcd v2
+/// store, which recent etcd no longer serves).
+pub const TRANSLATED_PATRONI_NAMES: [&str; 15] = [
+    "PATRONI_ETCD_HOSTS",
+    "PATRONI_REPLICATION_USER",
+    "PATRONI_REST_HOST",
+    "PATRONI_REST_PORT",
+    "PATRONI_REST_CONNECT_HOST",
+    "PATRONI_TTL",
+    "PATRONI_LOOP_WAIT",
+    "PATRONI_RETRY_TIMEOUT",
+    "PATRONI_MAX_LAG",
+    "PATRONI_USE_PG_REWIND",
+    "PATRONI_USE_SLOTS",
+    "PATRONI_SYNCHRONOUS_MODE",
+    "PATRONI_SYNCHRONOUS_MODE_STRICT",
+    "PATRONI_MAX_WAL_SENDERS",
+    "PATRONI_MAX_REPLICATION_SLOTS",
+];
+
 pub(super) struct Parser<'a> {
     pub(super) inputs: &'a dyn Inputs,
     pub(super) problems: Vec<Problem>,

@@ -105,6 +105,10 @@ impl Parser<'_> {
             (Some(true), Some(true)) => Some("strict"),
             (Some(true), _) => Some("on"),
             (Some(false), _) => Some("off"),
+            (None, Some(true)) => {
+                self.problem("PATRONI_SYNCHRONOUS_MODE_STRICT", "is true without PATRONI_SYNCHRONOUS_MODE=true");
+                None
+            }
             (None, _) => None,
         };
         for refused in ["PATRONI_SYNCHRONOUS_MODE_TYPE", "PATRONI_SYNCHRONOUS_MODE_TIMEOUT"] {
@@ -135,6 +139,14 @@ impl Parser<'_> {
         let ttl = self.whole_number("PATRONI_TTL", default.ttl, 3600);
         let loop_wait = self.whole_number("PATRONI_LOOP_WAIT", default.loop_wait, 3600);
         let retry_timeout = self.whole_number("PATRONI_RETRY_TIMEOUT", default.retry_timeout, 3600);
+        // Patroni raises smaller values by itself, silently: refused here instead.
+        for (variable, value, least) in
+            [("PATRONI_TTL", ttl, 20), ("PATRONI_LOOP_WAIT", loop_wait, 1), ("PATRONI_RETRY_TIMEOUT", retry_timeout, 3)]
+        {
+            if value < least {
+                self.problem(variable, format!("is {value} s; Patroni accepts at least {least}"));
+            }
+        }
         if loop_wait + 2 * retry_timeout > ttl {
             self.problem(
                 "PATRONI_TTL",

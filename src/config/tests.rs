@@ -721,9 +721,18 @@ fn the_upstream_images_patroni_timings_are_honoured_within_patronis_rule() {
     assert_eq!((m.dcs.maximum_lag_on_failover, m.dcs.use_pg_rewind, m.dcs.use_slots), (33554432, false, true));
     assert_eq!(m.synchronous, PatroniSync::Strict);
     let found = problems(&with(&[("PATRONI_TTL", "10")]));
+    assert!(found[0].starts_with("PATRONI_TTL: is 10 s; Patroni accepts at least 20"), "{found:?}");
+    let found = problems(&with(&[("PATRONI_LOOP_WAIT", "10"), ("PATRONI_RETRY_TIMEOUT", "10")]));
     assert!(
-        found[0].starts_with("PATRONI_TTL: is 10 s, less than PATRONI_LOOP_WAIT (5) + 2 × PATRONI_RETRY_TIMEOUT (5)")
+        found[0].starts_with("PATRONI_TTL: is 20 s, less than PATRONI_LOOP_WAIT (10) + 2 × PATRONI_RETRY_TIMEOUT (10)")
     );
+    // Without Patroni they mean nothing: refused rather than ignored.
+    let native =
+        [("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("ROLE", "primary"), ("REPLICATION_PASSWORD", "r")];
+    let found = problems(&[&native[..], &[("PATRONI_TTL", "30")]].concat());
+    assert_eq!(found, ["PATRONI_TTL: is for HA_MODE=patroni (Patroni's settings); unset it"]);
+    let found = problems(&[&native[..], &[("POSTGRESQL_CONFIG_SYNCHRONOUS_STANDBY_NAMES", "x")]].concat());
+    assert!(found[0].starts_with("POSTGRESQL_CONFIG_SYNCHRONOUS_STANDBY_NAMES: is rendered from"), "{found:?}");
     let found = problems(&with(&[("PATRONI_WATCHDOG_MODE", "required"), ("PATRONI_WAL_KEEP_SEGMENTS", "8")]));
     assert!(found.iter().any(|p| p.starts_with("PATRONI_WATCHDOG_MODE: is not supported")), "{found:?}");
     assert!(found.iter().any(|p| p.contains("POSTGRESQL_CONFIG_WAL_KEEP_SIZE")), "{found:?}");
