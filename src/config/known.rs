@@ -72,6 +72,11 @@ pub const KNOWN: &[&str] = &[
     "POSTGRESQL_PORT",
     "POSTGRESQL_LISTEN_HOST",
     "POSTGRESQL_CONNECT_HOST",
+    // The upstream image's, refused with what to use instead (config::server).
+    "POSTGRES_BIN",
+    "POSTGRES_GROUP",
+    "POSTGRESQL_READY_MAX_ATTEMPTS",
+    "POSTGRESQL_READY_ATTEMPT_INTERVAL",
 ];
 
 /// Families where every name is ours, or a prefix that names a setting (`POSTGRESQL_CONFIG_`)
@@ -107,8 +112,9 @@ pub fn unknown(vars: &[(String, String)]) -> Vec<(String, Option<&'static str>)>
     found
 }
 
-/// Common variables of other programs that share a prefix with ours.
-const FOREIGN: &[&str] = &["HTTP_PROXY"];
+/// Common variables of other programs that share a prefix with ours (an application's
+/// environment file often names its database as POSTGRES_HOST and POSTGRES_PORT).
+const FOREIGN: &[&str] = &["HTTP_PROXY", "POSTGRES_HOST", "POSTGRES_PORT"];
 
 /// Kubernetes' service links: a Service named `postgres`, `primary`, `etcd`, `pgbouncer`...
 /// gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT=tcp://...`,

@@ -79,6 +79,7 @@ impl Parser<'_> {
             self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
         }
         self.refuse_what_is_not_built();
+        self.refuse_upstream_internals();
         let overrides = self.overrides();
         let tls = self.tls();
         let upgrade = self.upgrade();
@@ -224,6 +225,16 @@ impl Parser<'_> {
                 },
             })
             .collect()
+    }
+
+    /// Settings the upstream image's scripts read that mean nothing here: refused, each with
+    /// what to use instead, rather than ignored.
+    fn refuse_upstream_internals(&mut self) {
+        for (variable, instead) in UPSTREAM_INTERNALS {
+            if self.var(variable).is_some() {
+                self.problem(variable, format!("is the upstream image's, not ours; {instead}"));
+            }
+        }
     }
 
     /// The upstream image's backups (`PGBACKREST_*`) and pooler (`PGBOUNCER_*`) are not built
@@ -421,6 +432,21 @@ pub(super) fn hba_line_problem(line: &str) -> Option<String> {
         )),
     }
 }
+
+/// What the upstream image's scripts read that has no meaning here, and what to use instead.
+const UPSTREAM_INTERNALS: [(&str, &str); 11] = [
+    ("PGRUN", "the socket directory is POSTGRESQL_UNIX_SOCKET_DIRECTORIES (/var/run/postgresql by default)"),
+    ("PGCONFIG", "the configuration lives in PGDATA; set POSTGRESQL_CONFIG_<SETTING>"),
+    ("PGLOG", "logs go to stderr (docker logs); for files, POSTGRESQL_CONFIG_LOGGING_COLLECTOR=on and _LOG_DIRECTORY"),
+    ("PGBACKUP", "backups are not built yet"),
+    ("POSTGRES_BIN", "the server's binaries are found on PATH, or set PG_BINDIR"),
+    ("POSTGRES_GROUP", "the service account is postgres (uid and gid 999, as the official image); another uid: --user"),
+    ("POSTGRESQL_READY_MAX_ATTEMPTS", "the start waits for readiness by itself; unset it"),
+    ("POSTGRESQL_READY_ATTEMPT_INTERVAL", "the start waits for readiness by itself; unset it"),
+    ("ARCHIVE_TIMEOUT", "set POSTGRESQL_CONFIG_ARCHIVE_TIMEOUT"),
+    ("TIMEOUT_CHANGE_PASSWORD", "passwords are applied at start; unset it"),
+    ("STRICT_PERMISSIONS", "PGDATA is always 0700 and our secret files 0600; unset it"),
+];
 
 /// The upstream image's `POSTGRESQL_<SETTING>` variables: the same as
 /// `POSTGRESQL_CONFIG_<SETTING>`.

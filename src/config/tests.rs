@@ -742,3 +742,16 @@ fn the_upstream_images_patroni_timings_are_honoured_within_patronis_rule() {
         "{found:?}"
     );
 }
+
+#[test]
+fn the_upstream_images_internal_settings_are_refused_with_what_to_use() {
+    let found = problems(&[("POSTGRES_PASSWORD", "pw"), ("PGRUN", "/run/pg"), ("ARCHIVE_TIMEOUT", "60")]);
+    assert!(
+        found.iter().any(|p| p.starts_with("PGRUN: is the upstream image's, not ours; the socket directory")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|p| p.contains("POSTGRESQL_CONFIG_ARCHIVE_TIMEOUT")), "{found:?}");
+    // An application's own database variables are neither refused nor warned about.
+    let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_HOST", "db"), ("POSTGRES_PORT", "5432")]).unwrap();
+    assert_eq!(c.unknown_variables, []);
+}
