@@ -212,6 +212,8 @@ fn promoting_a_replica_that_lacks_acknowledged_commits_is_refused() {
         client.execute("INSERT INTO acked VALUES ($1)", &[&i]).unwrap();
     }
     p.kill_all();
+    // Stopped, it cannot notice its postmaster's death: it would outlive the test.
+    kill(Pid::from_raw(sender), Signal::SIGKILL).unwrap();
 
     // status shows what each member has, so the operator can see which replica to promote.
     let (code, status) = r1.tool(&["status"]);
