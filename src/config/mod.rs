@@ -327,7 +327,7 @@ impl Replica {
 
 impl Config {
     pub fn from_inputs(inputs: &dyn Inputs) -> Result<Config, ConfigError> {
-        let mut p = Parser { inputs, problems: Vec::new() };
+        let mut p = Parser { inputs, problems: Vec::new(), from_alias: Vec::new() };
         let config = p.config();
         match config {
             Some(config) if p.problems.is_empty() => Ok(config),

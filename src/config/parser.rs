@@ -53,11 +53,16 @@ pub const TRANSLATED_PATRONI_NAMES: [&str; 15] = [
 pub(super) struct Parser<'a> {
     pub(super) inputs: &'a dyn Inputs,
     pub(super) problems: Vec<Problem>,
+    /// Our variables whose value came from an upstream name, and that name.
+    pub(super) from_alias: Vec<(String, &'static str)>,
 }
 
 impl Parser<'_> {
+    /// A problem with `variable`, named as the user set it: the upstream image's name when the
+    /// value came from that alias.
     pub(super) fn problem(&mut self, variable: &str, message: impl Into<String>) {
-        self.problems.push(Problem { variable: variable.to_string(), message: message.into() });
+        let named = self.from_alias.iter().find(|(ours, _)| ours == variable).map_or(variable, |(_, alias)| alias);
+        self.problems.push(Problem { variable: named.to_string(), message: message.into() });
     }
 
     /// A variable; empty counts as unset, as in the official image. Bytes that are not UTF-8
@@ -71,6 +76,12 @@ impl Parser<'_> {
                         self.problem(alias, format!("disagrees with {name}; set one of them"));
                     }
                     Some(a)
+                }
+                (None, Some(theirs)) => {
+                    if !self.from_alias.iter().any(|(ours, _)| ours == name) {
+                        self.from_alias.push((name.to_string(), alias));
+                    }
+                    Some(theirs)
                 }
                 (ours, theirs) => ours.or(theirs),
             };

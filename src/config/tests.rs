@@ -755,3 +755,9 @@ fn the_upstream_images_internal_settings_are_refused_with_what_to_use() {
     let c = parse(&[("POSTGRES_PASSWORD", "pw"), ("POSTGRES_HOST", "db"), ("POSTGRES_PORT", "5432")]).unwrap();
     assert_eq!(c.unknown_variables, []);
 }
+
+#[test]
+fn a_bad_value_under_an_upstream_name_is_reported_under_that_name() {
+    let found = problems(&[("POSTGRES_PASSWORD", "pw"), ("PATRONI_REST_PORT", "abc")]);
+    assert!(found[0].starts_with("PATRONI_REST_PORT: \"abc\" is not a port"), "{found:?}");
+}

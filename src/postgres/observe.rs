@@ -29,6 +29,34 @@ macro_rules! facts {
     };
 }
 
+/// The timeline: a standby's from its receiver (or its last checkpoint), a primary's from its
+/// current WAL file. `f` is `pg_is_in_recovery()`, `r` the WAL receiver.
+macro_rules! timeline {
+    () => {
+        "CASE WHEN f.in_recovery
+            THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+    };
+}
+
+/// WAL positions as byte counts (Patroni's `xlog` numbers): written (a primary's), received
+/// and replayed (a standby's).
+macro_rules! written {
+    () => {
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+    };
+}
+macro_rules! received {
+    () => {
+        "pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::bigint"
+    };
+}
+macro_rules! replayed {
+    () => {
+        "pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint"
+    };
+}
+
 /// Where `synchronous_standby_names` comes from, as an operator reads it.
 macro_rules! synchronous_from {
     () => {
@@ -64,16 +92,22 @@ pub const STATUS_SQL: &str = concat!(
   'postmaster_start_time', pg_postmaster_start_time()::text,
   'server_version', current_setting('server_version_num')::int,
   'database_system_identifier', (SELECT system_identifier::text FROM pg_control_system()),
-  'timeline', CASE WHEN f.in_recovery
-      THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
-      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+  'timeline', ",
+    timeline!(),
+    ",
   'xlog', CASE WHEN f.in_recovery
       THEN jsonb_build_object(
-             'received_location', pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::bigint,
-             'replayed_location', pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+             'received_location', ",
+    received!(),
+    ",
+             'replayed_location', ",
+    replayed!(),
+    ",
              'replayed_timestamp', pg_last_xact_replay_timestamp()::text,
              'paused', pg_is_wal_replay_paused())
-      ELSE jsonb_build_object('location', pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint) END,
+      ELSE jsonb_build_object('location', ",
+    written!(),
+    ") END,
   'replication_state', CASE WHEN f.in_recovery
       THEN CASE WHEN r.status = 'streaming' THEN 'streaming' ELSE 'in archive recovery' END END,
   'replication', CASE WHEN NOT f.in_recovery THEN (
@@ -155,20 +189,26 @@ pub fn document(row: &Row) -> String {
 
 /// One `/metrics` scrape: everything in one row (the standbys as arrays), nothing that
 /// needs a new backend or a catalog scan beyond the statistics views.
-pub const METRICS_SQL: &str = "SELECT
+pub const METRICS_SQL: &str = concat!(
+    "SELECT
   (SELECT system_identifier FROM pg_control_system())::text,
   extract(epoch FROM pg_postmaster_start_time())::float8,
   f.in_recovery,
   current_setting('transaction_read_only') = 'on',
   coalesce(current_setting('pg_entrypoint.fence', true), '') <> '',
   current_setting('server_version_num')::int8,
-  (CASE WHEN f.in_recovery
-        THEN coalesce(r.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
-        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::int8,
-  (CASE WHEN f.in_recovery THEN 0 ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') END)::int8,
-  (CASE WHEN f.in_recovery
-        THEN pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0') ELSE 0 END)::int8,
-  (CASE WHEN f.in_recovery THEN pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0') ELSE 0 END)::int8,
+  (",
+    timeline!(),
+    ")::int8,
+  CASE WHEN f.in_recovery THEN 0 ELSE ",
+    written!(),
+    " END,
+  CASE WHEN f.in_recovery THEN ",
+    received!(),
+    " ELSE 0 END,
+  CASE WHEN f.in_recovery THEN ",
+    replayed!(),
+    " ELSE 0 END,
   coalesce(extract(epoch FROM pg_last_xact_replay_timestamp()), 0)::float8,
   CASE WHEN f.in_recovery THEN pg_is_wal_replay_paused() ELSE false END,
   EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart),
@@ -192,7 +232,8 @@ pub const METRICS_SQL: &str = "SELECT
                            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), p.replay_lsn) END)::int8
                      ORDER BY p.application_name) AS lag_bytes,
            array_agg(extract(epoch FROM p.replay_lag)::float8 ORDER BY p.application_name) AS lag_seconds
-      FROM pg_stat_replication p) s ON true";
+      FROM pg_stat_replication p) s ON true"
+);
 
 /// The system identifier and the server's part of a scrape, from a row of [`METRICS_SQL`].
 pub fn metrics(row: &Row) -> (String, ServerSample) {
