@@ -3,20 +3,8 @@
 
 use std::time::Duration;
 
-use super::parser::parse_address;
+use super::parser::{parse_address, PATRONI_ONLY};
 use super::*;
-
-/// The upstream image's names that only Patroni mode reads.
-const PATRONI_ONLY: [&str; 8] = [
-    "PATRONI_TTL",
-    "PATRONI_LOOP_WAIT",
-    "PATRONI_RETRY_TIMEOUT",
-    "PATRONI_MAX_LAG",
-    "PATRONI_USE_PG_REWIND",
-    "PATRONI_USE_SLOTS",
-    "PATRONI_SYNCHRONOUS_MODE",
-    "PATRONI_SYNCHRONOUS_MODE_STRICT",
-];
 
 /// Which of the three the environment asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,15 +29,8 @@ pub fn var_or_alias(inputs: &dyn Inputs, name: &str) -> Option<String> {
     names.filter_map(|n| inputs.var(n)).find(|v| !v.is_empty())
 }
 
-/// The upstream image's `PATRONI_*` names that we translate into `patroni.yml`: never passed
-/// on to Patroni, which reads some of them its own way (`PATRONI_ETCD_HOSTS` as an etcd v2
-/// store, which recent etcd no longer serves).
-pub const TRANSLATED_PATRONI_NAMES: [&str; 15] = [
-    "PATRONI_ETCD_HOSTS",
-    "PATRONI_REPLICATION_USER",
-    "PATRONI_REST_HOST",
-    "PATRONI_REST_PORT",
-    "PATRONI_REST_CONNECT_HOST",
+/// The upstream image's names that only Patroni mode reads (refused without it).
+pub(super) const PATRONI_ONLY: [&str; 8] = [
     "PATRONI_TTL",
     "PATRONI_LOOP_WAIT",
     "PATRONI_RETRY_TIMEOUT",
@@ -46,9 +39,16 @@ pub const TRANSLATED_PATRONI_NAMES: [&str; 15] = [
     "PATRONI_USE_SLOTS",
     "PATRONI_SYNCHRONOUS_MODE",
     "PATRONI_SYNCHRONOUS_MODE_STRICT",
-    "PATRONI_MAX_WAL_SENDERS",
-    "PATRONI_MAX_REPLICATION_SLOTS",
 ];
+
+/// The upstream image's `PATRONI_*` names that we translate into `patroni.yml`: never passed
+/// on to Patroni, which reads some of them its own way (`PATRONI_ETCD_HOSTS` as an etcd v2
+/// store, which recent etcd no longer serves).
+pub fn translated_patroni_names() -> impl Iterator<Item = &'static str> {
+    let aliased = ALIASES.iter().map(|(_, alias)| *alias).filter(|alias| alias.starts_with("PATRONI_"));
+    let settings = ["PATRONI_MAX_WAL_SENDERS", "PATRONI_MAX_REPLICATION_SLOTS"];
+    aliased.chain(PATRONI_ONLY).chain(settings)
+}
 
 pub(super) struct Parser<'a> {
     pub(super) inputs: &'a dyn Inputs,

@@ -761,3 +761,18 @@ fn a_bad_value_under_an_upstream_name_is_reported_under_that_name() {
     let found = problems(&[("POSTGRES_PASSWORD", "pw"), ("PATRONI_REST_PORT", "abc")]);
     assert!(found[0].starts_with("PATRONI_REST_PORT: \"abc\" is not a port"), "{found:?}");
 }
+
+#[test]
+fn the_translated_patroni_names_are_kept_from_patroni() {
+    let names: Vec<&str> = translated_patroni_names().collect();
+    for name in [
+        "PATRONI_ETCD_HOSTS",
+        "PATRONI_REST_PORT",
+        "PATRONI_TTL",
+        "PATRONI_SYNCHRONOUS_MODE_STRICT",
+        "PATRONI_MAX_WAL_SENDERS",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(!names.contains(&"PATRONI_SCOPE"), "Patroni's own names stay");
+}

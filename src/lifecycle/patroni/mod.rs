@@ -18,7 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::layout::PROMOTED_MARKER;
-use crate::config::{Config, Patroni, OVERRIDE_PREFIX, SECRET_ENVIRONMENT, TRANSLATED_PATRONI_NAMES};
+use crate::config::{translated_patroni_names, Config, Patroni, OVERRIDE_PREFIX, SECRET_ENVIRONMENT};
 use crate::pgdata::datadir::{self, DataDirError, State};
 use crate::pgdata::files;
 use crate::pid1::supervise::{Kind, Supervisor};
@@ -185,7 +185,7 @@ fn callback_env(
         let copy = secrets.iter().find(|(v, _)| *v == var).map(|(_, path)| path.clone().into_os_string());
         env.push((format!("{var}_FILE"), copy));
     }
-    env.extend(TRANSLATED_PATRONI_NAMES.iter().map(|var| (var.to_string(), None)));
+    env.extend(translated_patroni_names().map(|var| (var.to_string(), None)));
     let initdb_args = config.initdb_args.join(" ");
     for (var, value) in [
         ("POSTGRES_USER", &config.superuser),
@@ -331,7 +331,7 @@ fn wait_for_leader(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError>
         // patronictl reads the DCS settings (and PATRONI_* variables) as Patroni would.
         let mut list = Command::new("patronictl");
         list.arg("-c").arg(&config_path).args(["list", "--format", "json"]);
-        for var in SECRET_ENVIRONMENT.iter().chain(&TRANSLATED_PATRONI_NAMES) {
+        for var in SECRET_ENVIRONMENT.into_iter().chain(translated_patroni_names()) {
             list.env_remove(var);
         }
         let answer = step::run_captured(sup, "patronictl list", &mut list, false)?;
