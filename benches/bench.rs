@@ -760,47 +760,24 @@ fn http_endpoint() -> Vec<Row> {
         assert!(ok);
         isready.push(started.elapsed().as_secs_f64());
     }
-    let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let (ticks_on, ticks_off) = (cpu_ticks(on.pid()), cpu_ticks(off.pid()));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        let started = Instant::now();
-        assert_eq!(on.http("OPTIONS", "/primary").0, 200);
-        std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
-    }
-    let hz = 100.0; // USER_HZ on Linux
-    let cpu_on = (cpu_ticks(on.pid()) - ticks_on) as f64 / hz;
-    let cpu_off = (cpu_ticks(off.pid()) - ticks_off) as f64 / hz;
-    let (rss_on, rss_off) = (rss_kib(on.pid()), rss_kib(off.pid()));
+    let cost = supervisor_cost(
+        &on,
+        &off,
+        Duration::from_millis(100),
+        || assert_eq!(on.http("OPTIONS", "/primary").0, 200),
+        "endpoint probed 10×/s",
+        "endpoint off",
+    );
     assert_eq!(on.stop(), 0);
     assert_eq!(off.stop(), 0);
-    let (p50, p99) = (percentile(probes.clone(), 50.0), percentile(probes, 99.0));
-    let (i50, i99) = (percentile(isready.clone(), 50.0), percentile(isready, 99.0));
-    let mib = |kib: u64| format!("{:.2} MiB", kib as f64 / 1024.0);
-    let cpu = |s: f64| format!("{s:.2} s ({:.2} % of a core)", 100.0 * s / seconds as f64);
-    vec![
-        Row {
-            case: "HTTP probe `GET /primary` p50 / p99 (bare: pg_isready)".into(),
-            ours: format!("{:.2} / {:.2} ms", p50 * 1000.0, p99 * 1000.0),
-            bare: format!("{:.2} / {:.2} ms", i50 * 1000.0, i99 * 1000.0),
-            ratio: format!("{:.2}", p50 / i50),
-            target: "well under 10 ms".into(),
-        },
-        Row {
-            case: format!("supervisor RSS, endpoint probed 10×/s for {seconds} s (bare: endpoint off)"),
-            ours: mib(rss_on),
-            bare: mib(rss_off),
-            ratio: format!("{:.2}", rss_on as f64 / rss_off as f64),
-            target: "< 4 MiB".into(),
-        },
-        Row {
-            case: format!("supervisor CPU, endpoint probed 10×/s for {seconds} s (bare: endpoint off)"),
-            ours: cpu(cpu_on),
-            bare: cpu(cpu_off),
-            ratio: "–".into(),
-            target: "< 1 % of a core".into(),
-        },
-    ]
+    let mut rows = vec![latency_row(
+        "HTTP probe `GET /primary` p50 / p99 (bare: pg_isready)",
+        probes,
+        isready,
+        "well under 10 ms",
+    )];
+    rows.extend(cost);
+    rows
 }
 
 /// `GET /metrics` on a primary with one streaming replica: latency next to `GET /health` (the
@@ -823,40 +800,75 @@ fn metrics_scrapes() -> Vec<Row> {
         scrapes.push(get(&primary, "/metrics"));
         health.push(get(&primary, "/health"));
     }
-    let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let (ticks_on, ticks_off) = (cpu_ticks(primary.pid()), cpu_ticks(replica.pid()));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        let took = get(&primary, "/metrics");
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(Duration::from_secs_f64(took)));
-    }
-    let hz = 100.0; // USER_HZ on Linux
-    let cpu_on = (cpu_ticks(primary.pid()) - ticks_on) as f64 / hz;
-    let cpu_off = (cpu_ticks(replica.pid()) - ticks_off) as f64 / hz;
-    let (rss_on, rss_off) = (rss_kib(primary.pid()), rss_kib(replica.pid()));
+    let cost = supervisor_cost(
+        &primary,
+        &replica,
+        Duration::from_secs(1),
+        || {
+            get(&primary, "/metrics");
+        },
+        "scraped 1×/s",
+        "its replica, not scraped",
+    );
     assert_eq!(replica.stop(), 0);
     assert_eq!(primary.stop(), 0);
-    let (p50, p99) = (percentile(scrapes.clone(), 50.0), percentile(scrapes, 99.0));
-    let (h50, h99) = (percentile(health.clone(), 50.0), percentile(health, 99.0));
+    let mut rows = vec![latency_row(
+        "`GET /metrics` p50 / p99, primary with one replica (bare: `GET /health`)",
+        scrapes,
+        health,
+        "p99 < 10 ms",
+    )];
+    rows.extend(cost);
+    rows
+}
+
+/// p50 / p99 of `ours` beside `bare`, in milliseconds.
+fn latency_row(case: &str, ours: Vec<f64>, bare: Vec<f64>, target: &str) -> Row {
+    let (p50, p99) = (percentile(ours.clone(), 50.0), percentile(ours, 99.0));
+    let (b50, b99) = (percentile(bare.clone(), 50.0), percentile(bare, 99.0));
+    Row {
+        case: case.into(),
+        ours: format!("{:.2} / {:.2} ms", p50 * 1000.0, p99 * 1000.0),
+        bare: format!("{:.2} / {:.2} ms", b50 * 1000.0, b99 * 1000.0),
+        ratio: format!("{:.2}", p50 / b50),
+        target: target.into(),
+    }
+}
+
+/// The supervisor's resident set and CPU while `load` runs once every `every` for
+/// `BENCH_LOAD_SECONDS` (default 60), next to `idle`'s over the same time.
+fn supervisor_cost(
+    loaded: &Node,
+    idle: &Node,
+    every: Duration,
+    mut load: impl FnMut(),
+    what: &str,
+    baseline: &str,
+) -> [Row; 2] {
+    let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (ticks_on, ticks_off) = (cpu_ticks(loaded.pid()), cpu_ticks(idle.pid()));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        load();
+        std::thread::sleep(every.saturating_sub(started.elapsed()));
+    }
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu_on = (cpu_ticks(loaded.pid()) - ticks_on) as f64 / hz;
+    let cpu_off = (cpu_ticks(idle.pid()) - ticks_off) as f64 / hz;
+    let (rss_on, rss_off) = (rss_kib(loaded.pid()), rss_kib(idle.pid()));
     let mib = |kib: u64| format!("{:.2} MiB", kib as f64 / 1024.0);
     let cpu = |s: f64| format!("{s:.2} s ({:.2} % of a core)", 100.0 * s / seconds as f64);
-    vec![
+    [
         Row {
-            case: "`GET /metrics` p50 / p99, primary with one replica (bare: `GET /health`)".into(),
-            ours: format!("{:.2} / {:.2} ms", p50 * 1000.0, p99 * 1000.0),
-            bare: format!("{:.2} / {:.2} ms", h50 * 1000.0, h99 * 1000.0),
-            ratio: format!("{:.2}", p50 / h50),
-            target: "p99 < 10 ms".into(),
-        },
-        Row {
-            case: format!("supervisor RSS, scraped 1×/s for {seconds} s (bare: its replica, not scraped)"),
+            case: format!("supervisor RSS, {what} for {seconds} s (bare: {baseline})"),
             ours: mib(rss_on),
             bare: mib(rss_off),
             ratio: format!("{:.2}", rss_on as f64 / rss_off as f64),
             target: "< 4 MiB".into(),
         },
         Row {
-            case: format!("supervisor CPU, scraped 1×/s for {seconds} s (bare: its replica, not scraped)"),
+            case: format!("supervisor CPU, {what} for {seconds} s (bare: {baseline})"),
             ours: cpu(cpu_on),
             bare: cpu(cpu_off),
             ratio: "–".into(),
