@@ -23,7 +23,7 @@ case "$pg" in
 esac
 major="${pg%-upgrade}"
 # The tag names the recipe: a base built by an older recipe is not reused.
-base="pg-entrypoint-base:$suite-pg$pg-v3"
+base="pg-entrypoint-base:$suite-pg$pg-v4"
 image="pg-entrypoint:pg$pg"
 
 # The Debian mirror this machine uses (deb822 or one-line sources).
@@ -66,7 +66,7 @@ esac
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     ensure_mmdebstrap
-    packages="postgresql-$major,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd"
+    packages="postgresql-$major,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd,pgbackrest"
     sources=("deb $(mirror) $suite main")
     if [ -n "$old_major" ]; then
         packages="$packages,postgresql-$old_major/bookworm"

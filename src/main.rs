@@ -82,6 +82,22 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Backups with pgBackRest (PGBACKREST_ENABLE): `backup [full|diff|incr]` takes one now
+    /// on the primary, `backup list` shows the repository, `backup verify` restores the latest
+    /// backup into a scratch directory and checks that it starts and answers.
+    Backup {
+        /// full, diff, incr (default: pgBackRest's, incr, or full when there is none), list or verify.
+        what: Option<String>,
+        /// list: pgBackRest's JSON.
+        #[arg(long)]
+        json: bool,
+        /// Back up from this replica (not supported: refused).
+        #[arg(long)]
+        standby: bool,
+        /// verify: where the scratch copy goes (default: the temporary directory).
+        #[arg(long)]
+        into: Option<std::path::PathBuf>,
+    },
     /// Change synchronous replication on the running primary, by a reload, until the next
     /// start; without options, show what is in force. Also run as `pg-reload-sync-config.sh`.
     Sync {
@@ -98,7 +114,7 @@ enum Cmd {
 }
 
 const SUBCOMMANDS: &[&str] =
-    &["run", "check", "health", "status", "promote", "sync", "ensure-initdb", "enforce-initdb", "help"];
+    &["run", "check", "health", "status", "promote", "sync", "backup", "ensure-initdb", "enforce-initdb", "help"];
 /// The official image's script names (derived images and init containers call them), as
 /// links to this binary, and the subcommand each one means.
 const OFFICIAL_NAMES: &[(&str, &str)] = &[
@@ -157,6 +173,22 @@ fn real_main() -> i32 {
         }
         Cmd::Status => commands::status::run(Mode::of_environment()),
         Cmd::Promote { force } => commands::promote::run(Mode::of_environment(), force),
+        Cmd::Backup { what, json, standby, into } => {
+            use commands::backup::Action;
+            let action = match what.as_deref() {
+                Some("list") => Action::List { json },
+                Some("verify") => Action::Verify { into },
+                None => Action::Take { kind: None, standby },
+                Some(kind) => match config::backup::BackupKind::parse(kind) {
+                    Some(kind) => Action::Take { kind: Some(kind), standby },
+                    None => {
+                        eprintln!("backup: {kind:?} is not accepted; accepted: full, diff, incr, list, verify");
+                        return 2;
+                    }
+                },
+            };
+            commands::backup::run(action)
+        }
         Cmd::Sync { mode, count, replicas } => {
             commands::sync::run(Mode::of_environment(), commands::sync::Change { mode, count, replicas })
         }

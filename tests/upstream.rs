@@ -31,12 +31,15 @@ fn access_rules_and_setting_shortcuts_take_effect() {
 }
 
 #[test]
-fn backups_of_the_upstream_image_are_refused_before_anything_is_written() {
+fn backup_variables_without_the_switch_are_refused_before_anything_is_written() {
     let mut node = Node::new("upstream-backup");
-    node.set("PGBACKREST_ENABLE", "true");
+    node.set("PGBACKREST_AUTO_ENABLE", "true");
     let (code, out) = node.run_to_exit(&[]);
     assert_eq!(code, 78, "{out}");
-    assert!(out.contains("PGBACKREST_ENABLE: is set (PGBACKREST_ENABLE), but backups with pgBackRest"), "{out}");
+    assert!(
+        out.contains("PGBACKREST_AUTO_ENABLE: is set (PGBACKREST_AUTO_ENABLE), but PGBACKREST_ENABLE is not"),
+        "{out}"
+    );
     assert!(!node.pgdata.exists() || std::fs::read_dir(&node.pgdata).unwrap().next().is_none(), "PGDATA was written");
 }
 

@@ -20,13 +20,20 @@ pub fn run(mode: Mode, liveness: bool, require_sync: bool, max_lag: Option<MaxLa
     }
     let result = probe(liveness, require_sync, max_lag);
     match &result {
-        Ok(why) => println!("healthy: {why}"),
+        Ok((why, warning)) => {
+            println!("healthy: {why}");
+            // Said, not judged: the server serves; its archive needs the operator.
+            if let Some(warning) = warning {
+                println!("warning: {warning}");
+            }
+        }
         Err(why) => println!("unhealthy: {why}"),
     }
     i32::from(result.is_err())
 }
 
-fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<String, String> {
+/// The verdict, and a warning that does not change it (archiving that fails).
+fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<(String, Option<String>), String> {
     let local = Local::open().map_err(|e| e.to_string())?;
     if local.temporary {
         return Err("the entrypoint is still preparing the data directory (temporary server)".into());
@@ -38,12 +45,12 @@ fn probe(liveness: bool, require_sync: bool, max_lag: Option<MaxLag>) -> Result<
         Ok(client) => client,
         // It answered, so it lives; without a password we cannot ask more.
         Err(LocalError::WantsPassword) if liveness => {
-            return Ok("accepting connections (they ask for a password)".into())
+            return Ok(("accepting connections (they ask for a password)".into(), None))
         }
         Err(e) => return Err(e.to_string()),
     };
     let row = client.query_one(observe::FACTS_SQL, &[]).map_err(|e| describe(&e))?;
     let observed = observe::observed(&row);
     let expected = expected_role(&local);
-    verdict(expected, liveness, require_sync, &observed, max_lag)
+    verdict(expected, liveness, require_sync, &observed, max_lag).map(|why| (why, observed.archive_failing))
 }

@@ -2,6 +2,7 @@
 //! returns the process's exit code. A command that differs between the HA modes chooses the
 //! mode once, at its top ([`Mode`]).
 
+pub mod backup;
 pub mod check;
 pub mod health;
 pub mod patroni;

@@ -50,7 +50,11 @@ pub fn run(mode: Mode) -> i32 {
         let peers = peers(config.as_ref());
         let row =
             client.query_one(observe::STATUS_SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;
-        Ok(observe::document(&row))
+        let document = observe::document(&row);
+        Ok(match config.filter(|c| c.backup.is_some()) {
+            Some(config) => with_backups(&document, &config),
+            None => document,
+        })
     });
     match result {
         Ok(json) => {
@@ -62,4 +66,39 @@ pub fn run(mode: Mode) -> i32 {
             1
         }
     }
+}
+
+/// The document with `backups`: what the backup keeper last did (the repository's check, a
+/// running or failed backup, the schedule), and what the repository holds now (the last
+/// backup, its age).
+fn with_backups(document: &str, config: &Config) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(document) else { return document.to_string() };
+    let mut backups = std::fs::read_to_string(config.layout.backup_state())
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .unwrap_or_else(|| serde_json::json!({"state": "not written yet: the server is starting"}));
+    let repository = crate::postgres::backrest::Backrest::of(config)
+        .zip(config.backup.as_ref())
+        .map(|(backrest, backup)| crate::lifecycle::backup::drill::list(&backrest, backup));
+    match repository {
+        Some(Ok(info)) => {
+            backups["backups_in_repository"] = serde_json::json!(info.backups.len());
+            backups["last_backup"] = info.backups.last().map_or(serde_json::Value::Null, |b| {
+                serde_json::json!({
+                    "label": b.label,
+                    "type": b.kind,
+                    "finished": chrono::DateTime::<chrono::Utc>::from_timestamp(b.stopped, 0)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "age_s": chrono::Utc::now().timestamp() - b.stopped,
+                    "duration_s": b.stopped - b.started,
+                    "size_bytes": b.size,
+                    "repository_bytes": b.repo_size,
+                })
+            });
+        }
+        Some(Err(why)) => backups["repository_error"] = serde_json::json!(why),
+        None => {}
+    }
+    doc["backups"] = backups;
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| document.to_string())
 }

@@ -167,3 +167,14 @@ impl Inputs for MapInputs {
         self.with_data.iter().any(|m| m == path)
     }
 }
+
+/// Every variable of this process that may hold a secret, to remove from a child's
+/// environment (postgres, the tools, Patroni, a script, a decompressor): ours and the upstream
+/// image's names for them ([`super::SECRET_ENVIRONMENT`]), and every `PGBACKREST_*`
+/// (repository keys; pgBackRest reads its options from our configuration file only).
+pub fn secret_environment() -> Vec<String> {
+    let mut names: Vec<String> = super::SECRET_ENVIRONMENT.iter().map(|s| s.to_string()).collect();
+    names
+        .extend(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("PGBACKREST_")));
+    names
+}

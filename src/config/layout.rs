@@ -43,6 +43,8 @@ pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
 pub const LEGACY_PASSFILE: &str = "pg-entrypoint.pgpass";
 /// Left in PGDATA by a run-time promotion until the environment says primary too.
 pub const PROMOTED_MARKER: &str = "pg-entrypoint.promoted";
+/// Left in PGDATA by a restore at start (`PGBACKREST_RESTORE`): which restore made it.
+pub const RESTORED_MARKER: &str = "pg-entrypoint.restored";
 /// In PGDATA while a temporary server of the entrypoint runs (bootstrap, promotion): its
 /// hba file, which also marks it as not the real server.
 pub const TEMPORARY_SERVER_HBA: &str = "pg-entrypoint-temporary-hba.conf";
@@ -91,6 +93,11 @@ impl Layout {
         Layout::new(Path::new(dir), port)
     }
 
+    /// The server these files belong to: its first socket directory and its port.
+    pub fn server(&self) -> (&Path, u16) {
+        (&self.dir, self.port)
+    }
+
     fn file(&self, suffix: &str) -> PathBuf {
         self.dir.join(format!("pg-entrypoint-{}.{suffix}", self.port))
     }
@@ -109,6 +116,24 @@ impl Layout {
             client_cert: self.file("replication.crt"),
             client_key: self.file("replication.key"),
         }
+    }
+
+    /// pgBackRest's configuration (0600: repository secrets), rewritten at every start from
+    /// `PGBACKREST_*`; `archive_command`, the scheduled backups and the `backup` commands
+    /// all name it.
+    pub fn backrest_conf(&self) -> PathBuf {
+        self.file("pgbackrest.conf")
+    }
+
+    /// pgBackRest's lock directory: one backup (or archive-push) at a time per stanza,
+    /// whoever starts it, and never shared with another server's.
+    pub fn backrest_locks(&self) -> PathBuf {
+        self.file("pgbackrest-locks")
+    }
+
+    /// What the backup scheduler last did, for `status` (JSON).
+    pub fn backup_state(&self) -> PathBuf {
+        self.file("backup.json")
     }
 
     /// The fingerprint of the last settings postgres accepted, and its major version.

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod backup;
 mod inputs;
 pub mod known;
 pub mod layout;
@@ -19,7 +20,7 @@ mod tls;
 mod upgrade;
 #[cfg(test)]
 pub use inputs::MapInputs;
-pub use inputs::{read_regular, var_or_file, Inputs, ProcessInputs};
+pub use inputs::{read_regular, secret_environment, var_or_file, Inputs, ProcessInputs};
 pub use layout::{Layout, DEFAULT_SOCKET_DIR};
 pub use native::slot_name;
 use parser::Parser;
@@ -66,6 +67,8 @@ pub struct Config {
     pub http: Option<HttpListen>,
     pub tls: Tls,
     pub upgrade: Upgrade,
+    /// `PGBACKREST_*`: archiving, backups, a restore at start; `None` when off.
+    pub backup: Option<backup::Backup>,
     /// Where our files live, from the effective settings once the start knows them.
     pub layout: Layout,
     /// Variables that look like ours but are not (misspelt?), each with a hint: warned about.

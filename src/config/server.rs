@@ -112,6 +112,7 @@ impl Parser<'_> {
                  members as the superuser",
             );
         }
+        let backup = self.backup(self.inputs.mounted(Path::new(backup::UPSTREAM_REPO_PATH)));
         let layout = Layout::from_overrides(&overrides);
         Some(Config {
             pgdata,
@@ -130,6 +131,7 @@ impl Parser<'_> {
             http,
             tls,
             upgrade,
+            backup,
             layout,
             unknown_variables: self.unknown_variables(),
         })
@@ -237,10 +239,10 @@ impl Parser<'_> {
         }
     }
 
-    /// The upstream image's backups (`PGBACKREST_*`) and pooler (`PGBOUNCER_*`) are not built
-    /// here yet: refused rather than ignored, so that nobody believes they have backups.
+    /// The upstream image's pooler (`PGBOUNCER_*`) is not built here yet: refused rather than
+    /// ignored.
     fn refuse_what_is_not_built(&mut self) {
-        for (prefix, what) in [("PGBACKREST_", "backups with pgBackRest"), ("PGBOUNCER_", "pooling with PgBouncer")] {
+        for (prefix, what) in [("PGBOUNCER_", "pooling with PgBouncer")] {
             let enable = format!("{prefix}ENABLE");
             if self.boolean(&enable) == Some(false) {
                 continue; // turned off: the other variables mean nothing, as upstream

@@ -541,16 +541,96 @@ fn a_volume_at_the_upstream_data_path_is_used_never_bypassed() {
 }
 
 #[test]
-fn backups_and_pooling_of_the_upstream_image_are_refused_until_built() {
-    let found = problems(&[("PGBACKREST_ENABLE", "true"), ("PGBACKREST_REPO1_PATH", "/backups")]);
+fn backup_variables_without_the_switch_are_refused_and_pooling_is_not_built() {
+    let found = problems(&[("PGBACKREST_REPO1_PATH", "/backups"), ("PGBACKREST_STANZA", "x")]);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0].starts_with("PGBACKREST_ENABLE: is set (PGBACKREST_ENABLE, PGBACKREST_REPO1_PATH), but backups"),
+        found[0].starts_with(
+            "PGBACKREST_REPO1_PATH: is set (PGBACKREST_REPO1_PATH, PGBACKREST_STANZA), but PGBACKREST_ENABLE is not"
+        ),
         "{found:?}"
     );
     let found = problems(&[("PGBOUNCER_LISTEN_PORT", "6432")]);
     assert!(found[0].starts_with("PGBOUNCER_LISTEN_PORT: is set (PGBOUNCER_LISTEN_PORT), but pooling"), "{found:?}");
-    assert!(parse(&[("POSTGRES_PASSWORD", "pw"), ("PGBACKREST_ENABLE", "false"), ("PGBACKREST_STANZA", "x")]).is_ok());
+    let off = parse(&[("POSTGRES_PASSWORD", "pw"), ("PGBACKREST_ENABLE", "false"), ("PGBACKREST_STANZA", "x")]);
+    assert_eq!(off.unwrap().backup, None);
+}
+
+#[test]
+fn backups_pass_pgbackrests_options_through_and_keep_secrets_secret() {
+    use super::backup::{BackupKind, OptionValue, RestoreTarget};
+    let mut i = inputs(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("PGBACKREST_ENABLE", "true"),
+        ("PGBACKREST_REPO1_TYPE", "s3"),
+        ("PGBACKREST_REPO1_S3_BUCKET", "b"),
+        ("PGBACKREST_REPO1_S3_VERIFY_TLS", "false"),
+        ("PGBACKREST_REPO1_S3_KEY_SECRET_FILE", "/run/secrets/s3"),
+        ("PGBACKREST_REPO1_S3_CA_FILE", "/etc/ca.pem"),
+        ("PGBACKREST_AUTO_ENABLE", "true"),
+        ("PGBACKREST_AUTO_DIFF_CRON", "off"),
+        ("PGBACKREST_AUTO_TIMEZONE", "Asia/Jakarta"),
+        ("PGBACKREST_RESTORE", "true"),
+        ("PGBACKREST_RESTORE_TYPE", "lsn"),
+        ("PGBACKREST_RESTORE_TARGET", "0/3000060"),
+    ]);
+    i.files.insert("/run/secrets/s3".into(), "s3cr3t\n".into());
+    let config = Config::from_inputs(&i).unwrap();
+    let backup = config.backup.unwrap();
+    assert_eq!(backup.stanza, "main");
+    assert!(backup.archive);
+    let names: Vec<&str> = backup.options.iter().map(|o| o.name.as_str()).collect();
+    // No default path when the repository is given; the CA file is pgBackRest's own option.
+    assert_eq!(
+        names,
+        ["repo1-s3-bucket", "repo1-s3-ca-file", "repo1-s3-key-secret", "repo1-s3-verify-tls", "repo1-type"]
+    );
+    assert_eq!(backup.option("repo1-s3-verify-tls"), Some("n"));
+    let secret = backup.options.iter().find(|o| o.name == "repo1-s3-key-secret").unwrap();
+    assert!(matches!(&secret.value, OptionValue::Secret(s) if s.expose() == "s3cr3t"));
+    assert!(!format!("{backup:?}").contains("s3cr3t"), "a secret in Debug output");
+    assert_eq!(backup.posix_repository(), None);
+    let schedule = backup.schedule.unwrap();
+    let kinds: Vec<BackupKind> = schedule.jobs.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kinds, [BackupKind::Full, BackupKind::Incr]);
+    assert_eq!(schedule.timezone, chrono_tz::Asia::Jakarta);
+    assert_eq!(backup.restore.unwrap().target, RestoreTarget::Point { kind: "lsn", target: "0/3000060".into() });
+}
+
+#[test]
+fn bad_backup_variables_are_each_named_with_what_is_accepted() {
+    let found = problems(&[
+        ("PGBACKREST_ENABLE", "true"),
+        ("PGBACKREST_STANZA", "a b"),
+        ("PGBACKREST_AUTO_FULL_CRON", "0 2 * *"),
+        ("PGBACKREST_AUTO_INCR_CRON", "61 * * * *"),
+        ("PGBACKREST_AUTO_TIMEZONE", "Mars/Olympus"),
+        ("PGBACKREST_AUTO_PRIMARY_ONLY", "false"),
+        ("PGBACKREST_RESTORE_TYPE", "xid"),
+        ("PGBACKREST_RESTORE_TARGET", "abc"),
+        ("PGBACKREST_RESTORE_TARGET_ACTION", "pause"),
+        ("PGBACKREST_RESTORE_SET", "yesterday"),
+        ("PGBACKREST_PG1_PATH", "/elsewhere"),
+        ("PGBACKREST_PRIMARY_HOST", "db1"),
+        ("PGBACKREST_REPO1_CIPHER_PASS", "a"),
+        ("PGBACKREST_REPO1_CIPHER_PASS_FILE", "/x"),
+    ]);
+    let named = |variable: &str, text: &str| found.iter().any(|p| p.starts_with(variable) && p.contains(text));
+    assert!(named("PGBACKREST_STANZA:", "accepted: letters"), "{found:?}");
+    assert!(named("PGBACKREST_AUTO_FULL_CRON:", "5-field"), "{found:?}");
+    assert!(named("PGBACKREST_AUTO_INCR_CRON:", "not a valid cron"), "{found:?}");
+    assert!(named("PGBACKREST_AUTO_TIMEZONE:", "IANA"), "{found:?}");
+    assert!(named("PGBACKREST_AUTO_PRIMARY_ONLY:", "not supported"), "{found:?}");
+    assert!(named("PGBACKREST_RESTORE_TARGET:", "xid"), "{found:?}");
+    assert!(named("PGBACKREST_RESTORE_TARGET_ACTION:", "not supported"), "{found:?}");
+    assert!(named("PGBACKREST_RESTORE_SET:", "not a backup label"), "{found:?}");
+    assert!(named("PGBACKREST_PG1_PATH:", "set by pg-entrypoint from PGDATA"), "{found:?}");
+    assert!(named("PGBACKREST_PRIMARY_HOST:", "upstream image's"), "{found:?}");
+    assert!(named("PGBACKREST_REPO1_CIPHER_PASS:", "both"), "{found:?}");
+    assert_eq!(found.iter().filter(|p| p.contains("CIPHER_PASS")).count(), 1, "reported once: {found:?}");
+    assert!(super::backup::is_backup_label("20261206-101500F"));
+    assert!(super::backup::is_backup_label("20261206-101500F_20261206-111500I"));
+    assert!(!super::backup::is_backup_label("20261206-101500X"));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
 
-use crate::config::SECRET_ENVIRONMENT;
+use crate::config::secret_environment;
 use crate::pid1::supervise::{Kind, Supervisor};
 use crate::postgres::step::{finish, run, tool, Context, StepError};
 use crate::postgres::tempserver::TempServer;
@@ -112,6 +112,10 @@ fn run_one(ctx: &Context, sup: &mut Supervisor, server: &TempServer, script: &Pa
                 bash
             };
             client_env(&mut c);
+            // pgBackRest's keys stay in its configuration file.
+            for var in secret_environment().into_iter().filter(|v| v.starts_with("PGBACKREST_")) {
+                c.env_remove(var);
+            }
             // What the official image exports to its scripts (secrets read from _FILE too).
             c.env("POSTGRES_USER", &config.superuser)
                 .env("POSTGRES_DB", &config.database)
@@ -128,7 +132,7 @@ fn run_one(ctx: &Context, sup: &mut Supervisor, server: &TempServer, script: &Pa
         Some(ScriptKind::Sql) => run(sup, &what, psql().arg("-f").arg(script), Kind::Tool),
         Some(ScriptKind::Compressed(tool_name)) => {
             let mut unpack = Command::new(tool_name);
-            for var in SECRET_ENVIRONMENT {
+            for var in secret_environment() {
                 unpack.env_remove(var);
             }
             unpack.arg("-dc").arg(script).stdout(Stdio::piped());

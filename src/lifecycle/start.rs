@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 
 use crate::config::{Config, Layout, ProcessInputs, Role};
 use crate::lifecycle::arbitrary_uid;
+use crate::lifecycle::backup::{self, restore, scheduler::Scheduler};
 use crate::lifecycle::bootstrap;
 use crate::lifecycle::converge;
 use crate::lifecycle::http::{self, routes::Phase};
@@ -77,6 +78,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     config.tls = config.tls.with_libpq_of(server_major, &config.host_auth_method);
     config.forget_self(sockets.port, &crate::config::Inputs::hostname(&ProcessInputs));
     let settings = render::settings(&config);
+    backup::check_installed(&config)?;
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
             "invalid configuration: INIT_SCRIPTS_DIR: {:?} is not a directory; accepted: a directory of scripts",
@@ -378,6 +380,10 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
         dirs.extend(plan.config.layout.passfile().parent().map(PathBuf::from));
         dirs.extend(plan.config.initdb_waldir.clone());
         privileges::prepare_as_root(pgdata, &dirs, &account)?;
+        // A repository on a path of this container: a volume mounted empty, or made here.
+        if let Some(repo) = plan.config.backup.as_ref().and_then(|b| b.posix_repository()) {
+            privileges::own_empty_dir(&repo, &account)?;
+        }
         privileges::become_user(&account)?;
         tracing::debug!(user = %account.name, uid = account.uid, "dropped privileges");
     } else {
@@ -386,6 +392,9 @@ fn prepare(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The configuration read the TLS files as root; the copies belong to the account.
     tls::install(&plan.config, true).map_err(|e| format!("cannot write the TLS files beside the socket: {e}"))?;
+    backup::write_conf(&plan.config).map_err(|e| {
+        format!("cannot write pgBackRest's configuration {}: {e}", plan.config.layout.backrest_conf().display())
+    })?;
     Ok(())
 }
 
@@ -414,6 +423,9 @@ fn bring_data_dir_to_role(
         }
         datadir::remove_stale_pidfile(pgdata)?;
         datadir::remove_legacy_passfile(pgdata)?;
+        if !matches!(ctx.config.role, Role::Replica(_)) {
+            backup::check_restore_over(ctx.config, pgdata).map_err(StepError::RestoreRefused)?;
+        }
         promote::check_runtime_promotion(ctx, standby)?;
     }
     match (state, &ctx.config.role) {
@@ -422,6 +434,13 @@ fn bring_data_dir_to_role(
             report(Phase::CreatingReplica);
             replica::clone(ctx, sup, replica)?;
             replica::converge(ctx, sup, replica, true).map(|()| None)
+        }
+        // From the repository: the restored cluster is then started as any existing one.
+        (State::Empty | State::Interrupted, _) if ctx.config.backup.as_ref().is_some_and(|b| b.restore.is_some()) => {
+            report(Phase::RestoringFromBackup);
+            let wanted = ctx.config.backup.as_ref().and_then(|b| b.restore.as_ref());
+            restore::at_start(ctx, sup, wanted.expect("checked by the guard"))?;
+            converge::existing_cluster(ctx, sup).map(|()| None)
         }
         // A cluster created now has no history another member could be ahead of.
         (State::Empty | State::Interrupted, _) => {
@@ -489,11 +508,15 @@ fn supervise_postgres(
         _ => None,
     };
     let mut analyzer = upgraded.then(|| upgrade::Analyzer::new(ctx));
+    let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, b, upgraded));
     let mut fenced = false;
-    let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some();
+    let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some() || backups.is_some();
     let mut turn = |sup: &mut Supervisor| {
         if let Some(keeper) = keeper.as_mut() {
             keeper.tick(sup);
+        }
+        if let Some(backups) = backups.as_mut() {
+            backups.tick(sup);
         }
         if let Some(analyzer) = analyzer.as_mut() {
             analyzer.tick(sup);
@@ -528,6 +551,9 @@ fn supervise_postgres(
             return exit::STARTUP_FAILED;
         }
     };
+    if let Some(backups) = backups.as_mut() {
+        backups.stop(sup);
+    }
     // The replication password file served postgres (its walreceiver): it goes with postgres.
     if let Err(e) = files::remove_passfile(&ctx.config.layout.passfile()) {
         tracing::warn!("{e}");

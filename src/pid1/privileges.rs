@@ -114,6 +114,23 @@ pub fn prepare_as_root(pgdata: &Path, extra_dirs: &[PathBuf], account: &Account)
     check_reachable(pgdata, account)
 }
 
+/// As root: an empty directory of another owner (a volume Docker or Kubernetes mounted
+/// root-owned) is given to `account`, 0750; made when missing. A directory that holds
+/// anything keeps its owner: its files are someone's.
+pub fn own_empty_dir(dir: &Path, account: &Account) -> Result<(), PrivilegeError> {
+    no_link_the_account_controls(dir, account)?;
+    make_owned_dir(dir, account, 0o750)?;
+    let opened = Dir::open(dir, WALK_FLAGS, Mode::empty()).map_err(|e| prepare_err(dir, "open")(e.into()))?;
+    let meta = fstat(opened.as_raw_fd()).map_err(|e| prepare_err(dir, "inspect")(e.into()))?;
+    let empty = fs::read_dir(dir).map_err(prepare_err(dir, "list"))?.next().is_none();
+    if meta.st_uid != account.uid && empty {
+        fchown(opened.as_raw_fd(), Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid)))
+            .map_err(|e| prepare_err(dir, "chown")(e.into()))?;
+        fchmod(opened.as_raw_fd(), Mode::from_bits_truncate(0o750)).map_err(|e| prepare_err(dir, "chmod")(e.into()))?;
+    }
+    Ok(())
+}
+
 /// Refuses a path with a symbolic link among its parents that the service account could have
 /// planted: a link not owned by root, in a directory the account can change (its own, or
 /// writable by its group or everyone). Such a link (say `/var/lib/postgresql/18 -> /etc` on a

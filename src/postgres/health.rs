@@ -179,6 +179,7 @@ mod tests {
             receiver_timeout: Duration::ZERO,
             sync_names: String::new(),
             sync_standbys: 0,
+            archive_failing: None,
         }
     }
 

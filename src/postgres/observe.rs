@@ -14,7 +14,7 @@ use postgres::Row;
 use crate::postgres::health::required_standbys;
 use crate::render::metrics::{ReplicaSample, ServerSample};
 
-/// The facts the verdicts need (columns 0 to 7 of both queries); `r` is the WAL receiver.
+/// The facts the verdicts need (columns 0 to 8 of both queries); `r` is the WAL receiver.
 macro_rules! facts {
     () => {
         "pg_is_in_recovery(),
@@ -25,7 +25,12 @@ macro_rules! facts {
          extract(epoch FROM now() - r.last_msg_receipt_time)::float8,
          (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_receiver_timeout'),
          current_setting('synchronous_standby_names'),
-         (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))"
+         (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')),
+         (SELECT format('archiving has failed since %s (%s failures, the last for %s); see the server log',
+                        last_failed_time, failed_count, last_failed_wal)
+            FROM pg_stat_archiver
+           WHERE current_setting('archive_mode') <> 'off'
+             AND last_failed_time > coalesce(last_archived_time, '-infinity'))"
     };
 }
 
@@ -78,7 +83,7 @@ pub const SYNCHRONOUS_SQL: &str =
 pub const FACTS_SQL: &str =
     concat!("SELECT ", facts!(), " FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true");
 
-/// The facts and the status document (column 8). Parameters: $1 the role the environment
+/// The facts and the status document (column 9). Parameters: $1 the role the environment
 /// configures; $2..$5 the peers as a replica sees them (address, state, timeline, LSN; empty
 /// arrays when not asked).
 pub const STATUS_SQL: &str = concat!(
@@ -123,6 +128,13 @@ pub const STATUS_SQL: &str = concat!(
       'status', r.status, 'primary_host', r.sender_host, 'primary_port', r.sender_port,
       'slot', r.slot_name, 'latest_end_lsn', r.latest_end_lsn::text) END,
   'synchronous_standby_names', current_setting('synchronous_standby_names'),
+  'archiving', CASE WHEN current_setting('archive_mode') <> 'off' THEN (
+      SELECT jsonb_build_object(
+               'archived_count', archived_count, 'last_archived_wal', last_archived_wal,
+               'last_archived_time', last_archived_time::text, 'failed_count', failed_count,
+               'last_failed_wal', last_failed_wal, 'last_failed_time', last_failed_time::text,
+               'failing', coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false))
+        FROM pg_stat_archiver) END,
   'synchronous_standby_names_from', ",
     synchronous_from!(),
     ",
@@ -166,6 +178,9 @@ pub struct Observed {
     /// A primary's `synchronous_standby_names`, and how many standbys confirm commits now.
     pub sync_names: String,
     pub sync_standbys: i64,
+    /// Archiving fails (the latest attempt failed): since when, how often. Not a verdict: a
+    /// primary whose archive is unreachable keeps serving, and says so.
+    pub archive_failing: Option<String>,
 }
 
 /// The facts of a row of either query.
@@ -179,12 +194,13 @@ pub fn observed(row: &Row) -> Observed {
         receiver_timeout: Duration::from_millis(row.get::<_, Option<i64>>(5).unwrap_or(0).max(0) as u64),
         sync_names: row.get(6),
         sync_standbys: row.get(7),
+        archive_failing: row.get(8),
     }
 }
 
 /// The status document of a row of [`STATUS_SQL`] (pretty-printed JSON).
 pub fn document(row: &Row) -> String {
-    row.get(8)
+    row.get(9)
 }
 
 /// One `/metrics` scrape: everything in one row (the standbys as arrays), nothing that

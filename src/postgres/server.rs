@@ -106,7 +106,7 @@ pub fn judge_settings(bin: &Bin, settings: &Settings, postgres_args: &[String]) 
     }
     // PGDATA in the environment would be its -D; its messages are parsed, so untranslated.
     cmd.args(postgres_args).env_remove("PGDATA");
-    for var in crate::config::SECRET_ENVIRONMENT {
+    for var in crate::config::secret_environment() {
         cmd.env_remove(var);
     }
     cmd.env("LC_ALL", "C");
@@ -173,7 +173,7 @@ pub fn judge_initdb_args(bin: &Bin, args: &[String], with_password: bool) -> Res
         cmd.arg("--pwfile=/dev/null");
     }
     cmd.args(args).env_remove("PGDATA").env("LC_ALL", "C");
-    for var in crate::config::SECRET_ENVIRONMENT {
+    for var in crate::config::secret_environment() {
         cmd.env_remove(var);
     }
     let out = cmd.output().map_err(|e| format!("cannot run {}: {e}", bin.tool("initdb").display()))?;

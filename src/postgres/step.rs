@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::{Config, SECRET_ENVIRONMENT};
+use crate::config::{secret_environment, Config};
 use crate::pgdata::datadir::DataDirError;
 use crate::pid1::supervise::{Kind, Supervisor};
 use crate::postgres::server::{Bin, Sockets};
@@ -97,6 +97,11 @@ pub enum StepError {
     Upgrade(String),
     #[error("{0}")]
     UpgradeRefused(String),
+    /// A restore from the repository failed; `variables`: the cause is in them (exit 78).
+    #[error("restore from the repository failed: {reason}. PGDATA holds nothing of it; the next start tries again")]
+    Restore { reason: String, variables: bool },
+    #[error("{0}")]
+    RestoreRefused(String),
     #[error(transparent)]
     DataDir(#[from] DataDirError),
 }
@@ -110,6 +115,7 @@ impl StepError {
                 exit::CONFIG
             }
             StepError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
+            StepError::Restore { variables: true, .. } | StepError::RestoreRefused(_) => exit::CONFIG,
             StepError::Fenced(_) | StepError::AutoRefused(_) => exit::FENCED,
             _ => exit::STARTUP_FAILED,
         }
@@ -130,7 +136,7 @@ pub struct Context<'a> {
 /// A PostgreSQL tool (or postgres itself) with the secrets removed from its environment.
 pub fn tool(bin: &Bin, name: &str) -> Command {
     let mut c = Command::new(bin.tool(name));
-    for var in SECRET_ENVIRONMENT {
+    for var in secret_environment() {
         c.env_remove(var);
     }
     c

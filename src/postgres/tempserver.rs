@@ -86,6 +86,30 @@ impl TempServer {
         }
     }
 
+    /// Waits while it runs until `done()` is true (e.g. a recovery finished); its exit
+    /// meanwhile is an error, and so is a stop request.
+    pub fn wait_until(
+        &mut self,
+        sup: &mut Supervisor,
+        what: &str,
+        done: &mut dyn FnMut() -> bool,
+    ) -> Result<(), StepError> {
+        let Some(pid) = self.pid else { return Err(StepError::Failed { what: WHAT.into(), code: 1 }) };
+        match sup
+            .wait_until(pid, Kind::Postgres, what, done)
+            .map_err(|source| StepError::Spawn { what: what.into(), source })?
+        {
+            Outcome::Ready => Ok(()),
+            Outcome::Exited(code) => {
+                self.pid = None;
+                Err(match sup.stop_requested() {
+                    Some(sig) => StepError::Stopped(sig),
+                    None => StepError::Failed { what: WHAT.into(), code },
+                })
+            }
+        }
+    }
+
     /// Points a client (psql, an init script) at this server.
     pub fn client_env(&self, command: &mut Command, user: &str, database: &str) {
         command

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod backup;
 pub mod metrics;
 pub mod patroni;
 
@@ -73,10 +74,28 @@ pub fn settings(config: &Config) -> Settings {
         // and a dead connection is dropped and retried after this long.
         set("wal_receiver_timeout", WAL_RECEIVER_TIMEOUT.into(), Source::Role);
     }
+    for (name, value) in archiving(config) {
+        set(name, value, Source::Role);
+    }
     for (name, value) in &config.overrides {
         set(name, value.clone(), Source::Override);
     }
     s
+}
+
+/// With `PGBACKREST_ENABLE`: WAL to the repository (unless `PGBACKREST_ARCHIVE_ENABLE=false`),
+/// and from it when a standby or a restore needs what its source no longer has. Every role
+/// gets them, so a promoted replica archives at once.
+pub fn archiving(config: &Config) -> Vec<(&'static str, String)> {
+    let Some(b) = &config.backup else { return Vec::new() };
+    let conf = config.layout.backrest_conf();
+    let mut settings = vec![("restore_command", backup::restore_command(&conf, &b.stanza))];
+    if b.archive {
+        settings.push(("archive_mode", "on".into()));
+        settings.push(("archive_command", backup::archive_command(&conf, &b.stanza)));
+        settings.push(("archive_timeout", backup::ARCHIVE_TIMEOUT.into()));
+    }
+    settings
 }
 
 /// The TLS part of every connection to another member: `sslmode` (REPLICATION_SSLMODE), the

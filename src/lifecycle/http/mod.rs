@@ -77,7 +77,13 @@ struct Shared {
     client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
-const PHASES: [Phase; 4] = [Phase::Starting, Phase::InitializingNewCluster, Phase::CreatingReplica, Phase::Running];
+const PHASES: [Phase; 5] = [
+    Phase::Starting,
+    Phase::InitializingNewCluster,
+    Phase::CreatingReplica,
+    Phase::RestoringFromBackup,
+    Phase::Running,
+];
 
 impl Endpoint {
     pub fn set_phase(&self, phase: Phase) {
@@ -103,6 +109,7 @@ impl StartClock {
         let name = match previous {
             Phase::InitializingNewCluster => Some("initdb"),
             Phase::CreatingReplica => Some("clone"),
+            Phase::RestoringFromBackup => Some("restore"),
             _ => None,
         };
         self.took.extend(name.map(|n| (n, since.elapsed().as_secs_f64())));

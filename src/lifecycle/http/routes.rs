@@ -13,6 +13,8 @@ pub enum Phase {
     Starting,
     InitializingNewCluster,
     CreatingReplica,
+    /// `PGBACKREST_RESTORE`: the cluster comes from the repository.
+    RestoringFromBackup,
     /// postgres, the real one, is running (it may still be starting up).
     Running,
     /// A stop was requested.
@@ -25,6 +27,7 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::InitializingNewCluster => "initializing new cluster",
             Phase::CreatingReplica => "creating replica",
+            Phase::RestoringFromBackup => "restoring from backup",
             Phase::Running => "running",
             Phase::Stopping => "stopping",
         }
@@ -256,6 +259,7 @@ mod tests {
             receiver_timeout: Duration::from_secs(15),
             sync_names: String::new(),
             sync_standbys: 0,
+            archive_failing: None,
         }
     }
 
@@ -312,7 +316,9 @@ mod tests {
     #[test]
     fn nothing_but_liveness_before_postgres_runs_and_nothing_while_stopping() {
         let primary = observed(false, None, None);
-        for phase in [Phase::Starting, Phase::InitializingNewCluster, Phase::CreatingReplica] {
+        for phase in
+            [Phase::Starting, Phase::InitializingNewCluster, Phase::CreatingReplica, Phase::RestoringFromBackup]
+        {
             for path in ["/", "/primary", "/replica", "/read-only", "/health", "/readiness"] {
                 // Even if a (temporary) server answered: never a role before the real one runs.
                 assert_eq!(status(path, phase, Expected::Primary, Some(&primary)), 503, "{path} {phase:?}");

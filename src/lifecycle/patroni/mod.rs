@@ -18,7 +18,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::layout::PROMOTED_MARKER;
-use crate::config::{translated_patroni_names, Config, Patroni, OVERRIDE_PREFIX, SECRET_ENVIRONMENT};
+use crate::config::{
+    secret_environment, translated_patroni_names, Config, Patroni, OVERRIDE_PREFIX, SECRET_ENVIRONMENT,
+};
 use crate::pgdata::datadir::{self, DataDirError, State};
 use crate::pgdata::files;
 use crate::pid1::supervise::{Kind, Supervisor};
@@ -186,6 +188,8 @@ fn callback_env(
         env.push((format!("{var}_FILE"), copy));
     }
     env.extend(translated_patroni_names().map(|var| (var.to_string(), None)));
+    // pgBackRest's options reach it through our configuration file only.
+    env.extend(secret_environment().into_iter().filter(|v| v.starts_with("PGBACKREST_")).map(|var| (var, None)));
     let initdb_args = config.initdb_args.join(" ");
     for (var, value) in [
         ("POSTGRES_USER", &config.superuser),
@@ -331,7 +335,7 @@ fn wait_for_leader(ctx: &Context, sup: &mut Supervisor) -> Result<(), StepError>
         // patronictl reads the DCS settings (and PATRONI_* variables) as Patroni would.
         let mut list = Command::new("patronictl");
         list.arg("-c").arg(&config_path).args(["list", "--format", "json"]);
-        for var in SECRET_ENVIRONMENT.into_iter().chain(translated_patroni_names()) {
+        for var in secret_environment().into_iter().chain(translated_patroni_names().map(String::from)) {
             list.env_remove(var);
         }
         let answer = step::run_captured(sup, "patronictl list", &mut list, false)?;

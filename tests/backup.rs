@@ -1,0 +1,188 @@
+//! Backups with pgBackRest (docs/backup.md), on real servers and a real posix repository:
+//! archiving from the start, a backup, the list, a restore drill, point-in-time recovery
+//! into a new PGDATA, the schedule, and the refusals that leave PGDATA untouched.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A node with backups on, to the repository `repo` (a directory every member mounts).
+fn with_backups(node: &mut Node, repo: &Path) {
+    node.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string());
+}
+
+/// `status` as JSON.
+fn status(node: &Node) -> serde_json::Value {
+    let (code, out) = node.tool(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Waits until the keeper has created the stanza and `pgbackrest check` passed.
+fn wait_repository_ok(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = status(node);
+        if s["backups"]["repository"]["ok"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "repository not ok within 90 s: {s}\n{}", node.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Switches to a new WAL segment and waits until the archive has it.
+fn archive_now(node: &Node) {
+    let segment = node.query_one("pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')") < segment {
+        assert!(Instant::now() < deadline, "{segment} not archived within 60 s:\n{}", node.output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn repository(node: &Node) -> PathBuf {
+    let repo = node.dir.0.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    repo
+}
+
+#[test]
+fn a_backup_is_listed_verified_and_shown_in_status() {
+    let mut node = Node::new("backup-basic");
+    let repo = repository(&node);
+    with_backups(&mut node, &repo);
+    node.start();
+    wait_repository_ok(&node);
+    node.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
+
+    let (code, out) = node.tool(&["backup", "full"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(full) finished"), "{out}");
+
+    let (code, out) = node.tool(&["backup", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stanza main: ok") && out.contains(" full "), "{out}");
+    let (code, out) = node.tool(&["backup", "list", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info[0]["backup"].as_array().unwrap().len(), 1, "{out}");
+
+    let s = status(&node);
+    assert_eq!(s["backups"]["last_backup"]["type"], "full", "{s}");
+    assert!(s["backups"]["last_backup"]["age_s"].as_i64().unwrap() < 600, "{s}");
+    assert_eq!(s["archiving"]["failing"], false, "{s}");
+    assert!(s["archiving"]["archived_count"].as_i64().unwrap() >= 1, "{s}");
+
+    let (code, out) = node.tool(&["backup", "verify", "--into", &node.scratch().display().to_string()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("verified: backup ") && out.contains("answered a query"), "{out}");
+    assert_eq!(std::fs::read_dir(node.scratch()).unwrap().count(), 0, "the scratch copy is removed");
+
+    // A replica refuses to back up; so does --standby.
+    let (code, out) = node.tool(&["backup", "--standby"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not supported"), "{out}");
+    assert_eq!(node.stop(), 0);
+}
+
+#[test]
+fn point_in_time_recovery_restores_exactly_the_rows_committed_before_the_target() {
+    let mut primary = Node::new("backup-pitr");
+    let repo = repository(&primary);
+    with_backups(&mut primary, &repo);
+    primary.start();
+    wait_repository_ok(&primary);
+    let mut c = primary.client();
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50)").unwrap();
+    let (code, out) = primary.tool(&["backup", "full"]);
+    assert_eq!(code, 0, "{out}");
+    // pgBackRest records a backup's end in whole seconds: a target must lie after it.
+    std::thread::sleep(Duration::from_millis(1100));
+    c.batch_execute("INSERT INTO t SELECT generate_series(51, 100)").unwrap();
+    // The target lies between two commits, as a user picks it from their clock.
+    let target: String = c.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.batch_execute("INSERT INTO t SELECT generate_series(101, 150)").unwrap();
+    c.batch_execute("DROP TABLE t").unwrap();
+    archive_now(&primary);
+
+    let mut restored = Node::new("backup-pitr-restored");
+    with_backups(&mut restored, &repo);
+    restored
+        .set("PGBACKREST_RESTORE", "true")
+        .set("PGBACKREST_RESTORE_TYPE", "time")
+        .set("PGBACKREST_RESTORE_TARGET", &target);
+    restored.start_with_timeout(Duration::from_secs(120));
+    assert_eq!(restored.query_one("SELECT count(*) FROM t"), "100", "{}", restored.output());
+    assert_eq!(restored.query_one("SELECT max(id) FROM t"), "100");
+    assert_eq!(restored.query_one("pg_is_in_recovery()"), "false");
+    assert!(restored.output().contains("restored and promoted on a new timeline"), "{}", restored.output());
+    // A new timeline: its WAL goes to the repository beside the old one's.
+    let timeline = restored.query_one("SELECT timeline_id FROM pg_control_checkpoint()");
+    assert_ne!(timeline, "1");
+    assert_eq!(restored.stop(), 0);
+
+    // The same variables at the next start: the restored cluster is served as it is.
+    restored.start();
+    assert_eq!(restored.query_one("SELECT count(*) FROM t"), "100");
+    assert_eq!(restored.stop(), 0);
+    // Another target on the restored PGDATA: refused, nothing overwritten.
+    restored.set("PGBACKREST_RESTORE_TYPE", "immediate").unset("PGBACKREST_RESTORE_TARGET");
+    let (code, out) = restored.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("PGBACKREST_RESTORE is true, but PGDATA"), "{out}");
+    restored.unset("PGBACKREST_RESTORE").start();
+    assert_eq!(restored.query_one("SELECT count(*) FROM t"), "100");
+    assert_eq!(primary.stop(), 0);
+}
+
+#[test]
+fn a_restore_from_a_missing_stanza_names_the_variable_and_leaves_pgdata_empty() {
+    let mut node = Node::new("backup-missing-stanza");
+    let repo = repository(&node);
+    with_backups(&mut node, &repo);
+    node.set("PGBACKREST_RESTORE", "true").set("PGBACKREST_STANZA", "nothere");
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("PGBACKREST_STANZA") && out.contains("PGBACKREST_REPO1_PATH"), "{out}");
+    let left: Vec<_> =
+        std::fs::read_dir(&node.pgdata).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "PGDATA holds {left:?}");
+}
+
+#[test]
+fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
+    let mut node = Node::new("backup-schedule");
+    let repo = repository(&node);
+    with_backups(&mut node, &repo);
+    node.set("PGBACKREST_AUTO_ENABLE", "true")
+        .set("PGBACKREST_AUTO_FIRST_INCR_DELAY", "0")
+        .set("PGBACKREST_AUTO_FULL_CRON", "off")
+        .set("PGBACKREST_AUTO_DIFF_CRON", "off")
+        .set("PGBACKREST_AUTO_INCR_CRON", "* * * * *");
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let (_, out) = node.tool(&["backup", "list", "--json"]);
+        let kinds: Vec<String> = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v[0]["backup"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if kinds.first().map(String::as_str) == Some("full") && kinds.iter().any(|k| k == "incr") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no full then incr within 150 s: {kinds:?}\n{}", node.output());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = status(&node);
+    assert_eq!(s["backups"]["schedule"]["timezone"], "UTC", "{s}");
+    assert!(node.output().contains("a full backup follows"), "{}", node.output());
+    assert_eq!(node.stop(), 0);
+}
