@@ -118,7 +118,8 @@ impl Backup {
 /// `PGBACKREST_AUTO_*`: backups the supervisor starts on the writable primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
-    /// Each kind with its cron expression (5 fields); a kind set to `off` is absent.
+    /// Each kind with its cron expression (5 fields); a kind set to `off` is absent (all
+    /// off: only the first backup).
     pub jobs: Vec<(BackupKind, String)>,
     pub timezone: chrono_tz::Tz,
     /// With no backup in the repository, a full one this long after the start (instead of
@@ -344,7 +345,7 @@ impl Parser<'_> {
                 }
             },
         };
-        (enabled && !jobs.is_empty()).then_some(Schedule { jobs, timezone, first_backup_delay })
+        enabled.then_some(Schedule { jobs, timezone, first_backup_delay })
     }
 
     fn restore(&mut self) -> Option<Restore> {

@@ -129,7 +129,15 @@ pub fn error_line(output: &str) -> Option<&str> {
 pub fn explain(output: &str, backup: &Backup) -> String {
     let said = error_line(output).unwrap_or("no error message").to_string();
     let repo = backup.variable_of("repo1-path");
+    // An encrypted file read with the wrong key is garbage to pgBackRest's parser.
+    let undecipherable = output.contains("FormatError") || output.contains("CryptoError");
     let hint = match error_code(output) {
+        _ if undecipherable => format!(
+            "the repository's files cannot be read with this key: check {} and {} (an encrypted repository is read \
+             only with the pass it was created with)",
+            backup.variable_of("repo1-cipher-pass"),
+            backup.variable_of("repo1-cipher-type")
+        ),
         Some(75) if output.contains("stop time less than") => {
             "every backup ends after the target time: pick a later PGBACKREST_RESTORE_TARGET (a backup can only \
              be recovered forward from its end)"
@@ -144,18 +152,6 @@ pub fn explain(output: &str, backup: &Backup) -> String {
             "the repository holds no stanza {:?} there: check PGBACKREST_STANZA and {repo} (the stanza is created \
              by a primary started with PGBACKREST_ENABLE=true)",
             backup.stanza
-        ),
-        Some(28) | Some(43) if output.contains("cipher") || output.contains("decrypt") || output.contains("EVP") => {
-            format!(
-                "the repository is encrypted with another key: check {} and {}",
-                backup.variable_of("repo1-cipher-pass"),
-                backup.variable_of("repo1-cipher-type")
-            )
-        }
-        Some(28) | Some(43) => format!(
-            "pgBackRest could not read the repository's files: check {} (an encrypted repository needs its cipher \
-             pass) and {repo}",
-            backup.variable_of("repo1-cipher-pass")
         ),
         Some(31) | Some(32) => "pgBackRest refused an option: check the PGBACKREST_* variable it names".to_string(),
         Some(39) | Some(41) | Some(49) => format!("the repository could not be reached or written: check {repo} and its permissions, or the storage's address and credentials"),

@@ -371,7 +371,8 @@ impl Node {
 
     /// The log of the current (or last) run.
     pub fn output(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        // Lossy: a tool's message may quote bytes that are not UTF-8.
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     /// Logs of every run so far.
