@@ -186,3 +186,45 @@ fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
     assert!(node.output().contains("a full backup follows"), "{}", node.output());
     assert_eq!(node.stop(), 0);
 }
+
+#[test]
+fn a_replica_is_made_from_the_repository_and_catches_up_through_the_archive() {
+    let mut primary = Node::new("backup-replica-primary");
+    let repo = repository(&primary);
+    with_backups(&mut primary, &repo);
+    // No WAL kept beyond what a slot asks for: a replica without its slot must use the archive.
+    primary.as_primary().set("POSTGRESQL_CONFIG_WAL_KEEP_SIZE", "0").start();
+    wait_repository_ok(&primary);
+    primary.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
+    let (code, out) = primary.tool(&["backup", "full"]);
+    assert_eq!(code, 0, "{out}");
+    primary.client().batch_execute("INSERT INTO t SELECT generate_series(1001, 2000)").unwrap();
+    archive_now(&primary);
+
+    let mut replica = Node::new("backup-replica");
+    with_backups(&mut replica, &repo);
+    replica.as_replica_of(&primary, "r1").set("REPLICA_CLONE_METHOD", "pgbackrest").start();
+    assert!(replica.output().contains("clone from the repository complete"), "{}", replica.output());
+    assert!(!replica.output().contains("pg_basebackup"), "{}", replica.output());
+    replica.eventually_equals("SELECT count(*) FROM t", "2000");
+    primary.eventually_equals(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'r1' AND state = 'streaming'",
+        "1",
+    );
+
+    // Stopped, its slot gone, the primary's WAL recycled: it catches up from the archive.
+    assert_eq!(replica.stop(), 0);
+    let mut c = primary.client();
+    c.batch_execute("SELECT pg_drop_replication_slot('r1')").unwrap();
+    for round in 0..4 {
+        c.batch_execute(&format!("INSERT INTO t SELECT generate_series({0} * 1000 + 2001, {0} * 1000 + 3000)", round))
+            .unwrap();
+        archive_now(&primary);
+        c.batch_execute("CHECKPOINT").unwrap();
+    }
+    replica.start();
+    replica.eventually_equals("SELECT count(*) FROM t", "6000");
+    assert!(replica.output().contains("restored log file"), "not from the archive:\n{}", replica.output());
+    assert_eq!(replica.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+}

@@ -41,6 +41,7 @@ pub const KNOWN: &[&str] = &[
     "PRIMARY_WAIT_TIMEOUT",
     "REPLICA_NAME",
     "REPLICA_RECLONE",
+    "REPLICA_CLONE_METHOD",
     "POD_SERVICE",
     "TLS_MODE",
     "TLS_CERT_FILE",

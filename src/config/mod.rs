@@ -257,6 +257,9 @@ pub struct Replica {
     pub wait_timeout: Duration,
     /// Clone again when the primary invalidated this replica's slot (it can never catch up).
     pub reclone: bool,
+    /// `REPLICA_CLONE_METHOD=pgbackrest`: made from the repository's latest backup (no load on
+    /// the primary), then streaming; pg_basebackup when the repository cannot serve.
+    pub clone_from_repository: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

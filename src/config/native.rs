@@ -35,12 +35,13 @@ struct Upstream {
     name: String,
     wait_timeout: Duration,
     reclone: bool,
+    clone_from_repository: bool,
 }
 
 impl Upstream {
     fn with(self, replication: Replication) -> Replica {
-        let Upstream { primary_host, primary_port, name, wait_timeout, reclone } = self;
-        Replica { replication, primary_host, primary_port, name, wait_timeout, reclone }
+        let Upstream { primary_host, primary_port, name, wait_timeout, reclone, clone_from_repository } = self;
+        Replica { replication, primary_host, primary_port, name, wait_timeout, reclone, clone_from_repository }
     }
 }
 
@@ -284,7 +285,25 @@ impl Parser<'_> {
         }
         let wait_timeout = self.duration("PRIMARY_WAIT_TIMEOUT", Duration::from_secs(120));
         let reclone = self.boolean("REPLICA_RECLONE").unwrap_or(false);
-        Some(Upstream { primary_host: host?, primary_port: port, name, wait_timeout, reclone })
+        let clone_from_repository = match self.var("REPLICA_CLONE_METHOD").as_deref() {
+            None | Some("basebackup") => false,
+            Some("pgbackrest") if self.boolean("PGBACKREST_ENABLE") == Some(true) => true,
+            Some("pgbackrest") => {
+                self.problem(
+                    "REPLICA_CLONE_METHOD",
+                    "is pgbackrest, which needs PGBACKREST_ENABLE=true and its repository",
+                );
+                false
+            }
+            Some(other) => {
+                self.problem(
+                    "REPLICA_CLONE_METHOD",
+                    format!("{other:?} is not accepted; accepted: basebackup, pgbackrest"),
+                );
+                false
+            }
+        };
+        Some(Upstream { primary_host: host?, primary_port: port, name, wait_timeout, reclone, clone_from_repository })
     }
 
     pub(super) fn sync_settings(&mut self) -> SyncSettings {

@@ -6,6 +6,7 @@
 //! identifier is compared with ours: a re-initialised primary is another cluster.
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,7 +21,9 @@ use crate::postgres::step::{self, Context, StepError};
 use crate::render;
 
 /// Settings we manage that a stale `postgresql.auto.conf` line would override.
-const MANAGED_STANDBY_SETTINGS: [&str; 2] = ["primary_conninfo", "primary_slot_name"];
+/// Ours, in the managed file; a copy in postgresql.auto.conf (pg_basebackup -R, a restore by
+/// pgBackRest, a setting copied from the primary) would win over it.
+const MANAGED_STANDBY_SETTINGS: [&str; 3] = ["primary_conninfo", "primary_slot_name", "restore_command"];
 /// In the staging directory: how many clones failed in a row, and the last reason.
 const CLONE_FAILURES: &str = "clone-failures";
 
@@ -179,6 +182,10 @@ fn clone_into(
     }
     ensure_slot(ctx, sup, replica, primary.slot)?;
     let started = Instant::now();
+    if replica.clone_from_repository && clone_from_repository(ctx, sup, staging)? {
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "clone from the repository complete");
+        return Ok(());
+    }
     tracing::info!(host = %replica.primary_host, port = replica.primary_port, "cloning the primary with pg_basebackup");
     let mut cmd = step::tool(ctx.bin, "pg_basebackup");
     cmd.arg("-D")
@@ -201,6 +208,30 @@ fn clone_into(
     }
     tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "clone complete");
     Ok(())
+}
+
+/// `REPLICA_CLONE_METHOD=pgbackrest`: the latest backup restored as a standby (the WAL since
+/// then comes from the archive, then from the primary). False, with a warning, when the
+/// repository cannot serve one: pg_basebackup then clones the primary.
+fn clone_from_repository(ctx: &Context, sup: &mut Supervisor, staging: &datadir::Staging) -> Result<bool, StepError> {
+    let Some(backrest) = crate::postgres::backrest::Backrest::of(ctx.config) else { return Ok(false) };
+    tracing::info!("cloning from the repository's latest backup (REPLICA_CLONE_METHOD=pgbackrest)");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging.cluster)
+        .map_err(DataDirError::io(&ctx.config.pgdata, "cannot create the directory to restore into"))?;
+    let mut cmd = backrest.command("restore");
+    cmd.arg(format!("--pg1-path={}", staging.cluster.display())).arg("--type=standby");
+    let out = step::run_captured(sup, "pgbackrest restore", &mut cmd, true)?;
+    if out.code == 0 {
+        return Ok(true);
+    }
+    let said = format!("{}{}", out.stdout, out.stderr);
+    let why = ctx.config.backup.as_ref().map_or_else(String::new, |b| crate::postgres::backrest::explain(&said, b));
+    tracing::warn!("the repository could not make this replica ({why}); cloning the primary with pg_basebackup");
+    fs::remove_dir_all(&staging.cluster)
+        .map_err(DataDirError::io(&ctx.config.pgdata, "cannot empty the staging directory"))?;
+    Ok(false)
 }
 
 /// (count, last reason) of failed clones, kept in the staging directory across restarts.
