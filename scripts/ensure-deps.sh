@@ -16,6 +16,8 @@ ls /usr/lib/*/libnss_wrapper.so /usr/lib/libnss_wrapper.so >/dev/null 2>&1 || ne
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v patroni >/dev/null 2>&1 || need+=(patroni)
 python3 -c 'import etcd' >/dev/null 2>&1 || need+=(python3-etcd)
+# PGBACKREST_ENABLE archives and backs up with Debian's pgBackRest.
+command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 # /metrics is checked with promtool (check metrics, test rules), from Debian's prometheus.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # tests/kubernetes.rs validates deploy/kubernetes offline against Kubernetes' schemas.

@@ -322,3 +322,41 @@ fn bad_patroni_settings_are_refused_before_anything_is_touched() {
     assert!(out.contains("ETCD_HOSTS: \"etcd1:notaport\" is not an etcd address"), "{out}");
     assert!(!out.contains(PASSWORD));
 }
+
+#[test]
+fn backups_run_on_the_leader_and_a_new_member_is_made_from_the_repository() {
+    let etcd = Etcd::start();
+    let mut nodes = members(&etcd, "pat-backup");
+    let repo = nodes[0].dir.0.join("repo");
+    for node in nodes.iter_mut() {
+        node.set("PGBACKREST_ENABLE", "true")
+            .set("PGBACKREST_REPO1_PATH", &repo.display().to_string())
+            .set("PGBACKREST_AUTO_ENABLE", "true")
+            .set("PGBACKREST_AUTO_FIRST_INCR_DELAY", "0")
+            .set("PGBACKREST_AUTO_FULL_CRON", "off")
+            .set("PGBACKREST_AUTO_DIFF_CRON", "off")
+            .set("PGBACKREST_AUTO_INCR_CRON", "off");
+    }
+    // The first member bootstraps, creates the stanza and takes the first backup as leader.
+    nodes[0].spawn(&[]);
+    settled_leader(&nodes[..1], Duration::from_secs(120));
+    let backed_up = |node: &Node| {
+        let (code, out) = node.tool(&["backup", "list", "--json"]);
+        code == 0 && out.contains("\"type\":\"full\"")
+    };
+    wait_until(Duration::from_secs(120), || backed_up(&nodes[0]));
+    nodes[0].client().batch_execute("INSERT INTO seed VALUES (2)").unwrap();
+    // The next member is restored from that backup, not copied from the leader.
+    nodes[1].spawn(&[]);
+    let leader = settled_leader(&nodes[..2], Duration::from_secs(120));
+    assert_eq!(leader, 0);
+    wait_until(Duration::from_secs(60), || count(&nodes[1], "seed") == 2);
+    assert!(nodes[1].output().contains("replica has been created using pgbackrest"), "{}", nodes[1].output());
+    // Only the leader archives and backs up.
+    let archived: i64 = nodes[0].query_one("SELECT archived_count FROM pg_stat_archiver").parse().unwrap();
+    assert!(archived > 0);
+    assert!(!nodes[1].output().contains("backup started"), "{}", nodes[1].output());
+    for node in nodes.iter_mut().take(2) {
+        assert_eq!(node.stop(), 0);
+    }
+}

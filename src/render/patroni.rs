@@ -27,7 +27,9 @@ pub struct Resolved<'a> {
 }
 
 /// The settings Patroni itself decides (or must not be given): left out of `parameters`.
-const PATRONIS_OWN: &[&str] = &["listen_addresses", "port", "hot_standby", "primary_conninfo", "primary_slot_name"];
+/// (`restore_command` goes to `recovery_conf`, where Patroni takes it.)
+const PATRONIS_OWN: &[&str] =
+    &["listen_addresses", "port", "hot_standby", "primary_conninfo", "primary_slot_name", "restore_command"];
 
 pub fn patroni_yml(i: &Resolved) -> String {
     let c = i.config;
@@ -106,6 +108,20 @@ pub fn patroni_yml(i: &Resolved) -> String {
         line(6, format!("{key}: {}", q(value)));
     }
     parameters(&mut line, 2, i.settings, false);
+    if let Some(b) = &c.backup {
+        // A standby that fell behind fetches WAL from the repository; a new replica is made from
+        // its latest backup (no load on the leader), from the leader when it holds none.
+        let conf = c.layout.backrest_conf();
+        line(2, "recovery_conf:".into());
+        line(4, format!("restore_command: {}", q(&crate::render::backup::restore_command(&conf, &b.stanza))));
+        line(2, "create_replica_methods: [\"pgbackrest\", \"basebackup\"]".into());
+        line(2, "pgbackrest:".into());
+        let restore =
+            format!("{} restore --type=standby --delta", crate::render::backup::command_prefix(&conf, &b.stanza));
+        line(4, format!("command: {}", q(&restore)));
+        line(4, "keep_data: true".into());
+        line(4, "no_params: true".into());
+    }
     // A new replica's clone starts at once instead of waiting for the next checkpoint.
     line(2, "basebackup:".into());
     line(4, "checkpoint: \"fast\"".into());

@@ -21,9 +21,10 @@ use crate::config::layout::PROMOTED_MARKER;
 use crate::config::{
     secret_environment, translated_patroni_names, Config, Patroni, OVERRIDE_PREFIX, SECRET_ENVIRONMENT,
 };
+use crate::lifecycle::backup::scheduler::Scheduler;
 use crate::pgdata::datadir::{self, DataDirError, State};
 use crate::pgdata::files;
-use crate::pid1::supervise::{Kind, Supervisor};
+use crate::pid1::supervise::{Kind, Supervisor, Tick};
 use crate::postgres::step::{self, exit, Context, StepError};
 
 /// True when Patroni has managed this data directory (see [`crate::config::layout::PATRONI_DYNAMIC_CONF`]).
@@ -129,13 +130,25 @@ fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Fi
         let config = ctx.config.clone();
         sup.set_before_reload(Box::new(move || crate::pgdata::tls::refresh(&config)));
     }
-    let code = match sup.supervise(pid, Kind::Patroni, None) {
+    // Scheduled backups on the leader, whichever member that is now.
+    let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, b, false));
+    let ticking = backups.is_some();
+    let mut turn = |sup: &mut Supervisor| {
+        if let Some(backups) = backups.as_mut() {
+            backups.tick(sup);
+        }
+    };
+    let tick: Option<Tick> = ticking.then_some((std::time::Duration::from_secs(1), &mut turn));
+    let code = match sup.supervise(pid, Kind::Patroni, tick) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("lost track of patroni: {e}");
             return exit::STARTUP_FAILED;
         }
     };
+    if let Some(backups) = backups.as_mut() {
+        backups.stop(sup);
+    }
     let stopping = sup.stop_requested().is_some();
     stop_orphaned_postgres(ctx, sup);
     let failed_bootstrap = std::fs::read_to_string(&note).ok();
