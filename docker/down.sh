@@ -31,6 +31,9 @@ else
     fi
     [ "${HAPROXY:-1}" = 1 ] && files+=(-f compose.haproxy.yaml)
 fi
+# The backup repository volume (BACKUP=1) is named by the backup file: always read, so
+# VOLUMES=1 removes it too.
+if [ "$patroni" = 1 ]; then files+=(-f compose.patroni.backup.yaml); else files+=(-f compose.backup.yaml); fi
 # Prometheus (MONITORING=1) is a service of the project that no other file names:
 # --remove-orphans removes it.
 args=(--remove-orphans)

@@ -8,6 +8,8 @@
 # members, HAProxy always in front (HAPROXY is ignored); it is synchronous by default
 # (REPLICATION_SYNCHRONOUS_MODE=on), SYNC=0 there means off. MONITORING=1 adds Prometheus
 # with the alert rules (compose.monitoring.yaml, docs/metrics.md) on 127.0.0.1:9090.
+# BACKUP=1 adds archiving and scheduled backups with pgBackRest to a repository volume every
+# member mounts (compose.backup.yaml, or compose.patroni.backup.yaml; docs/backup.md).
 # ETCD_IMAGE / HAPROXY_IMAGE / PROMETHEUS_IMAGE, when not given, are built offline.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,6 +43,9 @@ else
         [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
     fi
 fi
+if [ "${BACKUP:-0}" = 1 ]; then
+    if [ "${PATRONI:-0}" = 1 ]; then files+=(-f compose.patroni.backup.yaml); else files+=(-f compose.backup.yaml); fi
+fi
 if [ "${MONITORING:-0}" = 1 ]; then
     files+=(-f compose.monitoring.yaml)
     [ "${PATRONI:-0}" = 1 ] && export PROMETHEUS_CONFIG="${PROMETHEUS_CONFIG:-prometheus.patroni.yml}"
@@ -67,6 +72,9 @@ else
     if [ "$haproxy" = 1 ]; then
         echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
     fi
+fi
+if [ "${BACKUP:-0}" = 1 ]; then
+    echo "backups: docker exec ${id:0:12} pg-entrypoint backup list   (on the primary: backup [full|diff|incr], backup verify)"
 fi
 if [ "${MONITORING:-0}" = 1 ]; then
     echo "Prometheus: http://127.0.0.1:9090/alerts (rules: deploy/prometheus/alerts.yml)"

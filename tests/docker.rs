@@ -931,3 +931,73 @@ fn monitoring_overlay_fires_and_clears_the_alerts() {
     );
     assert!(!firing(api).contains(&"PostgresMoreThanOnePrimary".to_string()));
 }
+
+/// `pg-entrypoint <args>` in a container: exit status and output.
+fn exec(id: &str, args: &[&str]) -> (bool, String) {
+    let mut full = vec!["exec", id, "pg-entrypoint"];
+    full.extend(args);
+    let out = run("docker", &full);
+    (out.status.success(), text(&out))
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn backup_overlay_archives_survives_a_killed_backup_and_restores() {
+    // As BACKUP=1 docker/up.sh starts it: one repository volume for the three members.
+    let p = Project::new("bak", &["compose.yaml", "compose.backup.yaml"]);
+    p.compose(&["up", "-d"]);
+    let (primary, r1) = (p.id("primary"), p.id("replica-1"));
+    for id in [&primary, &r1, &p.id("replica-2")] {
+        wait_healthy(id, Duration::from_secs(180));
+    }
+    wait_for("the stanza is created and archiving checked", Duration::from_secs(90), || {
+        exec(&primary, &["status"]).1.contains("\"checked\"")
+    });
+    sql(&primary, "CREATE TABLE big AS SELECT g, repeat(md5(g::text), 16) AS pad FROM generate_series(1, 400000) g");
+    // docker kill while a backup copies: never offered, the next one succeeds.
+    docker(&["exec", "-d", &primary, "pg-entrypoint", "backup", "full"]);
+    wait_for("the backup copies files", Duration::from_secs(60), || {
+        run("docker", &["exec", &primary, "sh", "-c", "ls -d /var/lib/pgbackrest/backup/main/*F/pg_data/base"])
+            .status
+            .success()
+    });
+    docker(&["kill", &primary]);
+    docker(&["start", &primary]);
+    wait_healthy(&primary, Duration::from_secs(120));
+    let (ok, list) = exec(&primary, &["backup", "list"]);
+    assert!(ok && list.contains("no backups"), "{list}");
+    let (ok, out) = exec(&primary, &["backup", "full"]);
+    assert!(ok, "{out}");
+    // A replica refuses; the primary's backup restores.
+    let (ok, out) = exec(&r1, &["backup", "full"]);
+    assert!(!ok && out.contains("this node is a replica"), "{out}");
+    let (ok, out) = exec(&primary, &["backup", "verify"]);
+    assert!(ok && out.contains("verified: backup"), "{out}");
+    eprintln!("{}", out.trim());
+    // The repository volume on a new container: a restore of the latest state.
+    sql(&primary, "CREATE TABLE after_backup AS SELECT 42 AS answer");
+    sql(&primary, "SELECT pg_switch_wal()");
+    let segment = sql(&primary, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)");
+    wait_for("the segment is archived", Duration::from_secs(60), || {
+        sql(&primary, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment
+    });
+    let network = format!("{}_default", p.name);
+    let restored = docker(&[
+        "run",
+        "-d",
+        "--network",
+        &network,
+        "-e",
+        "PGBACKREST_ENABLE=true",
+        "-e",
+        "PGBACKREST_RESTORE=true",
+        "-v",
+        &format!("{}_backup-repository:/var/lib/pgbackrest", p.name),
+        &image(),
+    ]);
+    wait_healthy(&restored, Duration::from_secs(180));
+    assert_eq!(sql(&restored, "SELECT answer FROM after_backup"), "42");
+    assert_eq!(sql(&restored, "SELECT count(*) FROM big"), "400000");
+    docker(&["rm", "-f", &restored]);
+    p.compose(&["down", "-v"]);
+}

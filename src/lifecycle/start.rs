@@ -95,7 +95,9 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
 pub fn creation_problem(plan: &Plan) -> Option<String> {
     let config = &plan.config;
     let state = datadir::inspect(&config.pgdata).ok()?;
-    let creates = matches!(state, State::Empty | State::Interrupted);
+    // A restore from the repository brings its own roles and settings.
+    let restores = config.backup.as_ref().is_some_and(|b| b.restore.is_some());
+    let creates = matches!(state, State::Empty | State::Interrupted) && !restores;
     if let Some(problem) = config.password_problem(creates) {
         return Some(problem.to_string());
     }
