@@ -7,9 +7,10 @@
 //! 15), `BENCH_CLONE_ROUNDS` (default 5), `BENCH_CLONE_MB` (default 1024, the TLS clone) and
 //! `BENCH_CLONE_SIZES` (default 100,1024,4096 MB: clone cost as the primary grows) scale it;
 //! `BENCH_FILES` (default 30000) relation files for the restart and ownership cases;
-//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni. `BENCH_ONLY=patroni`,
-//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth`, `BENCH_ONLY=restart` or `BENCH_ONLY=metrics` runs
-//! and prints those alone.
+//! `BENCH_FAILOVERS` (default 3) leader kills under Patroni; `BENCH_BACKUP_SIZES` (default
+//! 1024,4096 MB) and `BENCH_BACKUP_ROUNDS` (default 3) the backup cases. `BENCH_ONLY=patroni`,
+//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth`, `BENCH_ONLY=restart`, `BENCH_ONLY=metrics` or
+//! `BENCH_ONLY=backup` runs and prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -277,6 +278,7 @@ fn main() {
         Ok("growth") => Some(growth()),
         Ok("restart") => Some(vec![restart()]),
         Ok("metrics") => Some(metrics_scrapes()),
+        Ok("backup") => Some(backups()),
         _ => None,
     };
     if let Some(rows) = only {
@@ -315,6 +317,9 @@ fn main() {
 
     // 9: TLS: first boot and a clone with TLS next to the same without.
     rows.extend(tls_cost());
+
+    // 10: backups with pgBackRest: backup, restore at start, PITR, archive delay.
+    rows.extend(backups());
 
     let binary = fs::metadata(release_binary()).map(|m| m.len()).unwrap_or(0);
     print_and_write(&rows, binary);
@@ -1025,4 +1030,197 @@ fn patroni_failover(rounds: usize) -> Vec<Row> {
             target: "0".into(),
         },
     ]
+}
+
+/// `program` run as `postgres` with only PATH in its environment.
+fn as_postgres_program(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--", program]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn mb_per_s(mb: u64, seconds: f64) -> String {
+    format!("{:.0} MB/s", mb as f64 / seconds)
+}
+
+/// Backups with pgBackRest next to bare pgBackRest run by hand with the same options (the
+/// configuration file pg-entrypoint wrote), on the same database and repository: a full backup
+/// of each size, a restore at start to a TCP login (the RTO) and a point-in-time restore; then
+/// how long a finished WAL segment waits before it is in the repository under pgbench (the RPO
+/// under load; idle, archive_timeout bounds it).
+fn backups() -> Vec<Row> {
+    let sizes: Vec<u64> = std::env::var("BENCH_BACKUP_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1024, 4096]);
+    let rounds = env_count("BENCH_BACKUP_ROUNDS", 3);
+    let mut rows = Vec::new();
+    for mb in sizes {
+        let mut node = Node::new("bench-backup");
+        let repo = node.dir.0.join("repo");
+        node.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string());
+        node.start();
+        wait_until(Duration::from_secs(120), || node.tool(&["status"]).1.contains("\"checked\""));
+        fill(&node, mb);
+        let conf = node.socket_dir().join(format!("pg-entrypoint-{}.pgbackrest.conf", node.port));
+        let ours = || {
+            let started = Instant::now();
+            let (code, out) = node.tool(&["backup", "full"]);
+            assert_eq!(code, 0, "{out}");
+            started.elapsed().as_secs_f64()
+        };
+        let bare = || {
+            let started = Instant::now();
+            let ok = as_postgres_program("pgbackrest")
+                .arg(format!("--config={}", conf.display()))
+                .args(["--stanza=main", "--log-level-console=info", "backup", "--type=full"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "bare pgbackrest backup failed");
+            started.elapsed().as_secs_f64()
+        };
+        let backup = Paired::run(rounds, ours, bare);
+        let (o, b) = (median(backup.ours.clone()), median(backup.bare.clone()));
+        let mut row = backup.row(
+            &format!("full backup of {mb} MB (posix repository, pgBackRest defaults)"),
+            Some(1.05),
+            "≤ 1.05",
+        );
+        row.ours = format!("{} ({})", row.ours, mb_per_s(mb, o));
+        row.bare = format!("{} ({})", row.bare, mb_per_s(mb, b));
+        rows.push(row);
+
+        // Restore at start, to the end of the archive, and to a point in time.
+        node.client().batch_execute("CREATE TABLE marks (at timestamptz DEFAULT clock_timestamp())").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let target: String = node.client().query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
+        node.client().batch_execute("INSERT INTO marks DEFAULT VALUES; SELECT pg_switch_wal()").unwrap();
+        let segment = node.query_one("pg_walfile_name(pg_current_wal_lsn() - 1)");
+        wait_until(Duration::from_secs(60), || {
+            node.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')") >= segment
+        });
+        for (case, extra) in [
+            ("restore at start to ready, latest (RTO)", vec![]),
+            (
+                "restore at start to ready, to a point in time",
+                vec![("PGBACKREST_RESTORE_TYPE", "time"), ("PGBACKREST_RESTORE_TARGET", target.as_str())],
+            ),
+        ] {
+            let ours = || {
+                let mut restored = Node::new("bench-restore");
+                restored.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string());
+                // The restored cluster's own password, not a new one.
+                restored.set("PGBACKREST_RESTORE", "true");
+                for (k, v) in &extra {
+                    restored.set(k, v);
+                }
+                // Its archive goes elsewhere: the benchmark's repository stays as it was.
+                restored.set("PGBACKREST_ARCHIVE_ENABLE", "false");
+                let started = Instant::now();
+                restored.spawn(&[]);
+                wait_login(restored.port, Duration::from_secs(600));
+                let took = started.elapsed().as_secs_f64();
+                assert_eq!(restored.stop(), 0);
+                took
+            };
+            let bare = || {
+                let tmp = TempDir::new("bench-bare-restore");
+                let data = bare_dir(&tmp);
+                let port = free_port();
+                let started = Instant::now();
+                let mut restore = as_postgres_program("pgbackrest");
+                restore.arg(format!("--config={}", conf.display())).args(["--stanza=main", "restore"]);
+                restore.arg(format!("--pg1-path={}", data.display()));
+                match extra.iter().find(|(k, _)| *k == "PGBACKREST_RESTORE_TARGET") {
+                    Some((_, t)) => {
+                        restore.args(["--type=time", "--target-action=promote"]).arg(format!("--target={t}"))
+                    }
+                    None => restore.arg("--type=default"),
+                };
+                assert!(restore.status().unwrap().success(), "bare pgbackrest restore failed");
+                // Login only once promoted, as ours: no reads during recovery.
+                let server = bare_postgres(&data, port, &["-c", "hot_standby=off", "-c", "archive_mode=off"]);
+                wait_login(port, Duration::from_secs(600));
+                let took = started.elapsed().as_secs_f64();
+                stop_bare(server);
+                took
+            };
+            let restore = Paired::run(rounds, ours, bare);
+            let (o, b) = (median(restore.ours.clone()), median(restore.bare.clone()));
+            let mut row = restore.row(&format!("{case}, {mb} MB"), Some(1.05), "≤ 1.05");
+            row.ours = format!("{} ({})", row.ours, mb_per_s(mb, o));
+            row.bare = format!("{} ({})", row.bare, mb_per_s(mb, b));
+            rows.push(row);
+        }
+        if mb == 1024 {
+            rows.push(archive_delay(&node));
+        }
+        assert_eq!(node.stop(), 0);
+    }
+    rows
+}
+
+/// Under pgbench for 60 s: for each WAL segment finished, how long until the repository has
+/// it (pg_stat_archiver), median and max. The same archive-push either way: the baseline is
+/// the bound when idle, archive_timeout.
+fn archive_delay(node: &Node) -> Row {
+    let pgbench = pg_bindir().join("pgbench");
+    let env = |c: &mut Command| {
+        c.env("PGPASSWORD", PASSWORD).args(["-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", "postgres"]);
+    };
+    let mut init = Command::new(&pgbench);
+    env(&mut init);
+    assert!(init
+        .args(["-i", "-s", "10", "-q", "postgres"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let mut load = Command::new(&pgbench);
+    env(&mut load);
+    let mut load = load
+        .args(["-c", "4", "-T", "60", "-n", "postgres"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Segments finished and not yet archived, with when each was finished.
+    let mut pending: Vec<(String, Instant)> = Vec::new();
+    let mut delays = Vec::new();
+    let mut client = node.client();
+    let mut writing: Option<String> = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(62) {
+        let row = client
+            .query_one(
+                "SELECT pg_walfile_name(pg_current_wal_lsn()), coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+                &[],
+            )
+            .unwrap();
+        let (current, archived): (String, String) = (row.get(0), row.get(1));
+        if let Some(previous) = writing.replace(current.clone()).filter(|p| *p != current) {
+            pending.push((previous, Instant::now()));
+        }
+        pending.retain(|(segment, finished)| {
+            let archived_now = archived.as_str() >= segment.as_str();
+            if archived_now {
+                delays.push(finished.elapsed().as_secs_f64());
+            }
+            !archived_now
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    load.wait().unwrap();
+    let max = delays.iter().cloned().fold(0.0, f64::max);
+    Row {
+        case: format!("archive delay under pgbench -c 4 (RPO), {} segments", delays.len()),
+        ours: format!("{} median, {} max", ms(median(delays.clone())), ms(max)),
+        bare: "idle bound: archive_timeout 60 s".into(),
+        ratio: "—".into(),
+        target: "a segment in the repository within seconds".into(),
+    }
 }

@@ -20,14 +20,20 @@ python3 -c 'import etcd' >/dev/null 2>&1 || need+=(python3-etcd)
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 # /metrics is checked with promtool (check metrics, test rules), from Debian's prometheus.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-# tests/kubernetes.rs validates deploy/kubernetes offline against Kubernetes' schemas.
-python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1 || need_pip=1
+# tests/kubernetes.rs validates deploy/kubernetes offline against Kubernetes' schemas; the
+# S3 repository of tests/backup.rs is moto's server behind HAProxy for TLS (curl makes its
+# bucket).
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+pip=()
+python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1 || pip+=(kubernetes-validate)
+python3 -c 'import moto.server, flask, cryptography' >/dev/null 2>&1 || pip+=('moto[server]')
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing ${need[*]}" >&2
     "$(dirname "$0")/apt-install.sh" "${need[@]}"
 fi
-if [ "${need_pip:-0}" = 1 ]; then
-    echo "installing kubernetes-validate (PyPI)" >&2
-    python3 -m pip install --quiet --root-user-action=ignore kubernetes-validate ||
-        python3 -m pip install --quiet --root-user-action=ignore --break-system-packages kubernetes-validate
+if [ "${#pip[@]}" -gt 0 ]; then
+    echo "installing ${pip[*]} (PyPI)" >&2
+    python3 -m pip install --quiet --root-user-action=ignore "${pip[@]}" ||
+        python3 -m pip install --quiet --root-user-action=ignore --break-system-packages "${pip[@]}"
 fi

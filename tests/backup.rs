@@ -228,3 +228,34 @@ fn a_replica_is_made_from_the_repository_and_catches_up_through_the_archive() {
     assert_eq!(replica.stop(), 0);
     assert_eq!(primary.stop(), 0);
 }
+
+#[test]
+fn an_s3_repository_archives_backs_up_and_restores_and_its_key_stays_secret() {
+    let s3 = common::s3::S3::start();
+    let mut primary = Node::new("backup-s3");
+    primary.with_s3_backups(&s3).start();
+    wait_repository_ok(&primary);
+    primary.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 500) AS id").unwrap();
+    let (code, out) = primary.tool(&["backup", "full"]);
+    assert_eq!(code, 0, "{out}");
+    primary.client().batch_execute("INSERT INTO t SELECT generate_series(501, 600)").unwrap();
+    archive_now(&primary);
+    // The key secret: only in the 0600 file pgBackRest reads, not in postgres's environment.
+    let conf = primary.socket_dir().join(format!("pg-entrypoint-{}.pgbackrest.conf", primary.port));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&conf).unwrap().mode() & 0o777, 0o600);
+    let pid = std::fs::read_to_string(primary.pgdata.join("postmaster.pid")).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", pid.lines().next().unwrap())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains(common::s3::S3_SECRET) && !environ.contains("PGBACKREST_"), "{environ}");
+
+    let mut restored = Node::new("backup-s3-restored");
+    restored.with_s3_backups(&s3).set("PGBACKREST_RESTORE", "true");
+    restored.start_with_timeout(Duration::from_secs(120));
+    assert_eq!(restored.query_one("SELECT count(*) FROM t"), "600");
+    for node in [&primary, &restored] {
+        assert!(!node.all_output().contains(common::s3::S3_SECRET), "the secret in a log");
+    }
+    assert_eq!(restored.stop(), 0);
+    assert_eq!(primary.stop(), 0);
+}

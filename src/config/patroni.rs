@@ -174,10 +174,14 @@ impl Parser<'_> {
                 "is wal_keep_segments, gone since PostgreSQL 13; accepted: POSTGRESQL_CONFIG_WAL_KEEP_SIZE (e.g. 1GB)",
             );
         }
-        if self.boolean("PATRONI_PGBACKREST_CALLBACKS") == Some(true) {
+        // The upstream image's leader callbacks for pgBackRest: here the backup keeper does that
+        // work on the leader whenever backups are on.
+        if self.boolean("PATRONI_PGBACKREST_CALLBACKS") == Some(true) && self.boolean("PGBACKREST_ENABLE") != Some(true)
+        {
             self.problem(
                 "PATRONI_PGBACKREST_CALLBACKS",
-                "is true, but backups with pgBackRest are not in this version",
+                "is true, but PGBACKREST_ENABLE is not; set PGBACKREST_ENABLE=true (the leader then creates the \
+                 stanza and takes the scheduled backups)",
             );
         }
         PatroniDcs {

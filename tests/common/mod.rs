@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod docker;
 pub mod etcd;
+pub mod s3;
 
 use std::fs;
 use std::io::Read;
