@@ -1099,9 +1099,15 @@ fn backups() -> Vec<Row> {
         let target: String = node.client().query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
         node.client().batch_execute("INSERT INTO marks DEFAULT VALUES; SELECT pg_switch_wal()").unwrap();
         let segment = node.query_one("pg_walfile_name(pg_current_wal_lsn() - 1)");
-        wait_until(Duration::from_secs(60), || {
-            node.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')") >= segment
-        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let archived = node.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')");
+            if archived >= segment {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{segment} not archived (last: {archived}):\n{}", node.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for (case, extra) in [
             ("restore at start to ready, latest (RTO)", vec![]),
             (

@@ -8,8 +8,10 @@
 # libraries only bookworm has, e.g. libicu72, from bookworm).
 # `haproxy` builds the HAProxy image of docker/compose.haproxy.yaml and compose.patroni.yaml,
 # `etcd` the etcd image of docker/compose.patroni.yaml, `prometheus` the Prometheus image of
-# docker/compose.monitoring.yaml (Debian's packages, bookworm) instead.
-# Usage: docker/build-offline.sh [15|17|17-upgrade|haproxy|etcd|prometheus]. The last line printed is the image tag.
+# docker/compose.monitoring.yaml (Debian's packages, bookworm) instead. `s3` builds the
+# S3-compatible server of docker/compose.backup-s3.yaml (docker/s3/): bookworm's python3 and
+# HAProxy with moto's server, which pip installs on this machine from PyPI.
+# Usage: docker/build-offline.sh [15|17|17-upgrade|haproxy|etcd|prometheus|s3]. The last line printed is the image tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pg="${1:-15}"
@@ -18,8 +20,8 @@ case "$pg" in
     15) suite=bookworm ;;
     17) suite=trixie ;;
     17-upgrade) suite=trixie; old_major=15 ;;
-    haproxy|etcd|prometheus) suite=bookworm ;;
-    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), 17-upgrade, haproxy, etcd, prometheus" >&2; exit 2 ;;
+    haproxy|etcd|prometheus|s3) suite=bookworm ;;
+    *) echo "build-offline.sh: $pg is not offered; accepted: 15 (bookworm), 17 (trixie), 17-upgrade, haproxy, etcd, prometheus, s3" >&2; exit 2 ;;
 esac
 major="${pg%-upgrade}"
 # The tag names the recipe: a base built by an older recipe is not reused.
@@ -62,6 +64,19 @@ case "$pg" in
     # etcdctl (etcd-client) for `docker exec ... etcdctl endpoint health --cluster`.
     etcd) tool_image pg-entrypoint-etcd:local etcd-server,etcd-client; exit 0 ;;
     prometheus) tool_image pg-entrypoint-prometheus:local prometheus; exit 0 ;;
+    s3)
+        if ! docker image inspect pg-entrypoint-s3:local >/dev/null 2>&1; then
+            s3_base=$(tool_image pg-entrypoint-s3-base:local python3,haproxy,openssl,curl)
+            context=$(mktemp -d)
+            cp docker/s3/Dockerfile docker/s3/entrypoint.sh "$context/"
+            # Wheels for bookworm's Python (3.11), as pure Python or manylinux builds.
+            python3 -m pip install --quiet --root-user-action=ignore --target "$context/site" \
+                --python-version 3.11 --only-binary=:all: --platform manylinux2014_x86_64 'moto[server]' >&2
+            docker build --quiet --build-arg BASE_IMAGE="$s3_base" -t pg-entrypoint-s3:local "$context" >&2
+            rm -rf "$context"
+        fi
+        echo pg-entrypoint-s3:local
+        exit 0 ;;
 esac
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then

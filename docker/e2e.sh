@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The Docker suite: builds the PostgreSQL 15 and 17 images offline (docker/build-offline.sh)
+# (and the HAProxy, etcd, Prometheus and S3 images of the stacks)
 # and runs tests/docker.rs and tests/docker_dropin.rs against each on this machine's Docker
 # engine, then tests/docker_upgrade.rs from the 15 image to the 17 upgrade image, and ends
 # with the Docker-level figures of docker/bench.sh (3 rounds) on the 17 image. Starts
@@ -25,7 +26,8 @@ fi
 PGEP_HAPROXY_IMAGE=$(docker/build-offline.sh haproxy | tail -n 1)
 PGEP_ETCD_IMAGE=$(docker/build-offline.sh etcd | tail -n 1)
 PGEP_PROMETHEUS_IMAGE=$(docker/build-offline.sh prometheus | tail -n 1)
-export PGEP_HAPROXY_IMAGE PGEP_ETCD_IMAGE PGEP_PROMETHEUS_IMAGE
+PGEP_S3_IMAGE=$(docker/build-offline.sh s3 | tail -n 1)
+export PGEP_HAPROXY_IMAGE PGEP_ETCD_IMAGE PGEP_PROMETHEUS_IMAGE PGEP_S3_IMAGE
 # The Docker tests of `binaries` (a nextest filter, or the cargo test --test names).
 suite() {
     local filter="$1"; shift

@@ -9,13 +9,15 @@
 # (REPLICATION_SYNCHRONOUS_MODE=on), SYNC=0 there means off. MONITORING=1 adds Prometheus
 # with the alert rules (compose.monitoring.yaml, docs/metrics.md) on 127.0.0.1:9090.
 # BACKUP=1 adds archiving and scheduled backups with pgBackRest to a repository volume every
-# member mounts (compose.backup.yaml, or compose.patroni.backup.yaml; docs/backup.md).
+# member mounts (compose.backup.yaml, or compose.patroni.backup.yaml; docs/backup.md);
+# BACKUP=s3 to a bucket of a local S3-compatible server instead (compose.backup-s3.yaml,
+# native stack; S3_IMAGE, when not given, is built offline).
 # ETCD_IMAGE / HAPROXY_IMAGE / PROMETHEUS_IMAGE, when not given, are built offline.
 set -euo pipefail
 cd "$(dirname "$0")"
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 mkdir -p secrets
-for s in postgres_password replication_password patroni_restapi_password; do
+for s in postgres_password replication_password patroni_restapi_password s3_key_secret; do
     [ -s "secrets/$s" ] || (umask 077 && head -c 18 /dev/urandom | base64 > "secrets/$s")
 done
 export SECRETS_DIR="${SECRETS_DIR:-$PWD/secrets}"
@@ -43,9 +45,15 @@ else
         [ -n "${HAPROXY_IMAGE:-}" ] || export HAPROXY_IMAGE="$(./build-offline.sh haproxy | tail -n 1)"
     fi
 fi
-if [ "${BACKUP:-0}" = 1 ]; then
-    if [ "${PATRONI:-0}" = 1 ]; then files+=(-f compose.patroni.backup.yaml); else files+=(-f compose.backup.yaml); fi
-fi
+case "${BACKUP:-0}" in
+    0) ;;
+    1) if [ "${PATRONI:-0}" = 1 ]; then files+=(-f compose.patroni.backup.yaml); else files+=(-f compose.backup.yaml); fi ;;
+    s3)
+        [ "${PATRONI:-0}" = 1 ] && { echo "up.sh: BACKUP=s3 is for the native stack; use BACKUP=1 with PATRONI=1" >&2; exit 2; }
+        files+=(-f compose.backup-s3.yaml)
+        [ -n "${S3_IMAGE:-}" ] || export S3_IMAGE="$(./build-offline.sh s3 | tail -n 1)" ;;
+    *) echo "up.sh: BACKUP=$BACKUP is not offered; accepted: 1 (a shared volume), s3" >&2; exit 2 ;;
+esac
 if [ "${MONITORING:-0}" = 1 ]; then
     files+=(-f compose.monitoring.yaml)
     [ "${PATRONI:-0}" = 1 ] && export PROMETHEUS_CONFIG="${PROMETHEUS_CONFIG:-prometheus.patroni.yml}"
@@ -73,7 +81,7 @@ else
         echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
     fi
 fi
-if [ "${BACKUP:-0}" = 1 ]; then
+if [ "${BACKUP:-0}" != 0 ]; then
     echo "backups: docker exec ${id:0:12} pg-entrypoint backup list   (on the primary: backup [full|diff|incr], backup verify)"
 fi
 if [ "${MONITORING:-0}" = 1 ]; then

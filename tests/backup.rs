@@ -259,3 +259,23 @@ fn an_s3_repository_archives_backs_up_and_restores_and_its_key_stays_secret() {
     assert_eq!(restored.stop(), 0);
     assert_eq!(primary.stop(), 0);
 }
+
+#[test]
+fn a_restore_as_a_role_the_cluster_lacks_names_postgres_user_instead_of_hanging() {
+    let mut primary = Node::new("backup-user");
+    let repo = repository(&primary);
+    with_backups(&mut primary, &repo);
+    primary.start();
+    wait_repository_ok(&primary);
+    let (code, out) = primary.tool(&["backup", "full"]);
+    assert_eq!(code, 0, "{out}");
+    let mut restored = Node::new("backup-user-restored");
+    with_backups(&mut restored, &repo);
+    restored.set("PGBACKREST_RESTORE", "true").set("POSTGRES_USER", "someone_else");
+    let (code, out) = restored.run_to_exit(&[]);
+    assert_eq!(code, 78, "{out}");
+    assert!(out.contains("refused POSTGRES_USER \"someone_else\""), "{out}");
+    let left = std::fs::read_dir(&restored.pgdata).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "PGDATA was written");
+    assert_eq!(primary.stop(), 0);
+}

@@ -34,6 +34,10 @@ fn prometheus_image() -> String {
     std::env::var("PGEP_PROMETHEUS_IMAGE").unwrap_or_else(|_| "pg-entrypoint-prometheus:local".into())
 }
 
+fn s3_image() -> String {
+    std::env::var("PGEP_S3_IMAGE").unwrap_or_else(|_| "pg-entrypoint-s3:local".into())
+}
+
 /// A compose project of its own (unique name, its own secrets), torn down with its volumes.
 struct Project {
     name: String,
@@ -53,6 +57,7 @@ impl Project {
             ("postgres_password", SECRET.to_string()),
             ("replication_password", format!("rep-{SECRET}")),
             ("patroni_restapi_password", format!("api-{SECRET}")),
+            ("s3_key_secret", format!("s3-{SECRET}")),
         ] {
             let path = secrets.join(name);
             std::fs::write(&path, format!("{value}\n")).unwrap();
@@ -93,6 +98,7 @@ impl Project {
             .env("HAPROXY_IMAGE", haproxy_image())
             .env("ETCD_IMAGE", etcd_image())
             .env("PROMETHEUS_IMAGE", prometheus_image())
+            .env("S3_IMAGE", s3_image())
             .env("PROMETHEUS_PUBLISH", "127.0.0.1:")
             .envs(self.env.iter().copied())
             .output()
@@ -1000,4 +1006,44 @@ fn backup_overlay_archives_survives_a_killed_backup_and_restores() {
     assert_eq!(sql(&restored, "SELECT count(*) FROM big"), "400000");
     docker(&["rm", "-f", &restored]);
     p.compose(&["down", "-v"]);
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn s3_backup_overlay_backs_up_and_restores_through_the_bucket() {
+    // As BACKUP=s3 docker/up.sh starts it: the local S3 server, the key secret a compose secret.
+    let p = Project::new("bs3", &["compose.yaml", "compose.backup-s3.yaml"]);
+    p.compose(&["up", "-d"]);
+    let primary = p.id("primary");
+    wait_healthy(&primary, Duration::from_secs(180));
+    wait_for("the stanza is created in the bucket and archiving checked", Duration::from_secs(120), || {
+        exec(&primary, &["status"]).1.contains("\"checked\"")
+    });
+    sql(&primary, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS id");
+    let (ok, out) = exec(&primary, &["backup", "full"]);
+    assert!(ok, "{out}");
+    let (ok, out) = exec(&primary, &["backup", "verify"]);
+    assert!(ok && out.contains("verified: backup"), "{out}");
+    sql(&primary, "INSERT INTO t SELECT generate_series(1001, 1500)");
+    sql(&primary, "SELECT pg_switch_wal()");
+    let segment = sql(&primary, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)");
+    wait_for("the segment is archived", Duration::from_secs(60), || {
+        sql(&primary, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment
+    });
+    let logs = text(&run("docker", &["logs", &primary]));
+    assert!(!logs.contains(&format!("s3-{SECRET}")), "the key secret in the log");
+    // A new container restores from the bucket, with the same variables.
+    let env = docker(&["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &primary]);
+    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--network".into(), format!("{}_default", p.name)];
+    for line in env.lines().filter(|l| l.starts_with("PGBACKREST_")) {
+        args.extend(["-e".into(), line.to_string()]);
+    }
+    args.extend(["-e".into(), "PGBACKREST_RESTORE=true".into(), "-e".into(), "PGBACKREST_AUTO_ENABLE=false".into()]);
+    let secret = p.secrets.join("s3_key_secret");
+    args.extend(["-v".into(), format!("{}:/run/secrets/s3_key_secret:ro", secret.display()), image()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let restored = docker(&args);
+    wait_healthy(&restored, Duration::from_secs(180));
+    assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "1500");
+    docker(&["rm", "-f", &restored]);
 }

@@ -229,6 +229,20 @@ impl Parser<'_> {
                 },
             );
         }
+        // A posix repository is a directory we may create and give to the service account.
+        let posix = options.iter().find(|o| o.name == "repo1-type").is_none_or(|o| o.value.expose() == "posix");
+        if let Some(repo) = options.iter().find(|o| o.name == "repo1-path").filter(|_| posix) {
+            let path = std::path::Path::new(repo.value.expose());
+            if !path.is_absolute() || super::server::is_system_directory(path) {
+                let variable = repo.variable.clone();
+                self.problem(
+                    &variable,
+                    format!(
+                        "{path:?} is not accepted; accepted: an absolute path of its own, e.g. {DEFAULT_REPO_PATH}"
+                    ),
+                );
+            }
+        }
         let schedule = self.schedule();
         let restore = self.restore();
         Some(Backup { stanza, archive, options, schedule, restore })
@@ -291,6 +305,12 @@ impl Parser<'_> {
                     continue; // NAME and NAME_FILE: read once, by `secret`
                 }
                 match self.secret(&base_variable) {
+                    // One line: a wrapped key file would add lines to pgBackRest's file, which
+                    // it would then quote in its error (the secret in a log).
+                    Some(secret) if secret.expose().contains(['\n', '\r']) => {
+                        self.problem(&variable, "holds more than one line; accepted: the secret on one line");
+                        continue;
+                    }
                     Some(secret) => OptionValue::Secret(secret),
                     None => continue,
                 }

@@ -113,6 +113,21 @@ impl Parser<'_> {
             );
         }
         let backup = self.backup(self.inputs.mounted(Path::new(backup::UPSTREAM_REPO_PATH)));
+        if matches!(role, Role::Replica(_)) && backup.as_ref().is_some_and(|b| b.restore.is_some()) {
+            self.problem(
+                "PGBACKREST_RESTORE",
+                "is for a primary or a standalone server; a replica is made from the repository with \
+                 REPLICA_CLONE_METHOD=pgbackrest",
+            );
+        }
+        if matches!(role, Role::Patroni(_)) && backup.as_ref().is_some_and(|b| b.restore.is_some()) {
+            // Patroni bootstraps a new cluster itself: the restore would be silently skipped.
+            self.problem(
+                "PGBACKREST_RESTORE",
+                "is not supported with HA_MODE=patroni; restore with HA_MODE unset (a standalone start), then start \
+                 that volume's member under Patroni first",
+            );
+        }
         let layout = Layout::from_overrides(&overrides);
         Some(Config {
             pgdata,

@@ -614,6 +614,7 @@ fn bad_backup_variables_are_each_named_with_what_is_accepted() {
         ("PGBACKREST_PRIMARY_HOST", "db1"),
         ("PGBACKREST_REPO1_CIPHER_PASS", "a"),
         ("PGBACKREST_REPO1_CIPHER_PASS_FILE", "/x"),
+        ("PGBACKREST_REPO1_PATH", "/etc"),
     ]);
     let named = |variable: &str, text: &str| found.iter().any(|p| p.starts_with(variable) && p.contains(text));
     assert!(named("PGBACKREST_STANZA:", "accepted: letters"), "{found:?}");
@@ -628,6 +629,28 @@ fn bad_backup_variables_are_each_named_with_what_is_accepted() {
     assert!(named("PGBACKREST_PRIMARY_HOST:", "upstream image's"), "{found:?}");
     assert!(named("PGBACKREST_REPO1_CIPHER_PASS:", "both"), "{found:?}");
     assert_eq!(found.iter().filter(|p| p.contains("CIPHER_PASS")).count(), 1, "reported once: {found:?}");
+    assert!(named("PGBACKREST_REPO1_PATH:", "an absolute path of its own"), "{found:?}");
+    // A key file wrapped over two lines would add lines to pgBackRest's file.
+    let mut i = inputs(&[
+        ("POSTGRES_PASSWORD", "pw"),
+        ("PGBACKREST_ENABLE", "true"),
+        ("PGBACKREST_REPO1_CIPHER_PASS_FILE", "/run/secrets/pass"),
+    ]);
+    i.files.insert("/run/secrets/pass".into(), "abc\ndef\n".into());
+    let err = Config::from_inputs(&i).unwrap_err().to_string();
+    assert!(err.contains("PGBACKREST_REPO1_CIPHER_PASS_FILE: holds more than one line"), "{err}");
+    assert!(!err.contains("abc"), "{err}");
+    let patroni = problems(&[
+        ("HA_MODE", "patroni"),
+        ("PATRONI_RESTAPI_PASSWORD", "x"),
+        ("REPLICATION_PASSWORD", "r"),
+        ("PGBACKREST_ENABLE", "true"),
+        ("PGBACKREST_RESTORE", "true"),
+    ]);
+    assert!(
+        patroni.iter().any(|p| p.starts_with("PGBACKREST_RESTORE: is not supported with HA_MODE=patroni")),
+        "{patroni:?}"
+    );
     assert!(super::backup::is_backup_label("20261206-101500F"));
     assert!(super::backup::is_backup_label("20261206-101500F_20261206-111500I"));
     assert!(!super::backup::is_backup_label("20261206-101500X"));

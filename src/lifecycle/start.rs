@@ -417,7 +417,17 @@ fn bring_data_dir_to_role(
     // Left by a server of an earlier life of this container (`docker restart`); the temporary
     // server of a bootstrap uses the same sockets.
     datadir::remove_stale_socket_locks(pgdata, &ctx.sockets.socket_dirs, ctx.sockets.port)?;
-    let state = datadir::settle(pgdata)?;
+    let mut state = datadir::settle(pgdata)?;
+    // From the repository: the restored cluster then starts as any existing one (a primary
+    // with peers asks them first, as below).
+    let restore = ctx.config.backup.as_ref().and_then(|b| b.restore.as_ref());
+    if let (State::Empty | State::Interrupted, Some(restore), false) =
+        (&state, restore, matches!(ctx.config.role, Role::Replica(_)))
+    {
+        report(Phase::RestoringFromBackup);
+        restore::at_start(ctx, sup, restore)?;
+        state = datadir::settle(pgdata)?;
+    }
     if let State::Cluster { standby } = state {
         if ctx.config.superuser_password.is_some() {
             // As in the official image; a changed password would otherwise seem applied.
@@ -436,13 +446,6 @@ fn bring_data_dir_to_role(
             report(Phase::CreatingReplica);
             replica::clone(ctx, sup, replica)?;
             replica::converge(ctx, sup, replica, true).map(|()| None)
-        }
-        // From the repository: the restored cluster is then started as any existing one.
-        (State::Empty | State::Interrupted, _) if ctx.config.backup.as_ref().is_some_and(|b| b.restore.is_some()) => {
-            report(Phase::RestoringFromBackup);
-            let wanted = ctx.config.backup.as_ref().and_then(|b| b.restore.as_ref());
-            restore::at_start(ctx, sup, wanted.expect("checked by the guard"))?;
-            converge::existing_cluster(ctx, sup).map(|()| None)
         }
         // A cluster created now has no history another member could be ahead of.
         (State::Empty | State::Interrupted, _) => {
@@ -510,7 +513,7 @@ fn supervise_postgres(
         _ => None,
     };
     let mut analyzer = upgraded.then(|| upgrade::Analyzer::new(ctx));
-    let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, b, upgraded));
+    let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, ctx.bin, b, upgraded));
     let mut fenced = false;
     let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some() || backups.is_some();
     let mut turn = |sup: &mut Supervisor| {

@@ -80,12 +80,12 @@ fn restore_into_staging(ctx: &Context, sup: &mut Supervisor, restore: &Restore) 
     let unreached = |e: StepError| match e {
         StepError::Failed { .. } => StepError::Restore {
             reason: format!(
-                "recovery did not reach the target ({}); see the server's messages above (a target past the end \
-                     of the archived WAL, or before the end of the backup, cannot be reached): check \
-                     PGBACKREST_RESTORE_TARGET and PGBACKREST_RESTORE_SET",
+                "the restored server stopped before its recovery ended (target: {}); its messages above say why: \
+                 a target past the end of the archived WAL or before the end of the backup (check \
+                 PGBACKREST_RESTORE_TARGET and PGBACKREST_RESTORE_SET), or a setting this server cannot run with",
                 describe(&restore.target)
             ),
-            variables: true,
+            variables: false,
         },
         other => other,
     };
@@ -93,9 +93,18 @@ fn restore_into_staging(ctx: &Context, sup: &mut Supervisor, restore: &Restore) 
     let mut server = TempServer::start(ctx, sup, &staging.cluster, &["ready"], std::slice::from_ref(&staging.cluster))
         .map_err(unreached)?;
     let mut client = None;
+    let mut refused = None;
     let mut promoted = || {
         if client.is_none() {
-            client = server_client(&staging.cluster, ctx);
+            match server_client(&staging.cluster, ctx) {
+                Ok(c) => client = Some(c),
+                // The restored cluster has no such role: asking again would never end.
+                Err(e) if e.code() == Some(&postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION) => {
+                    refused = Some(crate::postgres::local::describe(&e));
+                    return true;
+                }
+                Err(_) => return false,
+            }
         }
         match client.as_mut().map(|c| c.query_one("SELECT pg_is_in_recovery()", &[])) {
             Some(Ok(row)) => !row.get::<_, bool>(0),
@@ -107,6 +116,17 @@ fn restore_into_staging(ctx: &Context, sup: &mut Supervisor, restore: &Restore) 
         }
     };
     server.wait_until(sup, "recovery to the restore target", &mut promoted).map_err(unreached)?;
+    if let Some(why) = refused {
+        server.stop(sup)?;
+        return Err(StepError::Restore {
+            reason: format!(
+                "the restored cluster refused POSTGRES_USER {:?} ({why}); set POSTGRES_USER to the superuser of the \
+                 cluster that was backed up",
+                config.superuser
+            ),
+            variables: true,
+        });
+    }
     drop(client);
     server.stop(sup)?;
     files::drop_run_time_settings(&staging.cluster, &RECOVERY_SETTINGS)
@@ -128,7 +148,7 @@ fn restore_into_staging(ctx: &Context, sup: &mut Supervisor, restore: &Restore) 
 }
 
 /// The restored cluster's private server, as the superuser.
-fn server_client(socket_dir: &Path, ctx: &Context) -> Option<postgres::Client> {
+fn server_client(socket_dir: &Path, ctx: &Context) -> Result<postgres::Client, postgres::Error> {
     crate::postgres::local::socket_client(
         socket_dir,
         ctx.sockets.port,
@@ -136,7 +156,6 @@ fn server_client(socket_dir: &Path, ctx: &Context) -> Option<postgres::Client> {
         "postgres",
         std::time::Duration::from_secs(2),
     )
-    .ok()
 }
 
 fn describe(target: &RestoreTarget) -> String {

@@ -2,8 +2,8 @@
 //! primary *now* (it follows a promotion; a fenced or read-only node does nothing), it
 //! creates the stanza once, checks that archiving reaches the repository, and runs the
 //! scheduled backups (`PGBACKREST_AUTO_*`), one at a time. Like the slot keeper it never
-//! blocks the loop: pgBackRest runs as a child, collected on a later turn. What it did is
-//! written to the state file `status` shows.
+//! blocks the loop: the question "writable primary?" (psql) and pgBackRest run as children,
+//! collected on a later turn. What it did is written to the state file `status` shows.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,34 +17,52 @@ use crate::config::Config;
 use crate::pgdata::datadir;
 use crate::pid1::supervise::Supervisor;
 use crate::postgres::backrest::{self, Backrest};
+use crate::postgres::server::Bin;
 use crate::postgres::step;
 
 /// Between attempts while the stanza or the repository is not ready, and between checks
 /// that this node is still the writable primary.
 const RETRY: Duration = Duration::from_secs(30);
-/// How long a stopped backup gets to end before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a stopped backup gets to end before it is killed: pgBackRest ends at once on
+/// SIGTERM, and postgres has used the shutdown's time budget already.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// The longest the question to the local server may take; then it is killed and asked again.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Job {
+    /// Is this node the writable primary now? Then the job it guards runs.
+    Probe(Guarded),
+    Info,
+    Guarded(Guarded),
+}
+
+/// What only the writable primary does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guarded {
     StanzaCreate,
     StanzaUpgrade,
     Check,
-    Info,
     Backup(BackupKind),
 }
 
 impl Job {
     fn command(self) -> &'static str {
         match self {
-            Job::StanzaCreate => "stanza-create",
-            Job::StanzaUpgrade => "stanza-upgrade",
-            Job::Check => "check",
+            Job::Probe(_) => "psql",
             Job::Info => "info",
-            Job::Backup(_) => "backup",
+            Job::Guarded(Guarded::StanzaCreate) => "stanza-create",
+            Job::Guarded(Guarded::StanzaUpgrade) => "stanza-upgrade",
+            Job::Guarded(Guarded::Check) => "check",
+            Job::Guarded(Guarded::Backup(_)) => "backup",
         }
     }
 }
+
+/// The answer psql prints: `t` when this server takes writes (not in recovery, not fenced or
+/// read-only).
+const WRITABLE_SQL: &str = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' \
+     AND coalesce(current_setting('pg_entrypoint.fence', true), '') = ''";
 
 struct Running {
     job: Job,
@@ -69,6 +87,7 @@ enum Phase {
 
 pub struct Scheduler {
     backrest: Backrest,
+    bin: Bin,
     backup: Backup,
     config: Config,
     /// This start upgraded the major version: the stanza is upgraded rather than created.
@@ -86,11 +105,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: &Config, backup: &Backup, upgraded: bool) -> Option<Scheduler> {
+    pub fn new(config: &Config, bin: &Bin, backup: &Backup, upgraded: bool) -> Option<Scheduler> {
         let backrest = Backrest::of(config)?;
         let due = backup.schedule.as_ref().map(|s| next_times(s, Utc::now())).unwrap_or_default();
         let scheduler = Scheduler {
             backrest,
+            bin: bin.clone(),
             backup: backup.clone(),
             config: config.clone(),
             upgraded,
@@ -110,32 +130,35 @@ impl Scheduler {
     pub fn tick(&mut self, sup: &mut Supervisor) {
         if let Some(running) = self.running.take() {
             match sup.collect(running.pid) {
-                Ok(None) => self.running = Some(running),
-                Ok(Some(code)) => self.finished(running, code),
+                Ok(None) if matches!(running.job, Job::Probe(_)) && running.started.elapsed() > PROBE_LIMIT => {
+                    tracing::warn!("the local server did not answer within {} s; asking again", PROBE_LIMIT.as_secs());
+                    kill(running.pid, Signal::SIGKILL).ok();
+                    self.running = Some(running);
+                }
+                Ok(None) => {
+                    // One backup at a time: a slot that comes meanwhile is skipped.
+                    if let Some(kind) = self.due_backup(Instant::now()) {
+                        tracing::info!(kind = kind.name(), "scheduled backup skipped: another one is running");
+                    }
+                    self.running = Some(running);
+                }
+                Ok(Some(code)) => self.finished(sup, running, code),
                 Err(e) => tracing::debug!("backup keeper: {e}"),
             }
             return;
         }
         let now = Instant::now();
         let job = match self.phase {
-            Phase::Stanza if self.upgraded => Job::StanzaUpgrade,
-            Phase::Stanza => Job::StanzaCreate,
-            Phase::Check => Job::Check,
+            Phase::Stanza if self.upgraded => Job::Probe(Guarded::StanzaUpgrade),
+            Phase::Stanza => Job::Probe(Guarded::StanzaCreate),
+            Phase::Check => Job::Probe(Guarded::Check),
             Phase::Info => Job::Info,
             Phase::Ready => match self.due_backup(now) {
-                Some(kind) => Job::Backup(kind),
+                Some(kind) => Job::Probe(Guarded::Backup(kind)),
                 None => return,
             },
         };
         if now < self.next_attempt && self.phase != Phase::Ready {
-            return;
-        }
-        if job != Job::Info && !self.writable_primary() {
-            // A replica, a fenced or read-only primary: nothing to do until promoted.
-            self.next_attempt = now + RETRY;
-            if let Job::Backup(kind) = job {
-                tracing::info!(kind = kind.name(), "scheduled backup skipped: this node is not the writable primary");
-            }
             return;
         }
         self.start(sup, job);
@@ -164,38 +187,29 @@ impl Scheduler {
         kind
     }
 
-    fn writable_primary(&self) -> bool {
-        let (dir, port) = self.config.layout.server();
-        let Ok(mut client) = crate::postgres::local::socket_client(
-            dir,
-            port,
-            &self.config.superuser,
-            "postgres",
-            Duration::from_secs(2),
-        ) else {
-            return false;
-        };
-        client
-            .query_one(
-                "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' \
-                 AND coalesce(current_setting('pg_entrypoint.fence', true), '') = ''",
-                &[],
-            )
-            .is_ok_and(|row| row.get::<_, bool>(0))
-    }
-
     fn start(&mut self, sup: &mut Supervisor, job: Job) {
-        let mut cmd = self.backrest.command(job.command());
-        match job {
+        let mut cmd = match job {
+            Job::Probe(_) => {
+                let (dir, port) = self.config.layout.server();
+                let mut psql = step::tool(&self.bin, "psql");
+                psql.arg("-h").arg(dir).args(["-p", &port.to_string(), "-U", &self.config.superuser]);
+                psql.args(["-d", "postgres", "-X", "-A", "-t", "--no-password", "-c", WRITABLE_SQL]);
+                psql.env("PGCONNECT_TIMEOUT", "2").stdin(std::process::Stdio::null());
+                psql
+            }
             Job::Info => {
-                cmd.arg("--output=json");
+                let mut info = self.backrest.command("info");
+                info.arg("--output=json");
+                info
             }
-            Job::Backup(kind) => {
-                cmd.arg(format!("--type={}", kind.name()));
+            Job::Guarded(Guarded::Backup(kind)) => {
                 tracing::info!(kind = kind.name(), stanza = %self.backup.stanza, "backup started");
+                let mut backup = self.backrest.command("backup");
+                backup.arg(format!("--type={}", kind.name()));
+                backup
             }
-            _ => {}
-        }
+            Job::Guarded(_) => self.backrest.command(job.command()),
+        };
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         match sup.spawn(&mut cmd) {
             Ok(mut child) => {
@@ -218,18 +232,34 @@ impl Scheduler {
         }
     }
 
-    fn finished(&mut self, running: Running, code: i32) {
+    fn finished(&mut self, sup: &mut Supervisor, running: Running, code: i32) {
         let stdout = running.stdout.join().unwrap_or_default();
         let stderr = running.stderr.join().unwrap_or_default();
+        if let Job::Probe(guarded) = running.job {
+            if code == 0 && stdout.trim() == "t" {
+                self.start(sup, Job::Guarded(guarded));
+            } else {
+                // A replica, a fenced or read-only primary, or no answer: nothing until later.
+                self.next_attempt = Instant::now() + RETRY;
+                if let Guarded::Backup(kind) = guarded {
+                    tracing::info!(
+                        kind = kind.name(),
+                        "scheduled backup skipped: this node is not the writable primary"
+                    );
+                }
+            }
+            return;
+        }
         let output = format!("{stdout}{stderr}");
         let took = running.started.elapsed();
         let failure = (code != 0).then(|| backrest::explain(&output, &self.backup));
         match (running.job, &failure) {
-            (Job::StanzaCreate | Job::StanzaUpgrade, None) => {
+            (Job::Probe(_), _) => unreachable!("answered above"),
+            (Job::Guarded(Guarded::StanzaCreate | Guarded::StanzaUpgrade), None) => {
                 tracing::info!(stanza = %self.backup.stanza, "pgBackRest stanza ready ({})", running.job.command());
                 self.phase = Phase::Check;
             }
-            (Job::Check, None) => {
+            (Job::Guarded(Guarded::Check), None) => {
                 tracing::info!(stanza = %self.backup.stanza, "archiving reaches the repository (pgbackrest check)");
                 self.repository = Ok(Utc::now());
                 self.phase = Phase::Info;
@@ -250,17 +280,17 @@ impl Scheduler {
                 }
                 self.phase = Phase::Ready;
             }
-            (Job::Backup(kind), None) => {
+            (Job::Guarded(Guarded::Backup(kind)), None) => {
                 tracing::info!(kind = kind.name(), took_s = took.as_secs(), "backup finished");
                 self.last_attempt = Some(attempt(kind, running.started_at, took, None));
             }
-            (Job::Backup(kind), Some(why)) => {
+            (Job::Guarded(Guarded::Backup(kind)), Some(why)) => {
                 tracing::error!(kind = kind.name(), code, took_s = took.as_secs(), "backup failed: {why}");
                 self.last_attempt = Some(attempt(kind, running.started_at, took, Some(why.clone())));
             }
             (job, Some(why)) => {
                 tracing::error!(code, "pgbackrest {} failed: {why}; retried in {} s", job.command(), RETRY.as_secs());
-                if job == Job::Check || job == Job::StanzaCreate || job == Job::StanzaUpgrade {
+                if matches!(job, Job::Guarded(_)) {
                     self.repository = Err(why.clone());
                 }
                 self.next_attempt = Instant::now() + RETRY;
@@ -287,7 +317,7 @@ impl Scheduler {
                 }
             }
         };
-        if let Job::Backup(kind) = running.job {
+        if let Job::Guarded(Guarded::Backup(kind)) = running.job {
             tracing::warn!(kind = kind.name(), code, "backup stopped by the shutdown; the next one starts afresh");
             let took = running.started.elapsed();
             self.last_attempt = Some(attempt(kind, running.started_at, took, Some("stopped by the shutdown".into())));
@@ -304,8 +334,8 @@ impl Scheduler {
                 Err(why) => serde_json::json!({"ok": false, "error": why}),
             },
             "last_attempt": self.last_attempt,
-            "running": self.running.as_ref().filter(|r| matches!(r.job, Job::Backup(_))).map(|r| serde_json::json!({
-                "type": match r.job { Job::Backup(k) => k.name(), _ => "" },
+            "running": self.running.as_ref().filter(|r| matches!(r.job, Job::Guarded(Guarded::Backup(_)))).map(|r| serde_json::json!({
+                "type": match r.job { Job::Guarded(Guarded::Backup(k)) => k.name(), _ => "" },
                 "since": stamp(&r.started_at),
             })),
             "schedule": self.backup.schedule.as_ref().map(|s| serde_json::json!({

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::layout::PROMOTED_MARKER;
+use crate::config::layout::{PROMOTED_MARKER, RESTORED_MARKER};
 use crate::config::{slot_name, Replica};
 use crate::pgdata::datadir::{self, DataDirError};
 use crate::pgdata::files;
@@ -21,9 +21,10 @@ use crate::postgres::step::{self, Context, StepError};
 use crate::render;
 
 /// Settings we manage that a stale `postgresql.auto.conf` line would override.
-/// Ours, in the managed file; a copy in postgresql.auto.conf (pg_basebackup -R, a restore by
-/// pgBackRest, a setting copied from the primary) would win over it.
-const MANAGED_STANDBY_SETTINGS: [&str; 3] = ["primary_conninfo", "primary_slot_name", "restore_command"];
+/// Ours, in the managed file; a copy in postgresql.auto.conf (pg_basebackup -R, a setting
+/// copied from the primary) would win over it. With backups on, `restore_command` too (a
+/// restore by pgBackRest writes its own there); without, a user's own stays.
+const MANAGED_STANDBY_SETTINGS: [&str; 2] = ["primary_conninfo", "primary_slot_name"];
 /// In the staging directory: how many clones failed in a row, and the last reason.
 const CLONE_FAILURES: &str = "clone-failures";
 
@@ -182,7 +183,7 @@ fn clone_into(
     }
     ensure_slot(ctx, sup, replica, primary.slot)?;
     let started = Instant::now();
-    if replica.clone_from_repository && clone_from_repository(ctx, sup, staging)? {
+    if replica.clone_from_repository && clone_from_repository(ctx, sup, staging, primary.system_id)? {
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "clone from the repository complete");
         return Ok(());
     }
@@ -213,7 +214,12 @@ fn clone_into(
 /// `REPLICA_CLONE_METHOD=pgbackrest`: the latest backup restored as a standby (the WAL since
 /// then comes from the archive, then from the primary). False, with a warning, when the
 /// repository cannot serve one: pg_basebackup then clones the primary.
-fn clone_from_repository(ctx: &Context, sup: &mut Supervisor, staging: &datadir::Staging) -> Result<bool, StepError> {
+fn clone_from_repository(
+    ctx: &Context,
+    sup: &mut Supervisor,
+    staging: &datadir::Staging,
+    primary_system_id: u64,
+) -> Result<bool, StepError> {
     let Some(backrest) = crate::postgres::backrest::Backrest::of(ctx.config) else { return Ok(false) };
     tracing::info!("cloning from the repository's latest backup (REPLICA_CLONE_METHOD=pgbackrest)");
     fs::DirBuilder::new()
@@ -223,11 +229,19 @@ fn clone_from_repository(ctx: &Context, sup: &mut Supervisor, staging: &datadir:
     let mut cmd = backrest.command("restore");
     cmd.arg(format!("--pg1-path={}", staging.cluster.display())).arg("--type=standby");
     let out = step::run_captured(sup, "pgbackrest restore", &mut cmd, true)?;
-    if out.code == 0 {
+    let restored = datadir::system_identifier(&staging.cluster);
+    let why = if out.code != 0 {
+        let said = format!("{}{}", out.stdout, out.stderr);
+        ctx.config.backup.as_ref().map_or_else(String::new, |b| crate::postgres::backrest::explain(&said, b))
+    } else if restored != Some(primary_system_id) {
+        // Another cluster's backup could never stream from this primary.
+        format!(
+            "its backup is of another cluster (system identifier {}, the primary's {primary_system_id})",
+            restored.map_or_else(|| "unknown".to_string(), |id| id.to_string())
+        )
+    } else {
         return Ok(true);
-    }
-    let said = format!("{}{}", out.stdout, out.stderr);
-    let why = ctx.config.backup.as_ref().map_or_else(String::new, |b| crate::postgres::backrest::explain(&said, b));
+    };
     tracing::warn!("the repository could not make this replica ({why}); cloning the primary with pg_basebackup");
     fs::remove_dir_all(&staging.cluster)
         .map_err(DataDirError::io(&ctx.config.pgdata, "cannot empty the staging directory"))?;
@@ -255,9 +269,15 @@ fn make_standby(ctx: &Context, dir: &Path) -> Result<(), StepError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err("cannot remove the copied promotion marker")(e).into()),
     }
-    if files::drop_run_time_settings(dir, &MANAGED_STANDBY_SETTINGS)
-        .map_err(err("cannot rewrite postgresql.auto.conf"))?
-    {
+    // Says which restore made the primary's cluster, not this copy.
+    fs::remove_file(dir.join(RESTORED_MARKER))
+        .or_else(datadir::ignore_not_found)
+        .map_err(err("cannot remove the copied restore marker"))?;
+    let mut managed = MANAGED_STANDBY_SETTINGS.to_vec();
+    if ctx.config.backup.is_some() {
+        managed.push("restore_command");
+    }
+    if files::drop_run_time_settings(dir, &managed).map_err(err("cannot rewrite postgresql.auto.conf"))? {
         tracing::info!("removed our settings from postgresql.auto.conf (copied, or set at run time): ours apply");
     }
     files::write_config(ctx.config, ctx.settings, dir).map_err(err("cannot write the configuration"))?;

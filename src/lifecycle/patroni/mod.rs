@@ -131,7 +131,7 @@ fn run_patroni(ctx: &Context, sup: &mut Supervisor, member: &Patroni, files: &Fi
         sup.set_before_reload(Box::new(move || crate::pgdata::tls::refresh(&config)));
     }
     // Scheduled backups on the leader, whichever member that is now.
-    let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, b, false));
+    let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, ctx.bin, b, false));
     let ticking = backups.is_some();
     let mut turn = |sup: &mut Supervisor| {
         if let Some(backups) = backups.as_mut() {
