@@ -4,59 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A node with backups on, to the repository `repo` (a directory every member mounts).
-fn with_backups(node: &mut Node, repo: &Path) {
-    node.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string());
-}
-
-/// `status` as JSON.
-fn status(node: &Node) -> serde_json::Value {
-    let (code, out) = node.tool(&["status"]);
-    assert_eq!(code, 0, "{out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// Waits until the keeper has created the stanza and `pgbackrest check` passed.
-fn wait_repository_ok(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let s = status(node);
-        if s["backups"]["repository"]["ok"] == true {
-            return;
-        }
-        assert!(Instant::now() < deadline, "repository not ok within 90 s: {s}\n{}", node.output());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Switches to a new WAL segment and waits until the archive has it.
-fn archive_now(node: &Node) {
-    let segment = node.query_one("pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while node.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')") < segment {
-        assert!(Instant::now() < deadline, "{segment} not archived within 60 s:\n{}", node.output());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn repository(node: &Node) -> PathBuf {
-    let repo = node.dir.0.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    repo
-}
-
 #[test]
 fn a_backup_is_listed_verified_and_shown_in_status() {
     let mut node = Node::new("backup-basic");
-    let repo = repository(&node);
-    with_backups(&mut node, &repo);
+    let repo = node.repository();
+    node.with_backups(&repo);
     node.start();
-    wait_repository_ok(&node);
+    node.wait_repository_ok();
     node.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
 
     let (code, out) = node.tool(&["backup", "full"]);
@@ -71,7 +29,7 @@ fn a_backup_is_listed_verified_and_shown_in_status() {
     let info: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info[0]["backup"].as_array().unwrap().len(), 1, "{out}");
 
-    let s = status(&node);
+    let s = node.status();
     assert_eq!(s["backups"]["last_backup"]["type"], "full", "{s}");
     assert!(s["backups"]["last_backup"]["age_s"].as_i64().unwrap() < 600, "{s}");
     assert_eq!(s["archiving"]["failing"], false, "{s}");
@@ -92,10 +50,10 @@ fn a_backup_is_listed_verified_and_shown_in_status() {
 #[test]
 fn point_in_time_recovery_restores_exactly_the_rows_committed_before_the_target() {
     let mut primary = Node::new("backup-pitr");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     primary.start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     let mut c = primary.client();
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50)").unwrap();
     let (code, out) = primary.tool(&["backup", "full"]);
@@ -108,10 +66,10 @@ fn point_in_time_recovery_restores_exactly_the_rows_committed_before_the_target(
     std::thread::sleep(Duration::from_millis(1100));
     c.batch_execute("INSERT INTO t SELECT generate_series(101, 150)").unwrap();
     c.batch_execute("DROP TABLE t").unwrap();
-    archive_now(&primary);
+    primary.archive_now();
 
     let mut restored = Node::new("backup-pitr-restored");
-    with_backups(&mut restored, &repo);
+    restored.with_backups(&repo);
     restored
         .set("PGBACKREST_RESTORE", "true")
         .set("PGBACKREST_RESTORE_TYPE", "time")
@@ -143,8 +101,8 @@ fn point_in_time_recovery_restores_exactly_the_rows_committed_before_the_target(
 #[test]
 fn a_restore_from_a_missing_stanza_names_the_variable_and_leaves_pgdata_empty() {
     let mut node = Node::new("backup-missing-stanza");
-    let repo = repository(&node);
-    with_backups(&mut node, &repo);
+    let repo = node.repository();
+    node.with_backups(&repo);
     node.set("PGBACKREST_RESTORE", "true").set("PGBACKREST_STANZA", "nothere");
     let (code, out) = node.run_to_exit(&[]);
     assert_eq!(code, 78, "{out}");
@@ -157,8 +115,8 @@ fn a_restore_from_a_missing_stanza_names_the_variable_and_leaves_pgdata_empty() 
 #[test]
 fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
     let mut node = Node::new("backup-schedule");
-    let repo = repository(&node);
-    with_backups(&mut node, &repo);
+    let repo = node.repository();
+    node.with_backups(&repo);
     node.set("PGBACKREST_AUTO_ENABLE", "true")
         .set("PGBACKREST_AUTO_FIRST_INCR_DELAY", "0")
         .set("PGBACKREST_AUTO_FULL_CRON", "off")
@@ -181,7 +139,7 @@ fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
         assert!(Instant::now() < deadline, "no full then incr within 150 s: {kinds:?}\n{}", node.output());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let s = status(&node);
+    let s = node.status();
     assert_eq!(s["backups"]["schedule"]["timezone"], "UTC", "{s}");
     assert!(node.output().contains("a full backup follows"), "{}", node.output());
     assert_eq!(node.stop(), 0);
@@ -190,19 +148,19 @@ fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
 #[test]
 fn a_replica_is_made_from_the_repository_and_catches_up_through_the_archive() {
     let mut primary = Node::new("backup-replica-primary");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     // No WAL kept beyond what a slot asks for: a replica without its slot must use the archive.
     primary.as_primary().set("POSTGRESQL_CONFIG_WAL_KEEP_SIZE", "0").start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     primary.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
     let (code, out) = primary.tool(&["backup", "full"]);
     assert_eq!(code, 0, "{out}");
     primary.client().batch_execute("INSERT INTO t SELECT generate_series(1001, 2000)").unwrap();
-    archive_now(&primary);
+    primary.archive_now();
 
     let mut replica = Node::new("backup-replica");
-    with_backups(&mut replica, &repo);
+    replica.with_backups(&repo);
     replica.as_replica_of(&primary, "r1").set("REPLICA_CLONE_METHOD", "pgbackrest").start();
     assert!(replica.output().contains("clone from the repository complete"), "{}", replica.output());
     assert!(!replica.output().contains("pg_basebackup"), "{}", replica.output());
@@ -219,7 +177,7 @@ fn a_replica_is_made_from_the_repository_and_catches_up_through_the_archive() {
     for round in 0..4 {
         c.batch_execute(&format!("INSERT INTO t SELECT generate_series({0} * 1000 + 2001, {0} * 1000 + 3000)", round))
             .unwrap();
-        archive_now(&primary);
+        primary.archive_now();
         c.batch_execute("CHECKPOINT").unwrap();
     }
     replica.start();
@@ -234,12 +192,12 @@ fn an_s3_repository_archives_backs_up_and_restores_and_its_key_stays_secret() {
     let s3 = common::s3::S3::start();
     let mut primary = Node::new("backup-s3");
     primary.with_s3_backups(&s3).start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     primary.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 500) AS id").unwrap();
     let (code, out) = primary.tool(&["backup", "full"]);
     assert_eq!(code, 0, "{out}");
     primary.client().batch_execute("INSERT INTO t SELECT generate_series(501, 600)").unwrap();
-    archive_now(&primary);
+    primary.archive_now();
     // The key secret: only in the 0600 file pgBackRest reads, not in postgres's environment.
     let conf = primary.socket_dir().join(format!("pg-entrypoint-{}.pgbackrest.conf", primary.port));
     use std::os::unix::fs::MetadataExt;
@@ -263,14 +221,14 @@ fn an_s3_repository_archives_backs_up_and_restores_and_its_key_stays_secret() {
 #[test]
 fn a_restore_as_a_role_the_cluster_lacks_names_postgres_user_instead_of_hanging() {
     let mut primary = Node::new("backup-user");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     primary.start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     let (code, out) = primary.tool(&["backup", "full"]);
     assert_eq!(code, 0, "{out}");
     let mut restored = Node::new("backup-user-restored");
-    with_backups(&mut restored, &repo);
+    restored.with_backups(&repo);
     restored.set("PGBACKREST_RESTORE", "true").set("POSTGRES_USER", "someone_else");
     let (code, out) = restored.run_to_exit(&[]);
     assert_eq!(code, 78, "{out}");

@@ -4,45 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn with_backups(node: &mut Node, repo: &Path) {
-    node.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string());
-}
-
-fn repository(node: &Node) -> PathBuf {
-    let repo = node.dir.0.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    repo
-}
-
-fn status(node: &Node) -> serde_json::Value {
-    let (code, out) = node.tool(&["status"]);
-    assert_eq!(code, 0, "{out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn wait_repository_ok(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while status(node)["backups"]["repository"]["ok"] != true {
-        assert!(Instant::now() < deadline, "repository not ok within 90 s:\n{}", node.output());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn archive_now(node: &Node) {
-    let segment = node.query_one("pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while node.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')") < segment {
-        assert!(Instant::now() < deadline, "{segment} not archived within 120 s:\n{}", node.output());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The labels of the backups the repository offers for restore.
 fn backup_labels(node: &Node) -> Vec<String> {
@@ -92,7 +59,7 @@ impl Writer {
 /// A new node restored from `repo` to the latest archived state; its acknowledged ids.
 fn restore_latest(name: &str, repo: &Path) -> (Node, i64, i64) {
     let mut restored = Node::new(name);
-    with_backups(&mut restored, repo);
+    restored.with_backups(repo);
     restored.set("PGBACKREST_RESTORE", "true");
     restored.start_with_timeout(Duration::from_secs(180));
     let count: i64 = restored.query_one("SELECT count(*) FROM acked").parse().unwrap();
@@ -113,7 +80,7 @@ fn fill(node: &Node) {
 fn wait_backup_copying(repo: &Path, node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let running = status(node)["backups"]["running"]["type"] == "full";
+        let running = node.status()["backups"]["running"]["type"] == "full";
         let copying = std::fs::read_dir(repo.join("backup/main")).ok().is_some_and(|entries| {
             entries.flatten().any(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -131,8 +98,8 @@ fn wait_backup_copying(repo: &Path, node: &Node) {
 #[test]
 fn a_backup_killed_or_stopped_midway_is_never_offered_and_the_next_one_succeeds() {
     let mut node = Node::new("bfault-kill-backup");
-    let repo = repository(&node);
-    with_backups(&mut node, &repo);
+    let repo = node.repository();
+    node.with_backups(&repo);
     node.start();
     fill(&node);
     assert_eq!(node.stop(), 0);
@@ -163,20 +130,20 @@ fn a_backup_killed_or_stopped_midway_is_never_offered_and_the_next_one_succeeds(
 #[test]
 fn a_restore_killed_midway_is_redone_at_the_next_start() {
     let mut primary = Node::new("bfault-kill-restore");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     primary.start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     fill(&primary);
     let writer = Writer::start(&primary, 1);
     std::thread::sleep(Duration::from_millis(300));
     let (code, out) = primary.tool(&["backup", "full"]);
     assert_eq!(code, 0, "{out}");
     let acked = writer.finish();
-    archive_now(&primary);
+    primary.archive_now();
 
     let mut restored = Node::new("bfault-kill-restore-new");
-    with_backups(&mut restored, &repo);
+    restored.with_backups(&repo);
     restored.set("PGBACKREST_RESTORE", "true");
     restored.spawn(&[]);
     // Killed while pgBackRest copies files into the staging directory.
@@ -194,10 +161,10 @@ fn a_restore_killed_midway_is_redone_at_the_next_start() {
 #[test]
 fn a_repository_out_of_reach_under_writes_is_reported_and_caught_up_with_nothing_lost() {
     let mut primary = Node::new("bfault-unreachable");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     primary.start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     let (code, out) = primary.tool(&["backup", "full"]);
     assert_eq!(code, 0, "{out}");
     let writer = Writer::start(&primary, 1);
@@ -216,7 +183,7 @@ fn a_repository_out_of_reach_under_writes_is_reported_and_caught_up_with_nothing
         assert!(cut.elapsed() < Duration::from_secs(60), "no warning within a minute: {out}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(status(&primary)["archiving"]["failing"], true);
+    assert_eq!(primary.status()["archiving"]["failing"], true);
     assert!(primary.output().contains("archive command failed"), "{}", primary.output());
     // Two minutes out of reach, writes acknowledged all along.
     let before = primary.query_one("SELECT count(*) FROM acked");
@@ -227,8 +194,8 @@ fn a_repository_out_of_reach_under_writes_is_reported_and_caught_up_with_nothing
     assert!(during > before.parse::<i64>().unwrap(), "writes stopped while the repository was out of reach");
     std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o750)).unwrap();
     let acked = writer.finish();
-    archive_now(&primary);
-    assert_eq!(status(&primary)["archiving"]["failing"], false);
+    primary.archive_now();
+    assert_eq!(primary.status()["archiving"]["failing"], false);
     let (restored, count, max) = restore_latest("bfault-unreachable-new", &repo);
     assert_eq!((count, max), (acked, acked), "{}", restored.output());
     assert_eq!(primary.stop(), 0);
@@ -237,13 +204,13 @@ fn a_repository_out_of_reach_under_writes_is_reported_and_caught_up_with_nothing
 #[test]
 fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowledged_row() {
     let mut primary = Node::new("bfault-failover-a");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     // Synchronous: an acknowledged commit is on the replica too, so a failover keeps it.
     primary.as_primary().set("REPLICATION_SYNCHRONOUS_MODE", "on").start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     let mut replica = Node::new("bfault-failover-b");
-    with_backups(&mut replica, &repo);
+    replica.with_backups(&repo);
     replica.as_replica_of(&primary, "b").start();
     primary.eventually_equals("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", "1");
     let (code, out) = primary.tool(&["backup", "full"]);
@@ -262,7 +229,7 @@ fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowled
     std::thread::sleep(Duration::from_secs(1));
     let acked = writer.finish();
     assert!(acked > first, "no write on the new primary");
-    archive_now(&replica);
+    replica.archive_now();
     let timeline = replica.query_one("SELECT timeline_id FROM pg_control_checkpoint()");
     assert_eq!(timeline, "2");
     let (restored, count, max) = restore_latest("bfault-failover-new", &repo);
@@ -273,19 +240,19 @@ fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowled
 #[test]
 fn a_wrong_cipher_pass_names_the_variable_and_leaves_pgdata_empty() {
     let mut primary = Node::new("bfault-cipher");
-    let repo = repository(&primary);
-    with_backups(&mut primary, &repo);
+    let repo = primary.repository();
+    primary.with_backups(&repo);
     let pass = primary.root_secret("cipher", "right horse battery staple");
     primary
         .set("PGBACKREST_REPO1_CIPHER_TYPE", "aes-256-cbc")
         .set("PGBACKREST_REPO1_CIPHER_PASS_FILE", &pass.display().to_string());
     primary.start();
-    wait_repository_ok(&primary);
+    primary.wait_repository_ok();
     let (code, out) = primary.tool(&["backup", "full"]);
     assert_eq!(code, 0, "{out}");
 
     let mut restored = Node::new("bfault-cipher-new");
-    with_backups(&mut restored, &repo);
+    restored.with_backups(&repo);
     let wrong = restored.root_secret("cipher", "wrong horse");
     restored
         .set("PGBACKREST_REPO1_CIPHER_TYPE", "aes-256-cbc")

@@ -68,22 +68,11 @@ impl TempServer {
 
     /// Waits until postmaster.pid reports one of `statuses` (the server is `pid`).
     fn wait_for(&mut self, sup: &mut Supervisor, pid: Pid, statuses: &[&str]) -> Result<(), StepError> {
+        self.pid = Some(pid);
         let pidfile = self.dir.join("postmaster.pid");
-        let outcome = sup
-            .wait_until(pid, Kind::Postgres, WHAT, &mut || {
-                crate::postgres::local::pidfile_status(&pidfile).is_some_and(|s| statuses.contains(&s.as_str()))
-            })
-            .map_err(|source| StepError::Spawn { what: WHAT.into(), source })?;
-        match outcome {
-            Outcome::Ready => Ok(()),
-            Outcome::Exited(code) => {
-                self.pid = None;
-                Err(match sup.stop_requested() {
-                    Some(sig) => StepError::Stopped(sig),
-                    None => StepError::Failed { what: WHAT.into(), code },
-                })
-            }
-        }
+        self.wait_until(sup, WHAT, &mut || {
+            crate::postgres::local::pidfile_status(&pidfile).is_some_and(|s| statuses.contains(&s.as_str()))
+        })
     }
 
     /// Waits while it runs until `done()` is true (e.g. a recovery finished); its exit

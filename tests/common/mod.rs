@@ -3,6 +3,7 @@
 //! `postgres` user; the temp directories are made traversable for it.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod backup;
 pub mod certs;
 pub mod docker;
 pub mod etcd;

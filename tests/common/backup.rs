@@ -1,0 +1,51 @@
+//! What the backup tests share: a node with backups to a posix repository, `status` as JSON,
+//! and waits for the repository and the archive.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::Node;
+
+impl Node {
+    /// Backups on, to the repository `repo` (a directory every member mounts).
+    pub fn with_backups(&mut self, repo: &Path) -> &mut Node {
+        self.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string())
+    }
+
+    /// A repository directory in this node's directory, made by root (as a fresh volume is).
+    pub fn repository(&self) -> PathBuf {
+        let repo = self.dir.0.join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        repo
+    }
+
+    /// `status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, out) = self.tool(&["status"]);
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// Waits until the keeper has created the stanza and `pgbackrest check` passed.
+    pub fn wait_repository_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = self.status();
+            if s["backups"]["repository"]["ok"] == true {
+                return;
+            }
+            assert!(Instant::now() < deadline, "repository not ok within 90 s: {s}\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Switches to a new WAL segment and waits until the archive has it.
+    pub fn archive_now(&self) {
+        let segment = self.query_one("pg_walfile_name(pg_switch_wal())");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.query_one("coalesce((SELECT last_archived_wal FROM pg_stat_archiver), '')") < segment {
+            assert!(Instant::now() < deadline, "{segment} not archived within 120 s:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
