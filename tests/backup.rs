@@ -10,11 +10,8 @@ use common::*;
 
 #[test]
 fn a_backup_is_listed_verified_and_shown_in_status() {
-    let mut node = Node::new("backup-basic");
-    let repo = node.repository();
-    node.with_backups(&repo);
-    node.start();
-    node.wait_repository_ok();
+    let (mut node, _) = Node::backing_up("backup-basic");
+    node.start().wait_repository_ok();
     node.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
 
     let (code, out) = node.tool(&["backup", "full"]);
@@ -49,15 +46,11 @@ fn a_backup_is_listed_verified_and_shown_in_status() {
 
 #[test]
 fn point_in_time_recovery_restores_exactly_the_rows_committed_before_the_target() {
-    let mut primary = Node::new("backup-pitr");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
-    primary.start();
-    primary.wait_repository_ok();
+    let (mut primary, repo) = Node::backing_up("backup-pitr");
+    primary.start().wait_repository_ok();
     let mut c = primary.client();
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50)").unwrap();
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    primary.full_backup();
     // pgBackRest records a backup's end in whole seconds: a target must lie after it.
     std::thread::sleep(Duration::from_millis(1100));
     c.batch_execute("INSERT INTO t SELECT generate_series(51, 100)").unwrap();
@@ -100,9 +93,7 @@ fn point_in_time_recovery_restores_exactly_the_rows_committed_before_the_target(
 
 #[test]
 fn a_restore_from_a_missing_stanza_names_the_variable_and_leaves_pgdata_empty() {
-    let mut node = Node::new("backup-missing-stanza");
-    let repo = node.repository();
-    node.with_backups(&repo);
+    let (mut node, _) = Node::backing_up("backup-missing-stanza");
     node.set("PGBACKREST_RESTORE", "true").set("PGBACKREST_STANZA", "nothere");
     let (code, out) = node.run_to_exit(&[]);
     assert_eq!(code, 78, "{out}");
@@ -114,9 +105,7 @@ fn a_restore_from_a_missing_stanza_names_the_variable_and_leaves_pgdata_empty() 
 
 #[test]
 fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
-    let mut node = Node::new("backup-schedule");
-    let repo = node.repository();
-    node.with_backups(&repo);
+    let (mut node, _) = Node::backing_up("backup-schedule");
     node.set("PGBACKREST_AUTO_ENABLE", "true")
         .set("PGBACKREST_AUTO_FIRST_INCR_DELAY", "0")
         .set("PGBACKREST_AUTO_FULL_CRON", "off")
@@ -147,15 +136,12 @@ fn the_schedule_takes_a_first_full_backup_then_incrementals_on_the_primary() {
 
 #[test]
 fn a_replica_is_made_from_the_repository_and_catches_up_through_the_archive() {
-    let mut primary = Node::new("backup-replica-primary");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
+    let (mut primary, repo) = Node::backing_up("backup-replica-primary");
     // No WAL kept beyond what a slot asks for: a replica without its slot must use the archive.
     primary.as_primary().set("POSTGRESQL_CONFIG_WAL_KEEP_SIZE", "0").start();
     primary.wait_repository_ok();
     primary.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id").unwrap();
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    primary.full_backup();
     primary.client().batch_execute("INSERT INTO t SELECT generate_series(1001, 2000)").unwrap();
     primary.archive_now();
 
@@ -194,8 +180,7 @@ fn an_s3_repository_archives_backs_up_and_restores_and_its_key_stays_secret() {
     primary.with_s3_backups(&s3).start();
     primary.wait_repository_ok();
     primary.client().batch_execute("CREATE TABLE t AS SELECT generate_series(1, 500) AS id").unwrap();
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    primary.full_backup();
     primary.client().batch_execute("INSERT INTO t SELECT generate_series(501, 600)").unwrap();
     primary.archive_now();
     // The key secret: only in the 0600 file pgBackRest reads, not in postgres's environment.
@@ -220,20 +205,15 @@ fn an_s3_repository_archives_backs_up_and_restores_and_its_key_stays_secret() {
 
 #[test]
 fn a_restore_as_a_role_the_cluster_lacks_names_postgres_user_instead_of_hanging() {
-    let mut primary = Node::new("backup-user");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
-    primary.start();
-    primary.wait_repository_ok();
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    let (mut primary, repo) = Node::backing_up("backup-user");
+    primary.start().wait_repository_ok();
+    primary.full_backup();
     let mut restored = Node::new("backup-user-restored");
     restored.with_backups(&repo);
     restored.set("PGBACKREST_RESTORE", "true").set("POSTGRES_USER", "someone_else");
     let (code, out) = restored.run_to_exit(&[]);
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("refused POSTGRES_USER \"someone_else\""), "{out}");
-    let left = std::fs::read_dir(&restored.pgdata).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(left, 0, "PGDATA was written");
+    restored.assert_pgdata_empty();
     assert_eq!(primary.stop(), 0);
 }

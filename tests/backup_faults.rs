@@ -97,9 +97,7 @@ fn wait_backup_copying(repo: &Path, node: &Node) {
 
 #[test]
 fn a_backup_killed_or_stopped_midway_is_never_offered_and_the_next_one_succeeds() {
-    let mut node = Node::new("bfault-kill-backup");
-    let repo = node.repository();
-    node.with_backups(&repo);
+    let (mut node, repo) = Node::backing_up("bfault-kill-backup");
     node.start();
     fill(&node);
     assert_eq!(node.stop(), 0);
@@ -121,24 +119,19 @@ fn a_backup_killed_or_stopped_midway_is_never_offered_and_the_next_one_succeeds(
     assert!(node.output().contains("backup stopped by the shutdown"), "{}", node.output());
     node.set("PGBACKREST_AUTO_ENABLE", "false").start();
     assert!(backup_labels(&node).is_empty(), "a stopped backup is offered: {:?}", backup_labels(&node));
-    let (code, out) = node.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    node.full_backup();
     assert_eq!(backup_labels(&node).len(), 1);
     assert_eq!(node.stop(), 0);
 }
 
 #[test]
 fn a_restore_killed_midway_is_redone_at_the_next_start() {
-    let mut primary = Node::new("bfault-kill-restore");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
-    primary.start();
-    primary.wait_repository_ok();
+    let (mut primary, repo) = Node::backing_up("bfault-kill-restore");
+    primary.start().wait_repository_ok();
     fill(&primary);
     let writer = Writer::start(&primary, 1);
     std::thread::sleep(Duration::from_millis(300));
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    primary.full_backup();
     let acked = writer.finish();
     primary.archive_now();
 
@@ -160,13 +153,9 @@ fn a_restore_killed_midway_is_redone_at_the_next_start() {
 
 #[test]
 fn a_repository_out_of_reach_under_writes_is_reported_and_caught_up_with_nothing_lost() {
-    let mut primary = Node::new("bfault-unreachable");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
-    primary.start();
-    primary.wait_repository_ok();
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    let (mut primary, repo) = Node::backing_up("bfault-unreachable");
+    primary.start().wait_repository_ok();
+    primary.full_backup();
     let writer = Writer::start(&primary, 1);
     // Out of reach: the service account can no longer enter the repository.
     use std::os::unix::fs::PermissionsExt;
@@ -203,9 +192,7 @@ fn a_repository_out_of_reach_under_writes_is_reported_and_caught_up_with_nothing
 
 #[test]
 fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowledged_row() {
-    let mut primary = Node::new("bfault-failover-a");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
+    let (mut primary, repo) = Node::backing_up("bfault-failover-a");
     // Synchronous: an acknowledged commit is on the replica too, so a failover keeps it.
     primary.as_primary().set("REPLICATION_SYNCHRONOUS_MODE", "on").start();
     primary.wait_repository_ok();
@@ -213,8 +200,7 @@ fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowled
     replica.with_backups(&repo);
     replica.as_replica_of(&primary, "b").start();
     primary.eventually_equals("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", "1");
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    primary.full_backup();
     let writer = Writer::start(&primary, 1);
     std::thread::sleep(Duration::from_secs(1));
     primary.kill_all();
@@ -239,17 +225,13 @@ fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowled
 
 #[test]
 fn a_wrong_cipher_pass_names_the_variable_and_leaves_pgdata_empty() {
-    let mut primary = Node::new("bfault-cipher");
-    let repo = primary.repository();
-    primary.with_backups(&repo);
+    let (mut primary, repo) = Node::backing_up("bfault-cipher");
     let pass = primary.root_secret("cipher", "right horse battery staple");
     primary
         .set("PGBACKREST_REPO1_CIPHER_TYPE", "aes-256-cbc")
         .set("PGBACKREST_REPO1_CIPHER_PASS_FILE", &pass.display().to_string());
-    primary.start();
-    primary.wait_repository_ok();
-    let (code, out) = primary.tool(&["backup", "full"]);
-    assert_eq!(code, 0, "{out}");
+    primary.start().wait_repository_ok();
+    primary.full_backup();
 
     let mut restored = Node::new("bfault-cipher-new");
     restored.with_backups(&repo);
@@ -262,7 +244,6 @@ fn a_wrong_cipher_pass_names_the_variable_and_leaves_pgdata_empty() {
     assert_eq!(code, 78, "{out}");
     assert!(out.contains("PGBACKREST_REPO1_CIPHER_PASS"), "{out}");
     assert!(!out.contains("wrong horse") && !out.contains("battery"), "a secret in the log: {out}");
-    let left = std::fs::read_dir(&restored.pgdata).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(left, 0, "PGDATA was written");
+    restored.assert_pgdata_empty();
     assert_eq!(primary.stop(), 0);
 }

@@ -970,6 +970,7 @@ fn backup_overlay_archives_survives_a_killed_backup_and_restores() {
     docker(&["kill", &primary]);
     docker(&["start", &primary]);
     wait_healthy(&primary, Duration::from_secs(120));
+    // The backup command waits out the start's stanza check, which holds the stanza's lock.
     let (ok, list) = exec(&primary, &["backup", "list"]);
     assert!(ok && list.contains("no backups"), "{list}");
     let (ok, out) = exec(&primary, &["backup", "full"]);

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -80,19 +80,19 @@ fn take(config: &Config, backrest: &Backrest, kind: Option<BackupKind>, standby:
             }
         }
     }
-    let mut cmd = backrest.command("backup");
-    cmd.arg("--log-level-console=info");
-    if let Some(kind) = kind {
-        cmd.arg(format!("--type={}", kind.name()));
-    }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run pgbackrest: {e}"))?;
-    let stdout = step::read_all(child.stdout.take(), true);
-    let stderr = step::read_all(child.stderr.take(), true);
-    let status = child.wait().map_err(|e| format!("cannot wait for pgbackrest: {e}"))?;
-    let said = format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
-    if !status.success() {
-        return Err(backrest::explain(&said, backup_of(config)));
+    // The start's stanza check holds the stanza's lock for a second or two: waited out. A
+    // backup that holds it (a scheduled one) is not.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let (ok, said) = run_backup(backrest, kind)?;
+        if ok {
+            break;
+        }
+        if backrest::error_code(&said) != Some(LOCK_HELD) || Instant::now() >= deadline {
+            return Err(backrest::explain(&said, backup_of(config)));
+        }
+        eprintln!("backup: the stanza is locked by another pgBackRest command; trying again");
+        std::thread::sleep(Duration::from_secs(1));
     }
     let info = drill::list(backrest, backup_of(config))?;
     if let Some(b) = info.backups.last() {
@@ -106,6 +106,27 @@ fn take(config: &Config, backrest: &Backrest, kind: Option<BackupKind>, standby:
         );
     }
     Ok(())
+}
+
+/// pgBackRest's error code for a lock another of its processes holds.
+const LOCK_HELD: u32 = 50;
+/// How long `backup` waits for such a lock.
+const LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// One `pgbackrest backup`, its progress shown as it comes: success, and what it said.
+fn run_backup(backrest: &Backrest, kind: Option<BackupKind>) -> Result<(bool, String), String> {
+    let mut cmd = backrest.command("backup");
+    cmd.arg("--log-level-console=info");
+    if let Some(kind) = kind {
+        cmd.arg(format!("--type={}", kind.name()));
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run pgbackrest: {e}"))?;
+    let stdout = step::read_all(child.stdout.take(), true);
+    let stderr = step::read_all(child.stderr.take(), true);
+    let status = child.wait().map_err(|e| format!("cannot wait for pgbackrest: {e}"))?;
+    let said = format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    Ok((status.success(), said))
 }
 
 fn list(config: &Config, backrest: &Backrest, json: bool) -> Result<(), String> {

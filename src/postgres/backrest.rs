@@ -153,6 +153,9 @@ pub fn explain(output: &str, backup: &Backup) -> String {
              by a primary started with PGBACKREST_ENABLE=true)",
             backup.stanza
         ),
+        Some(50) => "another pgBackRest command holds the stanza's lock (a scheduled backup: `pg-entrypoint status` \
+                     shows it running); try again when it ends"
+            .to_string(),
         Some(31) | Some(32) => "pgBackRest refused an option: check the PGBACKREST_* variable it names".to_string(),
         Some(39) | Some(41) | Some(49) => format!("the repository could not be reached or written: check {repo} and its permissions, or the storage's address and credentials"),
         _ => "see pgBackRest's message above".to_string(),

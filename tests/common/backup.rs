@@ -7,6 +7,27 @@ use std::time::{Duration, Instant};
 use super::Node;
 
 impl Node {
+    /// A node with backups on, to a repository of its own (returned, for other nodes to share).
+    pub fn backing_up(name: &str) -> (Node, PathBuf) {
+        let mut node = Node::new(name);
+        let repo = node.repository();
+        node.with_backups(&repo);
+        (node, repo)
+    }
+
+    /// `pg-entrypoint backup full`, which must succeed.
+    pub fn full_backup(&self) {
+        let (code, out) = self.tool(&["backup", "full"]);
+        assert_eq!(code, 0, "{out}");
+    }
+
+    /// A refused start left PGDATA as it was: empty.
+    pub fn assert_pgdata_empty(&self) {
+        let left: Vec<_> =
+            std::fs::read_dir(&self.pgdata).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "PGDATA holds {left:?}");
+    }
+
     /// Backups on, to the repository `repo` (a directory every member mounts).
     pub fn with_backups(&mut self, repo: &Path) -> &mut Node {
         self.set("PGBACKREST_ENABLE", "true").set("PGBACKREST_REPO1_PATH", &repo.display().to_string())
@@ -27,12 +48,12 @@ impl Node {
     }
 
     /// Waits until the keeper has created the stanza and `pgbackrest check` passed.
-    pub fn wait_repository_ok(&self) {
+    pub fn wait_repository_ok(&mut self) -> &mut Node {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let s = self.status();
             if s["backups"]["repository"]["ok"] == true {
-                return;
+                return self;
             }
             assert!(Instant::now() < deadline, "repository not ok within 90 s: {s}\n{}", self.output());
             std::thread::sleep(Duration::from_millis(200));
