@@ -938,6 +938,24 @@ fn monitoring_overlay_fires_and_clears_the_alerts() {
     assert!(!firing(api).contains(&"PostgresMoreThanOnePrimary".to_string()));
 }
 
+/// Waits until `segment` is in the repository; postgres retries a failed archive_command
+/// three times, then waits a minute, so a transient failure can cost that long.
+fn wait_archived(id: &str, segment: &str) {
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let archived = sql(id, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if archived.as_str() >= segment {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let stats = sql(id, "SELECT row_to_json(a) FROM pg_stat_archiver a");
+            let logs = text(&run("docker", &["logs", "--tail", "40", id]));
+            panic!("{segment} not archived within 150 s (pg_stat_archiver: {stats}):\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `pg-entrypoint <args>` in a container: exit status and output.
 fn exec(id: &str, args: &[&str]) -> (bool, String) {
     let mut full = vec!["exec", id, "pg-entrypoint"];
@@ -985,9 +1003,7 @@ fn backup_overlay_archives_survives_a_killed_backup_and_restores() {
     sql(&primary, "CREATE TABLE after_backup AS SELECT 42 AS answer");
     sql(&primary, "SELECT pg_switch_wal()");
     let segment = sql(&primary, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)");
-    wait_for("the segment is archived", Duration::from_secs(60), || {
-        sql(&primary, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment
-    });
+    wait_archived(&primary, &segment);
     let network = format!("{}_default", p.name);
     let restored = docker(&[
         "run",
@@ -1028,9 +1044,7 @@ fn s3_backup_overlay_backs_up_and_restores_through_the_bucket() {
     sql(&primary, "INSERT INTO t SELECT generate_series(1001, 1500)");
     sql(&primary, "SELECT pg_switch_wal()");
     let segment = sql(&primary, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)");
-    wait_for("the segment is archived", Duration::from_secs(60), || {
-        sql(&primary, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= segment
-    });
+    wait_archived(&primary, &segment);
     let logs = text(&run("docker", &["logs", &primary]));
     assert!(!logs.contains(&format!("s3-{SECRET}")), "the key secret in the log");
     // A new container restores from the bucket, with the same variables.
