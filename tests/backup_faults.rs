@@ -208,11 +208,17 @@ fn after_a_failover_the_new_primary_archives_and_a_restore_holds_every_acknowled
     let (code, out) = replica.tool(&["promote", "--force"]);
     assert_eq!(code, 0, "{out}");
     replica.eventually_equals("pg_is_in_recovery()", "false");
-    // Alone now: its commits would wait for a standby that is gone.
+    // Alone now: its commits would wait for a standby that is gone. The reload is
+    // asynchronous: writes start once the server says it is in force.
     let (code, out) = replica.tool(&["sync", "--mode", "off"]);
     assert_eq!(code, 0, "{out}");
-    let writer = Writer::start(&replica, first + 1);
-    std::thread::sleep(Duration::from_secs(1));
+    replica.eventually_equals("current_setting('synchronous_standby_names')", "");
+    // A commit can reach the standby and lose its acknowledgement with the killed primary:
+    // the ids go on after the highest one there.
+    let next: i64 = replica.query_one("SELECT coalesce(max(id), 0) + 1 FROM acked").parse().unwrap();
+    assert!(next > first, "an acknowledged id is missing on the new primary");
+    let writer = Writer::start(&replica, next);
+    std::thread::sleep(Duration::from_secs(2));
     let acked = writer.finish();
     assert!(acked > first, "no write on the new primary");
     replica.archive_now();
