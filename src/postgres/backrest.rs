@@ -32,6 +32,13 @@ impl Backrest {
         c.stdin(Stdio::null());
         c
     }
+
+    /// `pgbackrest restore` into `dir` instead of PGDATA (a staging or scratch directory).
+    pub fn restore_into(&self, dir: &Path) -> Command {
+        let mut c = self.command("restore");
+        c.arg(format!("--pg1-path={}", dir.display()));
+        c
+    }
 }
 
 /// Whether pgBackRest is installed (on PATH).

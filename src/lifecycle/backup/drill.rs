@@ -76,8 +76,7 @@ fn drill(
     let cluster = dir.join("cluster");
     let began = Instant::now();
     let out = backrest
-        .command("restore")
-        .arg(format!("--pg1-path={}", cluster.display()))
+        .restore_into(&cluster)
         .arg(format!("--set={}", latest.label))
         .args(["--type=immediate", "--target-action=pause", "--archive-mode=off"])
         .output()

@@ -59,8 +59,8 @@ fn restore_into_staging(ctx: &Context, sup: &mut Supervisor, restore: &Restore) 
         set = restore.set.as_deref().unwrap_or("latest"),
         "PGBACKREST_RESTORE: restoring PGDATA from the repository"
     );
-    let mut cmd = backrest.command("restore");
-    cmd.arg(format!("--pg1-path={}", staging.cluster.display())).args(restore.target.args());
+    let mut cmd = backrest.restore_into(&staging.cluster);
+    cmd.args(restore.target.args());
     if let Some(set) = &restore.set {
         cmd.arg(format!("--set={set}"));
     }

@@ -226,8 +226,8 @@ fn clone_from_repository(
         .mode(0o700)
         .create(&staging.cluster)
         .map_err(DataDirError::io(&ctx.config.pgdata, "cannot create the directory to restore into"))?;
-    let mut cmd = backrest.command("restore");
-    cmd.arg(format!("--pg1-path={}", staging.cluster.display())).arg("--type=standby");
+    let mut cmd = backrest.restore_into(&staging.cluster);
+    cmd.arg("--type=standby");
     let out = step::run_captured(sup, "pgbackrest restore", &mut cmd, true)?;
     let restored = datadir::system_identifier(&staging.cluster);
     let why = if out.code != 0 {
