@@ -82,6 +82,15 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Hand the primary role to a streaming replica with no acknowledged commit lost: the
+    /// old primary follows the new one, and both keep their roles across restarts. With
+    /// HA_MODE=patroni: Patroni's switchover.
+    Switchover {
+        /// The member to hand over to, as the members know it (host or host:port; Patroni:
+        /// the member's name). Default: the most advanced streaming replica.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Backups with pgBackRest (PGBACKREST_ENABLE): `backup [full|diff|incr]` takes one now
     /// on the primary, `backup list` shows the repository, `backup verify` restores the latest
     /// backup into a scratch directory and checks that it starts and answers.
@@ -113,8 +122,19 @@ enum Cmd {
     },
 }
 
-const SUBCOMMANDS: &[&str] =
-    &["run", "check", "health", "status", "promote", "sync", "backup", "ensure-initdb", "enforce-initdb", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "run",
+    "check",
+    "health",
+    "status",
+    "promote",
+    "switchover",
+    "sync",
+    "backup",
+    "ensure-initdb",
+    "enforce-initdb",
+    "help",
+];
 /// The official image's script names (derived images and init containers call them), as
 /// links to this binary, and the subcommand each one means.
 const OFFICIAL_NAMES: &[(&str, &str)] = &[
@@ -173,6 +193,7 @@ fn real_main() -> i32 {
         }
         Cmd::Status => commands::status::run(Mode::of_environment()),
         Cmd::Promote { force } => commands::promote::run(Mode::of_environment(), force),
+        Cmd::Switchover { to } => commands::switchover::run(Mode::of_environment(), to.as_deref()),
         Cmd::Backup { what, json, standby, into } => {
             use commands::backup::Action;
             let action = match what.as_deref() {

@@ -9,6 +9,7 @@ pub mod patroni;
 pub mod promote;
 pub mod run;
 pub mod status;
+pub mod switchover;
 pub mod sync;
 
 use crate::config::{self, ProcessInputs};

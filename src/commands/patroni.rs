@@ -144,6 +144,33 @@ pub fn promote(inputs: &dyn Inputs) -> i32 {
     }
 }
 
+/// `switchover [--to MEMBER]`: Patroni's own, from the leader to `to` (or to the member
+/// Patroni finds best).
+pub fn switchover(inputs: &dyn Inputs, to: Option<&str>) -> i32 {
+    let result = request(inputs, "GET", "/cluster", None).and_then(|(_, cluster)| {
+        let leader =
+            leader_of(&cluster).ok_or("the cluster has no leader; a switchover needs one (promote fails over)")?;
+        let body = match to {
+            Some(to) => format!("{{\"leader\": {}, \"candidate\": {}}}", quote_json(&leader), quote_json(to)),
+            None => format!("{{\"leader\": {}}}", quote_json(&leader)),
+        };
+        match request(inputs, "POST", "/switchover", Some(&body))? {
+            (200, body) => Ok(body.trim().to_string()),
+            (status, body) => Err(format!("Patroni refused ({status}): {}", body.trim())),
+        }
+    });
+    match result {
+        Ok(said) => {
+            println!("switchover: {said}");
+            0
+        }
+        Err(e) => {
+            eprintln!("switchover: {e}");
+            1
+        }
+    }
+}
+
 /// The member whose role is `leader` in Patroni's `/cluster` answer.
 fn leader_of(cluster: &str) -> Option<String> {
     cluster.split('{').find(|m| field(m, "role").as_deref() == Some("leader")).and_then(|m| field(m, "name"))

@@ -50,7 +50,7 @@ pub fn run(mode: Mode) -> i32 {
         let peers = peers(config.as_ref());
         let row =
             client.query_one(observe::STATUS_SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;
-        let document = observe::document(&row);
+        let document = with_role_record(&observe::document(&row), &local.pgdata);
         Ok(match config.filter(|c| c.backup.is_some()) {
             Some(config) => with_backups(&document, &config),
             None => document,
@@ -66,6 +66,21 @@ pub fn run(mode: Mode) -> i32 {
             1
         }
     }
+}
+
+/// The document with `role_record`, when a switchover recorded this node's role (it outranks
+/// the environment's), and how to clear it.
+fn with_role_record(document: &str, pgdata: &std::path::Path) -> String {
+    let record = match crate::pgdata::role_record::read(pgdata) {
+        Ok(None) => return document.to_string(),
+        Ok(Some(record)) => record.line(),
+        Err(why) => why,
+    };
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(document) else { return document.to_string() };
+    doc["role_record"] = serde_json::json!(record);
+    doc["role_record_clears_when"] =
+        serde_json::json!("REPLICATION_ROLE and PRIMARY_HOST say the same at a start (docs/switchover.md)");
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| document.to_string())
 }
 
 /// The document with `backups`: what the backup keeper last did (the repository's check, a

@@ -43,6 +43,9 @@ pub const MANAGED_CONF: &str = "pg-entrypoint.conf";
 pub const LEGACY_PASSFILE: &str = "pg-entrypoint.pgpass";
 /// Left in PGDATA by a run-time promotion until the environment says primary too.
 pub const PROMOTED_MARKER: &str = "pg-entrypoint.promoted";
+/// Left in PGDATA by a switchover: the role this data directory has now, whatever the
+/// environment says, until the environment says the same (`pgdata::role_record`).
+pub const ROLE_RECORD: &str = "pg-entrypoint.role";
 /// Left in PGDATA by a restore at start (`PGBACKREST_RESTORE`): which restore made it.
 pub const RESTORED_MARKER: &str = "pg-entrypoint.restored";
 /// In PGDATA while a temporary server of the entrypoint runs (bootstrap, promotion): its
@@ -106,6 +109,11 @@ impl Layout {
     /// pg_rewind copy what is inside to other nodes. Rewritten at every start.
     pub fn passfile(&self) -> PathBuf {
         self.file("pgpass")
+    }
+
+    /// The superuser's password file (0600) while `switchover` runs, removed when it ends.
+    pub fn admin_passfile(&self) -> PathBuf {
+        self.file("admin.pgpass")
     }
 
     pub fn tls(&self) -> TlsPaths {

@@ -24,7 +24,9 @@ pub use inputs::{read_regular, secret_environment, var_or_file, Inputs, ProcessI
 pub use layout::{Layout, DEFAULT_SOCKET_DIR};
 pub use native::slot_name;
 use parser::Parser;
-pub use parser::{parse_bool, parse_log_format, parse_log_level, translated_patroni_names, var_or_alias};
+pub use parser::{
+    parse_address, parse_bool, parse_log_format, parse_log_level, translated_patroni_names, var_or_alias,
+};
 pub use tls::{ServerCert, Tls, TlsFile, TlsMode};
 pub use upgrade::Upgrade;
 

@@ -15,7 +15,7 @@ use crate::lifecycle::backup::{self, restore, scheduler::Scheduler};
 use crate::lifecycle::bootstrap;
 use crate::lifecycle::converge;
 use crate::lifecycle::http::{self, routes::Phase};
-use crate::lifecycle::native::{auto, fence, promote, replica, slot_keeper};
+use crate::lifecycle::native::{auto, fence, handover, promote, replica, slot_keeper};
 use crate::lifecycle::patroni;
 use crate::lifecycle::upgrade;
 use crate::pgdata::datadir::{self, State};
@@ -177,8 +177,11 @@ fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i
     let upgrade_took = upgraded.then(|| upgrading.elapsed());
     if matches!(plan.config.role, Role::Auto(_)) {
         plan.config.role = auto::resolve(&plan.context(postgres_args), sup)?;
-        plan.settings = render::settings(&plan.config);
     }
+    // A switchover's record outranks the environment (kept to apply again after a hand-over).
+    let configured = plan.config.role.clone();
+    handover::apply_record(&mut plan.config)?;
+    plan.settings = render::settings(&plan.config);
     let endpoint = match goal {
         Goal::Serve => {
             start_endpoint(&plan, sup, began, upgrade_took).map_err(|e| Failure::new(exit::STARTUP_FAILED, e))?
@@ -196,7 +199,21 @@ fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i
         tracing::info!("PGDATA is initialised; exiting without starting postgres");
         return Ok(0);
     }
-    Ok(supervise_postgres(&ctx, sup, endpoint.as_ref(), upgraded, waiter))
+    let mut ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), upgraded, waiter);
+    loop {
+        match ended {
+            Ended::Exit(code) => return Ok(code),
+            // A primary that handed its role over (or failed to): again, in the role recorded.
+            Ended::RoleChanged => {
+                plan.config.role = configured.clone();
+                handover::apply_record(&mut plan.config)?;
+                plan.settings = render::settings(&plan.config);
+                let ctx = plan.context(postgres_args);
+                let waiter = bring_data_dir_to_role(&ctx, sup, endpoint.as_ref())?;
+                ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), false, waiter);
+            }
+        }
+    }
 }
 
 /// Why the start gave up: the message to log and the code to exit with.
@@ -479,6 +496,14 @@ fn bring_data_dir_to_role(
     }
 }
 
+/// How supervising postgres ended.
+enum Ended {
+    /// The process exits with this code.
+    Exit(i32),
+    /// postgres stopped for a switchover: the start goes on in the role now recorded.
+    RoleChanged,
+}
+
 /// Step 6: run postgres and pass its exit status through (docs/variables.md, "Exit codes"). With a
 /// `waiter` it runs read-only until a majority answers, or stops when one shows it must not
 /// be a primary (exit [`exit::FENCED`]).
@@ -488,14 +513,14 @@ fn supervise_postgres(
     endpoint: Option<&http::Endpoint>,
     upgraded: bool,
     mut waiter: Option<fence::Waiter>,
-) -> i32 {
+) -> Ended {
     let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
     let child = match sup.spawn(&mut cmd) {
         Ok(child) => child,
         Err(e) => {
             tracing::error!("cannot start postgres: {e}");
-            return exit::STARTUP_FAILED;
+            return Ended::Exit(exit::STARTUP_FAILED);
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
@@ -515,8 +540,20 @@ fn supervise_postgres(
     let mut analyzer = upgraded.then(|| upgrade::Analyzer::new(ctx));
     let mut backups = ctx.config.backup.as_ref().and_then(|b| Scheduler::new(ctx.config, ctx.bin, b, upgraded));
     let mut fenced = false;
-    let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some() || backups.is_some();
+    // A member among peers may be asked to hand over (`switchover`) whenever it is the primary.
+    let mut handover = (!ctx.config.other_members().is_empty()).then(handover::Watch::default);
+    let mut handing_over: Option<crate::config::Address> = None;
+    let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some() || backups.is_some() || handover.is_some();
     let mut turn = |sup: &mut Supervisor| {
+        if let Some(to) = handover.as_mut().and_then(|watch| watch.requested(ctx.config)) {
+            tracing::warn!(
+                "switchover: handing the primary role to {to}: fast shutdown (postgres sends its last WAL to the \
+                 standbys before it exits)"
+            );
+            handover = None;
+            handing_over = Some(to);
+            nix::sys::signal::kill(pid, Signal::SIGINT).ok();
+        }
         if let Some(keeper) = keeper.as_mut() {
             keeper.tick(sup);
         }
@@ -553,7 +590,7 @@ fn supervise_postgres(
         Ok(code) => code,
         Err(e) => {
             tracing::error!("lost track of postgres: {e}");
-            return exit::STARTUP_FAILED;
+            return Ended::Exit(exit::STARTUP_FAILED);
         }
     };
     if let Some(backups) = backups.as_mut() {
@@ -570,10 +607,16 @@ fn supervise_postgres(
             "postgres did not finish its fast shutdown within SHUTDOWN_TIMEOUT and was stopped immediately; \
              nothing committed is lost, the next start runs crash recovery"
         );
-        return exit::SHUTDOWN_ESCALATED;
+        return Ended::Exit(exit::SHUTDOWN_ESCALATED);
     }
     if fenced {
-        return exit::FENCED;
+        return Ended::Exit(exit::FENCED);
+    }
+    if let (Some(to), None) = (&handing_over, stopped) {
+        if let Err(why) = handover::become_standby(&ctx.config.pgdata, code, to) {
+            tracing::error!("switchover: {why}");
+        }
+        return Ended::RoleChanged;
     }
     match (code, stopped) {
         (0, _) => tracing::info!(code, "postgres exited"),
@@ -581,5 +624,5 @@ fn supervise_postgres(
         (_, Some(_)) => tracing::warn!(code, "postgres exited with an error while stopping"),
         _ => tracing::error!(code, "postgres exited with an error"),
     }
-    code
+    Ended::Exit(code)
 }

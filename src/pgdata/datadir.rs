@@ -421,6 +421,13 @@ pub fn system_identifier(pgdata: &Path) -> Option<u64> {
     Some(u64::from_ne_bytes(control_head(pgdata)?[..8].try_into().ok()?))
 }
 
+/// Whether the cluster's last server stopped with a shutdown checkpoint as a primary (state
+/// `shut down`, 1 in pg_control): its WAL ends there, and a switchover candidate that has
+/// it can be promoted with nothing for this one to rewind.
+pub fn shut_down_cleanly(pgdata: &Path) -> bool {
+    control_head(pgdata).is_some_and(|head| head[16..20] == 1u32.to_ne_bytes())
+}
+
 /// The first bytes of `global/pg_control`, whose layout is the same from PostgreSQL 11 on:
 /// the system identifier, the control and catalog versions, the state, the time and the
 /// checkpoint's location, then the copy of the checkpoint record (its redo location, then

@@ -52,9 +52,17 @@ pub enum Expected {
 
 impl Expected {
     /// From the mode and the configured role, as of now: a replica promoted at run time
-    /// (`pg-entrypoint promote` left its marker in `pgdata`) is expected to be a primary.
+    /// (`pg-entrypoint promote` left its marker in `pgdata`) is expected to be a primary, and
+    /// a switchover's record says which of the two a node is.
     pub fn now(native: bool, replica: bool, pgdata: &Path) -> Expected {
+        use crate::pgdata::role_record::{self, Recorded};
         let promoted = || pgdata.join(crate::config::layout::PROMOTED_MARKER).exists();
+        // A switchover's record outranks the environment, as at the start.
+        let replica = match role_record::read(pgdata) {
+            Ok(Some(Recorded::Primary)) => false,
+            Ok(Some(Recorded::ReplicaOf(_))) => true,
+            _ => replica,
+        };
         match (native, replica) {
             (false, _) => Expected::Standalone,
             (true, true) if !promoted() => Expected::Replica,

@@ -10,11 +10,12 @@ use std::fs;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::config::layout::PROMOTED_MARKER;
+use crate::config::layout::{PROMOTED_MARKER, ROLE_RECORD};
 use crate::config::{Config, ProcessInputs, Role};
 use crate::lifecycle::native::fence::{self, Me};
-use crate::pgdata::datadir::DataDirError;
+use crate::pgdata::datadir::{self, DataDirError};
 use crate::pgdata::files;
+use crate::pgdata::role_record::{self, Recorded};
 use crate::pid1::supervise::{Kind, Supervisor};
 use crate::postgres::local::{describe, Local};
 use crate::postgres::member::{self, Lsn};
@@ -109,6 +110,13 @@ pub fn promote_running(force: bool) -> Result<(i32, bool), String> {
     };
     let marker = local.path(PROMOTED_MARKER);
     write_marker(&marker).map_err(|e| format!("cannot write {marker:?}: {e}"))?;
+    // A switchover's record that this node follows another would otherwise hand the role
+    // straight back: it says primary from now on.
+    if role_record::read(&local.pgdata).is_ok_and(|r| r.is_some()) {
+        let path = local.path(ROLE_RECORD);
+        datadir::write_atomic(&path, format!("{}\n", Recorded::Primary.line()).as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write {path:?}: {e}"))?;
+    }
     let promoted =
         client.query_one("SELECT pg_promote(true, 60)", &[]).map_err(|e| describe(&e)).map(|r| r.get::<_, bool>(0));
     match promoted {

@@ -10,6 +10,8 @@
 //! writable primary of this cluster on a newer timeline (a promoted replica). That is how a
 //! promotion reaches a majority without an operator repointing each replica
 //! (docs/native-ha.md); the environment's PRIMARY_HOST is followed again at the next start.
+//! When its primary answers as a standby (a switchover made it one), it follows the writable
+//! member on its own timeline or a newer one.
 
 use std::process::Command;
 use std::thread::JoinHandle;
@@ -52,7 +54,8 @@ pub struct SlotKeeper {
     config: Config,
     postgres: Pid,
     running: Option<Running>,
-    members: Option<Asking>,
+    /// Asking the other members for the primary, and whether ours answered as a standby.
+    members: Option<(Asking, bool)>,
     next: Instant,
     /// The last state logged, so a state is logged once, not every minute.
     reported: String,
@@ -78,10 +81,11 @@ impl SlotKeeper {
     /// node was promoted (however: `standby.signal` is gone), it follows no one: nothing more
     /// to keep, and no slot may be created on its former primary.
     pub fn tick(&mut self, sup: &mut Supervisor) {
-        if let Some(asking) = self.members.as_mut() {
+        if let Some((asking, ours_is_a_standby)) = self.members.as_mut() {
             if let Some(answers) = asking.collect(sup) {
+                let same_timeline_too = *ours_is_a_standby;
                 self.members = None;
-                self.follow_newer(&answers);
+                self.follow_newer(&answers, same_timeline_too);
             }
             return;
         }
@@ -155,6 +159,11 @@ impl SlotKeeper {
                         self.primary, primary.system_id, ours
                     ),
                 ),
+                // A switchover made our primary a standby: follow the writable member.
+                _ if primary.standby && self.still_a_standby() && !self.config.other_members().is_empty() => {
+                    self.report(true, format!("{} is a standby now; asking the members for the primary", self.primary));
+                    self.ask_members(sup, true);
+                }
                 _ => match primary.slot {
                     // (A standby upstream is a cascade: it needs the slot as much as a primary.)
                     Some(Slot::Missing) if self.still_a_standby() => self.ask(sup, Question::CreateSlot),
@@ -175,10 +184,8 @@ impl SlotKeeper {
             },
             Answer::Unreachable(why) => {
                 self.report(true, format!("the primary {} is not reachable: {why}", self.primary));
-                let others: Vec<Address> =
-                    self.config.other_members().into_iter().filter(|a| *a != self.primary).collect();
-                if !others.is_empty() && self.still_a_standby() {
-                    self.members = Some(Asking::start(sup, &self.connector, &others));
+                if self.still_a_standby() {
+                    self.ask_members(sup, false);
                 }
             }
             Answer::Rejected { variable, reason } => self.report(
@@ -195,6 +202,14 @@ impl SlotKeeper {
         }
     }
 
+    /// Asks the other members who the primary is (`follow_newer` takes the answers).
+    fn ask_members(&mut self, sup: &mut Supervisor, ours_is_a_standby: bool) {
+        let others: Vec<Address> = self.config.other_members().into_iter().filter(|a| *a != self.primary).collect();
+        if !others.is_empty() {
+            self.members = Some((Asking::start(sup, &self.connector, &others), ours_is_a_standby));
+        }
+    }
+
     fn settled(&self) -> Duration {
         if self.config.other_members().is_empty() {
             SETTLED
@@ -205,13 +220,16 @@ impl SlotKeeper {
 
     /// Follows the member that [`newer_primary`] finds, if any: the new primary_conninfo
     /// written, postgres reloaded (its WAL receiver reconnects), the slot asked for at once.
-    fn follow_newer(&mut self, answers: &[(Address, Answer)]) {
+    /// `same_timeline_too` when our primary is a standby now: we may have followed it onto the
+    /// new primary's timeline already.
+    fn follow_newer(&mut self, answers: &[(Address, Answer)], same_timeline_too: bool) {
         let (Some(system_id), Some(timeline)) =
             (datadir::system_identifier(&self.config.pgdata), datadir::latest_timeline(&self.config.pgdata))
         else {
             return;
         };
-        let Some((address, theirs)) = newer_primary(system_id, timeline, answers) else { return };
+        let above = if same_timeline_too { timeline.saturating_sub(1) } else { timeline };
+        let Some((address, theirs)) = newer_primary(system_id, above, answers) else { return };
         if let Role::Replica(replica) = &mut self.config.role {
             // The old primary stays a member: the majority is counted over the same set.
             let old = replica.primary();
@@ -225,10 +243,11 @@ impl SlotKeeper {
         match files::write_config_and_reload(&self.config, &settings, &self.config.pgdata, self.postgres) {
             Ok(()) => {
                 tracing::warn!(
-                    "the primary {} does not answer and {address} is a writable primary on timeline {theirs}, newer \
-                     than this replica's {timeline}: following {address} (until the next start; set PRIMARY_HOST to \
+                    "the primary {} {} and {address} is a writable primary of this cluster on timeline {theirs} \
+                     (this replica's: {timeline}): following {address} (until the next start; set PRIMARY_HOST to \
                      keep it)",
-                    self.primary
+                    self.primary,
+                    if same_timeline_too { "is a standby now" } else { "does not answer" }
                 );
                 self.primary = address;
                 self.reported.clear();
@@ -253,7 +272,7 @@ impl SlotKeeper {
 }
 
 /// The member to follow once this replica's primary is gone: a writable primary of this
-/// cluster on a timeline newer than ours (the newest, if several), with its timeline.
+/// cluster on a timeline above `timeline` (the newest, if several), with its timeline.
 pub fn newer_primary(system_id: u64, timeline: u32, answers: &[(Address, Answer)]) -> Option<(Address, u32)> {
     answers
         .iter()

@@ -1,0 +1,267 @@
+//! `pg-entrypoint switchover` between real processes on loopback (docs/switchover.md): the
+//! primary role handed to a replica under a steady write load with every acknowledged commit
+//! kept, the roles kept across restarts with unchanged variables, and the refusals.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `sql` on `node`, or "" while it cannot answer.
+fn try_query(node: &Node, sql: &str) -> String {
+    node.try_connect()
+        .ok()
+        .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .unwrap_or_default()
+}
+
+fn address(node: &Node) -> String {
+    format!("127.0.0.1:{}", node.port)
+}
+
+/// A primary and two replicas, each told the others' addresses, all running.
+fn three_members(name: &str) -> (Node, Node, Node) {
+    let mut p = Node::new(&format!("{name}-p"));
+    let mut r1 = Node::new(&format!("{name}-r1"));
+    let mut r2 = Node::new(&format!("{name}-r2"));
+    p.as_primary();
+    r1.as_replica_of(&p, "r1");
+    r2.as_replica_of(&p, "r2");
+    p.set("REPLICATION_PEERS", &format!("{},{}", address(&r1), address(&r2)));
+    r1.set("REPLICATION_PEERS", &format!("{},{}", address(&p), address(&r2)));
+    r2.set("REPLICATION_PEERS", &format!("{},{}", address(&p), address(&r1)));
+    p.start();
+    r1.start_with_timeout(CLONE_TIMEOUT);
+    r2.start_with_timeout(CLONE_TIMEOUT);
+    // Commits wait for a majority (render::majority_sync): the replicas first.
+    p.client().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    for r in [&r1, &r2] {
+        eventually("the replica streams", Duration::from_secs(30), || {
+            try_query(r, "(SELECT status FROM pg_stat_wal_receiver)") == "streaming"
+        });
+    }
+    (p, r1, r2)
+}
+
+/// A client that writes one id after another through a libpq-style multi-host connection
+/// (`target_session_attrs=read-write`), reconnecting after each error, and records each id
+/// whose commit was acknowledged, with when.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i32, Instant)>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(nodes: &[&Node]) -> Writer {
+        let mut config = postgres::Config::new();
+        for node in nodes {
+            config.host("127.0.0.1").port(node.port);
+        }
+        config
+            .user("postgres")
+            .password(PASSWORD)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(2))
+            .target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
+        let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (stop_flag, record) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let mut client: Option<postgres::Client> = None;
+            let mut id = 0;
+            while !stop_flag.load(Ordering::Relaxed) {
+                let Some(c) = client.as_mut() else {
+                    client = config.connect(postgres::NoTls).ok();
+                    if client.is_none() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    continue;
+                };
+                id += 1;
+                match c.execute("INSERT INTO acked VALUES ($1)", &[&id]) {
+                    Ok(_) => record.lock().unwrap().push((id, Instant::now())),
+                    Err(_) => client = None,
+                }
+            }
+        });
+        Writer { stop, acked, thread }
+    }
+
+    /// Stops; the acknowledged ids and the longest time between two acknowledgements.
+    fn finish(self) -> (Vec<i32>, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        let gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
+        (acked.into_iter().map(|(id, _)| id).collect(), gap)
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+fn missing_on(node: &Node, ids: &[i32]) -> usize {
+    let mut client = node.client();
+    let present: i64 = client.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&ids]).unwrap().get(0);
+    ids.len() - present as usize
+}
+
+fn sender_port(node: &Node) -> String {
+    try_query(node, "(SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming')")
+}
+
+#[test]
+fn a_switchover_under_load_loses_no_acknowledged_commit_and_the_roles_survive_restarts() {
+    let (mut p, mut r1, mut r2) = three_members("so-load");
+    let writer = Writer::start(&[&p, &r1, &r2]);
+    eventually("writes are acknowledged", Duration::from_secs(30), || writer.count() > 200);
+    // Run on the other replica: any member may ask.
+    let started = Instant::now();
+    let (code, out) = r2.tool(&["switchover", "--to", &address(&r1)]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}\n--- p:\n{}\n--- r1:\n{}", p.output(), r1.output());
+    assert!(
+        out.contains(&format!("switchover: {} is the primary, {} streams from it", address(&r1), address(&p))),
+        "{out}"
+    );
+    let before = writer.count();
+    eventually("writes go on on the new primary", Duration::from_secs(30), || writer.count() > before + 200);
+    let (acked, gap) = writer.finish();
+    let missing = missing_on(&r1, &acked);
+    eprintln!(
+        "switchover took {took:?}; longest gap between acknowledged writes {gap:?}; {} acknowledged, {missing} missing",
+        acked.len()
+    );
+    assert_eq!(missing, 0, "acknowledged ids missing on the new primary");
+    assert_eq!(r1.query_one("pg_is_in_recovery()"), "false");
+    assert_eq!(p.query_one("pg_is_in_recovery()"), "true");
+    assert_eq!(sender_port(&p), r1.port.to_string(), "the old primary streams from the new one");
+    eventually("the third member follows the new primary", Duration::from_secs(30), || {
+        sender_port(&r2) == r1.port.to_string()
+    });
+    assert!(!p.all_output().contains("pg_rewind"), "a clean hand-over rewinds nothing:\n{}", p.all_output());
+    // The health check and the endpoint expect the new roles.
+    assert_eq!(r1.tool(&["health"]).0, 0, "{}", r1.tool(&["health"]).1);
+    assert_eq!(p.tool(&["health"]).0, 0, "{}", p.tool(&["health"]).1);
+    assert_eq!(r1.http("GET", "/primary").0, 200);
+    assert_eq!(p.http("GET", "/replica").0, 200);
+
+    // Both restarted with unchanged variables: the same roles, never two writable primaries.
+    assert_eq!(p.stop(), 0);
+    assert_eq!(r1.stop(), 0);
+    r1.start();
+    p.start();
+    assert_eq!(r1.query_one("pg_is_in_recovery()"), "false", "{}", r1.output());
+    assert!(r1.output().contains("a switchover made this node the primary"), "{}", r1.output());
+    assert_eq!(p.query_one("pg_is_in_recovery()"), "true", "{}", p.output());
+    eventually("the old primary streams from the new one again", Duration::from_secs(30), || {
+        sender_port(&p) == r1.port.to_string()
+    });
+    r1.client().batch_execute("INSERT INTO acked VALUES (-1)").unwrap();
+    p.eventually_equals("(SELECT count(*) FROM acked WHERE id = -1)", "1");
+    // `status` shows the recorded decision.
+    let (_, status) = p.tool(&["status"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["role_record"], format!("replica {}", address(&r1)), "{status}");
+
+    // And back: a switchover to the old primary, whose record then agrees with its variables.
+    let (code, out) = r1.tool(&["switchover"]);
+    assert_eq!(code, 0, "{out}\n--- p:\n{}", p.output());
+    assert_eq!(p.query_one("pg_is_in_recovery()"), "false");
+    assert_eq!(r1.query_one("pg_is_in_recovery()"), "true");
+    for node in [&mut p, &mut r1, &mut r2] {
+        assert_eq!(node.stop(), 0);
+    }
+    p.start();
+    assert!(p.output().contains("the environment now gives the role a switchover recorded"), "{}", p.output());
+    assert!(!p.pgdata.join("pg-entrypoint.role").exists());
+}
+
+#[test]
+fn a_switchover_is_refused_when_it_cannot_keep_every_commit() {
+    let (p, r1, mut r2) = three_members("so-refuse");
+    // An unknown member, and bad input.
+    let (code, out) = p.tool(&["switchover", "--to", "127.0.0.1:1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--to \"127.0.0.1:1\" is not a member; accepted:"), "{out}");
+    // A lagging candidate: r1 receives but does not replay.
+    r1.client().batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    p.client()
+        .batch_execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 60000) g")
+        .unwrap();
+    let (code, out) = p.tool(&["switchover", "--to", &address(&r1)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("cannot hand over to {}: it lags", address(&r1))), "{out}");
+    r1.client().batch_execute("SELECT pg_wal_replay_resume()").unwrap();
+    // A disconnected candidate.
+    assert_eq!(r2.stop(), 0);
+    let (code, out) = p.tool(&["switchover", "--to", &address(&r2)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("cannot hand over to {}: it does not answer", address(&r2))), "{out}");
+    assert_eq!(p.query_one("pg_is_in_recovery()"), "false", "the primary is untouched");
+    r2.start();
+
+    // Two at once: one hands over, the other is refused; one writable primary in the end.
+    eventually("r1 has caught up", Duration::from_secs(30), || {
+        try_query(&r1, "(SELECT count(*) FROM filler)") == "60000"
+    });
+    let spawn = |node: &Node| {
+        let mut cmd = node.command_line_for_tool(&["switchover", "--to", &address(&r1)]);
+        cmd.output().unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn(&p));
+        let b = s.spawn(|| spawn(&r2));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let codes = [a.status.code(), b.status.code()];
+    let said = format!("{}{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+    assert!(codes.contains(&Some(0)) && codes.contains(&Some(1)), "{codes:?}: {said}");
+    assert!(
+        said.contains("a switchover is already under way")
+            || said.contains("already handing over")
+            || said.contains("no member answers as a writable primary"),
+        "{said}"
+    );
+    let writable: Vec<u16> =
+        [&p, &r1, &r2].iter().filter(|n| try_query(n, "pg_is_in_recovery()") == "false").map(|n| n.port).collect();
+    assert_eq!(writable, [r1.port]);
+}
+
+#[test]
+fn a_candidate_that_dies_midway_leaves_the_old_primary_writable() {
+    let (p, mut r1, _r2) = three_members("so-dies");
+    p.client().batch_execute("INSERT INTO acked SELECT generate_series(1, 100)").unwrap();
+    eventually("r1 has the rows", Duration::from_secs(30), || try_query(&r1, "(SELECT count(*) FROM acked)") == "100");
+    // Replay stopped, so r1 cannot pass the old primary's last WAL before it is killed.
+    r1.client().batch_execute("SELECT pg_wal_replay_pause()").unwrap();
+    let to = address(&r1);
+    let mut switchover = p.command_line_for_tool(&["switchover", "--to", &to]);
+    let running = switchover.spawn().unwrap();
+    eventually("the primary hands over", Duration::from_secs(30), || p.output().contains("handing the primary role"));
+    r1.kill_all();
+    let out = running.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("{to} did not replay the old primary's last WAL")), "{said}");
+    // (Run on the primary itself, which names itself by its host name.)
+    assert!(said.contains(&format!(":{} is the primary again, writable", p.port)), "{said}");
+    assert_eq!(p.query_one("pg_is_in_recovery()"), "false");
+    p.client().batch_execute("INSERT INTO acked VALUES (101)").unwrap();
+    assert_eq!(p.query_one("(SELECT count(*) FROM acked)"), "101");
+}
