@@ -35,9 +35,16 @@ fn address(node: &Node) -> String {
 
 /// A primary and two replicas, each told the others' addresses, all running.
 fn three_members(name: &str) -> (Node, Node, Node) {
+    three_members_with(name, |_| {})
+}
+
+fn three_members_with(name: &str, each: impl Fn(&mut Node)) -> (Node, Node, Node) {
     let mut p = Node::new(&format!("{name}-p"));
     let mut r1 = Node::new(&format!("{name}-r1"));
     let mut r2 = Node::new(&format!("{name}-r2"));
+    for node in [&mut p, &mut r1, &mut r2] {
+        each(node);
+    }
     p.as_primary();
     r1.as_replica_of(&p, "r1");
     r2.as_replica_of(&p, "r2");
@@ -63,14 +70,19 @@ fn three_members(name: &str) -> (Node, Node, Node) {
 struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(i32, Instant)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Writer {
     fn start(nodes: &[&Node]) -> Writer {
+        Writer::to_ports(&nodes.iter().map(|n| n.port).collect::<Vec<_>>())
+    }
+
+    fn to_ports(ports: &[u16]) -> Writer {
         let mut config = postgres::Config::new();
-        for node in nodes {
-            config.host("127.0.0.1").port(node.port);
+        for port in ports {
+            config.host("127.0.0.1").port(*port);
         }
         config
             .user("postgres")
@@ -79,7 +91,8 @@ impl Writer {
             .connect_timeout(Duration::from_secs(2))
             .target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
         let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
-        let (stop_flag, record) = (stop.clone(), acked.clone());
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (stop_flag, record, failed) = (stop.clone(), acked.clone(), errors.clone());
         let thread = std::thread::spawn(move || {
             let mut client: Option<postgres::Client> = None;
             let mut id = 0;
@@ -92,22 +105,37 @@ impl Writer {
                     continue;
                 };
                 id += 1;
-                match c.execute("INSERT INTO acked VALUES ($1)", &[&id]) {
-                    Ok(_) => record.lock().unwrap().push((id, Instant::now())),
-                    Err(_) => client = None,
+                // The simple protocol: named prepared statements do not survive transaction
+                // pooling (PgBouncer 1.18) when the server connection changes.
+                match c.batch_execute(&format!("INSERT INTO acked VALUES ({id})")) {
+                    Ok(()) => record.lock().unwrap().push((id, Instant::now())),
+                    Err(e) => {
+                        failed
+                            .lock()
+                            .unwrap()
+                            .push(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string()));
+                        client = None;
+                    }
                 }
             }
         });
-        Writer { stop, acked, thread }
+        Writer { stop, acked, errors, thread }
     }
 
     /// Stops; the acknowledged ids and the longest time between two acknowledgements.
     fn finish(self) -> (Vec<i32>, Duration) {
+        let (acked, gap, _) = self.finish_with_errors();
+        (acked, gap)
+    }
+
+    /// The same, and the errors the client saw.
+    fn finish_with_errors(self) -> (Vec<i32>, Duration, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
         let acked = self.acked.lock().unwrap().clone();
         let gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
-        (acked.into_iter().map(|(id, _)| id).collect(), gap)
+        let errors = self.errors.lock().unwrap().clone();
+        (acked.into_iter().map(|(id, _)| id).collect(), gap, errors)
     }
 
     fn count(&self) -> usize {
@@ -264,4 +292,43 @@ fn a_candidate_that_dies_midway_leaves_the_old_primary_writable() {
     assert_eq!(p.query_one("pg_is_in_recovery()"), "false");
     p.client().batch_execute("INSERT INTO acked VALUES (101)").unwrap();
     assert_eq!(p.query_one("(SELECT count(*) FROM acked)"), "101");
+}
+
+#[test]
+fn clients_of_pgbouncer_wait_through_a_switchover_instead_of_failing() {
+    let (mut p, mut r1, r2) = three_members_with("so-pool", |node| {
+        node.set("PGBOUNCER_ENABLE", "true")
+            .set("PGBOUNCER_POOL_MODE", "transaction")
+            .set("PGBOUNCER_LISTEN_ADDR", "127.0.0.1")
+            .set("PGBOUNCER_LISTEN_PORT", &free_port().to_string());
+    });
+    let pooler_port = |node: &Node| node.get("PGBOUNCER_LISTEN_PORT").unwrap().parse::<u16>().unwrap();
+    // Only through the old primary's pooler: its clients must follow the primary role.
+    let writer = Writer::to_ports(&[pooler_port(&p)]);
+    eventually("writes through PgBouncer are acknowledged", Duration::from_secs(60), || writer.count() > 200);
+    let (code, out) = r2.tool(&["switchover", "--to", &address(&r1)]);
+    assert_eq!(code, 0, "{out}\n--- p:\n{}", p.output());
+    let before = writer.count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writer.count() <= before + 200 {
+        assert!(Instant::now() < deadline, "writes stopped through the pooler:\n--- p:\n{}", p.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (acked, gap, errors) = writer.finish_with_errors();
+    let missing = missing_on(&r1, &acked);
+    eprintln!(
+        "through PgBouncer: longest gap between acknowledged writes {gap:?}; {} acknowledged, {missing} missing, \
+         {} errors",
+        acked.len(),
+        errors.len()
+    );
+    assert_eq!(missing, 0, "acknowledged ids missing on the new primary");
+    assert!(errors.is_empty(), "the client saw errors: {errors:?}\n--- p:\n{}", p.output());
+    let (_, status) = p.tool(&["status"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pooler"]["answers"], true, "{status}");
+    // PgBouncer stops after postgres, with the container.
+    assert_eq!(p.stop(), 0);
+    assert!(p.output().contains("PgBouncer stopped"), "{}", p.output());
+    assert_eq!(r1.stop(), 0);
 }

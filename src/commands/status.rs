@@ -50,7 +50,10 @@ pub fn run(mode: Mode) -> i32 {
         let peers = peers(config.as_ref());
         let row =
             client.query_one(observe::STATUS_SQL, &observe::params(&configured, &peers)).map_err(|e| describe(&e))?;
-        let document = with_role_record(&observe::document(&row), &local.pgdata);
+        let mut document = with_role_record(&observe::document(&row), &local.pgdata);
+        if let Some(pooler) = config.as_ref().and_then(pooler_document) {
+            document = with(&document, "pooler", pooler);
+        }
         Ok(match config.filter(|c| c.backup.is_some()) {
             Some(config) => with_backups(&document, &config),
             None => document,
@@ -76,10 +79,22 @@ fn with_role_record(document: &str, pgdata: &std::path::Path) -> String {
         Ok(Some(record)) => record.line(),
         Err(why) => why,
     };
+    let document = with(document, "role_record", serde_json::json!(record));
+    let clears = "REPLICATION_ROLE and PRIMARY_HOST say the same at a start (docs/switchover.md)";
+    with(&document, "role_record_clears_when", serde_json::json!(clears))
+}
+
+/// PgBouncer's console answers, and its clients and server connections now.
+fn pooler_document(config: &Config) -> Option<serde_json::Value> {
+    let bin =
+        crate::postgres::server::Bin::locate(config.bindir.as_deref(), std::env::var("PATH").ok().as_deref()).ok()?;
+    crate::lifecycle::pooler::Supervised::document(config, &bin)
+}
+
+/// `document` with `key` set to `value`.
+fn with(document: &str, key: &str, value: serde_json::Value) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(document) else { return document.to_string() };
-    doc["role_record"] = serde_json::json!(record);
-    doc["role_record_clears_when"] =
-        serde_json::json!("REPLICATION_ROLE and PRIMARY_HOST say the same at a start (docs/switchover.md)");
+    doc[key] = value;
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| document.to_string())
 }
 

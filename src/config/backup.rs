@@ -207,7 +207,7 @@ impl Parser<'_> {
             Some(true) => {}
             Some(false) => return None, // the upstream image's master switch: the rest is ignored
             None => {
-                self.refuse_without_enable();
+                self.refuse_without_enable("PGBACKREST_", "nothing would be archived or backed up");
                 return None;
             }
         }
@@ -246,29 +246,6 @@ impl Parser<'_> {
         let schedule = self.schedule();
         let restore = self.restore();
         Some(Backup { stanza, archive, options, schedule, restore })
-    }
-
-    /// Backup variables without `PGBACKREST_ENABLE`: refused rather than ignored, so that
-    /// nobody believes they have backups.
-    fn refuse_without_enable(&mut self) {
-        let mut set: Vec<String> = self
-            .inputs
-            .vars_with_prefix("PGBACKREST_")
-            .into_iter()
-            .filter(|(k, v)| !v.is_empty() && !super::known::is_service_link(k, v))
-            .map(|(k, _)| k)
-            .collect();
-        set.sort();
-        if let Some(first) = set.first().cloned() {
-            self.problem(
-                &first,
-                format!(
-                    "is set ({}), but PGBACKREST_ENABLE is not: nothing would be archived or backed up. Set \
-                     PGBACKREST_ENABLE=true to use them, or PGBACKREST_ENABLE=false to run without backups",
-                    set.join(", ")
-                ),
-            );
-        }
     }
 
     /// Every `PGBACKREST_*` that is not ours, as pgBackRest's option.

@@ -62,6 +62,15 @@ pub struct Layout {
     port: u16,
 }
 
+/// PgBouncer's files, beside the sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolerFiles {
+    pub ini: PathBuf,
+    pub hba: PathBuf,
+    pub auth: PathBuf,
+    pub role_sql: PathBuf,
+}
+
 /// Our private copies of the TLS files (`pgdata::tls` writes them), beside the password file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -114,6 +123,18 @@ impl Layout {
     /// The superuser's password file (0600) while `switchover` runs, removed when it ends.
     pub fn admin_passfile(&self) -> PathBuf {
         self.file("admin.pgpass")
+    }
+
+    /// PgBouncer's configuration, hba file and auth_user password (0600), rewritten at every
+    /// start (and after a switchover that points it at the new primary); the script that
+    /// makes its role, while it runs.
+    pub fn pooler_files(&self) -> PoolerFiles {
+        PoolerFiles {
+            ini: self.file("pgbouncer.ini"),
+            hba: self.file("pgbouncer.hba"),
+            auth: self.file("pgbouncer.auth"),
+            role_sql: self.file("pgbouncer-role.sql"),
+        }
     }
 
     pub fn tls(&self) -> TlsPaths {

@@ -15,6 +15,7 @@ pub mod layout;
 mod native;
 mod parser;
 mod patroni;
+pub mod pooler;
 mod server;
 mod tls;
 mod upgrade;
@@ -71,6 +72,8 @@ pub struct Config {
     pub upgrade: Upgrade,
     /// `PGBACKREST_*`: archiving, backups, a restore at start; `None` when off.
     pub backup: Option<backup::Backup>,
+    /// `PGBOUNCER_ENABLE`: PgBouncer in front of this member; `None` when off.
+    pub pooler: Option<pooler::Pooler>,
     /// Where our files live, from the effective settings once the start knows them.
     pub layout: Layout,
     /// Variables that look like ours but are not (misspelt?), each with a hint: warned about.

@@ -185,6 +185,29 @@ impl Parser<'_> {
         })
     }
 
+    /// `<prefix>*` variables without `<prefix>ENABLE`: refused rather than ignored, so that
+    /// nobody believes the feature is on (`nothing`: what would not happen).
+    pub(super) fn refuse_without_enable(&mut self, prefix: &str, nothing: &str) {
+        let mut set: Vec<String> = self
+            .inputs
+            .vars_with_prefix(prefix)
+            .into_iter()
+            .filter(|(k, v)| !v.is_empty() && !super::known::is_service_link(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        set.sort();
+        if let Some(first) = set.first().cloned() {
+            self.problem(
+                &first,
+                format!(
+                    "is set ({}), but {prefix}ENABLE is not: {nothing}. Set {prefix}ENABLE=true to use them, or \
+                     {prefix}ENABLE=false to run without",
+                    set.join(", ")
+                ),
+            );
+        }
+    }
+
     pub(super) fn port(&mut self, name: &str, default: u16) -> u16 {
         match self.var(name) {
             None => default,

@@ -78,7 +78,6 @@ impl Parser<'_> {
         if let Some(format) = self.var("LOG_FORMAT").filter(|f| parse_log_format(f).is_none()) {
             self.problem("LOG_FORMAT", format!("{format:?} is not accepted; accepted: text, json"));
         }
-        self.refuse_what_is_not_built();
         self.refuse_upstream_internals();
         let overrides = self.overrides();
         let tls = self.tls();
@@ -129,6 +128,7 @@ impl Parser<'_> {
             );
         }
         let layout = Layout::from_overrides(&overrides);
+        let pooler = self.pooler(&role, layout.server().1);
         Some(Config {
             pgdata,
             superuser,
@@ -147,6 +147,7 @@ impl Parser<'_> {
             tls,
             upgrade,
             backup,
+            pooler,
             layout,
             unknown_variables: self.unknown_variables(),
         })
@@ -251,35 +252,6 @@ impl Parser<'_> {
             if self.var(variable).is_some() {
                 self.problem(variable, format!("is the upstream image's, not ours; {instead}"));
             }
-        }
-    }
-
-    /// The upstream image's pooler (`PGBOUNCER_*`) is not built here yet: refused rather than
-    /// ignored.
-    fn refuse_what_is_not_built(&mut self) {
-        for (prefix, what) in [("PGBOUNCER_", "pooling with PgBouncer")] {
-            let enable = format!("{prefix}ENABLE");
-            if self.boolean(&enable) == Some(false) {
-                continue; // turned off: the other variables mean nothing, as upstream
-            }
-            let mut set: Vec<String> = self
-                .inputs
-                .vars_with_prefix(prefix)
-                .into_iter()
-                .filter(|(k, v)| !v.is_empty() && !known::is_service_link(k, v))
-                .map(|(k, _)| k)
-                .collect();
-            set.sort();
-            let Some(first) = set.first().cloned() else { continue };
-            let variable = if set.contains(&enable) { enable.clone() } else { first };
-            self.problem(
-                &variable,
-                format!(
-                    "is set ({}), but {what} is not in this version of pg-entrypoint: nothing would be done. \
-                     Unset them, or set {enable}=false, to run without it",
-                    set.join(", ")
-                ),
-            );
         }
     }
 

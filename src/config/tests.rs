@@ -551,7 +551,10 @@ fn backup_variables_without_the_switch_are_refused_and_pooling_is_not_built() {
         "{found:?}"
     );
     let found = problems(&[("PGBOUNCER_LISTEN_PORT", "6432")]);
-    assert!(found[0].starts_with("PGBOUNCER_LISTEN_PORT: is set (PGBOUNCER_LISTEN_PORT), but pooling"), "{found:?}");
+    assert!(
+        found[0].starts_with("PGBOUNCER_LISTEN_PORT: is set (PGBOUNCER_LISTEN_PORT), but PGBOUNCER_ENABLE is not"),
+        "{found:?}"
+    );
     let off = parse(&[("POSTGRES_PASSWORD", "pw"), ("PGBACKREST_ENABLE", "false"), ("PGBACKREST_STANZA", "x")]);
     assert_eq!(off.unwrap().backup, None);
 }

@@ -17,6 +17,7 @@ use crate::lifecycle::converge;
 use crate::lifecycle::http::{self, routes::Phase};
 use crate::lifecycle::native::{auto, fence, handover, promote, replica, slot_keeper};
 use crate::lifecycle::patroni;
+use crate::lifecycle::pooler;
 use crate::lifecycle::upgrade;
 use crate::pgdata::datadir::{self, State};
 use crate::pgdata::files;
@@ -79,6 +80,7 @@ pub fn plan(postgres_args: &[String]) -> Result<Plan, String> {
     config.forget_self(sockets.port, &crate::config::Inputs::hostname(&ProcessInputs));
     let settings = render::settings(&config);
     backup::check_installed(&config)?;
+    pooler::check_installed(&config)?;
     if config.init_scripts_dir.exists() && !config.init_scripts_dir.is_dir() {
         return Err(format!(
             "invalid configuration: INIT_SCRIPTS_DIR: {:?} is not a directory; accepted: a directory of scripts",
@@ -199,18 +201,29 @@ fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i
         tracing::info!("PGDATA is initialised; exiting without starting postgres");
         return Ok(0);
     }
-    let mut ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), upgraded, waiter);
+    // PgBouncer lives across a switchover's restart of postgres.
+    let mut pooler = pooler::Supervised::new(&plan.config, &plan.bin, sup);
+    let mut ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), upgraded, waiter, pooler.as_mut());
     loop {
         match ended {
-            Ended::Exit(code) => return Ok(code),
+            Ended::Exit(code) => {
+                if let Some(pooler) = pooler.as_mut() {
+                    pooler.stop(sup);
+                }
+                return Ok(code);
+            }
             // A primary that handed its role over (or failed to): again, in the role recorded.
-            Ended::RoleChanged => {
+            Ended::RoleChanged { handed_to } => {
                 plan.config.role = configured.clone();
                 handover::apply_record(&mut plan.config)?;
                 plan.settings = render::settings(&plan.config);
                 let ctx = plan.context(postgres_args);
                 let waiter = bring_data_dir_to_role(&ctx, sup, endpoint.as_ref())?;
-                ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), false, waiter);
+                if let Some(pooler) = pooler.as_mut() {
+                    pooler.set_config(&plan.config);
+                    pooler.follow(handed_to);
+                }
+                ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), false, waiter, pooler.as_mut());
             }
         }
     }
@@ -370,6 +383,7 @@ fn start_endpoint(
 /// How often the supervision loop hands out turns (the slot keeper, the majority waiter, the
 /// analyzer after an upgrade); each keeps its own schedule and never blocks.
 const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+const POOLER_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Below this, /dev/shm is a known trap: Docker and Kubernetes give containers 64 MB.
 const SMALL_SHM: u64 = 128 << 20;
@@ -500,8 +514,9 @@ fn bring_data_dir_to_role(
 enum Ended {
     /// The process exits with this code.
     Exit(i32),
-    /// postgres stopped for a switchover: the start goes on in the role now recorded.
-    RoleChanged,
+    /// postgres stopped for a switchover: the start goes on in the role now recorded, a
+    /// replica of `handed_to` (`None`: the hand-over failed, a primary again).
+    RoleChanged { handed_to: Option<crate::config::Address> },
 }
 
 /// Step 6: run postgres and pass its exit status through (docs/variables.md, "Exit codes"). With a
@@ -513,6 +528,7 @@ fn supervise_postgres(
     endpoint: Option<&http::Endpoint>,
     upgraded: bool,
     mut waiter: Option<fence::Waiter>,
+    mut pooler: Option<&mut pooler::Supervised>,
 ) -> Ended {
     let mut cmd: Command = step::tool(ctx.bin, "postgres");
     cmd.arg("-D").arg(&ctx.config.pgdata).args(ctx.postgres_args);
@@ -543,7 +559,14 @@ fn supervise_postgres(
     // A member among peers may be asked to hand over (`switchover`) whenever it is the primary.
     let mut handover = (!ctx.config.other_members().is_empty()).then(handover::Watch::default);
     let mut handing_over: Option<crate::config::Address> = None;
-    let ticking = keeper.is_some() || analyzer.is_some() || waiter.is_some() || backups.is_some() || handover.is_some();
+    let ticking = keeper.is_some()
+        || analyzer.is_some()
+        || waiter.is_some()
+        || backups.is_some()
+        || handover.is_some()
+        || pooler.is_some();
+    // A pooler resumes its clients after a switchover within a quarter of a second.
+    let interval = if pooler.is_some() { POOLER_TICK } else { TICK };
     let mut turn = |sup: &mut Supervisor| {
         if let Some(to) = handover.as_mut().and_then(|watch| watch.requested(ctx.config)) {
             tracing::warn!(
@@ -551,8 +574,14 @@ fn supervise_postgres(
                  standbys before it exits)"
             );
             handover = None;
+            if let Some(pooler) = pooler.as_mut() {
+                pooler.pause();
+            }
             handing_over = Some(to);
             nix::sys::signal::kill(pid, Signal::SIGINT).ok();
+        }
+        if let Some(pooler) = pooler.as_mut() {
+            pooler.tick(sup);
         }
         if let Some(keeper) = keeper.as_mut() {
             keeper.tick(sup);
@@ -585,7 +614,7 @@ fn supervise_postgres(
             }
         }
     };
-    let tick: Option<Tick> = ticking.then_some((TICK, &mut turn));
+    let tick: Option<Tick> = ticking.then_some((interval, &mut turn));
     let code = match sup.supervise(pid, crate::pid1::supervise::Kind::Postgres, tick) {
         Ok(code) => code,
         Err(e) => {
@@ -612,11 +641,14 @@ fn supervise_postgres(
     if fenced {
         return Ended::Exit(exit::FENCED);
     }
-    if let (Some(to), None) = (&handing_over, stopped) {
-        if let Err(why) = handover::become_standby(&ctx.config.pgdata, code, to) {
-            tracing::error!("switchover: {why}");
-        }
-        return Ended::RoleChanged;
+    if let (Some(to), None) = (handing_over, stopped) {
+        return match handover::become_standby(&ctx.config.pgdata, code, &to) {
+            Ok(()) => Ended::RoleChanged { handed_to: Some(to) },
+            Err(why) => {
+                tracing::error!("switchover: {why}");
+                Ended::RoleChanged { handed_to: None }
+            }
+        };
     }
     match (code, stopped) {
         (0, _) => tracing::info!(code, "postgres exited"),

@@ -119,6 +119,8 @@ pub struct Supervisor {
     /// Runs when SIGHUP arrives, before it is passed on (the TLS copies are refreshed first,
     /// so that postgres's reload reads the new certificate).
     before_reload: Option<Box<dyn FnMut()>>,
+    /// How many reloads (SIGHUP) were passed on: other children reload when it moves.
+    reloads: u64,
 }
 
 impl Supervisor {
@@ -145,6 +147,7 @@ impl Supervisor {
             escalated: false,
             stopping: Arc::new(AtomicBool::new(false)),
             before_reload: None,
+            reloads: 0,
         })
     }
 
@@ -219,6 +222,10 @@ impl Supervisor {
     }
 
     /// True once a child had to be stopped with the escalation signal (docs/variables.md, "Exit codes").
+    pub fn reloads(&self) -> u64 {
+        self.reloads
+    }
+
     pub fn escalated(&self) -> bool {
         self.escalated
     }
@@ -306,6 +313,9 @@ impl Supervisor {
                         send(pid, kind.stop_signal(s));
                     }
                     s if kind.forwards(s) => {
+                        if s == Signal::SIGHUP {
+                            self.reloads += 1;
+                        }
                         if let (Signal::SIGHUP, Some(before)) = (s, self.before_reload.as_mut()) {
                             before();
                         }

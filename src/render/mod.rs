@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 pub mod backup;
 pub mod metrics;
 pub mod patroni;
+pub mod pooler;
 
 use crate::config::{slot_name, Config, Replica, Role, SyncMode, SyncSettings, TlsMode};
 
