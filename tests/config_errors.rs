@@ -205,3 +205,15 @@ fn what_initdb_would_refuse_is_refused_before_anything_is_made() {
     assert!(out.contains("POSTGRES_DB: \"dddd") && out.contains("(100000 bytes)"), "{out}");
     assert!(out.len() < 2_000, "{} bytes of output", out.len());
 }
+
+#[test]
+fn pgbouncer_values_out_of_range_are_named() {
+    let out = rejected("pgbouncer", |n| {
+        n.set("PGBOUNCER_ENABLE", "true").set("PGBOUNCER_LISTEN_PORT", "70000").set("PGBOUNCER_POOL_MODE", "pooled");
+    });
+    assert!(out.contains("PGBOUNCER_LISTEN_PORT: \"70000\" is not a port; accepted: 1 to 65535"), "{out}");
+    assert!(
+        out.contains("PGBOUNCER_POOL_MODE: \"pooled\" is not accepted; accepted: session, transaction, statement"),
+        "{out}"
+    );
+}

@@ -327,6 +327,9 @@ fn clients_of_pgbouncer_wait_through_a_switchover_instead_of_failing() {
     let (_, status) = p.tool(&["status"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["pooler"]["answers"], true, "{status}");
+    let (_, metrics) = p.http("GET", "/metrics");
+    assert!(metrics.contains("pg_entrypoint_pooler_up{scope="), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("pg_entrypoint_pooler_up{") && l.ends_with(" 1")), "{metrics}");
     // PgBouncer stops after postgres, with the container.
     assert_eq!(p.stop(), 0);
     assert!(p.output().contains("PgBouncer stopped"), "{}", p.output());

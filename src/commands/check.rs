@@ -36,6 +36,23 @@ pub fn run(postgres_args: &[String]) -> i32 {
     }
     println!("pg-entrypoint:   {}", env!("CARGO_PKG_VERSION"));
     println!("role:            {}", c.role.name());
+    match crate::pgdata::role_record::read(&c.pgdata) {
+        Ok(Some(record)) => println!(
+            "switchover:      PGDATA's record says {:?}: it outranks the role above until REPLICATION_ROLE and \
+             PRIMARY_HOST say the same (docs/switchover.md)",
+            record.line()
+        ),
+        Ok(None) => {}
+        Err(why) => println!("switchover:      {why}"),
+    }
+    if let Some(p) = &c.pooler {
+        println!(
+            "PgBouncer:       port {}, {} pooling, clients authenticate with {}",
+            p.port,
+            p.pool_mode.name(),
+            p.auth_type
+        );
+    }
     println!("PGDATA:          {} ({state})", c.pgdata.display());
     println!("binaries:        {}", plan.bin.dir().display());
     println!("superuser:       {} (password {})", c.superuser, password(c.superuser_password.is_some()));

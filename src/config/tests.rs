@@ -882,3 +882,53 @@ fn the_translated_patroni_names_are_kept_from_patroni() {
     }
     assert!(!names.contains(&"PATRONI_SCOPE"), "Patroni's own names stay");
 }
+
+#[test]
+fn pgbouncer_takes_the_upstream_names_and_names_each_bad_value() {
+    let on = |extra: &[(&'static str, &'static str)]| {
+        let mut vars = vec![("POSTGRES_PASSWORD", "pw"), ("PGBOUNCER_ENABLE", "true")];
+        vars.extend_from_slice(extra);
+        vars
+    };
+    let pooler = parse(&on(&[("PGBOUNCER_POOL_MODE", "Transaction"), ("PGBOUNCER_ADMIN_USERS", "ops, dba")]))
+        .unwrap()
+        .pooler
+        .unwrap();
+    assert_eq!((pooler.port, pooler.listen_addr.as_str(), pooler.auth_type.as_str()), (6432, "*", "scram-sha-256"));
+    assert_eq!(pooler.pool_mode, crate::config::pooler::PoolMode::Transaction);
+    assert_eq!(pooler.admin_users, ["ops", "dba"]);
+    let bad = [
+        ("PGBOUNCER_LISTEN_PORT", "0", "PGBOUNCER_LISTEN_PORT: \"0\" is not a port"),
+        ("PGBOUNCER_LISTEN_PORT", "5432", "PGBOUNCER_LISTEN_PORT: 5432 is postgres's port"),
+        ("PGBOUNCER_POOL_MODE", "pooled", "PGBOUNCER_POOL_MODE: \"pooled\" is not accepted; accepted: session"),
+        ("PGBOUNCER_MAX_CLIENT_CONN", "0", "PGBOUNCER_MAX_CLIENT_CONN: \"0\" is not accepted"),
+        ("PGBOUNCER_DEFAULT_POOL_SIZE", "lots", "PGBOUNCER_DEFAULT_POOL_SIZE: \"lots\" is not accepted"),
+        ("PGBOUNCER_AUTH_TYPE", "trust", "PGBOUNCER_AUTH_TYPE: \"trust\" is not accepted"),
+        ("PGBOUNCER_LISTEN_ADDR", "a b", "PGBOUNCER_LISTEN_ADDR: \"a b\" is not accepted"),
+        ("PGBOUNCER_ADMIN_USERS", "ops,", "PGBOUNCER_ADMIN_USERS: \"ops,\" is not accepted"),
+    ];
+    for (variable, value, expected) in bad {
+        let found = problems(&on(&[(variable, value)]));
+        assert!(found.iter().any(|p| p.starts_with(expected)), "{variable}={value}: {found:?}");
+    }
+    assert_eq!(
+        parse(&[("POSTGRES_PASSWORD", "pw"), ("PGBOUNCER_ENABLE", "false"), ("PGBOUNCER_POOL_MODE", "x")])
+            .unwrap()
+            .pooler,
+        None
+    );
+}
+
+#[test]
+fn pgbouncers_auth_user_password_is_the_same_on_every_member_and_not_the_secret() {
+    let member = |role: &'static str| {
+        let mut vars = vec![("POSTGRES_PASSWORD", "pw"), ("HA_MODE", "native"), ("REPLICATION_PASSWORD", "rep-secret")];
+        vars.extend_from_slice(&[("REPLICATION_ROLE", role), ("PRIMARY_HOST", "p")]);
+        parse(&vars).unwrap()
+    };
+    let (primary, replica) = (member("primary"), member("replica"));
+    let derived = crate::config::pooler::auth_password(&primary).unwrap();
+    assert_eq!(derived.expose(), crate::config::pooler::auth_password(&replica).unwrap().expose());
+    assert_eq!(derived.expose().len(), 64);
+    assert!(!derived.expose().contains("rep-secret"));
+}

@@ -374,6 +374,7 @@ fn start_endpoint(
         replica: matches!(c.role, Role::Replica(_)),
         began,
         upgrade_took,
+        pooler_port: c.pooler.as_ref().map(|p| p.port),
     };
     http::start(&listen.candidates(), target, sup.stop_flag())
         .map(Some)

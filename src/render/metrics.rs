@@ -23,6 +23,8 @@ pub struct Sample {
     /// How long each phase of this start took (`upgrade`, `initdb`, `clone`, `total` to
     /// serving), in seconds; only the phases that happened.
     pub start_phases: Vec<(&'static str, f64)>,
+    /// PgBouncer (`PGBOUNCER_ENABLE`) accepts connections on its socket; `None`: not enabled.
+    pub pooler_up: Option<bool>,
 }
 
 /// The server's answer to one query (`postgres::observe::METRICS_SQL`).
@@ -196,6 +198,9 @@ pub fn exposition(sample: &Sample) -> String {
         "How long each phase of this start took (upgrade, initdb, clone; total: until serving)",
         sample.start_phases.iter().map(|(phase, seconds)| (vec![("phase", phase.to_string())], *seconds)),
     );
+    if let Some(up) = sample.pooler_up {
+        m.gauge("pg_entrypoint_pooler_up", "Value is 1 when PgBouncer accepts connections, 0 if not", i64::from(up));
+    }
     let Some(s) = server else { return m.encode() };
     if s.in_recovery {
         if let Some(silence) = s.receiver_silence {
@@ -282,7 +287,7 @@ mod tests {
     fn a_primary_reports_each_standby_and_a_fenced_one_is_not_writable() {
         let replica = ReplicaSample { name: "r\"1".into(), streaming: true, lag_bytes: Some(4096), lag_seconds: None };
         let server = ServerSample { timeline: 3, replicas: vec![replica], archived: 5, ..ServerSample::default() };
-        let text = exposition(&Sample { scope: "7".into(), server: Some(server.clone()), start_phases: vec![] });
+        let text = exposition(&Sample { scope: "7".into(), server: Some(server.clone()), ..Sample::default() });
         assert_eq!(line(&text, "patroni_primary{"), Some("patroni_primary{scope=\"7\"} 1"));
         assert_eq!(line(&text, "patroni_postgres_timeline{"), Some("patroni_postgres_timeline{scope=\"7\"} 3"));
         assert_eq!(

@@ -62,6 +62,8 @@ pub struct Target {
     /// When this start began, and how long an upgrade at start took (for `/metrics`).
     pub began: Instant,
     pub upgrade_took: Option<Duration>,
+    /// PgBouncer's port, when it runs (its socket is in `socket_dir`).
+    pub pooler_port: Option<u16>,
 }
 
 /// The running endpoint: the supervisor tells it where the entrypoint is in its life.
@@ -430,7 +432,14 @@ async fn metrics(shared: &Shared) -> String {
         ),
     };
     let start_phases = lock(&shared.clock).took.clone();
-    render::metrics::exposition(&render::metrics::Sample { scope, server, start_phases })
+    let pooler_up = match shared.target.pooler_port {
+        Some(port) => {
+            let socket = shared.target.socket_dir.join(format!(".s.PGSQL.{port}"));
+            Some(tokio::net::UnixStream::connect(socket).await.is_ok())
+        }
+        None => None,
+    };
+    render::metrics::exposition(&render::metrics::Sample { scope, server, start_phases, pooler_up })
 }
 
 async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
