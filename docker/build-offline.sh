@@ -25,7 +25,7 @@ case "$pg" in
 esac
 major="${pg%-upgrade}"
 # The tag names the recipe: a base built by an older recipe is not reused.
-base="pg-entrypoint-base:$suite-pg$pg-v4"
+base="pg-entrypoint-base:$suite-pg$pg-v5"
 image="pg-entrypoint:pg$pg"
 
 # The Debian mirror this machine uses (deb822 or one-line sources).
@@ -81,7 +81,7 @@ esac
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     ensure_mmdebstrap
-    packages="postgresql-$major,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd,pgbackrest"
+    packages="postgresql-$major,xz-utils,zstd,locales,libnss-wrapper,patroni,python3-etcd,pgbackrest,pgbouncer"
     sources=("deb $(mirror) $suite main")
     if [ -n "$old_major" ]; then
         packages="$packages,postgresql-$old_major/bookworm"
@@ -94,7 +94,7 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     # locale exists (their clusters name it in postgresql.conf), and libnss_wrapper is there
     # for uids without a passwd entry. No cluster created by the package (we make our own),
     # no docs or man pages. Patroni for HA_MODE=patroni, with python3-etcd named because
-    # patroni only depends on one DCS client of several.
+    # patroni only depends on one DCS client of several; pgBackRest and PgBouncer.
     mmdebstrap --variant=apt --quiet \
         --include="$packages" \
         --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \

@@ -18,6 +18,8 @@ command -v patroni >/dev/null 2>&1 || need+=(patroni)
 python3 -c 'import etcd' >/dev/null 2>&1 || need+=(python3-etcd)
 # PGBACKREST_ENABLE archives and backs up with Debian's pgBackRest.
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
+# PGBOUNCER_ENABLE runs Debian's PgBouncer (in /usr/sbin); the package's own service is not used.
+[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 # /metrics is checked with promtool (check metrics, test rules), from Debian's prometheus.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # tests/kubernetes.rs validates deploy/kubernetes offline against Kubernetes' schemas; the
