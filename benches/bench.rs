@@ -8,9 +8,10 @@
 //! `BENCH_CLONE_SIZES` (default 100,1024,4096 MB: clone cost as the primary grows) scale it;
 //! `BENCH_FILES` (default 30000) relation files for the restart and ownership cases;
 //! `BENCH_FAILOVERS` (default 3) leader kills under Patroni; `BENCH_BACKUP_SIZES` (default
-//! 1024,4096 MB) and `BENCH_BACKUP_ROUNDS` (default 3) the backup cases. `BENCH_ONLY=patroni`,
-//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth`, `BENCH_ONLY=restart`, `BENCH_ONLY=metrics` or
-//! `BENCH_ONLY=backup` runs and prints those alone.
+//! 1024,4096 MB) and `BENCH_BACKUP_ROUNDS` (default 3) the backup cases; `BENCH_SWITCHOVERS`
+//! (default 5) planned switchovers, native and Patroni's. `BENCH_ONLY=patroni`,
+//! `BENCH_ONLY=tls`, `BENCH_ONLY=growth`, `BENCH_ONLY=restart`, `BENCH_ONLY=metrics`,
+//! `BENCH_ONLY=backup` or `BENCH_ONLY=switchover` runs and prints those alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -279,6 +280,7 @@ fn main() {
         Ok("restart") => Some(vec![restart()]),
         Ok("metrics") => Some(metrics_scrapes()),
         Ok("backup") => Some(backups()),
+        Ok("switchover") => Some(switchovers(env_count("BENCH_SWITCHOVERS", 5))),
         _ => None,
     };
     if let Some(rows) = only {
@@ -320,6 +322,9 @@ fn main() {
 
     // 10: backups with pgBackRest: backup, restore at start, PITR, archive delay.
     rows.extend(backups());
+
+    // 11: planned switchovers under writes: native (direct, HAProxy, PgBouncer) and Patroni's.
+    rows.extend(switchovers(env_count("BENCH_SWITCHOVERS", 5)));
 
     let binary = fs::metadata(release_binary()).map(|m| m.len()).unwrap_or(0);
     print_and_write(&rows, binary);
@@ -1229,4 +1234,195 @@ fn archive_delay(node: &Node) -> Row {
         ratio: "—".into(),
         target: "a segment in the repository within seconds".into(),
     }
+}
+
+/// HAProxy on `port` in front of `members` (postgres port, HTTP port), with docker/haproxy.cfg's
+/// write listener as it is (checks, timeouts, sessions cut on a member marked down), loopback
+/// addresses instead of names.
+fn local_haproxy(dir: &Path, port: u16, members: &[(u16, u16)]) -> Child {
+    let mut cfg = String::from(
+        "global\n    maxconn 256\ndefaults\n    mode tcp\n    timeout connect 1s\n    retries 2\n    option redispatch\n    \
+         timeout client 30m\n    timeout server 30m\n    timeout check 2s\n",
+    );
+    let _ = write!(
+        cfg,
+        "listen primary\n    bind 127.0.0.1:{port}\n    option httpchk\n    http-check send meth OPTIONS uri /primary\n    \
+         http-check expect status 200\n    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions\n"
+    );
+    for (i, (pg, http)) in members.iter().enumerate() {
+        let _ = writeln!(cfg, "    server m{i} 127.0.0.1:{pg} check port {http}");
+    }
+    let path = dir.join("haproxy.cfg");
+    fs::write(&path, cfg).unwrap();
+    Command::new("haproxy").args(["-db", "-f"]).arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Summary of write pauses: "median (max)".
+fn pauses(seconds: &[f64]) -> String {
+    let max = seconds.iter().copied().fold(0.0, f64::max);
+    format!("{} (max {})", ms(median(seconds.to_vec())), ms(max))
+}
+
+/// Planned switchovers under a steady load, `rounds` times back and forth: the longest time
+/// between two acknowledged writes as a client saw it (direct with a multi-host connection
+/// and target_session_attrs=read-write, through HAProxy, through the old primary's PgBouncer
+/// in transaction mode), next to Patroni's switchover on a Patroni cluster measured the same
+/// way (direct). Acknowledged writes missing on the new primary are counted.
+fn switchovers(rounds: usize) -> Vec<Row> {
+    use common::writer::Writer;
+    let mut nodes: Vec<Node> = (0..3).map(|i| Node::new(&format!("bench-so-{i}"))).collect();
+    let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let (p_port, pooler_ports): (u16, Vec<u16>) = (nodes[0].port, (0..3).map(|_| free_port()).collect());
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let others: Vec<String> = (0..3).filter(|j| *j != i).map(|j| addresses[j].clone()).collect();
+        if i == 0 {
+            node.as_primary();
+        } else {
+            node.set("HA_MODE", "native")
+                .set("REPLICATION_ROLE", "replica")
+                .set("REPLICATION_PASSWORD", PASSWORD)
+                .set("PRIMARY_HOST", "127.0.0.1")
+                .set("PRIMARY_PORT", &p_port.to_string())
+                .set("REPLICA_NAME", &format!("r{i}"));
+        }
+        node.set("REPLICATION_PEERS", &others.join(","))
+            .set("PGBOUNCER_ENABLE", "true")
+            .set("PGBOUNCER_POOL_MODE", "transaction")
+            .set("PGBOUNCER_LISTEN_ADDR", "127.0.0.1")
+            .set("PGBOUNCER_LISTEN_PORT", &pooler_ports[i].to_string());
+        node.start_with_timeout(Duration::from_secs(120));
+    }
+    let streaming = |node: &Node| {
+        node.try_connect()
+            .ok()
+            .and_then(|mut c| c.query_one("SELECT status FROM pg_stat_wal_receiver", &[]).ok())
+            .is_some_and(|r| r.get::<_, String>(0) == "streaming")
+    };
+    nodes[0].client().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    let members: Vec<(u16, u16)> = nodes.iter().map(|n| (n.port, n.http_port)).collect();
+    let tmp = TempDir::new("bench-haproxy");
+    let haproxy_port = free_port();
+    let mut haproxy = local_haproxy(&tmp.0, haproxy_port, &members);
+    let all_ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let (mut direct, mut through_haproxy, mut pooled) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut acked, mut missing, mut pooled_errors) = (0usize, 0usize, 0usize);
+    let mut primary = 0;
+    for round in 0..rounds {
+        let next = if primary == 0 { 1 } else { 0 };
+        wait_until(Duration::from_secs(60), || (0..3).filter(|i| *i != primary).all(|i| streaming(&nodes[i])));
+        let base = (round * 3_000_000) as i32;
+        let writers = [
+            Writer::to_ports_from(&all_ports, base),
+            Writer::to_ports_from(&[haproxy_port], base + 1_000_000),
+            Writer::to_ports_from(&[pooler_ports[primary]], base + 2_000_000),
+        ];
+        wait_until(Duration::from_secs(60), || writers.iter().all(|w| w.count() > 100));
+        let (code, out) = nodes[2].tool(&["switchover", "--to", &addresses[next]]);
+        assert_eq!(code, 0, "round {round}: {out}");
+        let counts: Vec<usize> = writers.iter().map(Writer::count).collect();
+        wait_until(Duration::from_secs(60), || writers.iter().zip(&counts).all(|(w, c)| w.count() > c + 100));
+        let mut client = nodes[next].client();
+        for (k, writer) in writers.into_iter().enumerate() {
+            let (ids, gap, errors) = writer.finish_with_errors();
+            let present: i64 =
+                client.query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&ids]).unwrap().get(0);
+            acked += ids.len();
+            missing += ids.len() - present as usize;
+            match k {
+                0 => direct.push(gap.as_secs_f64()),
+                1 => through_haproxy.push(gap.as_secs_f64()),
+                _ => {
+                    pooled.push(gap.as_secs_f64());
+                    pooled_errors += errors.len();
+                }
+            }
+        }
+        primary = next;
+    }
+    haproxy.kill().ok();
+    haproxy.wait().ok();
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+    let patroni = patroni_switchovers(rounds);
+    let row = |case: String, ours: String, bare: String, target: &str| Row {
+        case,
+        ours,
+        bare,
+        ratio: String::new(),
+        target: target.into(),
+    };
+    vec![
+        row(
+            format!("native switchover: write pause, direct multi-host client ({rounds} rounds, median and max)"),
+            pauses(&direct),
+            format!("Patroni's switchover: {}", pauses(&patroni.0)),
+            "< 2 s",
+        ),
+        row(
+            format!("native switchover: write pause through HAProxy ({rounds} rounds)"),
+            pauses(&through_haproxy),
+            String::new(),
+            "< 2 s",
+        ),
+        row(
+            format!("native switchover: write pause through the old primary's PgBouncer ({rounds} rounds)"),
+            format!("{}, {pooled_errors} client errors", pauses(&pooled)),
+            String::new(),
+            "< 2 s, 0 errors",
+        ),
+        row(
+            "switchovers: acknowledged writes missing on the new primary".into(),
+            format!("{missing} of {acked}"),
+            format!("Patroni: {} of {}", patroni.1, patroni.2),
+            "0",
+        ),
+    ]
+}
+
+/// Patroni's switchover (through `pg-entrypoint switchover`) on a three-member Patroni cluster
+/// in its default (asynchronous) mode: the write pauses a direct multi-host client saw, and
+/// acknowledged writes missing / written.
+fn patroni_switchovers(rounds: usize) -> (Vec<f64>, usize, usize) {
+    use common::etcd::Etcd;
+    use common::writer::Writer;
+    let etcd = Etcd::start();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let mut node = Node::new(&format!("bench-pso-{i}"));
+            node.as_patroni_member(&etcd, "benchso", &format!("m{i}"));
+            node.spawn(&[]);
+            node
+        })
+        .collect();
+    let leader = |nodes: &[Node]| (0..nodes.len()).find(|i| nodes[*i].patroni("/primary") == 200);
+    let settled = |nodes: &[Node]| {
+        leader(nodes).is_some() && (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count() == 2
+    };
+    wait_until(Duration::from_secs(180), || settled(&nodes));
+    let first = leader(&nodes).unwrap();
+    nodes[first].client().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let (mut gaps, mut acked, mut missing) = (Vec::new(), 0usize, 0usize);
+    for round in 0..rounds {
+        wait_until(Duration::from_secs(180), || settled(&nodes));
+        let old = leader(&nodes).unwrap();
+        let writer = Writer::to_ports_from(&ports, (round * 1_000_000) as i32);
+        wait_until(Duration::from_secs(60), || writer.count() > 100);
+        let (code, out) = nodes[old].tool(&["switchover"]);
+        assert_eq!(code, 0, "Patroni switchover, round {round}: {out}");
+        let before = writer.count();
+        wait_until(Duration::from_secs(120), || writer.count() > before + 100 && leader(&nodes) != Some(old));
+        let (ids, gap, _) = writer.finish_with_errors();
+        let new = leader(&nodes).unwrap();
+        let present: i64 =
+            nodes[new].client().query_one("SELECT count(*) FROM acked WHERE id = ANY($1)", &[&ids]).unwrap().get(0);
+        acked += ids.len();
+        missing += ids.len() - present as usize;
+        gaps.push(gap.as_secs_f64());
+    }
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+    (gaps, missing, acked)
 }

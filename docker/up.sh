@@ -12,6 +12,8 @@
 # member mounts (compose.backup.yaml, or compose.patroni.backup.yaml; docs/backup.md);
 # BACKUP=s3 to a bucket of a local S3-compatible server instead (compose.backup-s3.yaml,
 # native stack; S3_IMAGE, when not given, is built offline).
+# POOLER=1 adds PgBouncer on every member (compose.pooler.yaml, native stack; the primary's on
+# 127.0.0.1:6432) and sends HAProxy's ports to the poolers.
 # ETCD_IMAGE / HAPROXY_IMAGE / PROMETHEUS_IMAGE, when not given, are built offline.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,6 +39,10 @@ else
     if [ "${TLS:-0}" = 1 ]; then
         files+=(-f compose.tls.yaml)
         export TLS_DIR="${TLS_DIR:-$(./tls-certs.sh "$PWD/tls" | tail -n 1)}"
+    fi
+    if [ "${POOLER:-0}" = 1 ]; then
+        files+=(-f compose.pooler.yaml)
+        export PG_BACKEND_PORT="${PG_BACKEND_PORT:-6432}"
     fi
     # HAProxy in front (5000 writes, 5001 reads) unless HAPROXY=0; its image is built offline
     # when no HAPROXY_IMAGE is named.
@@ -79,6 +85,9 @@ else
     fi
     if [ "$haproxy" = 1 ]; then
         echo "through HAProxy: -p 5000 reaches the primary, -p 5001 a replica"
+    fi
+    if [ "${POOLER:-0}" = 1 ]; then
+        echo "PgBouncer: -p 6432 (the primary's); switchover: docker exec ${id:0:12} pg-entrypoint switchover"
     fi
 fi
 if [ "${BACKUP:-0}" != 0 ]; then

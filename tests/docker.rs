@@ -100,6 +100,7 @@ impl Project {
             .env("PROMETHEUS_IMAGE", prometheus_image())
             .env("S3_IMAGE", s3_image())
             .env("PROMETHEUS_PUBLISH", "127.0.0.1:")
+            .env("POOLER_PUBLISH", "127.0.0.1:")
             .envs(self.env.iter().copied())
             .output()
             .unwrap();
@@ -109,6 +110,15 @@ impl Project {
 
     fn id(&self, service: &str) -> String {
         self.compose(&["ps", "-q", service])
+    }
+
+    /// `up -d --no-deps service` on `image`: that member alone re-created, as a rolling
+    /// update does it.
+    fn recreate_on(&mut self, service: &str, image: &'static str) -> String {
+        self.env.retain(|(k, _)| *k != "IMAGE");
+        self.env.push(("IMAGE", image));
+        self.compose(&["up", "-d", "--no-deps", service]);
+        self.id(service)
     }
 
     fn volume(&self, name: &str) -> String {
@@ -190,20 +200,27 @@ fn compose_stack_replicates_survives_a_partition_and_stops_cleanly() {
 /// after a fault, the acknowledged numbers missing from the surviving primary are counted.
 struct AckedWriter {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<i32>>>,
+    acked: Arc<Mutex<Vec<(i32, Instant)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AckedWriter {
     /// Writes into `acks` on `host`:`port` until stopped (at most 5 minutes), reconnecting after errors.
     fn start(host: String, port: u16) -> AckedWriter {
+        AckedWriter::start_from(host, port, 0)
+    }
+
+    /// Numbers after `first` (writers sharing the table each take their own range).
+    fn start_from(host: String, port: u16, first: i32) -> AckedWriter {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, acked2) = (stop.clone(), acked.clone());
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, acked2, errors2) = (stop.clone(), acked.clone(), errors.clone());
         let handle = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(300);
             let mut client: Option<postgres::Client> = None;
-            let mut n = 0;
+            let mut n = first;
             while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
                 n += 1;
                 if client.is_none() {
@@ -217,28 +234,43 @@ impl AckedWriter {
                         .connect(postgres::NoTls)
                         .ok();
                 }
-                let ok = client.as_mut().is_some_and(|c| c.execute("INSERT INTO acks VALUES ($1)", &[&n]).is_ok());
-                if ok {
-                    acked2.lock().unwrap().push(n);
-                } else {
-                    client = None;
-                    std::thread::sleep(Duration::from_millis(100));
+                // The simple protocol: PgBouncer's transaction pooling keeps no named statement.
+                let done = match client.as_mut() {
+                    Some(c) => c.batch_execute(&format!("INSERT INTO acks VALUES ({n})")).map_err(|e| e.to_string()),
+                    None => Err("cannot connect".to_string()),
+                };
+                match done {
+                    Ok(()) => acked2.lock().unwrap().push((n, Instant::now())),
+                    Err(e) => {
+                        errors2.lock().unwrap().push(e);
+                        client = None;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         });
-        AckedWriter { stop, acked, handle: Some(handle) }
+        AckedWriter { stop, acked, errors, handle: Some(handle) }
     }
 
     fn count(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
 
-    fn finish(mut self) -> Vec<i32> {
+    fn finish(self) -> Vec<i32> {
+        self.finish_with_gap().0
+    }
+
+    /// The acknowledged numbers, the longest time between two acknowledgements, and the
+    /// errors the client saw.
+    fn finish_with_gap(mut self) -> (Vec<i32>, Duration, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             h.join().unwrap();
         }
-        std::mem::take(&mut *self.acked.lock().unwrap())
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap());
+        (acked.into_iter().map(|(n, _)| n).collect(), gap, errors)
     }
 }
 
@@ -1061,4 +1093,87 @@ fn s3_backup_overlay_backs_up_and_restores_through_the_bucket() {
     wait_healthy(&restored, Duration::from_secs(180));
     assert_eq!(sql(&restored, "SELECT count(*) FROM t"), "1500");
     docker(&["rm", "-f", &restored]);
+}
+
+/// The member `id` streams from (its WAL receiver's sender), by address.
+fn upstream(id: &str) -> String {
+    sql(id, "SELECT coalesce(sender_host, '') FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+}
+
+#[test]
+#[ignore = "needs the Docker engine and PGEP_IMAGE: run docker/e2e.sh"]
+fn a_rolling_update_with_a_switchover_through_haproxy_and_pgbouncer_loses_nothing() {
+    // As POOLER=1 docker/up.sh starts it: PgBouncer on each member, HAProxy's ports on them.
+    let mut p = Project::new("rolling", &["compose.yaml", "compose.haproxy.yaml", "compose.pooler.yaml"]);
+    p.env = vec![("PG_BACKEND_PORT", "6432")];
+    p.compose(&["up", "-d"]);
+    let (primary, r1, r2) = (p.id("primary"), p.id("replica-1"), p.id("replica-2"));
+    for id in [&primary, &r1, &r2] {
+        wait_healthy(id, Duration::from_secs(180));
+    }
+    sql(&primary, "CREATE TABLE acks (n int PRIMARY KEY)");
+    // Through HAProxy (it cuts a session to a member it marks down, so that client reconnects),
+    // and straight to the primary's PgBouncer (its clients wait through the switchover).
+    let through_haproxy = AckedWriter::start("127.0.0.1".into(), p.published("haproxy", 5000));
+    let through_pooler = AckedWriter::start_from("127.0.0.1".into(), p.published("primary", 6432), 1_000_000);
+    wait_for("writes through both", Duration::from_secs(60), || {
+        through_haproxy.count() > 100 && through_pooler.count() > 100
+    });
+
+    // The "new" image: the same bits under another tag, as a minor update would bring.
+    let next: &'static str = Box::leak(format!("{}-next", image()).into_boxed_str());
+    docker(&["tag", &image(), next]);
+    // 1. The replicas, one at a time.
+    for service in ["replica-1", "replica-2"] {
+        let id = p.recreate_on(service, next);
+        wait_healthy(&id, Duration::from_secs(180));
+    }
+    let r1 = p.id("replica-1");
+    wait_for("replica-1 streams again", Duration::from_secs(60), || upstream(&r1) == "primary");
+    // 2. A switchover to an updated replica.
+    let before = (through_haproxy.count(), through_pooler.count());
+    let started = Instant::now();
+    let out = run("docker", &["exec", &primary, "pg-entrypoint", "switchover", "--to", "replica-1"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}\n{}", text(&out), text(&run("docker", &["logs", "--tail", "60", &primary])));
+    wait_for("writes go on through both", Duration::from_secs(60), || {
+        through_haproxy.count() > before.0 + 100 && through_pooler.count() > before.1 + 100
+    });
+    let (pooled, pooled_gap, pooled_errors) = through_pooler.finish_with_gap();
+    assert_eq!(missing_acks(&r1, &pooled), 0, "acknowledged through PgBouncer, missing on the new primary");
+    assert!(pooled_errors.is_empty(), "a PgBouncer client saw errors: {pooled_errors:?}");
+    assert_eq!(sql(&r1, "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(sql(&primary, "SELECT pg_is_in_recovery()"), "t");
+    wait_for("the old primary streams from replica-1", Duration::from_secs(30), || upstream(&primary) == "replica-1");
+    let r2 = p.id("replica-2");
+    wait_for("replica-2 follows replica-1", Duration::from_secs(60), || upstream(&r2) == "replica-1");
+    // 3. The old primary, a replica now (its record says so; its variables are unchanged).
+    let old = p.recreate_on("primary", next);
+    wait_healthy(&old, Duration::from_secs(180));
+    wait_for("the updated old primary streams from replica-1", Duration::from_secs(60), || {
+        upstream(&old) == "replica-1"
+    });
+    let (acked, gap, errors) = through_haproxy.finish_with_gap();
+    let missing = missing_acks(&r1, &acked);
+    eprintln!(
+        "rolling update: switchover {took:?}; through HAProxy {} acknowledged, {missing} missing, longest gap {gap:?}, \
+         {} errors; through PgBouncer {} acknowledged, longest gap {pooled_gap:?}, 0 errors",
+        acked.len(),
+        errors.len(),
+        pooled.len()
+    );
+    assert_eq!(missing, 0, "acknowledged through HAProxy, missing on the new primary");
+    for id in [&old, &r1, &r2] {
+        assert_eq!(docker(&["inspect", "-f", "{{.Config.Image}}", id]), next);
+    }
+    // Both restarted with the same variables: the same roles.
+    docker(&["restart", "-t", "10", &r1, &old]);
+    wait_healthy(&r1, Duration::from_secs(120));
+    wait_healthy(&old, Duration::from_secs(120));
+    assert_eq!(sql(&r1, "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(sql(&old, "SELECT pg_is_in_recovery()"), "t");
+    wait_for("the old primary streams again", Duration::from_secs(60), || upstream(&old) == "replica-1");
+    let logs = text(&run("docker", &["logs", &old]));
+    assert!(!logs.contains("pg_rewind"), "a switchover leaves nothing to rewind:\n{logs}");
+    docker(&["rmi", next]);
 }

@@ -147,6 +147,21 @@ fn three_members_bootstrap_once_replicate_and_stop_cleanly() {
     let (code, said) = nodes[replica].tool(&["promote"]);
     assert_eq!(code, 0, "{said}");
     assert_eq!(settled_leader(&nodes, Duration::from_secs(60)), replica, "the switchover went to the promoted member");
+    // switchover, run on any member, is Patroni's: to the named member, then to the best one
+    // (Patroni takes a candidate once it streams again).
+    let streaming = |nodes: &[Node]| (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count() == 2;
+    wait_until(Duration::from_secs(60), || streaming(&nodes));
+    let back = (replica + 1) % nodes.len();
+    let (code, said) = nodes[replica].tool(&["switchover", "--to", &format!("m{}", back + 1)]);
+    assert_eq!(code, 0, "{said}");
+    assert_eq!(settled_leader(&nodes, Duration::from_secs(60)), back, "the switchover went to the named member");
+    wait_until(Duration::from_secs(60), || streaming(&nodes));
+    let (code, said) = nodes[replica].tool(&["switchover"]);
+    assert_eq!(code, 0, "{said}");
+    assert_ne!(settled_leader(&nodes, Duration::from_secs(60)), back, "a switchover without --to moved the leader");
+    let (code, said) = nodes[back].tool(&["switchover", "--to", "nobody"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("switchover: Patroni refused"), "{said}");
 
     // docker stop of every member: exit 0, postgres shut down cleanly, no password file left.
     for node in nodes.iter_mut() {

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::writer::Writer;
 use common::*;
 
 const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -62,85 +61,6 @@ fn three_members_with(name: &str, each: impl Fn(&mut Node)) -> (Node, Node, Node
         });
     }
     (p, r1, r2)
-}
-
-/// A client that writes one id after another through a libpq-style multi-host connection
-/// (`target_session_attrs=read-write`), reconnecting after each error, and records each id
-/// whose commit was acknowledged, with when.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(i32, Instant)>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(nodes: &[&Node]) -> Writer {
-        Writer::to_ports(&nodes.iter().map(|n| n.port).collect::<Vec<_>>())
-    }
-
-    fn to_ports(ports: &[u16]) -> Writer {
-        let mut config = postgres::Config::new();
-        for port in ports {
-            config.host("127.0.0.1").port(*port);
-        }
-        config
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres")
-            .connect_timeout(Duration::from_secs(2))
-            .target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
-        let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (stop_flag, record, failed) = (stop.clone(), acked.clone(), errors.clone());
-        let thread = std::thread::spawn(move || {
-            let mut client: Option<postgres::Client> = None;
-            let mut id = 0;
-            while !stop_flag.load(Ordering::Relaxed) {
-                let Some(c) = client.as_mut() else {
-                    client = config.connect(postgres::NoTls).ok();
-                    if client.is_none() {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    continue;
-                };
-                id += 1;
-                // The simple protocol: named prepared statements do not survive transaction
-                // pooling (PgBouncer 1.18) when the server connection changes.
-                match c.batch_execute(&format!("INSERT INTO acked VALUES ({id})")) {
-                    Ok(()) => record.lock().unwrap().push((id, Instant::now())),
-                    Err(e) => {
-                        failed
-                            .lock()
-                            .unwrap()
-                            .push(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string()));
-                        client = None;
-                    }
-                }
-            }
-        });
-        Writer { stop, acked, errors, thread }
-    }
-
-    /// Stops; the acknowledged ids and the longest time between two acknowledgements.
-    fn finish(self) -> (Vec<i32>, Duration) {
-        let (acked, gap, _) = self.finish_with_errors();
-        (acked, gap)
-    }
-
-    /// The same, and the errors the client saw.
-    fn finish_with_errors(self) -> (Vec<i32>, Duration, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        let acked = self.acked.lock().unwrap().clone();
-        let gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
-        let errors = self.errors.lock().unwrap().clone();
-        (acked.into_iter().map(|(id, _)| id).collect(), gap, errors)
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
 }
 
 fn missing_on(node: &Node, ids: &[i32]) -> usize {

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod docker;
 pub mod etcd;
 pub mod s3;
+pub mod writer;
 
 use std::fs;
 use std::io::Read;
