@@ -1309,18 +1309,42 @@ fn switchovers(rounds: usize) -> Vec<Row> {
     let mut primary = 0;
     for round in 0..rounds {
         let next = if primary == 0 { 1 } else { 0 };
-        wait_until(Duration::from_secs(60), || (0..3).filter(|i| *i != primary).all(|i| streaming(&nodes[i])));
+        wait_until_or(
+            Duration::from_secs(60),
+            || (0..3).filter(|i| *i != primary).all(|i| streaming(&nodes[i])),
+            || format!("round {round}: the standbys do not stream"),
+        );
         let base = (round * 3_000_000) as i32;
         let writers = [
-            Writer::to_ports_from(&all_ports, base),
-            Writer::to_ports_from(&[haproxy_port], base + 1_000_000),
-            Writer::to_ports_from(&[pooler_ports[primary]], base + 2_000_000),
+            Writer::to_ports_from(&all_ports, base, PASSWORD),
+            Writer::to_ports_from(&[haproxy_port], base + 1_000_000, PASSWORD),
+            Writer::to_ports_from(&[pooler_ports[primary]], base + 2_000_000, PASSWORD),
         ];
-        wait_until(Duration::from_secs(60), || writers.iter().all(|w| w.count() > 100));
+        wait_until_or(
+            Duration::from_secs(60),
+            || writers.iter().all(|w| w.count() > 100),
+            || {
+                format!(
+                    "round {round}: writes before: {:?}\n{}",
+                    writers.iter().map(Writer::count).collect::<Vec<_>>(),
+                    nodes[primary].output()
+                )
+            },
+        );
         let (code, out) = nodes[2].tool(&["switchover", "--to", &addresses[next]]);
         assert_eq!(code, 0, "round {round}: {out}");
         let counts: Vec<usize> = writers.iter().map(Writer::count).collect();
-        wait_until(Duration::from_secs(60), || writers.iter().zip(&counts).all(|(w, c)| w.count() > c + 100));
+        wait_until_or(
+            Duration::from_secs(60),
+            || writers.iter().zip(&counts).all(|(w, c)| w.count() > c + 100),
+            || {
+                format!(
+                    "round {round}: writes after: {:?} (before {counts:?})\n{}",
+                    writers.iter().map(Writer::count).collect::<Vec<_>>(),
+                    nodes[primary].output()
+                )
+            },
+        );
         let mut client = nodes[next].client();
         for (k, writer) in writers.into_iter().enumerate() {
             let (ids, gap, errors) = writer.finish_with_errors();
@@ -1407,8 +1431,12 @@ fn patroni_switchovers(rounds: usize) -> (Vec<f64>, usize, usize) {
     for round in 0..rounds {
         wait_until(Duration::from_secs(180), || settled(&nodes));
         let old = leader(&nodes).unwrap();
-        let writer = Writer::to_ports_from(&ports, (round * 1_000_000) as i32);
-        wait_until(Duration::from_secs(60), || writer.count() > 100);
+        let writer = Writer::to_ports_from(&ports, (round * 1_000_000) as i32, common::etcd::PATRONI_PASSWORD);
+        wait_until_or(
+            Duration::from_secs(60),
+            || writer.count() > 100,
+            || format!("Patroni round {round}: {} writes, errors {:?}", writer.count(), writer.errors()),
+        );
         let (code, out) = nodes[old].tool(&["switchover"]);
         assert_eq!(code, 0, "Patroni switchover, round {round}: {out}");
         let before = writer.count();
@@ -1425,4 +1453,13 @@ fn patroni_switchovers(rounds: usize) -> (Vec<f64>, usize, usize) {
         node.stop();
     }
     (gaps, missing, acked)
+}
+
+/// `wait_until`, saying what was waited for (and what `why` finds then) when it times out.
+fn wait_until_or(timeout: Duration, mut condition: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {}", why());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

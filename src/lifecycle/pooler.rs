@@ -10,6 +10,7 @@
 //! In a switchover the old primary's pooler pauses its clients before the fast shutdown,
 //! points at the new primary once this node is a standby, and resumes them when the new
 //! primary accepts writes: a client in transaction or statement mode waits instead of failing.
+//! Once this member is a primary again, its clients come back to its own server.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -147,6 +148,12 @@ impl Supervised {
         }
         if !self.auth_ready && Instant::now() >= self.auth_at {
             self.make_auth_role(sup);
+        }
+        // Promoted again (a switchover back): its clients come back to this member's server.
+        if self.following.is_some() && !self.config.pgdata.join("standby.signal").exists() {
+            self.following = None;
+            self.reload("this member is the primary again: its clients come back here");
+            self.console("RESUME").ok();
         }
         if let Some((address, true)) = self.following.clone() {
             if self.writable(&address) && self.console("RESUME").is_ok() {

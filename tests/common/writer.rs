@@ -24,18 +24,19 @@ impl Writer {
     }
 
     pub fn to_ports(ports: &[u16]) -> Writer {
-        Writer::to_ports_from(ports, 0)
+        Writer::to_ports_from(ports, 0, PASSWORD)
     }
 
-    /// Ids after `first` (writers sharing the table each take their own range).
-    pub fn to_ports_from(ports: &[u16], first: i32) -> Writer {
+    /// Ids after `first` (writers sharing the table each take their own range), as the
+    /// superuser with `password`.
+    pub fn to_ports_from(ports: &[u16], first: i32, password: &str) -> Writer {
         let mut config = postgres::Config::new();
         for port in ports {
             config.host("127.0.0.1").port(*port);
         }
         config
             .user("postgres")
-            .password(PASSWORD)
+            .password(password)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2))
             .target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
@@ -47,9 +48,13 @@ impl Writer {
             let mut id = first;
             while !stop_flag.load(Ordering::Relaxed) {
                 let Some(c) = client.as_mut() else {
-                    client = config.connect(postgres::NoTls).ok();
-                    if client.is_none() {
-                        std::thread::sleep(Duration::from_millis(20));
+                    match config.connect(postgres::NoTls) {
+                        Ok(connected) => client = Some(connected),
+                        Err(e) => {
+                            let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                            failed.lock().unwrap().push(format!("connect: {why}"));
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
                     }
                     continue;
                 };
@@ -85,6 +90,12 @@ impl Writer {
         let gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
         let errors = self.errors.lock().unwrap().clone();
         (acked.into_iter().map(|(id, _)| id).collect(), gap, errors)
+    }
+
+    /// The errors so far (the last few).
+    pub fn errors(&self) -> Vec<String> {
+        let errors = self.errors.lock().unwrap();
+        errors.iter().rev().take(3).cloned().collect()
     }
 
     pub fn count(&self) -> usize {
