@@ -103,6 +103,13 @@ fn a_switchover_under_load_loses_no_acknowledged_commit_and_the_roles_survive_re
         sender_port(&r2) == r1.port.to_string()
     });
     assert!(!p.all_output().contains("pg_rewind"), "a clean hand-over rewinds nothing:\n{}", p.all_output());
+    // No slot is left behind on the old primary to hold WAL; both standbys have theirs on r1.
+    eventually("the old primary keeps no slot", Duration::from_secs(30), || {
+        try_query(&p, "(SELECT count(*) FROM pg_replication_slots)") == "0"
+    });
+    eventually("both standbys stream through a slot on r1", Duration::from_secs(30), || {
+        try_query(&r1, "(SELECT count(*) FROM pg_replication_slots WHERE active)") == "2"
+    });
     // The health check and the endpoint expect the new roles.
     assert_eq!(r1.tool(&["health"]).0, 0, "{}", r1.tool(&["health"]).1);
     assert_eq!(p.tool(&["health"]).0, 0, "{}", p.tool(&["health"]).1);

@@ -9,6 +9,7 @@ use crate::lifecycle::native::switchover;
 use crate::postgres::admin::Admin;
 use crate::postgres::local::Local;
 use crate::postgres::server::Bin;
+use nix::sys::signal::Signal;
 
 pub fn run(mode: Mode, to: Option<&str>) -> i32 {
     if mode == Mode::Patroni {
@@ -45,7 +46,17 @@ fn native(to: Option<&str>) -> Result<switchover::Done, String> {
                     POSTGRES_PASSWORD_FILE as on the members"
             .into());
     }
-    let admin = Admin::new(&config, &bin, config.superuser_password.as_ref())
-        .map_err(|e| format!("cannot write the password file {}: {e}", config.layout.admin_passfile().display()))?;
+    // Not stopped halfway by Ctrl-C or a stop signal (between the hand-over and the promotion
+    // no member is writable; every wait is bounded), and the password file always removed.
+    let mut stops = nix::sys::signal::SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        stops.add(signal);
+    }
+    nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&stops), None)
+        .map_err(|e| format!("cannot hold off stop signals: {e}"))?;
+    let admin = Admin::new(&config, &bin, config.superuser_password.as_ref()).map_err(|e| {
+        let path = config.layout.admin_passfile(std::process::id());
+        format!("cannot write the password file {}: {e}", path.display())
+    })?;
     switchover::run(&config, &admin, to)
 }

@@ -120,9 +120,10 @@ impl Layout {
         self.file("pgpass")
     }
 
-    /// The superuser's password file (0600) while `switchover` runs, removed when it ends.
-    pub fn admin_passfile(&self) -> PathBuf {
-        self.file("admin.pgpass")
+    /// The superuser's password file (0600) while `switchover` (process `pid`) runs, removed
+    /// when it ends; one per run, so that one run never removes another's.
+    pub fn admin_passfile(&self, pid: u32) -> PathBuf {
+        self.file(&format!("admin-{pid}.pgpass"))
     }
 
     /// PgBouncer's configuration, hba file and auth_user password (0600), rewritten at every

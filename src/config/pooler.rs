@@ -40,12 +40,12 @@ pub struct Pooler {
 /// function and nothing else.
 pub const AUTH_USER: &str = "pgbouncer";
 
-/// [`AUTH_USER`]'s password: derived from the replication password (else the superuser's),
-/// so every member computes the same one and none is stored but PgBouncer's copy (0600).
-/// `None` without either: PgBouncer then reaches only this member's socket, which trusts it.
+/// [`AUTH_USER`]'s password: derived from the superuser's (`POSTGRES_PASSWORD`, which
+/// every member has), so every member computes the same one and none is stored but
+/// PgBouncer's copy (0600). `None` without one (`POSTGRES_HOST_AUTH_METHOD=trust`).
 pub fn auth_password(config: &Config) -> Option<Secret> {
     use hmac::{Hmac, KeyInit, Mac};
-    let key = config.replication().map(|r| &r.password).or(config.superuser_password.as_ref())?;
+    let key = config.superuser_password.as_ref()?;
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes()).ok()?;
     mac.update(b"pg-entrypoint: PgBouncer's auth_user");
     let digest = mac.finalize().into_bytes();
@@ -54,7 +54,13 @@ pub fn auth_password(config: &Config) -> Option<Secret> {
 
 impl Parser<'_> {
     /// `None` unless `PGBOUNCER_ENABLE` is true (false: the others are ignored, as upstream).
-    pub(super) fn pooler(&mut self, role: &Role, postgres_port: u16) -> Option<Pooler> {
+    pub(super) fn pooler(
+        &mut self,
+        role: &Role,
+        postgres_port: u16,
+        superuser_password: bool,
+        host_auth_method: &str,
+    ) -> Option<Pooler> {
         match self.boolean("PGBOUNCER_ENABLE") {
             Some(true) => {}
             Some(false) => return None,
@@ -65,6 +71,20 @@ impl Parser<'_> {
         }
         if matches!(role, Role::Patroni(_)) {
             self.problem("PGBOUNCER_ENABLE", "is not supported with HA_MODE=patroni in this version; unset it");
+        }
+        // PgBouncer logs in over TCP with each client's credentials, and as its own role with
+        // a password derived from the superuser's.
+        if host_auth_method == "reject" {
+            self.problem(
+                "PGBOUNCER_ENABLE",
+                "needs clients over TCP, which POSTGRES_HOST_AUTH_METHOD=reject (EXTERNAL_ACCESS_ENABLE=false) refuses",
+            );
+        } else if !superuser_password && host_auth_method != "trust" {
+            self.problem(
+                "PGBOUNCER_ENABLE",
+                "needs POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) on every member: PgBouncer's own role's \
+                 password is derived from it",
+            );
         }
         let port = self.port("PGBOUNCER_LISTEN_PORT", 6432);
         if port == postgres_port {

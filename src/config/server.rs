@@ -128,7 +128,7 @@ impl Parser<'_> {
             );
         }
         let layout = Layout::from_overrides(&overrides);
-        let pooler = self.pooler(&role, layout.server().1);
+        let pooler = self.pooler(&role, layout.server().1, superuser_password.is_some(), &host_auth_method);
         Some(Config {
             pgdata,
             superuser,

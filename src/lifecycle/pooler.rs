@@ -1,7 +1,8 @@
 //! PgBouncer as a supervised child (`PGBOUNCER_ENABLE`, docs/switchover.md): started once
 //! postgres runs, restarted if it dies, reloaded with postgres on SIGHUP, stopped after
-//! postgres. Every turn of the supervision loop gives it a turn; it never blocks the loop for
-//! long (its admin console answers at once, and PAUSE is bounded).
+//! postgres. Every turn of the supervision loop gives it a turn: its admin console answers on
+//! the local socket at once, a question to another member is a child collected later, and
+//! the one wait, PAUSE before a switchover's shutdown, is bounded (5 s).
 //!
 //! Its `auth_query` runs as a role of its own that may call one function returning one login
 //! role's hash: no list of hashes on disk. On a writable primary, that role and function are
@@ -23,10 +24,10 @@ use crate::config::pooler::{PoolMode, Pooler};
 use crate::config::{Address, Config};
 use crate::pgdata::datadir;
 use crate::pid1::supervise::Supervisor;
-use crate::postgres::member::{self, Answer, Connector};
+use crate::postgres::member::{Answer, Asking, Connector};
 use crate::postgres::server::Bin;
 use crate::postgres::step;
-use crate::render::pooler::{self as render, Files, Target};
+use crate::render::pooler::{self as render, Files, ServerTls, Target};
 
 /// Where Debian installs it, when it is not on PATH.
 const DEBIAN_BINARY: &str = "/usr/sbin/pgbouncer";
@@ -77,6 +78,8 @@ pub struct Supervised {
     auth_at: Instant,
     /// After a switchover: the member its clients go to, and whether they are still paused.
     following: Option<(Address, bool)>,
+    /// The question to the new primary in flight.
+    asking: Option<Asking>,
 }
 
 impl Supervised {
@@ -94,6 +97,7 @@ impl Supervised {
             auth_ready: false,
             auth_at: Instant::now(),
             following: None,
+            asking: None,
         })
     }
 
@@ -114,10 +118,21 @@ impl Supervised {
             auth: &paths.auth,
             socket_dir,
             tls: (self.config.tls.mode != crate::config::TlsMode::Off).then_some((&tls.cert, &tls.key)),
+            server_tls: match &self.following {
+                // As this member's own connections to the others (REPLICATION_SSLMODE).
+                Some(_) => ServerTls {
+                    sslmode: &self.config.tls.replication_sslmode,
+                    ca: self.config.tls.ca.is_some().then_some(tls.ca.as_path()),
+                },
+                None if self.config.tls.mode == crate::config::TlsMode::Required => {
+                    ServerTls { sslmode: "require", ca: None }
+                }
+                None => ServerTls { sslmode: "disable", ca: None },
+            },
         };
         let target = match &self.following {
             Some((address, _)) => Target::Member(address),
-            None => Target::Local { socket_dir, port },
+            None => Target::Local { port },
         };
         let ini = render::ini(&self.settings, &target, &files, self.config.tls.mode);
         let hba = render::hba(&self.settings, self.config.tls.mode);
@@ -156,10 +171,25 @@ impl Supervised {
             self.console("RESUME").ok();
         }
         if let Some((address, true)) = self.following.clone() {
-            if self.writable(&address) && self.console("RESUME").is_ok() {
-                tracing::info!("PgBouncer: {address} accepts writes; clients resumed there");
-                self.following = Some((address, false));
-            }
+            self.resume_once_writable(sup, address);
+        }
+    }
+
+    /// Asks `address` who it is (a child collected on a later turn) and resumes the paused
+    /// clients once it answers as a writable primary.
+    fn resume_once_writable(&mut self, sup: &mut Supervisor, address: Address) {
+        let Some(asking) = self.asking.as_mut() else {
+            let Some(replication) = self.config.replication() else { return };
+            let connector = Connector::questions(&self.config, &self.bin, &replication.user);
+            self.asking = Some(Asking::start(sup, &connector, std::slice::from_ref(&address)));
+            return;
+        };
+        let Some(answers) = asking.collect(sup) else { return };
+        self.asking = None;
+        let writable = answers.iter().any(|(_, answer)| matches!(answer, Answer::Identity(i) if !i.standby));
+        if writable && self.console("RESUME").is_ok() {
+            tracing::info!("PgBouncer: {address} accepts writes; clients resumed there");
+            self.following = Some((address, false));
         }
     }
 
@@ -207,6 +237,7 @@ impl Supervised {
             .arg(socket_dir)
             .args(["-p", &self.settings.port.to_string(), "-U", render::CONSOLE_USER, "-d", "pgbouncer", "-c", command])
             .stdin(Stdio::null());
+        crate::pid1::supervise::clean_signals_on_exec(&mut psql);
         let out = psql.output().map_err(|e| format!("cannot run psql: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -286,6 +317,7 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        crate::pid1::supervise::clean_signals_on_exec(&mut psql);
         let Ok(mut child) = psql.spawn() else { return };
         let started = Instant::now();
         while started.elapsed() < PAUSE_WAIT {
@@ -313,18 +345,6 @@ impl Supervised {
                 self.reload("the switchover failed: its clients stay here");
                 self.console("RESUME").ok();
             }
-        }
-    }
-
-    fn writable(&self, address: &Address) -> bool {
-        let Some(replication) = self.config.replication() else { return false };
-        let mut cmd = Connector::questions(&self.config, &self.bin, &replication.user).ask(address, None);
-        match cmd.output() {
-            Ok(out) => matches!(
-                member::parse(out.status.code().unwrap_or(1), &String::from_utf8_lossy(&out.stdout), &String::from_utf8_lossy(&out.stderr)),
-                Answer::Identity(i) if !i.standby
-            ),
-            Err(_) => false,
         }
     }
 

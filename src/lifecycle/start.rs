@@ -204,29 +204,33 @@ fn start(sup: &mut Supervisor, postgres_args: &[String], goal: Goal) -> Result<i
     // PgBouncer lives across a switchover's restart of postgres.
     let mut pooler = pooler::Supervised::new(&plan.config, &plan.bin, sup);
     let mut ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), upgraded, waiter, pooler.as_mut());
-    loop {
-        match ended {
-            Ended::Exit(code) => {
-                if let Some(pooler) = pooler.as_mut() {
-                    pooler.stop(sup);
-                }
-                return Ok(code);
-            }
-            // A primary that handed its role over (or failed to): again, in the role recorded.
-            Ended::RoleChanged { handed_to } => {
-                plan.config.role = configured.clone();
-                handover::apply_record(&mut plan.config)?;
-                plan.settings = render::settings(&plan.config);
-                let ctx = plan.context(postgres_args);
-                let waiter = bring_data_dir_to_role(&ctx, sup, endpoint.as_ref())?;
-                if let Some(pooler) = pooler.as_mut() {
-                    pooler.set_config(&plan.config);
-                    pooler.follow(handed_to);
-                }
-                ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), false, waiter, pooler.as_mut());
-            }
+    // A primary that handed its role over (or failed to): again, in the role recorded.
+    let code = loop {
+        let handed_to = match ended {
+            Ended::Exit(code) => break Ok(code),
+            Ended::RoleChanged { handed_to } => handed_to,
+        };
+        plan.config.role = configured.clone();
+        if let Err(e) = handover::apply_record(&mut plan.config) {
+            break Err(Failure::from(e));
         }
+        plan.settings = render::settings(&plan.config);
+        let ctx = plan.context(postgres_args);
+        let waiter = match bring_data_dir_to_role(&ctx, sup, endpoint.as_ref()) {
+            Ok(waiter) => waiter,
+            Err(e) => break Err(Failure::from(e)),
+        };
+        if let Some(pooler) = pooler.as_mut() {
+            pooler.set_config(&plan.config);
+            pooler.follow(handed_to);
+        }
+        ended = supervise_postgres(&ctx, sup, endpoint.as_ref(), false, waiter, pooler.as_mut());
+    };
+    // PgBouncer goes after postgres, however the supervision ended.
+    if let Some(pooler) = pooler.as_mut() {
+        pooler.stop(sup);
     }
+    code
 }
 
 /// Why the start gave up: the message to log and the code to exit with.

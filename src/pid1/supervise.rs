@@ -221,11 +221,12 @@ impl Supervisor {
         self.before_reload = Some(before);
     }
 
-    /// True once a child had to be stopped with the escalation signal (docs/variables.md, "Exit codes").
+    /// How many reloads (SIGHUP) were passed on so far.
     pub fn reloads(&self) -> u64 {
         self.reloads
     }
 
+    /// True once a child had to be stopped with the escalation signal (docs/variables.md, "Exit codes").
     pub fn escalated(&self) -> bool {
         self.escalated
     }

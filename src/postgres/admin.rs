@@ -46,7 +46,7 @@ impl Admin {
         let (dir, port) = config.layout.server();
         let passfile = match password {
             Some(password) => {
-                let path = config.layout.admin_passfile();
+                let path = config.layout.admin_passfile(std::process::id());
                 datadir::write_atomic(&path, render::pgpass(&config.superuser, password.expose()).as_bytes(), 0o600)?;
                 Some(path)
             }

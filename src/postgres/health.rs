@@ -57,8 +57,8 @@ impl Expected {
     pub fn now(native: bool, replica: bool, pgdata: &Path) -> Expected {
         use crate::pgdata::role_record::{self, Recorded};
         let promoted = || pgdata.join(crate::config::layout::PROMOTED_MARKER).exists();
-        // A switchover's record outranks the environment, as at the start.
-        let replica = match role_record::read(pgdata) {
+        // A switchover's decision outranks the environment, as at the start.
+        let replica = match role_record::decision(pgdata) {
             Ok(Some(Recorded::Primary)) => false,
             Ok(Some(Recorded::ReplicaOf(_))) => true,
             _ => replica,

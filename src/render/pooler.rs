@@ -6,12 +6,20 @@ use std::path::Path;
 use crate::config::pooler::{Pooler, AUTH_USER};
 use crate::config::{Address, TlsMode};
 
-/// Where PgBouncer sends its clients' queries.
+/// Where PgBouncer sends its clients' queries: always over TCP with each client's own
+/// credentials (PgBouncer passes SCRAM through), so that the server checks every login
+/// against its own pg_hba.conf and hashes (its Unix socket trusts everyone).
 pub enum Target<'a> {
-    /// This member's server, over its Unix socket.
-    Local { socket_dir: &'a Path, port: u16 },
+    /// This member's server, on the loopback address.
+    Local { port: u16 },
     /// Another member (after a switchover handed this one's role to it).
     Member(&'a Address),
+}
+
+/// How PgBouncer's connections to the server use TLS: `sslmode` (libpq's names) and the CA.
+pub struct ServerTls<'a> {
+    pub sslmode: &'a str,
+    pub ca: Option<&'a Path>,
 }
 
 /// What else the ini file names.
@@ -22,6 +30,7 @@ pub struct Files<'a> {
     pub socket_dir: &'a Path,
     /// The server certificate and key (our copies), when TLS is on.
     pub tls: Option<(&'a Path, &'a Path)>,
+    pub server_tls: ServerTls<'a>,
 }
 
 /// The admin console's user for the entrypoint, on the socket only. No PostgreSQL role can
@@ -31,7 +40,7 @@ pub const CONSOLE_USER: &str = "pg_entrypoint";
 /// `pgbouncer.ini`.
 pub fn ini(pooler: &Pooler, target: &Target, files: &Files, tls: TlsMode) -> String {
     let database = match target {
-        Target::Local { socket_dir, port } => format!("host={} port={port}", socket_dir.display()),
+        Target::Local { port } => format!("host=127.0.0.1 port={port}"),
         Target::Member(address) => format!("host={} port={}", address.host, address.port),
     };
     let mut admins = vec![CONSOLE_USER.to_string()];
@@ -60,6 +69,10 @@ pub fn ini(pooler: &Pooler, target: &Target, files: &Files, tls: TlsMode) -> Str
     // A server that is back (after a switchover, a restart) is tried again within a second,
     // not PgBouncer's default 15; drivers' startup parameters it does not know are ignored.
     out.push_str("server_login_retry = 1\nignore_startup_parameters = extra_float_digits,options\n");
+    out.push_str(&format!("server_tls_sslmode = {}\n", files.server_tls.sslmode));
+    if let Some(ca) = files.server_tls.ca {
+        out.push_str(&format!("server_tls_ca_file = {}\n", ca.display()));
+    }
     if let (Some((cert, key)), true) = (files.tls, tls != TlsMode::Off) {
         let mode = if tls == TlsMode::Required { "require" } else { "allow" };
         out.push_str(&format!(
@@ -116,11 +129,14 @@ END $pgep$;\n"
 }
 
 /// In each database (PgBouncer 1.18 runs `auth_query` in the client's database): the one
-/// function that role may call, returning one login role's hash.
+/// function that role may call, returning one login role's hash (none once it expired). A
+/// function forged in a database of someone else's gains nothing: the server checks each
+/// login again ([`Target`]).
 pub const AUTH_FUNCTION_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgbouncer;
 CREATE OR REPLACE FUNCTION pgbouncer.get_auth(p_usename text) RETURNS TABLE (usename name, passwd text)
   LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
-  AS $pgep$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = p_usename $pgep$;
+  AS $pgep$ SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END
+            FROM pg_catalog.pg_authid WHERE rolname = p_usename AND rolcanlogin $pgep$;
 REVOKE ALL ON FUNCTION pgbouncer.get_auth(text) FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgbouncer TO pgbouncer;
 GRANT EXECUTE ON FUNCTION pgbouncer.get_auth(text) TO pgbouncer;";
@@ -150,10 +166,11 @@ mod tests {
             auth: Path::new("/run/pg/auth"),
             socket_dir: Path::new("/run/pg"),
             tls: None,
+            server_tls: ServerTls { sslmode: "verify-full", ca: Some(Path::new("/run/pg/ca.crt")) },
         };
-        let local =
-            ini(&pooler(), &Target::Local { socket_dir: Path::new("/run/pg"), port: 5432 }, &files, TlsMode::Off);
-        assert!(local.contains("* = host=/run/pg port=5432\n"), "{local}");
+        let local = ini(&pooler(), &Target::Local { port: 5432 }, &files, TlsMode::Off);
+        assert!(local.contains("* = host=127.0.0.1 port=5432\n"), "{local}");
+        assert!(local.contains("server_tls_sslmode = verify-full\nserver_tls_ca_file = /run/pg/ca.crt\n"), "{local}");
         assert!(
             local.contains("admin_users = pg_entrypoint,ops\n") && local.contains("pool_mode = transaction\n"),
             "{local}"

@@ -131,6 +131,9 @@ fn restore_into_staging(ctx: &Context, sup: &mut Supervisor, restore: &Restore) 
     server.stop(sup)?;
     files::drop_run_time_settings(&staging.cluster, &RECOVERY_SETTINGS)
         .map_err(DataDirError::io(pgdata, "cannot remove the restore's recovery settings"))?;
+    // A switchover record in the backup said its source's role, not this cluster's.
+    crate::pgdata::role_record::remove(&staging.cluster)
+        .map_err(DataDirError::io(pgdata, "cannot remove the restored switchover record"))?;
     if let Some(made) = super::restored_with(config) {
         fs::write(staging.cluster.join(crate::config::layout::RESTORED_MARKER), made)
             .map_err(DataDirError::io(pgdata, "cannot mark the cluster restored"))?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::{Address, Config, Inputs, ProcessInputs, Replica, Replication, Role};
 use crate::pgdata::datadir;
-use crate::pgdata::role_record::{self, Recorded};
+use crate::pgdata::role_record::{self, Record, Recorded};
 use crate::postgres::step::StepError;
 
 /// How an old primary waits for its new primary at a start (as PRIMARY_WAIT_TIMEOUT's default).
@@ -34,7 +34,7 @@ pub fn role_for_start(role: &Role, record: &Recorded, name: &str) -> Option<Role
         (Role::Replica(replica), Recorded::Primary) => {
             Some(Role::Primary(Replication { peers: replica.members(), ..replica.replication.clone() }))
         }
-        // Auto decides from the data, which the switchover changed; no role to record else.
+        // Resolved before the record is read; no role to record else.
         (Role::Auto(_) | Role::Standalone | Role::Patroni(_), _) => None,
     }
 }
@@ -51,13 +51,24 @@ fn follow(replication: &Replication, at: &Address, name: &str) -> Replica {
     }
 }
 
-/// At start, after `auto` was resolved: the role a switchover recorded replaces the
-/// environment's, and a record the environment now agrees with is removed.
+/// At start: the role a switchover decided replaces the environment's (with
+/// `REPLICATION_ROLE=auto` too, after the data decided it), and a decision the environment
+/// now agrees with is removed, as is a request nobody acted on.
 pub fn apply_record(config: &mut Config) -> Result<(), StepError> {
     let pgdata = config.pgdata.clone();
-    let Some(record) = role_record::read(&pgdata).map_err(StepError::Fenced)? else { return Ok(()) };
+    let remove = |what: &str| {
+        role_record::remove(&pgdata).map_err(datadir::DataDirError::io(&pgdata, format!("cannot remove {what}")))
+    };
+    let recorded = match role_record::read(&pgdata).map_err(StepError::Fenced)? {
+        None => return Ok(()),
+        Some(Record::Request { to, .. }) => {
+            tracing::warn!("removing a switchover's request to hand over to {to} that this node never acted on");
+            return Ok(remove("a stale switchover request")?);
+        }
+        Some(Record::Decision(recorded)) => recorded,
+    };
     let name = ProcessInputs.var("REPLICA_NAME").filter(|n| !n.is_empty()).unwrap_or_else(|| ProcessInputs.hostname());
-    match role_for_start(&config.role, &record, &name) {
+    match role_for_start(&config.role, &recorded, &name) {
         Some(role) => {
             let following = match &role {
                 Role::Replica(r) => format!(" of {}", r.primary()),
@@ -74,10 +85,9 @@ pub fn apply_record(config: &mut Config) -> Result<(), StepError> {
         None => {
             tracing::info!(
                 "the environment now gives the role a switchover recorded ({}); record removed",
-                record.line()
+                recorded.line()
             );
-            role_record::remove(&pgdata)
-                .map_err(datadir::DataDirError::io(&pgdata, "cannot remove the switchover's role record"))?;
+            remove("the switchover's role record")?;
         }
     }
     Ok(())
@@ -90,19 +100,30 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The member to hand over to, when a record asks for one that this node counts among
-    /// its members (anything else is reported once and ignored).
+    /// The member to hand over to, when a request that has not expired asks for one that this
+    /// node counts among its members. The request becomes the decision first (atomically), so
+    /// that it is acted on once; anything else is withdrawn and reported.
     pub fn requested(&mut self, config: &Config) -> Option<Address> {
         // Only a primary hands over (a replica's record says whom it follows).
         if config.pgdata.join("standby.signal").exists() {
             return None;
         }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let problem = match role_record::read(&config.pgdata) {
-            Ok(Some(Recorded::ReplicaOf(at))) if config.other_members().contains(&at) => return Some(at),
-            Ok(Some(Recorded::ReplicaOf(at))) => {
+            Ok(Some(Record::Request { to, until })) if until < now => {
+                role_record::remove(&config.pgdata).ok();
+                format!("a switchover's request to hand over to {to}: it expired before this node saw it")
+            }
+            Ok(Some(Record::Request { to, .. })) if config.other_members().contains(&to) => {
+                match role_record::write(&config.pgdata, &Recorded::ReplicaOf(to.clone())) {
+                    Ok(()) => return Some(to),
+                    Err(e) => format!("a switchover to {to}: cannot record it ({e})"),
+                }
+            }
+            Ok(Some(Record::Request { to, .. })) => {
                 // Withdrawn, so that the switchover sees the refusal and says so.
                 role_record::remove(&config.pgdata).ok();
-                format!("a switchover to {at}, which is not among this node's members (REPLICATION_PEERS)")
+                format!("a switchover to {to}, which is not among this node's members (REPLICATION_PEERS)")
             }
             Ok(_) => return None,
             Err(why) => why,
@@ -117,18 +138,19 @@ impl Watch {
 
 /// After the fast shutdown that hands over to `to`: the stopped primary becomes a standby
 /// (the next start follows `to`, as recorded). `Err(why)` when postgres did not stop with a
-/// shutdown checkpoint: the record is removed and this node starts again as the primary.
+/// shutdown checkpoint: the record says primary again, and this node starts as the primary.
 pub fn become_standby(pgdata: &std::path::Path, code: i32, to: &Address) -> Result<(), String> {
     let why = if code != 0 {
         format!("postgres exited with {code} instead of shutting down cleanly")
     } else if !datadir::shut_down_cleanly(pgdata) {
         "pg_control does not say \"shut down\"".to_string()
     } else {
-        return std::fs::write(pgdata.join("standby.signal"), b"")
+        return datadir::write_atomic(&pgdata.join("standby.signal"), b"", 0o600)
             .map_err(|e| format!("cannot write standby.signal: {e}"))
             .inspect(|()| tracing::info!("the old primary is shut down; starting as a standby of {to}"));
     };
-    role_record::remove(pgdata).map_err(|e| format!("{why}, and the role record cannot be removed: {e}"))?;
+    role_record::write(pgdata, &Recorded::Primary)
+        .map_err(|e| format!("{why}, and the role record cannot say primary again: {e}"))?;
     Err(format!("the hand-over to {to} failed ({why}); starting again as the primary"))
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::config::layout::{PROMOTED_MARKER, ROLE_RECORD};
 use crate::config::{Config, ProcessInputs, Role};
 use crate::lifecycle::native::fence::{self, Me};
-use crate::pgdata::datadir::{self, DataDirError};
+use crate::pgdata::datadir::DataDirError;
 use crate::pgdata::files;
 use crate::pgdata::role_record::{self, Recorded};
 use crate::pid1::supervise::{Kind, Supervisor};
@@ -113,9 +113,8 @@ pub fn promote_running(force: bool) -> Result<(i32, bool), String> {
     // A switchover's record that this node follows another would otherwise hand the role
     // straight back: it says primary from now on.
     if role_record::read(&local.pgdata).is_ok_and(|r| r.is_some()) {
-        let path = local.path(ROLE_RECORD);
-        datadir::write_atomic(&path, format!("{}\n", Recorded::Primary.line()).as_bytes(), 0o600)
-            .map_err(|e| format!("cannot write {path:?}: {e}"))?;
+        role_record::write(&local.pgdata, &Recorded::Primary)
+            .map_err(|e| format!("cannot write {:?}: {e}", local.path(ROLE_RECORD)))?;
     }
     let promoted =
         client.query_one("SELECT pg_promote(true, 60)", &[]).map_err(|e| describe(&e)).map(|r| r.get::<_, bool>(0));

@@ -15,6 +15,7 @@ use crate::config::layout::{PROMOTED_MARKER, RESTORED_MARKER};
 use crate::config::{slot_name, Replica};
 use crate::pgdata::datadir::{self, DataDirError};
 use crate::pgdata::files;
+use crate::pgdata::role_record;
 use crate::pid1::supervise::{Kind, Supervisor};
 use crate::postgres::member::{self, Answer, Connector, Identity, Slot};
 use crate::postgres::step::{self, Context, StepError};
@@ -150,6 +151,9 @@ pub fn clone(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<(
     let cloned = clone_into(ctx, sup, replica, &staging, &passfile, failures, &last_reason);
     match cloned {
         Ok(()) => {
+            // The source's switchover record says its role, not this copy's.
+            role_record::remove(&staging.cluster)
+                .map_err(DataDirError::io(&ctx.config.pgdata, "cannot remove the copied switchover record"))?;
             make_standby(ctx, &staging.cluster)?;
             datadir::install_staging(pgdata, staging, false)?;
             Ok(())
@@ -352,8 +356,10 @@ pub fn rejoin(ctx: &Context, sup: &mut Supervisor, replica: &Replica) -> Result<
     checkpoint_source(ctx, sup, &source)?;
     let mut cmd: Command = step::tool(ctx.bin, "pg_rewind");
     cmd.arg("--target-pgdata").arg(pgdata).arg("--source-server").arg(source).arg("--progress");
-    // pg_rewind copies the primary's files, ours included; `converge` writes ours again.
-    step::run(sup, "pg_rewind (rejoining as a replica)", &mut cmd, Kind::Tool)
+    // pg_rewind copies the primary's files, ours included; `converge` writes ours again, and
+    // this node's switchover record is put back as it was.
+    role_record::keep_across(pgdata, || step::run(sup, "pg_rewind (rejoining as a replica)", &mut cmd, Kind::Tool))
+        .map_err(DataDirError::io(pgdata, "cannot put back the switchover record after pg_rewind"))?
 }
 
 /// PostgreSQL 15's pg_rewind takes the source's timeline from its control file, which a

@@ -36,7 +36,14 @@ const UNSETTLED: Duration = Duration::from_secs(3);
 enum Question {
     WhoAreYou,
     CreateSlot,
+    /// Our slot on a primary we no longer follow: left there, it would hold up to
+    /// max_slot_wal_keep_size of WAL on that member (a standby now, after a switchover).
+    DropSlotOn(Address),
 }
+
+/// How many times a stale slot is asked to go (it stays active until the old primary notices
+/// we left) before it is left to max_slot_wal_keep_size.
+const DROP_ATTEMPTS: u32 = 10;
 
 struct Running {
     pid: Pid,
@@ -54,6 +61,10 @@ pub struct SlotKeeper {
     config: Config,
     postgres: Pid,
     running: Option<Running>,
+    /// The member we followed before, our slot still there, and attempts left to drop it
+    /// (once our slot is in place on the primary we follow now).
+    stale: Option<(Address, u32)>,
+    slot_in_place: bool,
     /// Asking the other members for the primary, and whether ours answered as a standby.
     members: Option<(Asking, bool)>,
     next: Instant,
@@ -71,6 +82,8 @@ impl SlotKeeper {
             config: ctx.config.clone(),
             postgres,
             running: None,
+            stale: None,
+            slot_in_place: false,
             members: None,
             next: Instant::now() + UNSETTLED,
             reported: String::new(),
@@ -100,7 +113,10 @@ impl SlotKeeper {
             }
         }
         if self.running.is_none() && Instant::now() >= self.next && self.still_a_standby() {
-            self.ask(sup, Question::WhoAreYou);
+            match self.stale.clone() {
+                Some((old, _)) if self.slot_in_place => self.ask(sup, Question::DropSlotOn(old)),
+                _ => self.ask(sup, Question::WhoAreYou),
+            }
         }
     }
 
@@ -114,9 +130,12 @@ impl SlotKeeper {
     }
 
     fn ask(&mut self, sup: &mut Supervisor, question: Question) {
-        let mut cmd: Command = match question {
+        let mut cmd: Command = match &question {
             Question::WhoAreYou => self.connector.ask(&self.primary, Some(&self.slot)),
             Question::CreateSlot => self.connector.replication_psql(&self.primary, &[member::create_slot(&self.slot)]),
+            Question::DropSlotOn(old) => self
+                .connector
+                .replication_psql(old, &[format!("DROP_REPLICATION_SLOT {}", render::quote_identifier(&self.slot))]),
         };
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         match sup.spawn(&mut cmd) {
@@ -136,6 +155,22 @@ impl SlotKeeper {
         let stdout = running.stdout.join().unwrap_or_default();
         let stderr = running.stderr.join().unwrap_or_default();
         self.next = Instant::now() + UNSETTLED;
+        if let Question::DropSlotOn(old) = &running.question {
+            let gone = code == 0 || stderr.contains("does not exist");
+            match self.stale.take() {
+                _ if gone => {
+                    tracing::info!(slot = %self.slot, "dropped our replication slot on {old}, which we no longer follow")
+                }
+                Some((old, left)) if left > 1 => self.stale = Some((old, left - 1)),
+                _ => tracing::info!(
+                    slot = %self.slot,
+                    "left our replication slot on {old} ({}): it holds WAL there up to max_slot_wal_keep_size until \
+                     dropped (pg_drop_replication_slot)",
+                    stderr.trim()
+                ),
+            }
+            return;
+        }
         if let Question::CreateSlot = running.question {
             if code == 0 && stderr.trim().is_empty() {
                 self.report(true, format!("created the missing replication slot {:?} on {}", self.slot, self.primary));
@@ -178,7 +213,8 @@ impl SlotKeeper {
                     ),
                     _ => {
                         self.report(true, format!("replication slot {:?} present on {}", self.slot, self.primary));
-                        self.next = Instant::now() + self.settled();
+                        self.slot_in_place = true;
+                        self.next = if self.stale.is_some() { Instant::now() } else { Instant::now() + self.settled() };
                     }
                 },
             },
@@ -249,7 +285,8 @@ impl SlotKeeper {
                     self.primary,
                     if same_timeline_too { "is a standby now" } else { "does not answer" }
                 );
-                self.primary = address;
+                self.stale = Some((std::mem::replace(&mut self.primary, address), DROP_ATTEMPTS));
+                self.slot_in_place = false;
                 self.reported.clear();
                 self.next = Instant::now();
             }

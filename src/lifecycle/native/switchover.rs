@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::layout::ROLE_RECORD;
 use crate::config::{parse_address, Address, Config, Inputs, ProcessInputs};
-use crate::pgdata::role_record::Recorded;
+use crate::pgdata::role_record::{self, Record, Recorded};
 use crate::postgres::admin::{Admin, At};
 use crate::postgres::member::Lsn;
 use crate::render;
@@ -93,7 +93,7 @@ pub fn choose<'a>(
             return Err(format!("more than one member is a writable primary ({}); settle that first", describe(states)))
         }
     };
-    if primary_state.record.starts_with("replica") {
+    if matches!(role_record::parse(&primary_state.record), Ok(Record::Request { .. })) {
         return Err(format!(
             "{} is already handing over ({ROLE_RECORD} says {:?})",
             primary.address, primary_state.record
@@ -115,7 +115,9 @@ pub fn choose<'a>(
         if lag(state) > MAX_LAG {
             return Err(format!("it lags {} bytes behind (at most {MAX_LAG})", lag(state)));
         }
-        let _ = member;
+        if !member.address.host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c)) {
+            return Err("its address has characters a host name or address does not".into());
+        }
         Ok(lag(state))
     };
     match to {
@@ -161,8 +163,8 @@ fn members(config: &Config) -> Vec<Member> {
 }
 
 /// `--to`: a member by its address as configured (`host` or `host:port`), or by host alone
-/// when that is unambiguous; this node by its host name or a loopback address.
-pub fn find_member(members: &[Member], to: &str, port: u16) -> Result<Member, String> {
+/// when that is unambiguous (this node by its host name).
+pub fn find_member(members: &[Member], to: &str) -> Result<Member, String> {
     let not_an_address = || format!("--to {to:?} is not an address; accepted: host or host:port");
     // Port 0 stands for "none given": then the host alone may name a member.
     let given = parse_address(to, 0).ok_or_else(not_an_address)?;
@@ -173,7 +175,6 @@ pub fn find_member(members: &[Member], to: &str, port: u16) -> Result<Member, St
     }
     match by_host.as_slice() {
         [one] if given.port == 0 => Ok((*one).clone()),
-        _ if wanted.is_self(port, &ProcessInputs.hostname()) => Ok(Member { at: At::Here, address: wanted }),
         _ => Err(format!(
             "--to {to:?} is not a member; accepted: {}",
             members.iter().map(|m| m.address.to_string()).collect::<Vec<_>>().join(", ")
@@ -193,12 +194,17 @@ pub fn run(config: &Config, admin: &Admin, to: Option<&str>) -> Result<Done, Str
     if config.replication().is_none_or(|r| r.peers.is_empty()) {
         return Err("a switchover needs HA_MODE=native and REPLICATION_PEERS (the members to hand over among)".into());
     }
-    let (_, port) = config.layout.server();
     let members = members(config);
-    let named = to.map(|to| find_member(&members, to, port)).transpose()?;
+    let named = to.map(|to| find_member(&members, to)).transpose()?;
     let states: Vec<(Member, Result<State, String>)> = members.iter().map(|m| (m.clone(), ask(admin, &m.at))).collect();
     let (primary, candidate) = choose(&states, named.as_ref())?;
     println!("switchover: from {} to {} ({})", primary.address, candidate.address, describe(&states));
+    // The candidate's slot on the primary, stale once it leads (dropped at the end).
+    let slot = admin
+        .query(&candidate.at, "SELECT current_setting('primary_slot_name')")
+        .ok()
+        .and_then(|rows| rows.first()?.first().cloned())
+        .filter(|s| !s.is_empty());
     // A checkpoint now leaves the shutdown checkpoint little to write while writes wait.
     admin.query(&primary.at, "CHECKPOINT").map_err(|e| format!("CHECKPOINT on {}: {e}", primary.address))?;
     request_handover(admin, primary, candidate)?;
@@ -209,56 +215,88 @@ pub fn run(config: &Config, admin: &Admin, to: Option<&str>) -> Result<Done, Str
             Ok(Done { from: primary.address.clone(), to: candidate.address.clone(), writes_stopped: stopped.elapsed() })
         }
         Err(Failed::Before(why)) => Err(why),
-        Err(Failed::After(why)) => Err(match restore_primary(admin, primary) {
+        Err(Failed::Unsettled(why)) => Err(format!(
+            "{why}. Nothing more is done automatically: see `pg-entrypoint status` on each member, and once no member \
+             is writable, `pg-entrypoint promote` on the most advanced one"
+        )),
+        Err(Failed::After(why)) => Err(match restore_primary(admin, primary, &members) {
             Ok(()) => format!("{why}; {} is the primary again, writable (on a new timeline)", primary.address),
             Err(e) => format!(
-                "{why}; and {} could not be made the primary again: {e}. Promote the most advanced member \
+                "{why}; and {} was not made the primary again: {e}. Promote the most advanced member \
                  (`pg-entrypoint promote` there)",
                 primary.address
             ),
         }),
     }?;
     wait_following(admin, primary, candidate)?;
+    if let Some(slot) = slot {
+        drop_stale_slot(admin, primary, &slot);
+    }
     Ok(result)
+}
+
+/// The new primary's slot on the old one would hold up to max_slot_wal_keep_size of WAL there.
+fn drop_stale_slot(admin: &Admin, old: &Member, slot: &str) {
+    let sql = format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {} AND NOT active",
+        render::quote_literal(slot)
+    );
+    if let Err(e) = admin.query(&old.at, &sql) {
+        println!("switchover: warning: the slot {slot:?} on {} is left ({e}); drop it there", old.address);
+    }
 }
 
 fn ask(admin: &Admin, at: &At) -> Result<State, String> {
     parse_state(&admin.query(at, STATE_SQL)?).ok_or_else(|| "an unreadable answer".to_string())
 }
 
-/// Writes the record that asks the primary to follow `candidate`, unless one is there already
-/// (another switchover; serialised by an advisory lock). The supervisor acts within a second.
+/// How long the primary's supervisor may take to see the request (it looks every second); a
+/// request older than that is ignored and removed, never acted on late.
+const REQUEST_VALID_S: u64 = 30;
+
+/// Writes the request that asks the primary to hand over to `candidate`, valid for
+/// [`REQUEST_VALID_S`] by the primary's own clock, unless another switchover's request is
+/// there (serialised by an advisory lock).
 fn request_handover(admin: &Admin, primary: &Member, candidate: &Member) -> Result<(), String> {
-    let sql = record_sql(&Recorded::ReplicaOf(candidate.address.clone()), true);
-    admin.query(&primary.at, &sql).map(|_| ()).map_err(|e| format!("cannot ask {} to hand over: {e}", primary.address))
+    let line = format!(
+        "{} || ' until ' || (extract(epoch FROM now())::bigint + {REQUEST_VALID_S})",
+        render::quote_literal(&Recorded::ReplicaOf(candidate.address.clone()).line())
+    );
+    let check = "PERFORM pg_advisory_xact_lock(7436201);
+           IF split_part(coalesce(pg_read_file(file, 0, 200, true), ''), E'\\n', 1) LIKE 'replica % until %' THEN
+             RAISE EXCEPTION 'a switchover is already under way';
+           END IF;";
+    admin
+        .query(&primary.at, &record_sql(&line, check))
+        .map(|_| ())
+        .map_err(|e| format!("cannot ask {} to hand over: {e}", primary.address))
 }
 
-/// SQL that writes `record` into the member's PGDATA (COPY wants an absolute path), and with
-/// `exclusive` refuses while another switchover's record asks it to follow someone.
-fn record_sql(record: &Recorded, exclusive: bool) -> String {
-    let check = if exclusive {
-        "PERFORM pg_advisory_xact_lock(7436201);
-         IF split_part(coalesce(pg_read_file(file, 0, 200, true), ''), E'\\n', 1) LIKE 'replica%' THEN
-           RAISE EXCEPTION 'a switchover is already under way';
-         END IF;"
-    } else {
-        ""
-    };
+/// SQL that runs `check`, then writes the value of the SQL expression `line` as the member's
+/// record (COPY wants an absolute path; the server writes it as itself, into its PGDATA).
+fn record_sql(line: &str, check: &str) -> String {
     format!(
         "DO $pgep$ DECLARE file text := {file}; BEGIN
            {check}
            EXECUTE format('COPY (SELECT %L) TO %L', {line}, current_setting('data_directory') || '/' || file);
          END $pgep$",
         file = render::quote_literal(ROLE_RECORD),
-        line = render::quote_literal(&record.line()),
     )
+}
+
+/// SQL that records the member it runs on as the primary.
+fn primary_record_sql() -> String {
+    record_sql(&render::quote_literal(&Recorded::Primary.line()), "")
 }
 
 enum Failed {
     /// Nothing changed: the primary is still the primary.
     Before(String),
-    /// The old primary is a standby now.
+    /// The old primary is a standby now, and the candidate was never asked to promote.
     After(String),
+    /// The candidate was asked to promote (or became writable otherwise) and is not confirmed:
+    /// promoting the old primary again could make two primaries.
+    Unsettled(String),
 }
 
 fn hand_over(admin: &Admin, primary: &Member, candidate: &Member) -> Result<(), Failed> {
@@ -267,7 +305,8 @@ fn hand_over(admin: &Admin, primary: &Member, candidate: &Member) -> Result<(), 
     let old = loop {
         match ask(admin, &primary.at) {
             Ok(state) if state.standby => break state,
-            Ok(state) if state.record.is_empty() || state.record == "primary" => {
+            // It gave up (its record says primary again), or refused (it withdrew the request).
+            Ok(state) if state.record.is_empty() || state.record == Recorded::Primary.line() => {
                 return Err(Failed::Before(format!(
                     "{} did not hand over and is still the primary; its log says why",
                     primary.address
@@ -294,7 +333,10 @@ fn hand_over(admin: &Admin, primary: &Member, candidate: &Member) -> Result<(), 
         match ask(admin, &candidate.at) {
             Ok(state) if state.standby && state.system_id == old.system_id && state.lsn > last => break,
             Ok(state) if !state.standby => {
-                return Err(Failed::After(format!("{} is no longer a standby", candidate.address)))
+                return Err(Failed::Unsettled(format!(
+                    "{} became writable before the old primary's last WAL was confirmed on it",
+                    candidate.address
+                )))
             }
             result if caught_up.elapsed() > CATCH_UP_WAIT => {
                 let why = result
@@ -308,22 +350,43 @@ fn hand_over(admin: &Admin, primary: &Member, candidate: &Member) -> Result<(), 
             _ => std::thread::sleep(POLL),
         }
     }
-    promote(admin, candidate).map_err(|e| Failed::After(format!("cannot promote {}: {e}", candidate.address)))
+    // Recorded first: a restart of the candidate with the environment saying replica keeps it
+    // primary. From the promotion request on, the only way is forward.
+    admin
+        .query(&candidate.at, &primary_record_sql())
+        .map_err(|e| Failed::Unsettled(format!("cannot record {} as the primary: {e}", candidate.address)))?;
+    promote(admin, candidate).map_err(|e| Failed::Unsettled(format!("{}: {e}", candidate.address)))
 }
 
-/// Recorded first: a restart of the candidate with the environment saying replica keeps it
-/// primary (the record goes if the promotion fails).
+/// Asks `member` to promote, and waits until it accepts writes.
 fn promote(admin: &Admin, member: &Member) -> Result<(), String> {
-    admin.query(&member.at, &record_sql(&Recorded::Primary, false))?;
-    match admin.query(&member.at, "SELECT pg_promote(true, 60)") {
-        Ok(rows) if rows.first().and_then(|r| r.first()).is_some_and(|v| v == "t") => Ok(()),
-        Ok(_) => Err("the promotion did not finish within 60 s".into()),
-        Err(e) => Err(e),
+    let asked = admin.query(&member.at, "SELECT pg_promote(true, 60)");
+    if asked.as_ref().is_ok_and(|rows| rows.first().and_then(|r| r.first()).is_some_and(|v| v == "t")) {
+        return Ok(());
     }
+    // Not confirmed (an error, a lost connection, 60 s): it may still finish.
+    let started = Instant::now();
+    while started.elapsed() < FOLLOW_WAIT {
+        if ask(admin, &member.at).is_ok_and(|state| !state.standby) {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+    Err(format!("the promotion was asked for and is not confirmed ({})", asked.err().unwrap_or_default()))
 }
 
-/// A failed hand-over: the old primary, a standby now, becomes the primary again.
-fn restore_primary(admin: &Admin, primary: &Member) -> Result<(), String> {
+/// A hand-over that failed before the candidate was asked to promote: the old primary, a
+/// standby now with every commit, becomes the primary again, unless a member is writable.
+fn restore_primary(admin: &Admin, primary: &Member, members: &[Member]) -> Result<(), String> {
+    let writable: Vec<String> = members
+        .iter()
+        .filter(|m| *m != primary && ask(admin, &m.at).is_ok_and(|s| !s.standby))
+        .map(|m| m.address.to_string())
+        .collect();
+    if !writable.is_empty() {
+        return Err(format!("{} accepts writes now", writable.join(", ")));
+    }
+    admin.query(&primary.at, &primary_record_sql())?;
     promote(admin, primary)
 }
 
@@ -399,7 +462,7 @@ mod tests {
         let two = vec![(member("p"), state(false, 1, "")), (member("r1"), state(false, 1, ""))];
         assert!(choose(&two, None).unwrap_err().starts_with("more than one member"));
         let mut busy = state(false, 1, "").unwrap();
-        busy.record = "replica r1:5432".into();
+        busy.record = "replica r1:5432 until 1765000000".into();
         let states = vec![(member("p"), Ok(busy)), (member("r1"), state(true, 1, "streaming"))];
         assert!(choose(&states, None).unwrap_err().contains("already handing over"));
     }
@@ -414,9 +477,9 @@ mod tests {
                 address: Address { host: "r2".into(), port: 6000 },
             },
         ];
-        assert_eq!(find_member(&members, "r1", 5432).unwrap(), member("r1"));
-        assert_eq!(find_member(&members, "r2", 5432).unwrap().address.port, 6000);
-        assert!(find_member(&members, "r2:7000", 5432).unwrap_err().contains("is not a member"));
-        assert!(find_member(&members, "a b", 5432).unwrap_err().contains("not an address"));
+        assert_eq!(find_member(&members, "r1").unwrap(), member("r1"));
+        assert_eq!(find_member(&members, "r2").unwrap().address.port, 6000);
+        assert!(find_member(&members, "r2:7000").unwrap_err().contains("is not a member"));
+        assert!(find_member(&members, "a b").unwrap_err().contains("not an address"));
     }
 }
