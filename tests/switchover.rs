@@ -133,6 +133,13 @@ fn a_switchover_under_load_loses_no_acknowledged_commit_and_the_roles_survive_re
     let (_, status) = p.tool(&["status"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["role_record"], format!("replica {}", address(&r1)), "{status}");
+    // A clone of the new primary is a replica: its copy of the record is dropped.
+    let mut clone = Node::new("so-load-clone");
+    clone.as_replica_of(&r1, "clone").start_with_timeout(CLONE_TIMEOUT);
+    assert!(r1.pgdata.join("pg-entrypoint.role").exists());
+    assert!(!clone.pgdata.join("pg-entrypoint.role").exists(), "the clone kept its source's record");
+    assert_eq!(clone.query_one("pg_is_in_recovery()"), "true");
+    assert_eq!(clone.stop(), 0);
 
     // And back: a switchover to the old primary, whose record then agrees with its variables.
     let (code, out) = r1.tool(&["switchover"]);
@@ -170,6 +177,12 @@ fn a_switchover_is_refused_when_it_cannot_keep_every_commit() {
     assert!(out.contains(&format!("cannot hand over to {}: it does not answer", address(&r2))), "{out}");
     assert_eq!(p.query_one("pg_is_in_recovery()"), "false", "the primary is untouched");
     r2.start();
+    // A request nobody acts on in time is never acted on later: the watch removes it.
+    let record = p.pgdata.join("pg-entrypoint.role");
+    std::fs::write(&record, format!("replica {} until 1\n", address(&r1))).unwrap();
+    eventually("the expired request is removed", Duration::from_secs(10), || !record.exists());
+    assert_eq!(p.query_one("pg_is_in_recovery()"), "false");
+    assert!(p.output().contains("it expired before this node saw it"), "{}", p.output());
 
     // Two at once: one hands over, the other is refused; one writable primary in the end.
     eventually("r1 has caught up", Duration::from_secs(30), || {
