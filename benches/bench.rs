@@ -942,21 +942,8 @@ fn print_and_write(rows: &[Row], binary: u64) {
 /// takes a write, the acknowledged commits that member lacks; the killed one rejoins before
 /// the next round. The baseline is Patroni's own bound: the leader key's TTL plus one loop.
 fn patroni_failover(rounds: usize) -> Vec<Row> {
-    use common::etcd::Etcd;
-    let etcd = Etcd::start();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| {
-            let mut node = Node::new(&format!("bench-patroni-{i}"));
-            node.as_patroni_member(&etcd, "bench", &format!("m{i}")).set("REPLICATION_SYNCHRONOUS_MODE", "on");
-            node.spawn(&[]);
-            node
-        })
-        .collect();
-    let leader = |nodes: &[Node]| (0..nodes.len()).find(|i| nodes[*i].patroni("/primary") == 200);
-    let settled = |nodes: &[Node]| {
-        leader(nodes).is_some() && (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count() == 2
-    };
-    wait_until(Duration::from_secs(180), || settled(&nodes));
+    let etcd = common::etcd::Etcd::start();
+    let mut nodes = patroni_cluster(&etcd, "bench", &[("REPLICATION_SYNCHRONOUS_MODE", "on")]);
     let old = leader(&nodes).unwrap();
     nodes[old].client().batch_execute("CREATE TABLE acks (n int PRIMARY KEY)").unwrap();
     let (mut times, mut acked, mut missing) = (Vec::new(), 0usize, 0usize);
@@ -1408,22 +1395,9 @@ fn switchovers(rounds: usize) -> Vec<Row> {
 /// in its default (asynchronous) mode: the write pauses a direct multi-host client saw, and
 /// acknowledged writes missing / written.
 fn patroni_switchovers(rounds: usize) -> (Vec<f64>, usize, usize) {
-    use common::etcd::Etcd;
     use common::writer::Writer;
-    let etcd = Etcd::start();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| {
-            let mut node = Node::new(&format!("bench-pso-{i}"));
-            node.as_patroni_member(&etcd, "benchso", &format!("m{i}"));
-            node.spawn(&[]);
-            node
-        })
-        .collect();
-    let leader = |nodes: &[Node]| (0..nodes.len()).find(|i| nodes[*i].patroni("/primary") == 200);
-    let settled = |nodes: &[Node]| {
-        leader(nodes).is_some() && (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count() == 2
-    };
-    wait_until(Duration::from_secs(180), || settled(&nodes));
+    let etcd = common::etcd::Etcd::start();
+    let mut nodes = patroni_cluster(&etcd, "benchso", &[]);
     let first = leader(&nodes).unwrap();
     nodes[first].client().batch_execute("CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
     let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
@@ -1453,6 +1427,34 @@ fn patroni_switchovers(rounds: usize) -> (Vec<f64>, usize, usize) {
         node.stop();
     }
     (gaps, missing, acked)
+}
+
+/// Three Patroni members on `etcd` (scope `scope`, with `env`), started and settled: a leader
+/// and two replicas.
+fn patroni_cluster(etcd: &common::etcd::Etcd, scope: &str, env: &[(&str, &str)]) -> Vec<Node> {
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let mut node = Node::new(&format!("{scope}-{i}"));
+            node.as_patroni_member(etcd, scope, &format!("m{i}"));
+            for (key, value) in env {
+                node.set(key, value);
+            }
+            node.spawn(&[]);
+            node
+        })
+        .collect();
+    wait_until(Duration::from_secs(180), || settled(&nodes));
+    nodes
+}
+
+/// The member that is the writable leader, if any.
+fn leader(nodes: &[Node]) -> Option<usize> {
+    (0..nodes.len()).find(|i| nodes[*i].patroni("/primary") == 200)
+}
+
+/// A leader and two streaming replicas.
+fn settled(nodes: &[Node]) -> bool {
+    leader(nodes).is_some() && (0..nodes.len()).filter(|i| nodes[*i].patroni("/replica") == 200).count() == 2
 }
 
 /// `wait_until`, saying what was waited for (and what `why` finds then) when it times out.

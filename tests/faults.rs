@@ -16,23 +16,6 @@ use nix::unistd::Pid;
 
 const CLONE_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `sql` on `node`, or "" while it cannot answer.
-fn try_query(node: &Node, sql: &str) -> String {
-    node.try_connect()
-        .ok()
-        .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .unwrap_or_default()
-}
-
 /// `host:port` of each node, for REPLICATION_PEERS.
 fn peers(nodes: &[&Node]) -> String {
     nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")

@@ -414,6 +414,24 @@ impl Drop for Node {
     }
 }
 
+/// Waits until `check` holds, up to `timeout`; fails naming `what`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `sql` on `node`, or "" while it cannot answer.
+pub fn try_query(node: &Node, sql: &str) -> String {
+    node.try_connect()
+        .ok()
+        .and_then(|mut c| c.query_one(&format!("SELECT ({sql})::text"), &[]).ok())
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .unwrap_or_default()
+}
+
 pub fn libc_sigterm() -> i32 {
     nix::sys::signal::Signal::SIGTERM as i32
 }
