@@ -258,3 +258,14 @@ fn clients_of_pgbouncer_wait_through_a_switchover_instead_of_failing() {
     assert!(p.output().contains("PgBouncer stopped"), "{}", p.output());
     assert_eq!(r1.stop(), 0);
 }
+
+#[test]
+fn an_unreadable_switchover_record_stops_the_start_with_75() {
+    let mut node = Node::new("so-record");
+    node.as_primary().start();
+    assert_eq!(node.stop(), 0);
+    std::fs::write(node.pgdata.join("pg-entrypoint.role"), "standby of someone\n").unwrap();
+    let (code, out) = node.run_to_exit(&[]);
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains("refusing to start:") && out.contains("remove the file to go by REPLICATION_ROLE"), "{out}");
+}

@@ -91,6 +91,9 @@ pub enum StepError {
     PrimaryUntrusted { host: String, port: u16, reason: String },
     #[error("refusing to start as a writable primary: {0}")]
     Fenced(String),
+    /// A switchover's record in PGDATA that cannot be read: never guessed at.
+    #[error("refusing to start: {0}")]
+    RoleRecord(String),
     #[error("REPLICATION_ROLE=auto: refusing to start: {0}")]
     AutoRefused(String),
     #[error("major-version upgrade: {0}")]
@@ -116,7 +119,7 @@ impl StepError {
             }
             StepError::PrimaryUnreachable { .. } => exit::PRIMARY_UNREACHABLE,
             StepError::Restore { variables: true, .. } | StepError::RestoreRefused(_) => exit::CONFIG,
-            StepError::Fenced(_) | StepError::AutoRefused(_) => exit::FENCED,
+            StepError::Fenced(_) | StepError::AutoRefused(_) | StepError::RoleRecord(_) => exit::FENCED,
             _ => exit::STARTUP_FAILED,
         }
     }

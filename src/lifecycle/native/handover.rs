@@ -59,7 +59,7 @@ pub fn apply_record(config: &mut Config) -> Result<(), StepError> {
     let remove = |what: &str| {
         role_record::remove(&pgdata).map_err(datadir::DataDirError::io(&pgdata, format!("cannot remove {what}")))
     };
-    let recorded = match role_record::read(&pgdata).map_err(StepError::Fenced)? {
+    let recorded = match role_record::read(&pgdata).map_err(StepError::RoleRecord)? {
         None => return Ok(()),
         Some(Record::Request { to, .. }) => {
             tracing::warn!("removing a switchover's request to hand over to {to} that this node never acted on");
