@@ -25,7 +25,7 @@ use crate::config::{Address, Config};
 use crate::pgdata::datadir;
 use crate::pid1::supervise::Supervisor;
 use crate::postgres::member::{Answer, Asking, Connector};
-use crate::postgres::server::Bin;
+use crate::postgres::server::{self, Bin};
 use crate::postgres::step;
 use crate::render::pooler::{self as render, Files, ServerTls, Target};
 
@@ -40,11 +40,7 @@ const AUTH_RETRY: Duration = Duration::from_secs(5);
 
 /// PgBouncer's path, if installed.
 pub fn binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("pgbouncer"));
-    on_path.chain([PathBuf::from(DEBIAN_BINARY)]).find(|p| p.is_file())
+    server::on_path("pgbouncer").or_else(|| Some(PathBuf::from(DEBIAN_BINARY)).filter(|p| server::is_executable(p)))
 }
 
 /// Before anything is touched: PgBouncer must be installed when it is enabled.

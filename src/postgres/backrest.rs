@@ -43,13 +43,7 @@ impl Backrest {
 
 /// Whether pgBackRest is installed (on PATH).
 pub fn installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| is_executable(&dir.join("pgbackrest"))))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    crate::postgres::server::on_path("pgbackrest").is_some()
 }
 
 /// One backup in the repository, as `pgbackrest info --output=json` lists it.

@@ -22,6 +22,17 @@ pub enum BinError {
 #[derive(Debug, Clone)]
 pub struct Bin(PathBuf);
 
+/// `name` as an executable file in a directory of `PATH` (pgBackRest, PgBouncer).
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
+}
+
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 impl Bin {
     /// `PG_BINDIR`, else the directory of the real `postgres` found on `PATH` (symlinks
     /// resolved, so `/usr/local/bin/postgres -> /usr/lib/postgresql/15/bin/postgres` finds
