@@ -35,6 +35,8 @@ const DEBIAN_BINARY: &str = "/usr/sbin/pgbouncer";
 const PAUSE_WAIT: Duration = Duration::from_secs(5);
 /// After PgBouncer died, before it is started again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// From SIGTERM (PgBouncer's immediate shutdown) to SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Between two attempts to make the auth role while the server is not ready or a standby.
 const AUTH_RETRY: Duration = Duration::from_secs(5);
 
@@ -51,6 +53,18 @@ pub fn check_installed(config: &Config) -> Result<(), String> {
     Err("invalid configuration: PGBOUNCER_ENABLE is true, but pgbouncer is not installed in this image \
          (apt-get install pgbouncer), or set PGBOUNCER_ENABLE=false"
         .into())
+}
+
+/// psql running `command` on PgBouncer's admin console, over the socket, output unaligned.
+fn console_psql(bin: &Bin, config: &Config, port: u16, command: &str) -> Command {
+    let (socket_dir, _) = config.layout.server();
+    let mut psql = step::tool(bin, "psql");
+    psql.args(["-X", "-q", "-A", "-t", "-F", "|", "--no-password", "-h"])
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", render::CONSOLE_USER, "-d", "pgbouncer", "-c", command])
+        .stdin(Stdio::null());
+    crate::pid1::supervise::clean_signals_on_exec(&mut psql);
+    psql
 }
 
 /// 16 random bytes in hex.
@@ -227,14 +241,9 @@ impl Supervised {
 
     /// A command on its admin console, over the socket.
     fn console(&self, command: &str) -> Result<String, String> {
-        let (socket_dir, _) = self.config.layout.server();
-        let mut psql = step::tool(&self.bin, "psql");
-        psql.args(["-X", "-q", "-A", "-t", "--no-password", "-h"])
-            .arg(socket_dir)
-            .args(["-p", &self.settings.port.to_string(), "-U", render::CONSOLE_USER, "-d", "pgbouncer", "-c", command])
-            .stdin(Stdio::null());
-        crate::pid1::supervise::clean_signals_on_exec(&mut psql);
-        let out = psql.output().map_err(|e| format!("cannot run psql: {e}"))?;
+        let out = console_psql(&self.bin, &self.config, self.settings.port, command)
+            .output()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -305,15 +314,8 @@ impl Supervised {
         if self.pid.is_none() || self.settings.pool_mode == PoolMode::Session {
             return;
         }
-        let (socket_dir, _) = self.config.layout.server();
-        let mut psql = step::tool(&self.bin, "psql");
-        psql.args(["-X", "-q", "--no-password", "-h"])
-            .arg(socket_dir)
-            .args(["-p", &self.settings.port.to_string(), "-U", render::CONSOLE_USER, "-d", "pgbouncer", "-c", "PAUSE"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        crate::pid1::supervise::clean_signals_on_exec(&mut psql);
+        let mut psql = console_psql(&self.bin, &self.config, self.settings.port, "PAUSE");
+        psql.stdout(Stdio::null()).stderr(Stdio::null());
         let Ok(mut child) = psql.spawn() else { return };
         let started = Instant::now();
         while started.elapsed() < PAUSE_WAIT {
@@ -347,29 +349,14 @@ impl Supervised {
     /// After postgres: PgBouncer's immediate shutdown (its clients have no server any more).
     pub fn stop(&mut self, sup: &mut Supervisor) {
         let Some(pid) = self.pid.take() else { return };
-        kill(pid, Signal::SIGTERM).ok();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(3) {
-            if let Ok(Some(_)) = sup.collect(pid) {
-                tracing::info!("PgBouncer stopped");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        kill(pid, Signal::SIGKILL).ok();
-        sup.collect(pid).ok();
+        let code = sup.terminate(pid, STOP_GRACE);
+        tracing::info!(code, "PgBouncer stopped");
     }
 
     /// For `status`: whether its console answers, and its pools' client counts.
     pub fn document(config: &Config, bin: &Bin) -> Option<serde_json::Value> {
         let settings = config.pooler.as_ref()?;
-        let (socket_dir, _) = config.layout.server();
-        let mut psql = step::tool(bin, "psql");
-        psql.args(["-X", "-q", "-A", "-t", "-F", "|", "--no-password", "-h"])
-            .arg(socket_dir)
-            .args(["-p", &settings.port.to_string(), "-U", render::CONSOLE_USER, "-d", "pgbouncer", "-c", "SHOW LISTS"])
-            .stdin(Stdio::null());
-        let out = psql.output().ok()?;
+        let out = console_psql(bin, config, settings.port, "SHOW LISTS").output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |name: &str| {
             text.lines().find_map(|l| l.strip_prefix(&format!("{name}|"))).and_then(|v| v.trim().parse::<i64>().ok())

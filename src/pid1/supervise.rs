@@ -221,6 +221,23 @@ impl Supervisor {
         self.before_reload = Some(before);
     }
 
+    /// Stops a child of ours that is not the supervised server (a backup, PgBouncer): SIGTERM,
+    /// then SIGKILL after `grace`. Its exit code (137 when it had to be killed).
+    pub fn terminate(&mut self, pid: Pid, grace: Duration) -> i32 {
+        kill(pid, Signal::SIGTERM).ok();
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.collect(pid) {
+                Ok(Some(code)) => return code,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    kill(pid, Signal::SIGKILL).ok();
+                    return 137;
+                }
+            }
+        }
+    }
+
     /// How many reloads (SIGHUP) were passed on so far.
     pub fn reloads(&self) -> u64 {
         self.reloads

@@ -303,20 +303,7 @@ impl Scheduler {
     /// never offered as a restore set), then the state says so.
     pub fn stop(&mut self, sup: &mut Supervisor) {
         let Some(running) = self.running.take() else { return };
-        kill(running.pid, Signal::SIGTERM).ok();
-        let deadline = Instant::now() + STOP_GRACE;
-        let code = loop {
-            match sup.collect(running.pid) {
-                Ok(Some(code)) => break code,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    kill(running.pid, Signal::SIGKILL).ok();
-                    break 137;
-                }
-            }
-        };
+        let code = sup.terminate(running.pid, STOP_GRACE);
         if let Job::Guarded(Guarded::Backup(kind)) = running.job {
             tracing::warn!(kind = kind.name(), code, "backup stopped by the shutdown; the next one starts afresh");
             let took = running.started.elapsed();
